@@ -1,0 +1,133 @@
+"""Unit selectivity: numbers for the notebook's questions about units.
+
+"Do all units respond to distinguishable concepts? Are there units that
+respond to similar things? Did you find any units with semantic meaning?"
+
+* ``unit_selectivity``: the class histogram of each unit's top-K images, the
+  share of the majority class (1.0: all K images of one class; 1/classes:
+  uniform), and the normalized entropy of the histogram.
+* ``similar_units``: unit pairs whose top-K sets overlap (Jaccard index) or
+  whose activations over the whole dataset are highly correlated (Pearson).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+__all__ = ["Selectivity", "UnitPair", "pick_units", "similar_units", "unit_selectivity"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Selectivity:
+    """Per-unit class statistics of the top-K images.
+
+    Attributes:
+      histogram: int64 (units, classes): class counts among each unit's top K.
+      majority_class: int64 (units,).
+      score: float64 (units,): majority share, in [1/classes, 1].
+      entropy: float64 (units,): histogram entropy / log(classes), in [0, 1].
+    """
+
+    histogram: np.ndarray
+    majority_class: np.ndarray
+    score: np.ndarray
+    entropy: np.ndarray
+
+    def ranking(self) -> np.ndarray:
+        """Units from most to least selective (score descending, then entropy
+        ascending, then unit index)."""
+        units = np.arange(len(self.score))
+        return np.lexsort((units, self.entropy, -self.score))
+
+
+def unit_selectivity(top_indices: np.ndarray, labels: np.ndarray, num_classes: int) -> Selectivity:
+    """Selectivity of every unit from its top-K images.
+
+    Args:
+      top_indices: int (K, units), dataset indices (``TopK.indices``).
+      labels: int (N,), class of each dataset image.
+      num_classes: number of classes (>= 2).
+
+    Returns:
+      ``Selectivity``; majority ties go to the lower class index.
+    """
+    top_indices = np.asarray(top_indices)
+    labels = np.asarray(labels)
+    if top_indices.ndim != 2:
+        raise ValueError(f"top_indices: expected shape (K, units), got {top_indices.shape}")
+    if num_classes < 2:
+        raise ValueError(f"num_classes: expected >= 2, got {num_classes}")
+    if top_indices.size and top_indices.max() >= len(labels):
+        raise ValueError(f"top_indices: index {top_indices.max()} out of range for {len(labels)} labels")
+    k, units = top_indices.shape
+    classes = labels[top_indices]  # (K, units)
+    histogram = np.zeros((units, num_classes), np.int64)
+    np.add.at(histogram, (np.broadcast_to(np.arange(units), (k, units)), classes), 1)
+    share = histogram / k
+    with np.errstate(divide="ignore", invalid="ignore"):
+        entropy = -np.where(share > 0, share * np.log(share), 0.0).sum(1) / np.log(num_classes)
+    return Selectivity(histogram, histogram.argmax(1), share.max(1), entropy)
+
+
+@dataclasses.dataclass(frozen=True)
+class UnitPair:
+    """Two units that respond to similar things."""
+
+    a: int
+    b: int
+    jaccard: float  # overlap of the two top-K sets, |A & B| / |A | B|
+    correlation: float  # Pearson correlation of the activations over the dataset
+
+
+def similar_units(top_indices: np.ndarray, scores: np.ndarray, *, top: int = 10) -> dict[str, list[UnitPair]]:
+    """The unit pairs with the most overlapping top-K sets and the most correlated activations.
+
+    Args:
+      top_indices: int (K, units).
+      scores: float (N, units), the activations the top K came from.
+      top: pairs to return in each list.
+
+    Returns:
+      ``{"overlap": [...], "correlated": [...]}``, each a list of ``UnitPair``
+      sorted by its own criterion (descending; ties by unit indices). Units
+      with constant activation (dead units) have correlation 0.
+    """
+    top_indices = np.asarray(top_indices)
+    scores = np.asarray(scores, np.float64)
+    k, units = top_indices.shape
+    if scores.ndim != 2 or scores.shape[1] != units:
+        raise ValueError(f"scores: expected shape (N, {units}), got {scores.shape}")
+    membership = np.zeros((units, scores.shape[0]), np.float64)
+    membership[np.broadcast_to(np.arange(units), (k, units)), top_indices] = 1.0
+    inter = membership @ membership.T
+    sizes = membership.sum(1)
+    jaccard = inter / np.maximum(sizes[:, None] + sizes[None, :] - inter, 1)
+    centred = scores - scores.mean(0)
+    norms = np.linalg.norm(centred, axis=0)
+    live = norms > 1e-12
+    corr = np.zeros((units, units))
+    corr[np.ix_(live, live)] = (centred[:, live].T @ centred[:, live]) / np.outer(norms[live], norms[live])
+    a, b = np.triu_indices(units, 1)
+
+    def best(values: np.ndarray) -> list[UnitPair]:
+        order = np.lexsort((b, a, -values[a, b]))[:top]
+        return [UnitPair(int(a[i]), int(b[i]), float(jaccard[a[i], b[i]]), float(corr[a[i], b[i]])) for i in order]
+
+    return {"overlap": best(jaccard), "correlated": best(corr)}
+
+
+def pick_units(selectivity: Selectivity, count: int, *, alive: np.ndarray | None = None) -> list[int]:
+    """``count`` units to show when the user names none: the most selective
+    ones, at most one per majority class first, so the picture covers
+    several concepts; ``alive`` (bool (units,)) excludes dead units."""
+    ranking = [int(u) for u in selectivity.ranking() if alive is None or alive[u]]
+    picked, seen = [], set()
+    for u in ranking:
+        if selectivity.majority_class[u] not in seen:
+            picked.append(u)
+            seen.add(selectivity.majority_class[u])
+        if len(picked) == count:
+            return picked
+    return picked + [u for u in ranking if u not in picked][: count - len(picked)]
