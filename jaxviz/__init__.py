@@ -19,6 +19,7 @@ from jaxviz.masks import apply_mask, heatmap_mask, normalize
 from jaxviz.metrics import classification_report, confusion_matrix, most_confused_pairs
 from jaxviz.model import CNN, conv_kernels, forward, init_variables, layer_names, summary, summary_table
 from jaxviz.occlusion import Occlusion, occlude, occlude_one, window_spans
+from jaxviz.report import ReportSettings, make_report
 from jaxviz.train import TrainConfig, augment, predict, train
 from jaxviz.units import Selectivity, UnitPair, pick_units, similar_units, unit_selectivity
 from jaxviz.weights import PRETRAINED_FILE, Weights, load_pretrained, load_weights, pretrained_sha256, save_weights
@@ -27,10 +28,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CIFAR10_CLASSES", "CNN", "Dataset", "Embedding", "Occlusion", "PRETRAINED_FILE", "Selectivity", "TopK",
-    "TrainConfig", "UnitPair", "Weights", "activation_maps", "apply_mask", "augment", "cache_dir",
+    "ReportSettings", "TrainConfig", "UnitPair", "Weights", "activation_maps", "apply_mask", "augment", "cache_dir",
     "classification_report", "confusion_matrix", "conv_kernels", "filter_grid", "forward", "heatmap_mask",
     "init_variables", "knn_agreement", "layer_features", "layer_fn", "layer_names", "load_cifar10",
-    "load_image_folder", "load_pretrained", "load_sample", "load_weights", "map_batches",
+    "load_image_folder", "load_pretrained", "load_sample", "load_weights", "make_report", "map_batches",
     "most_confused_pairs", "normalize", "occlude", "occlude_one", "pick_units", "predict",
     "pretrained_sha256", "save_weights", "similar_units", "summary", "summary_table", "to_model_input",
     "top_k_images", "train", "tsne", "unit_scores", "unit_selectivity", "window_spans",

@@ -1,0 +1,231 @@
+"""Figures. The only jaxviz module that imports matplotlib, and only when drawing.
+
+Every function takes numpy arrays, draws into ``fig`` (a multi-panel
+figure) or ``ax`` (a single panel) when given, and returns the
+``matplotlib.figure.Figure``. New figures are made with
+``matplotlib.figure.Figure``, not pyplot: no global state, no backend
+needed, and nothing is ever shown (``plt.show()`` is the caller's choice).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+__all__ = [
+    "plot_activation_maps", "plot_confusion", "plot_filters", "plot_heatmaps", "plot_masked",
+    "plot_occluded_examples", "plot_selectivity", "plot_top_k", "plot_training", "plot_tsne", "save_figure",
+]
+
+
+def _figure(fig, figsize):
+    if fig is not None:
+        return fig
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=figsize, layout="constrained")
+
+
+def _axes_grid(fig, rows: int, cols: int):
+    axes = np.asarray(fig.subplots(rows, cols, squeeze=False))
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return axes
+
+
+def _column_title(unit) -> str:
+    """An int is a unit number ("unit 7"); anything else is used as given."""
+    return f"unit {unit}" if isinstance(unit, (int, np.integer)) else str(unit)
+
+
+def _single(ax, figsize):
+    if ax is not None:
+        return ax.figure, ax
+    fig = _figure(None, figsize)
+    return fig, fig.add_subplot()
+
+
+def save_figure(fig, path, *, dpi: int = 110) -> None:
+    """Write ``fig`` as PNG atomically (temporary name, then rename)."""
+    from jaxviz._io import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+
+
+def plot_filters(cells: np.ndarray, filled: np.ndarray, *, title: str = "", fig=None):
+    """Kernel grid from ``jaxviz.filter_grid``: (rows, cols, kh, kw, 3), blank cells white."""
+    rows, cols = filled.shape
+    fig = _figure(fig, (1.0 * cols + 0.5, 1.0 * rows + 0.6))
+    axes = _axes_grid(fig, rows, cols)
+    for i in range(rows):
+        for j in range(cols):
+            axes[i, j].imshow(cells[i, j], interpolation="nearest", vmin=0, vmax=1)
+            axes[i, j].axis("on" if filled[i, j] else "off")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_activation_maps(images: np.ndarray, maps: np.ndarray, *, channels: Sequence[int] | None = None,
+                         layer: str = "", fig=None):
+    """Images (left column) and their feature maps for chosen channels.
+
+    Args:
+      images: uint8 (N, H, W, 3).
+      maps: float (N, h, w, C) activations of a conv layer.
+      channels: channels to show (default the first 8).
+    """
+    channels = list(range(min(8, maps.shape[-1]))) if channels is None else list(channels)
+    n = len(images)
+    fig = _figure(fig, (1.3 * (len(channels) + 1), 1.4 * n + 0.5))
+    axes = _axes_grid(fig, n, len(channels) + 1)
+    for i in range(n):
+        axes[i, 0].imshow(images[i])
+        for j, c in enumerate(channels):
+            axes[i, j + 1].imshow(maps[i, ..., c], cmap="viridis")
+            if i == 0:
+                axes[0, j + 1].set_title(f"ch {c}", fontsize=8)
+    axes[0, 0].set_title("image", fontsize=8)
+    fig.suptitle(f"Activation maps of {layer} (bright = strong)" if layer else "Activation maps")
+    return fig
+
+
+def plot_top_k(images: np.ndarray, units: Sequence[int], *, labels: np.ndarray | None = None,
+               class_names: Sequence[str] | None = None, title: str = "", fig=None):
+    """The notebook's ``vis_topk``: column j holds the top images of ``units[j]``.
+
+    Args:
+      images: uint8 (K, units, H, W, 3), best first.
+      units: unit numbers (titled "unit N") or strings, one per column.
+      labels: optional int (K, units) classes, shown under each image.
+    """
+    k, u = images.shape[:2]
+    fig = _figure(fig, (1.25 * u + 0.3, 1.3 * k + 0.6))
+    axes = _axes_grid(fig, k, u)
+    for i in range(k):
+        for j in range(u):
+            axes[i, j].imshow(images[i, j])
+            if labels is not None and class_names is not None:
+                axes[i, j].set_xlabel(class_names[labels[i, j]], fontsize=6, labelpad=1)
+    for j, unit in enumerate(units):
+        axes[0, j].set_title(_column_title(unit), fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_masked(images: np.ndarray, units: Sequence[int], *, title: str = "", fig=None):
+    """The notebook's ``vis_occ`` output: masked images (K, units, H, W, 3), unit numbers as titles."""
+    return plot_top_k(images, units, title=title or "Occlusion masks (kept: the parts that drive the unit)",
+                      fig=fig)
+
+
+def plot_heatmaps(images: np.ndarray, heatmaps: np.ndarray, units: Sequence[int], *, title: str = "",
+                  fig=None):
+    """Occlusion heatmaps over their images, one shared colour scale.
+
+    Args:
+      images: uint8 (K, units, H, W, 3).
+      heatmaps: float (K, units, H, W): per-pixel occlusion effect
+        (activation drop when the region is hidden).
+    """
+    k, u = images.shape[:2]
+    fig = _figure(fig, (1.25 * u + 1.0, 1.3 * k + 0.6))
+    axes = _axes_grid(fig, k, u)
+    limit = float(np.abs(heatmaps).max()) or 1.0
+    artist = None
+    for i in range(k):
+        for j in range(u):
+            axes[i, j].imshow(images[i, j])
+            artist = axes[i, j].imshow(heatmaps[i, j], cmap="RdBu_r", alpha=0.55, vmin=-limit, vmax=limit)
+    for j, unit in enumerate(units):
+        axes[0, j].set_title(_column_title(unit), fontsize=8)
+    fig.colorbar(artist, ax=axes, shrink=0.6, label="activation drop when occluded")
+    fig.suptitle(title or "Occlusion heatmaps (red: hiding this region lowers the unit)")
+    return fig
+
+
+def plot_occluded_examples(images: np.ndarray, *, title: str = "", fig=None):
+    """A grid of occluded copies (rows, cols, H, W, 3) of one image, as the notebook shows them."""
+    rows, cols = images.shape[:2]
+    fig = _figure(fig, (0.9 * cols, 0.9 * rows + 0.4))
+    axes = _axes_grid(fig, rows, cols)
+    for i in range(rows):
+        for j in range(cols):
+            axes[i, j].imshow(images[i, j])
+    fig.suptitle(title or "Occluder positions")
+    return fig
+
+
+def plot_tsne(coords: np.ndarray, labels: np.ndarray, class_names: Sequence[str], *, title: str = "",
+              ax=None):
+    """t-SNE scatter coloured by class with a legend of class names."""
+    fig, ax = _single(ax, (7.5, 6))
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"]
+    for c, name in enumerate(class_names):
+        sel = labels == c
+        ax.scatter(coords[sel, 0], coords[sel, 1], s=6, color=cmap(c % 10), label=name)
+    ax.legend(markerscale=3, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title or "t-SNE of layer features, coloured by true class")
+    return fig
+
+
+def plot_confusion(cm: np.ndarray, class_names: Sequence[str], *, normalize: bool = True, title: str = "",
+                   ax=None):
+    """Confusion matrix (rows: true class, columns: predicted), with counts and a colorbar."""
+    fig, ax = _single(ax, (7, 6))
+    cm = np.asarray(cm)
+    shown = cm / np.maximum(cm.sum(1, keepdims=True), 1) if normalize else cm
+    artist = ax.imshow(shown, cmap="Blues", vmin=0)
+    for i in range(len(cm)):
+        for j in range(len(cm)):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
+                    color="white" if shown[i, j] > 0.5 * shown.max() else "black")
+    ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(class_names)), class_names, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    fig.colorbar(artist, ax=ax, label="share of the true class" if normalize else "images")
+    ax.set_title(title or "Confusion matrix")
+    return fig
+
+
+def plot_selectivity(histogram: np.ndarray, units: Sequence[int], class_names: Sequence[str], *,
+                     title: str = "", ax=None):
+    """Class histograms of the top-K images of chosen units, as a heatmap.
+
+    Args:
+      histogram: int (len(units), classes).
+    """
+    fig, ax = _single(ax, (0.6 * len(class_names) + 2, 0.35 * len(units) + 1.5))
+    artist = ax.imshow(histogram, cmap="Greens", aspect="auto", vmin=0)
+    for i in range(histogram.shape[0]):
+        for j in range(histogram.shape[1]):
+            if histogram[i, j]:
+                ax.text(j, i, str(histogram[i, j]), ha="center", va="center", fontsize=7)
+    ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(units)), [f"unit {u}" for u in units], fontsize=8)
+    fig.colorbar(artist, ax=ax, label="top-K images of the class")
+    ax.set_title(title or "Classes among each unit's top-K images")
+    return fig
+
+
+def plot_training(history: Sequence[dict], *, ax=None):
+    """Loss and accuracy per epoch from ``TrainResult.history``."""
+    fig, ax = _single(ax, (6, 3.5))
+    epochs = [h["epoch"] for h in history]
+    ax.plot(epochs, [h["train_accuracy"] for h in history], label="train accuracy")
+    if all("test_accuracy" in h for h in history):
+        ax.plot(epochs, [h["test_accuracy"] for h in history], label="test accuracy")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("accuracy")
+    ax.legend()
+    ax.set_title("Training")
+    return fig

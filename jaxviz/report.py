@@ -1,0 +1,321 @@
+"""``make_report``: every analysis of the teaching notebook in one HTML page.
+
+Writes into ``out_dir``: ``index.html`` (self-contained: figures embedded,
+each also linked to its PNG), the PNGs, and ``results.json`` with every
+number. Every file is written under a temporary name and renamed, and
+``index.html`` comes last, so a crash never leaves a half-written page.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import html
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from jaxviz import plots
+from jaxviz._io import atomic_write_bytes
+from jaxviz._progress import progress_bar
+from jaxviz.data import Dataset, load_sample
+from jaxviz.embedding import knn_agreement, tsne
+from jaxviz.features import layer_features, layer_fn, top_k_images, unit_scores
+from jaxviz.filters import filter_grid
+from jaxviz.masks import apply_mask, heatmap_mask
+from jaxviz.metrics import classification_report
+from jaxviz.model import check_layer, conv_kernels, summary_table
+from jaxviz.occlusion import occlude
+from jaxviz.units import pick_units, similar_units, unit_selectivity
+from jaxviz.weights import Weights, load_pretrained
+
+__all__ = ["ReportSettings", "check_output_dir", "make_report"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportSettings:
+    """What the report computes. Defaults follow the notebook."""
+
+    layer: str = "fc1"  # the feature layer: the fully connected layer before the classifier
+    units: tuple[int, ...] | None = None  # None: picked from unit selectivity
+    num_units: int = 6
+    k: int = 10
+    window: int = 11
+    stride: int = 4
+    anchor: str = "centered"
+    threshold: float = 0.5
+    sigma: float = 2.0
+    tsne_points: int = 1000
+    tsne_iter: int = 1000
+    perplexity: float = 30.0
+    activation_images: int = 4
+    seed: int = 0
+
+
+def check_output_dir(out_dir: str | os.PathLike) -> Path:
+    """Create ``out_dir`` if needed; raise if it is a file or not writable."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"out_dir: expected a directory, but {str(out)!r} is a file")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PermissionError(f"out_dir: cannot create {str(out)!r} ({e.strerror})") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise PermissionError(f"out_dir: {str(out)!r} is not writable")
+    return out
+
+
+class _Page:
+    """Collects sections, figures and timings."""
+
+    def __init__(self, out: Path):
+        self.out, self.sections, self.timings, self.figures = out, [], {}, []
+
+    def figure(self, fig, name: str, caption: str) -> str:
+        path = self.out / f"{name}.png"
+        plots.save_figure(fig, path)
+        self.figures.append(path.name)
+        data = base64.b64encode(path.read_bytes()).decode()
+        return (f'<figure><a href="{path.name}"><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
+                f'</a><figcaption>{html.escape(caption)}</figcaption></figure>')
+
+    def section(self, title: str, *parts: str) -> None:
+        self.sections.append(f"<section><h2>{html.escape(title)}</h2>{''.join(parts)}</section>")
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    def cell(v):
+        return f"{v:.3f}" if isinstance(v, float) else html.escape(str(v))
+
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _p(text: str) -> str:
+    return f"<p>{html.escape(text)}</p>"
+
+
+def _check_settings(s: ReportSettings, weights: Weights, dataset: Dataset) -> None:
+    check_layer(weights.model, s.layer)
+    if len(dataset) == 0:
+        raise ValueError("dataset: expected at least one image, got an empty dataset")
+    if not 1 <= s.k <= len(dataset):
+        raise ValueError(f"k: expected an int in [1, {len(dataset)}] (the dataset size), got {s.k}")
+    if s.units is not None and not s.units:
+        raise ValueError("units: expected at least one unit index, got an empty list")
+
+
+def make_report(out_dir: str | os.PathLike, *, weights: Weights | None = None, dataset: Dataset | None = None,
+                settings: ReportSettings = ReportSettings(), progress: bool = True) -> dict:
+    """Run every analysis and write ``out_dir/index.html``, the PNGs and ``results.json``.
+
+    Args:
+      out_dir: output directory (created if missing).
+      weights: the network (default: ``load_pretrained()``).
+      dataset: uint8 images with labels (default: ``load_sample()``).
+      settings: what to compute.
+      progress: progress bars per stage.
+
+    Returns:
+      The ``results.json`` content.
+    """
+    out = check_output_dir(out_dir)
+    weights = load_pretrained() if weights is None else weights
+    dataset = load_sample() if dataset is None else dataset
+    _check_settings(settings, weights, dataset)
+    model, variables, class_names = weights.model, weights.variables, tuple(dataset.class_names)
+    s, page, results = settings, _Page(out), {"settings": dataclasses.asdict(settings)}
+    stages = ["evaluate", "filters", "activations", "features", "top-k", "occlusion", "t-SNE"]
+    bar = progress_bar(total=len(stages), desc="report", disable=not progress, unit="stage")
+    clock = time.perf_counter()
+
+    def done(stage: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        page.timings[stage] = now - clock
+        clock = now
+        bar.set_postfix(stage=stage)
+        bar.update(1)
+
+    page.section("Model", f"<pre>{html.escape(summary_table(model, variables))}</pre>",
+                 _p(f"Weights: {weights.metadata.get('dataset', 'user weights')}; "
+                    f"data: {dataset.source or 'user data'} ({len(dataset)} images)."))
+
+    # Evaluate: which categories are easy, which are confused
+    logits = layer_features(model, variables, dataset.images, layer="logits", progress=progress and "evaluate")
+    report = classification_report(dataset.labels, logits, class_names)
+    results["evaluation"] = report
+    page.section(
+        "Accuracy and confusions",
+        _p(f"Accuracy {report['accuracy']:.1%} on {report['images']} images."),
+        _table(["class", "accuracy"], [(c, a) for c, a in report["per_class_accuracy"].items()]),
+        "<h3>Most confused pairs</h3>",
+        _table(["class A", "class B", "A taken for B", "B taken for A", "share of both classes"],
+               [(p["a"], p["b"], p["a_as_b"], p["b_as_a"], p["rate"]) for p in report["most_confused"]]),
+        page.figure(plots.plot_confusion(np.asarray(report["confusion_matrix"]), class_names), "confusion",
+                    "Confusion matrix: rows are true classes, columns predictions."))
+    done("evaluate")
+
+    convs = [n for n in model.layer_names() if n.startswith("conv")][:2]
+    page.section("Filters", *(page.figure(plots.plot_filters(*filter_grid(conv_kernels(model, variables, n)),
+                                                             title=f"{n} kernels"), f"filters_{n}",
+                                          f"{n}: " + ("RGB kernels" if n == convs[0] else
+                                                      "kernels averaged over input channels (gray)"))
+                                for n in convs))
+    done("filters")
+
+    shown = np.array([np.flatnonzero(dataset.labels == c)[0] for c in np.unique(dataset.labels)]
+                     )[: s.activation_images]
+    act_figs = []
+    for n in convs:
+        maps = layer_features(model, variables, dataset.images[shown], layer=n)
+        act_figs.append(page.figure(plots.plot_activation_maps(dataset.images[shown], maps, layer=n),
+                                    f"activations_{n}", f"Feature maps of {n}, first 8 channels."))
+    page.section("Activation maps", *act_figs)
+    done("activations")
+
+    feats = layer_features(model, variables, dataset.images, layer=s.layer, progress=progress and "features")
+    scores = unit_scores(feats)
+    done("features")
+
+    top = top_k_images(scores, s.k)
+    sel = unit_selectivity(top.indices, dataset.labels, len(class_names))
+    alive = scores.max(0) > 0
+    if s.units is None:
+        units = pick_units(sel, s.num_units, alive=alive)
+    else:
+        units = list(s.units)
+        if min(units) < 0 or max(units) >= scores.shape[1]:
+            raise ValueError(f"units: expected indices in [0, {scores.shape[1]}) for layer {s.layer}, got {units}")
+    pairs = similar_units(top.indices, scores, top=8)
+    ranking = sel.ranking()
+    ranking = [int(u) for u in ranking if alive[u]]
+    results["units"] = {
+        "layer": s.layer, "count": int(scores.shape[1]), "dead": int((~alive).sum()), "shown": units,
+        "mean_selectivity": float(sel.score[alive].mean()) if alive.any() else 0.0,
+        "selective_share": float((sel.score[alive] >= 0.5).mean()) if alive.any() else 0.0,
+        "most_selective": [{"unit": u, "class": class_names[sel.majority_class[u]], "score": float(sel.score[u])}
+                           for u in ranking[:10]],
+        "least_selective": [{"unit": u, "score": float(sel.score[u]), "entropy": float(sel.entropy[u])}
+                            for u in ranking[::-1][:10]],
+        "similar_pairs": {key: [dataclasses.asdict(p) for p in v] for key, v in pairs.items()},
+    }
+    u_res = results["units"]
+    grid_images = dataset.images[top.indices[:, units]]
+    page.section(
+        "Top-K images per unit and unit selectivity",
+        _p(f"Layer {s.layer}: {u_res['count']} units, {u_res['dead']} never active on this data. "
+           f"Selectivity = share of the majority class among a unit's top {s.k} images "
+           f"(1.0: all one class; {1 / len(class_names):.1f}: no preference). "
+           f"Mean over live units {u_res['mean_selectivity']:.2f}; "
+           f"{u_res['selective_share']:.0%} of live units have a majority class of at least half."),
+        page.figure(plots.plot_top_k(grid_images, units, labels=dataset.labels[top.indices[:, units]],
+                                     class_names=class_names, title=f"Top {s.k} images of {s.layer} units"),
+                    "topk", "Each column: the images that activate the unit most, best first."),
+        page.figure(plots.plot_selectivity(sel.histogram[units], units, class_names), "selectivity",
+                    "Class histogram of each shown unit's top-K images."),
+        "<h3>Most selective units (units with semantic meaning?)</h3>",
+        _table(["unit", "majority class", "selectivity"],
+               [(d["unit"], d["class"], d["score"]) for d in u_res["most_selective"]]),
+        "<h3>Least selective live units</h3>",
+        _table(["unit", "selectivity", "entropy"],
+               [(d["unit"], d["score"], d["entropy"]) for d in u_res["least_selective"]]),
+        "<h3>Units that respond to similar things</h3>",
+        _table(["unit A", "unit B", "top-K overlap (Jaccard)", "activation correlation"],
+               [(p.a, p.b, p.jaccard, p.correlation) for p in pairs["overlap"] + pairs["correlated"]]))
+    done("top-k")
+
+    # Occlusion of each shown unit's top-K images, all units at once, then each image's own unit
+    flat = top.indices[:, units].T.reshape(-1)  # (units * K,), unit-major
+    occ = occlude(layer_fn(model, s.layer), dataset.images[flat].astype(np.float32) / 255.0,
+                  params=variables, window=s.window, stride=s.stride, anchor=s.anchor, units=units)
+    own = np.repeat(np.arange(len(units)), s.k)
+    heat = occ.grid[np.arange(len(flat)), ..., own]  # (units*K, rows, cols)
+    pixel = occ.pixel_map(own)
+    masked = np.stack([apply_mask(dataset.images[i], heatmap_mask(h, dataset.images.shape[1:3],
+                                                                  threshold=s.threshold, sigma=s.sigma))
+                       for i, h in zip(flat, heat)])
+    swap = lambda a: np.swapaxes(a.reshape(len(units), s.k, *a.shape[1:]), 0, 1)  # -> (K, units, ...)
+    page.section(
+        "Occlusion: which image parts drive each unit",
+        _p(f"An {s.window}x{s.window} occluder (fill 0 = black) slides with stride {s.stride} "
+           f"({occ.grid.shape[1]}x{occ.grid.shape[2]} positions, {s.anchor} anchoring) over each top image; "
+           "the heatmap is the unit's activation minus its activation with the region hidden."),
+        page.figure(plots.plot_masked(swap(masked), units), "occlusion_masks",
+                    f"Masked images (threshold {s.threshold}, smoothing sigma {s.sigma})."),
+        page.figure(plots.plot_heatmaps(swap(dataset.images[flat]), swap(pixel), units), "occlusion_heatmaps",
+                    "Per-pixel occlusion effect (mean over the windows covering each pixel)."))
+    results["occlusion"] = {"positions": list(occ.grid.shape[1:3]), "images": int(len(flat))}
+    done("occlusion")
+
+    emb = tsne(scores, perplexity=min(s.perplexity, (min(s.tsne_points, len(dataset)) - 1) / 3),
+               max_iter=s.tsne_iter, seed=s.seed, subsample=s.tsne_points)
+    emb_labels = dataset.labels[emb.indices]
+    knn = knn_agreement(emb.coords, emb_labels, len(class_names), k=min(10, len(emb.indices) - 1))
+    results["tsne"] = {**emb.settings, "seconds": emb.seconds,
+                       "knn_agreement": {c: (None if np.isnan(v) else float(v)) for c, v in zip(class_names, knn)}}
+    page.section(
+        "t-SNE of the features",
+        _p(f"{emb.settings['points']} points, perplexity {emb.settings['perplexity']:.1f}, "
+           f"{s.tsne_iter} iterations, PCA init, seed {s.seed}: {emb.seconds:.1f} s."),
+        page.figure(plots.plot_tsne(emb.coords, emb_labels, class_names), "tsne", f"t-SNE of {s.layer} features."),
+        "<h3>How well does each class cluster? (share of 10 nearest t-SNE neighbours of the same class)</h3>",
+        _table(["class", "kNN agreement", "accuracy"],
+               [(c, results["tsne"]["knn_agreement"][c] if results["tsne"]["knn_agreement"][c] is not None
+                 else "n/a", report["per_class_accuracy"][c]) for c in class_names]))
+    done("t-SNE")
+    bar.close()
+
+    page.sections.insert(1, _answers(report, u_res, results["tsne"]["knn_agreement"]))
+    results["timings_seconds"] = page.timings
+    results["figures"] = page.figures
+    atomic_write_bytes(out / "results.json", (json.dumps(results, indent=2) + "\n").encode())
+    atomic_write_bytes(out / "index.html", _html(page, s).encode())
+    return results
+
+
+def _answers(report: dict, units: dict, knn: dict) -> str:
+    pairs = ", ".join(f"{p['a']} / {p['b']} ({p['count']})" for p in report["most_confused"][:3])
+    clustered = sorted((v, c) for c, v in knn.items() if v is not None)
+    semantic = ", ".join(f"unit {d['unit']} ({d['class']}, {d['score']:.0%})" for d in units["most_selective"][:4])
+    similar = units["similar_pairs"]["overlap"][:2]
+    items = [
+        ("What categories are easier? Which are confusing?",
+         f"Easiest: {', '.join(report['easiest'])}; hardest: {', '.join(report['hardest'])}. "
+         f"Most confused pairs: {pairs or 'none'}."
+         + (f" In t-SNE space {clustered[-1][1]} clusters best and {clustered[0][1]} worst." if clustered else "")),
+        ("Do all units respond to distinguishable concepts?",
+         f"{units['selective_share']:.0%} of the {units['count'] - units['dead']} live units have one class "
+         f"making up at least half of their top images; {units['dead']} units never fire on this data."),
+        ("Are there units that respond to similar things?",
+         "; ".join(f"units {p['a']} and {p['b']} share {p['jaccard']:.0%} of their top images "
+                   f"(activation correlation {p['correlation']:.2f})" for p in similar) or "No overlapping pairs."),
+        ("Did you find units with semantic meaning?", f"The most class-selective: {semantic}."),
+    ]
+    body = "".join(f"<dt>{html.escape(q)}</dt><dd>{html.escape(a)}</dd>" for q, a in items)
+    return f"<section><h2>Answers to the notebook's questions</h2><dl>{body}</dl></section>"
+
+
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+h1{margin-bottom:0}section{margin:2em 0;border-top:1px solid #ddd}figure{margin:1em 0}
+img{max-width:100%}figcaption{color:#555;font-size:.9em}table{border-collapse:collapse;margin:.5em 0}
+td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}th{background:#f4f4f4}
+dt{font-weight:600;margin-top:.6em}pre{background:#f7f7f7;padding:.6em;overflow-x:auto}"""
+
+
+def _html(page: _Page, settings: ReportSettings) -> str:
+    settings_rows = [(k, v) for k, v in dataclasses.asdict(settings).items()]
+    timing_rows = [(k, f"{v:.1f} s") for k, v in page.timings.items()]
+    timing_rows.append(("total", f"{sum(page.timings.values()):.1f} s"))
+    run = _table(["setting", "value"], settings_rows) + _table(["stage", "time"], timing_rows)
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>jaxviz report</title>"
+            f"<style>{_CSS}</style></head><body><h1>What did this CNN learn?</h1>"
+            f"<p>A jaxviz report: {time.strftime('%Y-%m-%d %H:%M')}. "
+            f"<a href='results.json'>All numbers as JSON</a>.</p>"
+            + "".join(page.sections) + f"<section><h2>Run settings and timings</h2>{run}</section></body></html>")
