@@ -1,6 +1,6 @@
 """Train the shipped CIFAR-10 weights and record the recipe, wall time and accuracy.
 
-    python benchmarks/train_pretrained.py --data-root DIR [--checkpoint-dir CKPT]
+    python -m benchmarks.train_pretrained --data-root DIR [--checkpoint-dir CKPT]
 
 DIR holds ``train/<class>/*.jpg`` and ``test/<class>/*.jpg`` (the layout of
 ../shared/data/cifar10-jpeg.tar.gz once extracted). The run resumes from
@@ -72,7 +72,7 @@ def main() -> None:
         "data_load_seconds": load_seconds,
         "weights_sha256": jaxviz.pretrained_sha256(),
         "environment": environment(),
-        "command": "python benchmarks/train_pretrained.py --data-root DIR",
+        "command": "python -m benchmarks.train_pretrained --data-root DIR",
     }
     out = ROOT / "benchmarks" / "results" / "pretrained_training.json"
     out.write_text(json.dumps(record, indent=2) + "\n")

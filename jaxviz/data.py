@@ -30,7 +30,6 @@ CIFAR10_CLASSES = (
     "dog", "frog", "horse", "ship", "truck",
 )
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 SAMPLE_FILE = "cifar10_sample.npz"
 
 
@@ -70,7 +69,8 @@ class Dataset:
         """The images at ``indices`` (any order, repeats allowed)."""
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if idx.size and (idx.min() < -len(self) or idx.max() >= len(self)):
-            raise ValueError(f"indices: expected values in [0, {len(self)}), got {idx.min()}..{idx.max()}")
+            raise ValueError(f"indices: expected values in [-{len(self)}, {len(self)}), "
+                             f"got {idx.min()}..{idx.max()}")
         return Dataset(self.images[idx], self.labels[idx], self.class_names, self.source)
 
 
@@ -159,5 +159,5 @@ def load_image_folder(root: str | os.PathLike, *, class_names: Sequence[str] | N
             images.append(arr)
             labels.append(label)
     if not images:
-        raise ValueError(f"root: no images found under {str(root)!r} (extensions {IMAGE_EXTENSIONS})")
+        raise ValueError(f"root: no images found under {str(root)!r}")
     return Dataset(np.stack(images), np.asarray(labels), tuple(class_names), source=str(root))

@@ -38,7 +38,8 @@ def tsne(features: np.ndarray, *, perplexity: float = 30.0, max_iter: int = 1000
     Args:
       features: float (N, ...).
       perplexity: must be < the number of points.
-      max_iter: optimisation iterations (scikit-learn requires >= 250).
+      max_iter: optimisation iterations (scikit-learn requires >= 250; its
+        first 250 are early exaggeration, so use a few hundred more).
       seed: for the subsample and the t-SNE.
       subsample: embed this many points drawn without replacement (sorted
         indices), or all when ``None`` or >= N.

@@ -59,6 +59,8 @@ def conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
     products, one per kernel tap. On XLA:CPU that ran 1.2-3.5x faster than
     XLA's own kernel-gradient convolution for the 16x16 and 32x32 layers
     (benchmarks/results/conv_grad_cpu.json), which is most of a training step.
+    Being a ``custom_vjp``, it supports reverse mode (``grad``, ``vjp``) but
+    not forward mode (``jvp``, ``jacfwd``).
     """
     return _conv_same(x, kernel)
 
@@ -190,7 +192,11 @@ def forward(model: CNN, variables: Variables, x: jax.Array, *, layer: str | None
 
     Returns:
       The layer's activations, shape (N, ...) as given by ``summary``.
+
+    Raises:
+      ValueError: ``layer`` is not one of ``layer_names(model)``.
     """
+    check_layer(model, layer)
     return model.apply(variables, x, train=False, stop_at=layer)
 
 

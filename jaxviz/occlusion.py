@@ -228,11 +228,27 @@ def _base_program(f: Callable, with_params: bool, units: tuple[int, ...] | None)
     return jax.jit(base)
 
 
-def _output_shape(f: Callable, params: Any, images: jax.Array) -> tuple[int, ...]:
-    """f's per-example output shape; checks that f keeps the batch axis."""
-    probe = jax.ShapeDtypeStruct((2, *images.shape[1:]), images.dtype)
+def _signature(tree: Any) -> tuple:
+    """Hashable structure, shapes and dtypes of a pytree: a cache key that holds no data."""
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    return treedef, tuple((tuple(np.shape(x)), np.dtype(getattr(x, "dtype", np.asarray(x).dtype))) for x in leaves)
+
+
+def _abstract(signature: tuple, sharding: NamedSharding | None = None) -> Any:
+    """The pytree of ``jax.ShapeDtypeStruct`` that ``signature`` describes."""
+    treedef, leaves = signature
+    return jax.tree_util.tree_unflatten(
+        treedef, [jax.ShapeDtypeStruct(shape, dtype, sharding=sharding) for shape, dtype in leaves])
+
+
+@functools.lru_cache(maxsize=256)
+def _output_shape(f: Callable, with_params: bool, params_signature: tuple,
+                  image_shape: tuple[int, ...], dtype: Any) -> tuple[int, ...]:
+    """f's per-example output shape; checks that f keeps the batch axis. Cached: no retrace."""
+    probe = jax.ShapeDtypeStruct((2, *image_shape), dtype)
     try:
-        out = jax.eval_shape(f, params, probe) if params is not None else jax.eval_shape(f, probe)
+        out = (jax.eval_shape(f, _abstract(params_signature), probe) if with_params
+               else jax.eval_shape(f, probe))
     except Exception as e:
         raise ValueError(f"f: could not be applied to a batch of shape {probe.shape}: {e}") from e
     if not hasattr(out, "shape"):
@@ -243,11 +259,18 @@ def _output_shape(f: Callable, params: Any, images: jax.Array) -> tuple[int, ...
     return tuple(out.shape[1:])
 
 
-def _auto_chunk(program: Callable, args: tuple, pairs: int, budget: int, program_sharding: NamedSharding) -> int:
-    """Largest chunk whose compiled working set fits ``budget`` bytes per device."""
-    shards = program_sharding.mesh.size
+@functools.lru_cache(maxsize=256)
+def _auto_chunk(program: Callable, args_signature: tuple, pairs: int, budget: int,
+                sharding: NamedSharding) -> int:
+    """Largest chunk whose compiled working set fits ``budget`` bytes per device.
+
+    Compiles the chunk program once at a probe size and reads XLA's memory
+    analysis; cached, so repeated calls with the same shapes do not recompile.
+    """
+    shards = sharding.mesh.size
     probe = 32 * shards
-    idx = jax.ShapeDtypeStruct((probe,), jnp.int32, sharding=program_sharding)
+    args = _abstract(args_signature, NamedSharding(sharding.mesh, PartitionSpec()))
+    idx = jax.ShapeDtypeStruct((probe,), jnp.int32, sharding=sharding)
     try:
         stats = program.lower(*args[:4], idx, idx, args[4]).compile().memory_analysis()
         per_pair = (stats.temp_size_in_bytes + stats.output_size_in_bytes) / (probe / shards)
@@ -318,7 +341,7 @@ def occlude(
         raise ValueError(f"anchor: expected one of {ANCHORS}, got {anchor!r}")
     if not callable(f):
         raise TypeError(f"f: expected a callable, got {type(f).__name__}")
-    out_shape = _output_shape(f, params, images)
+    out_shape = _output_shape(f, params is not None, _signature(params), images.shape[1:], images.dtype)
     if units is not None:
         if not out_shape:
             raise ValueError("units: f returns one value per image (shape (N,)); there are no units to select")
@@ -345,7 +368,7 @@ def occlude(
     program = _chunk_program(f, with_params, per_image_fill, units, sharding)
     args = jax.device_put((params, images, fills, base, boxes), replicated)
     if chunk_size is None:
-        chunk_size = _auto_chunk(program, args, pairs, memory_budget, sharding)
+        chunk_size = _auto_chunk(program, _signature(args), pairs, memory_budget, sharding)
     chunk_size = round_up(min(chunk_size, round_up(pairs, shards)), shards)
 
     grid = np.empty((pairs, *base.shape[1:]), np.float32)

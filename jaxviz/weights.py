@@ -54,6 +54,11 @@ def _architecture(model: CNN) -> dict:
             "hidden": model.hidden, "num_classes": model.num_classes, "dropout": model.dropout}
 
 
+def _shapes_of(arch: dict) -> dict:
+    """The part of an architecture that decides the variables' shapes (dropout does not)."""
+    return {k: v for k, v in arch.items() if k != "dropout"}
+
+
 def save_weights(path: str | os.PathLike, model: CNN, variables: dict, *,
                  class_names: tuple[str, ...] = CIFAR10_CLASSES, metadata: dict | None = None) -> str:
     """Write ``variables`` of ``model`` to ``path`` atomically; return its SHA-256.
@@ -131,18 +136,24 @@ def load_weights(path: str | os.PathLike, *, sha256: str | None = None, model: C
         raise ValueError(f"path: {str(path)!r} is not a jaxviz weights file (expected format {FORMAT!r})")
     if payload.get("version") != VERSION:
         raise ValueError(f"path: {str(path)!r} has format version {payload.get('version')}, expected {VERSION}")
-    arch = payload["architecture"]
-    file_model = CNN(widths=tuple(arch["widths"]), convs_per_block=int(arch["convs_per_block"]),
-                     hidden=int(arch["hidden"]), num_classes=int(arch["num_classes"]),
-                     dropout=float(arch.get("dropout", 0.0)))
-    if model is not None and _architecture(model) != _architecture(file_model):
+    try:
+        arch = payload["architecture"]
+        file_model = CNN(widths=tuple(arch["widths"]), convs_per_block=int(arch["convs_per_block"]),
+                         hidden=int(arch["hidden"]), num_classes=int(arch["num_classes"]),
+                         dropout=float(arch.get("dropout", 0.0)))
+        class_names = tuple(payload["class_names"])
+        metadata = json.loads(payload["metadata"])
+        stored = payload["variables"]
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"path: {str(path)!r} is a damaged jaxviz weights file ({type(e).__name__}: {e})") from None
+    if model is not None and _shapes_of(_architecture(model)) != _shapes_of(_architecture(file_model)):
         raise ValueError(f"path: {str(path)!r} holds weights for architecture {_architecture(file_model)}, "
                          f"expected {_architecture(model)}")
     expected = jax.eval_shape(lambda: init_variables(file_model, jax.random.key(0)))
     expected = flax.serialization.to_state_dict(expected)
-    _check_shapes(expected, payload["variables"], "")
-    variables = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), payload["variables"])
-    return Weights(file_model, variables, tuple(payload["class_names"]), json.loads(payload["metadata"]))
+    _check_shapes(expected, stored, "")
+    variables = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), stored)
+    return Weights(file_model, variables, class_names, metadata)
 
 
 def _pretrained_path() -> Path:

@@ -1,0 +1,90 @@
+"""Shared fixtures: a tiny CNN with non-trivial variables, tiny uint8 datasets.
+
+Everything here is small enough to compile and run in well under a second on
+a CPU; nothing touches the network or ../shared.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+from jaxviz.data import Dataset
+from jaxviz.model import CNN, init_variables
+
+TINY_WIDTHS = (4, 8)
+TINY_HIDDEN = 16
+
+
+def make_tiny_model(**overrides) -> CNN:
+    """``CNN(widths=(4, 8), hidden=16)``, 9 named layers, ~8.6k parameters."""
+    kwargs = {"widths": TINY_WIDTHS, "hidden": TINY_HIDDEN, **overrides}
+    return CNN(**kwargs)
+
+
+def randomize_variables(variables: dict, seed: int) -> dict:
+    """Replace every leaf by random values of the same shape.
+
+    Fresh Flax variables have zero biases, unit BN scales, zero running means
+    and unit running variances, which would hide mistakes in how batch norm
+    or biases are applied; running variances stay positive.
+    """
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(variables)
+    rng = np.random.default_rng(seed)
+    out = []
+    for path, leaf in leaves:
+        name = getattr(path[-1], "key", None)
+        shape = np.shape(leaf)
+        if name == "var":
+            value = rng.uniform(0.5, 2.0, shape)
+        elif name == "scale":
+            value = rng.uniform(0.5, 1.5, shape)
+        elif name in ("mean", "bias"):
+            value = rng.normal(0.0, 0.2, shape)
+        else:  # kernels: keep the init's scale so activations neither vanish nor explode
+            value = np.asarray(leaf)
+        out.append(np.asarray(value, np.float32))
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> CNN:
+    return make_tiny_model()
+
+
+@pytest.fixture(scope="session")
+def tiny_variables(tiny_model) -> dict:
+    """Variables of ``tiny_model`` with random BN statistics, scales and biases."""
+    return randomize_variables(init_variables(tiny_model, jax.random.key(0)), seed=0)
+
+
+def make_uint8_images(n: int, seed: int, size: int = 32) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size=(n, size, size, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="session")
+def tiny_images() -> np.ndarray:
+    """7 random uint8 images (N=7 is prime, so no batch size > 1 divides it)."""
+    return make_uint8_images(7, seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset() -> Dataset:
+    """12 random uint8 images, 3 classes, 4 images each."""
+    return Dataset(make_uint8_images(12, seed=2), np.repeat(np.arange(3), 4), ("a", "b", "c"), source="test")
+
+
+def make_easy_dataset(n: int = 64, seed: int = 0) -> Dataset:
+    """Two trivially separable classes: dark noisy images (0) and bright ones (1), alternating."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 2
+    base = np.where(labels == 1, 200, 50)[:, None, None, None]
+    noise = rng.integers(-40, 41, size=(n, 32, 32, 3))
+    images = np.clip(base + noise, 0, 255).astype(np.uint8)
+    return Dataset(images, labels, ("dark", "bright"), source="easy")
+
+
+@pytest.fixture(scope="session")
+def easy_dataset() -> Dataset:
+    return make_easy_dataset()

@@ -1,0 +1,419 @@
+"""Tests for the analyses: features, metrics, units, masks, filters, embedding."""
+
+from __future__ import annotations
+
+import itertools
+
+import jax
+import numpy as np
+import pytest
+
+from jaxviz.data import to_model_input
+from jaxviz.embedding import knn_agreement, tsne
+from jaxviz.features import activation_maps, layer_features, layer_fn, top_k_images, unit_scores
+from jaxviz.filters import filter_grid
+from jaxviz.masks import apply_mask, heatmap_mask, normalize
+from jaxviz.metrics import classification_report, confusion_matrix, most_confused_pairs
+from jaxviz.model import forward
+from jaxviz.units import pick_units, similar_units, unit_selectivity
+
+
+# --- features -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("layer", ["conv2", "pool2", "fc1", "logits"])
+def test_layer_features_in_uneven_batches_equal_one_full_forward(tiny_model, tiny_variables, tiny_images, layer):
+    want = np.asarray(jax.jit(lambda x: forward(tiny_model, tiny_variables, x, layer=layer))(
+        to_model_input(tiny_images)))
+    for batch_size in (3, 7, 100):  # 3 leaves a padded last batch of 1 real image
+        got = layer_features(tiny_model, tiny_variables, tiny_images, layer=layer, batch_size=batch_size)
+        assert got.shape == want.shape and got.dtype == np.float32
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_layer_features_rejects_bad_input(tiny_model, tiny_variables, tiny_images):
+    with pytest.raises(ValueError, match="nope"):
+        layer_features(tiny_model, tiny_variables, tiny_images, layer="nope")
+    with pytest.raises(TypeError):
+        layer_features(tiny_model, tiny_variables, tiny_images.astype(np.float32), layer="fc1")
+    with pytest.raises(ValueError):
+        layer_features(tiny_model, tiny_variables, tiny_images[:0], layer="fc1")
+    with pytest.raises(ValueError, match="batch_size"):
+        layer_features(tiny_model, tiny_variables, tiny_images, layer="fc1", batch_size=0)
+
+
+def test_layer_fn_is_cached_and_checked(tiny_model):
+    assert layer_fn(tiny_model, "fc1") is layer_fn(tiny_model, "fc1")
+    with pytest.raises(ValueError, match="conv7"):
+        layer_fn(tiny_model, "conv7")
+
+
+def test_activation_maps(tiny_model, tiny_variables, tiny_images):
+    maps = activation_maps(tiny_model, tiny_variables, tiny_images[:2], layer="conv3")
+    assert maps.shape == (2, 16, 16, 8)
+    with pytest.raises(ValueError, match="fc1"):
+        activation_maps(tiny_model, tiny_variables, tiny_images[:2], layer="fc1")
+
+
+def test_unit_scores():
+    rng = np.random.default_rng(0)
+    maps = rng.normal(size=(5, 4, 3, 6)).astype(np.float32)
+    want_mean = np.array([[maps[n, :, :, c].sum() / 12 for c in range(6)] for n in range(5)])
+    want_max = np.array([[max(maps[n, :, :, c].ravel()) for c in range(6)] for n in range(5)])
+    np.testing.assert_allclose(unit_scores(maps), want_mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(unit_scores(maps, reduce="max"), want_max.astype(np.float32))
+    dense = rng.normal(size=(5, 6)).astype(np.float32)
+    np.testing.assert_array_equal(unit_scores(dense), dense)
+    with pytest.raises(ValueError, match="reduce"):
+        unit_scores(maps, reduce="sum")
+    with pytest.raises(ValueError, match="features"):
+        unit_scores(maps[0])
+
+
+def top_k_reference(scores: np.ndarray, k: int):
+    """Naive: for each unit, sort (-score, index) pairs and keep the first k."""
+    idx = np.empty((k, scores.shape[1]), np.int64)
+    for u in range(scores.shape[1]):
+        order = sorted(range(len(scores)), key=lambda i: (-scores[i, u], i))
+        idx[:, u] = order[:k]
+    return idx
+
+
+@pytest.mark.parametrize("kind", ["distinct", "ties", "all_equal"])
+def test_top_k_images_matches_stable_descending_sort(kind):
+    rng = np.random.default_rng(1)
+    if kind == "distinct":
+        scores = rng.normal(size=(40, 6)).astype(np.float32)
+    elif kind == "ties":
+        scores = rng.integers(0, 3, size=(40, 6)).astype(np.float32)  # ~13 copies of each value
+    else:
+        scores = np.zeros((40, 6), np.float32)
+    for k in (1, 5, 17, 40):
+        top = top_k_images(scores, k)
+        want = np.argsort(-scores, axis=0, kind="stable")[:k]
+        assert top.indices.shape == (k, 6) and top.indices.dtype == np.int64
+        np.testing.assert_array_equal(top.indices, want)
+        np.testing.assert_array_equal(top.indices, top_k_reference(scores, k))
+        np.testing.assert_array_equal(top.values, np.take_along_axis(scores, want, axis=0))
+        assert top.values.dtype == np.float32
+
+
+def test_top_k_images_negative_and_large_values():
+    scores = np.array([[-5.0, 1e30], [-1.0, -1e30], [-3.0, 1e30], [-1.0, 0.0]], np.float32)
+    top = top_k_images(scores, 3)
+    np.testing.assert_array_equal(top.indices, [[1, 0], [3, 2], [2, 3]])
+
+
+@pytest.mark.parametrize("k", [0, -1, 41, 2.0, "3"])
+def test_top_k_images_rejects_bad_k(k):
+    with pytest.raises(ValueError, match="k"):
+        top_k_images(np.zeros((40, 2), np.float32), k)
+
+
+def test_top_k_images_rejects_bad_scores():
+    with pytest.raises(ValueError, match="scores"):
+        top_k_images(np.zeros(5, np.float32), 1)
+    with pytest.raises(ValueError, match="scores"):
+        top_k_images(np.zeros((0, 3), np.float32), 1)
+
+
+# --- units -----------------------------------------------------------------------------
+
+@pytest.fixture
+def ten_class_labels():
+    return np.repeat(np.arange(10), 10)  # 100 images, 10 per class
+
+
+def test_unit_selectivity_synthetic(ten_class_labels):
+    labels = ten_class_labels
+    rng = np.random.default_rng(2)
+    n = len(labels)
+    scores = np.zeros((n, 3), np.float32)
+    scores[:, 0] = np.where(labels == 2, 1.0, 0.0) + 0.01 * rng.random(n)  # fires only for class 2
+    first_of_class = np.array([np.flatnonzero(labels == c)[0] for c in range(10)])
+    scores[first_of_class, 1] = 5.0 + rng.random(10)  # its top 10: one image of every class
+    scores[:, 2] = rng.random(n)  # top 10: five images of class 7, one of each of classes 0, 1, 3, 4, 5
+    scores[np.flatnonzero(labels == 7)[:5], 2] += 10.0
+    scores[first_of_class[[0, 1, 3, 4, 5]], 2] += 10.0
+    top = top_k_images(scores, 10)
+    sel = unit_selectivity(top.indices, labels, 10)
+
+    assert sel.histogram.shape == (3, 10) and sel.histogram.dtype == np.int64
+    np.testing.assert_array_equal(sel.histogram.sum(1), [10, 10, 10])
+    np.testing.assert_array_equal(sel.histogram[0], np.eye(10, dtype=np.int64)[2] * 10)
+    assert sel.majority_class[0] == 2 and sel.score[0] == 1.0 and sel.entropy[0] == 0.0
+    np.testing.assert_array_equal(sel.histogram[1], np.ones(10))
+    assert sel.score[1] == pytest.approx(0.1) and sel.entropy[1] == pytest.approx(1.0)
+    assert sel.majority_class[1] == 0  # ties go to the lowest class
+    np.testing.assert_array_equal(sel.histogram[2], [1, 1, 0, 1, 1, 1, 0, 5, 0, 0])
+    assert sel.majority_class[2] == 7 and sel.score[2] == 0.5
+    assert sel.entropy[2] == pytest.approx(-(0.5 * np.log(0.5) + 5 * 0.1 * np.log(0.1)) / np.log(10))
+    np.testing.assert_array_equal(sel.ranking(), [0, 2, 1])
+
+
+def test_unit_selectivity_rejects_bad_input(ten_class_labels):
+    with pytest.raises(ValueError, match="top_indices"):
+        unit_selectivity(np.zeros(3, np.int64), ten_class_labels, 10)
+    with pytest.raises(ValueError, match="num_classes"):
+        unit_selectivity(np.zeros((3, 2), np.int64), ten_class_labels, 1)
+    with pytest.raises(ValueError, match="100"):
+        unit_selectivity(np.full((3, 2), 100), ten_class_labels, 10)
+
+
+def test_similar_units_finds_duplicates():
+    rng = np.random.default_rng(3)
+    scores = rng.normal(size=(50, 6))
+    scores[:, 4] = scores[:, 1]  # an exact duplicate
+    scores[:, 5] = 3.0  # a dead unit
+    top = top_k_images(scores.astype(np.float32), 8)
+    pairs = similar_units(top.indices, scores, top=15)
+    assert len(pairs["overlap"]) == len(pairs["correlated"]) == 15  # all 6*5/2 pairs
+    best_overlap, best_corr = pairs["overlap"][0], pairs["correlated"][0]
+    assert (best_overlap.a, best_overlap.b) == (1, 4) and best_overlap.jaccard == 1.0
+    assert (best_corr.a, best_corr.b) == (1, 4) and best_corr.correlation == pytest.approx(1.0)
+    # every pair against a naive computation
+    for pair in pairs["overlap"]:
+        a, b = set(top.indices[:, pair.a]), set(top.indices[:, pair.b])
+        assert pair.jaccard == pytest.approx(len(a & b) / len(a | b))
+        if 5 in (pair.a, pair.b):
+            assert pair.correlation == 0.0
+        else:
+            assert pair.correlation == pytest.approx(np.corrcoef(scores[:, pair.a], scores[:, pair.b])[0, 1])
+    for first, second in itertools.pairwise(pairs["correlated"]):
+        assert first.correlation >= second.correlation
+    for first, second in itertools.pairwise(pairs["overlap"]):
+        assert first.jaccard >= second.jaccard
+
+
+def test_similar_units_rejects_mismatched_scores():
+    with pytest.raises(ValueError, match="scores"):
+        similar_units(np.zeros((3, 4), np.int64), np.zeros((10, 5)))
+
+
+def test_pick_units_prefers_distinct_classes(ten_class_labels):
+    # units 0, 1 both select class 3 fully; unit 2 selects class 5 fully; unit 3 is mixed
+    idx3, idx5 = np.flatnonzero(ten_class_labels == 3), np.flatnonzero(ten_class_labels == 5)
+    top = np.stack([idx3, idx3[::-1], idx5, np.arange(0, 100, 10)], axis=1)
+    sel = unit_selectivity(top, ten_class_labels, 10)
+    assert pick_units(sel, 2) == [0, 2]
+    # the mixed unit 3 (majority class 0, by the tie rule) is a new class, so it comes before unit 1
+    assert pick_units(sel, 3) == [0, 2, 3]
+    assert pick_units(sel, 4) == [0, 2, 3, 1]
+    assert pick_units(sel, 2, alive=np.array([False, True, True, True])) == [1, 2]
+
+
+# --- metrics ----------------------------------------------------------------------------
+
+# Hand-worked example, classes a, b, c:
+#   true a: predicted a, b        -> row [1, 1, 0]
+#   true b: predicted b, b        -> row [0, 2, 0]
+#   true c: predicted a, c, b, b  -> row [1, 2, 1]
+LABELS = np.array([0, 0, 1, 1, 2, 2, 2, 2])
+PREDICTIONS = np.array([0, 1, 1, 1, 0, 2, 1, 1])
+CM = [[1, 1, 0], [0, 2, 0], [1, 2, 1]]
+NAMES = ("a", "b", "c")
+
+
+def test_confusion_matrix_hand_example():
+    cm = confusion_matrix(LABELS, PREDICTIONS, 3)
+    assert cm.dtype == np.int64
+    np.testing.assert_array_equal(cm, CM)
+    np.testing.assert_array_equal(confusion_matrix(LABELS, PREDICTIONS, 4)[:3, :3], CM)
+
+
+def test_confusion_matrix_rejects_bad_input():
+    with pytest.raises(ValueError, match="predictions"):
+        confusion_matrix(LABELS, PREDICTIONS[:-1], 3)
+    with pytest.raises(ValueError, match="labels"):
+        confusion_matrix(LABELS + 1, PREDICTIONS, 3)
+    with pytest.raises(ValueError, match="predictions"):
+        confusion_matrix(LABELS, PREDICTIONS - 1, 3)
+
+
+def test_most_confused_pairs_hand_example():
+    pairs = most_confused_pairs(np.array(CM), NAMES)
+    # b<->c: 0 + 2 = 2 of 2 + 4 images; a<->b: 1 + 0 of 2 + 2; a<->c: 0 + 1 of 2 + 4
+    assert pairs == [
+        {"a": "b", "b": "c", "count": 2, "a_as_b": 0, "b_as_a": 2, "rate": 2 / 6},
+        {"a": "a", "b": "b", "count": 1, "a_as_b": 1, "b_as_a": 0, "rate": 1 / 4},
+        {"a": "a", "b": "c", "count": 1, "a_as_b": 0, "b_as_a": 1, "rate": 1 / 6},
+    ]
+    assert most_confused_pairs(np.array(CM), NAMES, top=1) == pairs[:1]
+    assert most_confused_pairs(np.eye(3, dtype=np.int64) * 5, NAMES) == []
+
+
+def test_classification_report_hand_example():
+    logits = np.eye(3)[PREDICTIONS] * 2.0 - 1.0
+    report = classification_report(LABELS, logits, NAMES)
+    assert report["images"] == 8
+    assert report["accuracy"] == 0.5  # 1 + 2 + 1 of 8
+    assert report["per_class_accuracy"] == {"a": 0.5, "b": 1.0, "c": 0.25}
+    assert report["easiest"] == ["b", "a", "c"] and report["hardest"] == ["c", "a", "b"]
+    assert report["confusion_matrix"] == CM
+    assert report["most_confused"] == most_confused_pairs(np.array(CM), NAMES)
+    assert report["class_names"] == list(NAMES)
+    with pytest.raises(ValueError, match="logits"):
+        classification_report(LABELS, logits[:, :2], NAMES)
+
+
+# --- masks ------------------------------------------------------------------------------
+
+def test_normalize():
+    np.testing.assert_allclose(normalize(np.array([2.0, 4.0, 3.0])), [0.0, 1.0, 0.5])
+    np.testing.assert_array_equal(normalize(np.full((2, 2), 7.0)), np.zeros((2, 2)))
+
+
+def test_heatmap_mask_shape_and_values():
+    heatmap = np.random.default_rng(4).random((7, 5))
+    for low in (0.3, 0.0):
+        mask = heatmap_mask(heatmap, (32, 24), low=low)
+        assert mask.shape == (32, 24) and mask.dtype == np.float32
+        assert set(np.unique(mask).tolist()) <= {np.float32(low), 1.0}
+
+
+def test_heatmap_mask_hot_corner():
+    """A 2x2 heatmap hot at the top-left corner: after the linear resize the
+    value at pixel (y, x) is (1 - y/31)(1 - x/31), and Gaussian smoothing
+    leaves such a function unchanged away from the borders."""
+    mask = heatmap_mask(np.array([[1.0, 0.0], [0.0, 0.0]]), (32, 32), low=0.3)
+    y, x = np.mgrid[0:32, 0:32]
+    ramp = (1 - y / 31) * (1 - x / 31)
+    assert mask[0, 0] == 1.0 and mask[31, 31] == np.float32(0.3) and mask[0, 31] == np.float32(0.3)
+    assert np.all(mask[ramp > 0.6] == 1.0)
+    assert np.all(mask[ramp < 0.4] == np.float32(0.3))
+    kept = np.argwhere(mask == 1.0)
+    assert kept[:, 0].max() < 16 and kept[:, 1].max() < 16  # the kept region is in the top-left quadrant
+    # mirrored heatmap -> mirrored mask
+    np.testing.assert_array_equal(heatmap_mask(np.array([[0.0, 0.0], [0.0, 1.0]]), (32, 32)), mask[::-1, ::-1])
+
+
+def test_heatmap_mask_threshold_and_constant_heatmap():
+    heatmap = np.random.default_rng(5).random((4, 4))
+    loose = heatmap_mask(heatmap, (16, 16), threshold=0.0)
+    strict = heatmap_mask(heatmap, (16, 16), threshold=1.01)
+    assert np.all(loose == 1.0) and np.all(strict == np.float32(0.3))
+    np.testing.assert_array_equal(heatmap_mask(np.ones((3, 3)), (8, 8)), np.full((8, 8), 0.3, np.float32))
+
+
+def test_heatmap_mask_rejects_bad_input():
+    with pytest.raises(ValueError, match="heatmap"):
+        heatmap_mask(np.zeros(4), (8, 8))
+    with pytest.raises(ValueError, match="low"):
+        heatmap_mask(np.zeros((2, 2)), (8, 8), low=1.5)
+
+
+def test_apply_mask_uint8_and_float():
+    image = np.array([[[200, 201, 255], [10, 0, 255]]], np.uint8)  # (1, 2, 3)
+    mask = np.array([[0.3, 0.5]], np.float32)
+    out = apply_mask(image, mask)
+    assert out.dtype == np.uint8 and out.shape == image.shape
+    # 200*.3=60, 201*.3=60.3->60, 255*.3=76.5->76 or 77 (float32 rounding); 10*.5=5, 0, 255*.5=127.5->128
+    np.testing.assert_array_equal(out[0, 1], [5, 0, 128])
+    np.testing.assert_array_equal(out[0, 0, :2], [60, 60])
+    assert out[0, 0, 2] in (76, 77)
+    np.testing.assert_array_equal(apply_mask(image, np.ones((1, 2))), image)
+    float_image = image.astype(np.float32) / 255
+    got = apply_mask(float_image, mask)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, float_image * mask[..., None], rtol=1e-6)
+    with pytest.raises(ValueError, match="mask"):
+        apply_mask(image, np.ones((2, 1)))
+
+
+# --- filters -------------------------------------------------------------------------------
+
+def test_filter_grid_rgb_32_kernels():
+    kernels = np.random.default_rng(6).normal(size=(3, 3, 3, 32)).astype(np.float32)
+    cells, filled = filter_grid(kernels)
+    assert cells.shape == (6, 6, 3, 3, 3) and cells.dtype == np.float32
+    assert filled.shape == (6, 6) and filled.dtype == bool
+    assert filled.sum() == 32
+    np.testing.assert_array_equal(filled.ravel(), np.arange(36) < 32)  # row-major, blanks last
+    flat = cells.reshape(36, 3, 3, 3)
+    assert np.all(flat[32:] == 1.0)  # the 4 blank cells are white
+    for p in range(32):
+        k = kernels[..., p]
+        np.testing.assert_allclose(flat[p], (k - k.min()) / (k.max() - k.min()), rtol=1e-6, atol=1e-6)
+        assert flat[p].min() == 0.0 and flat[p].max() == pytest.approx(1.0)
+
+
+def test_filter_grid_gray_for_other_input_channels():
+    kernels = np.random.default_rng(7).normal(size=(3, 3, 8, 10)).astype(np.float32)
+    cells, filled = filter_grid(kernels)
+    assert cells.shape == (4, 4, 3, 3, 3) and filled.sum() == 10
+    flat = cells.reshape(16, 3, 3, 3)
+    for p in range(10):
+        mean = kernels[..., p].mean(-1)
+        want = (mean - mean.min()) / (mean.max() - mean.min())
+        for c in range(3):  # gray: the same in every channel
+            np.testing.assert_allclose(flat[p, ..., c], want, rtol=1e-5, atol=1e-6)
+    assert np.all(flat[10:] == 1.0)
+
+
+def test_filter_grid_perfect_square_and_bad_shape():
+    cells, filled = filter_grid(np.ones((3, 3, 3, 16), np.float32))
+    assert cells.shape[:2] == (4, 4) and filled.all()
+    assert np.all(cells == 0.0)  # constant kernels normalize to zeros
+    with pytest.raises(ValueError, match="kernels"):
+        filter_grid(np.ones((3, 3, 16)))
+
+
+# --- embedding ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def blobs():
+    rng = np.random.default_rng(8)
+    centers = np.zeros((3, 10))
+    centers[0, 0], centers[1, 1], centers[2, 2] = 30.0, 30.0, 30.0
+    labels = np.repeat(np.arange(3), 20)
+    return centers[labels] + rng.normal(size=(60, 10)), labels
+
+
+def test_tsne_separates_blobs(blobs):
+    features, labels = blobs
+    # max_iter=300, not the minimum 250: scikit-learn's first 250 iterations are all
+    # early exaggeration, so max_iter=250 returns a still-exaggerated layout (with this
+    # data: agreement 0.9 for one class); 50 normal iterations separate the blobs cleanly.
+    emb = tsne(features.reshape(60, 2, 5), perplexity=10, max_iter=300)  # (N, ...) is flattened
+    assert emb.coords.shape == (60, 2) and emb.coords.dtype == np.float32
+    np.testing.assert_array_equal(emb.indices, np.arange(60))
+    assert emb.settings["points"] == 60 and emb.settings["perplexity"] == 10 and emb.seconds >= 0
+    agreement = knn_agreement(emb.coords, labels[emb.indices], 3, k=5)
+    assert agreement.shape == (3,)
+    assert np.all(agreement >= 0.95), agreement
+
+
+def test_tsne_subsample(blobs):
+    features, labels = blobs
+    emb = tsne(features, perplexity=5, max_iter=250, subsample=30, seed=1)
+    assert emb.coords.shape == (30, 2) and emb.indices.shape == (30,)
+    assert np.all(np.diff(emb.indices) > 0) and emb.indices.max() < 60
+    again = tsne(features, perplexity=5, max_iter=250, subsample=30, seed=1)
+    np.testing.assert_array_equal(again.indices, emb.indices)
+
+
+def test_tsne_rejects_bad_settings(blobs):
+    features, _ = blobs
+    with pytest.raises(ValueError, match="perplexity"):
+        tsne(features, perplexity=60, max_iter=250)
+    with pytest.raises(ValueError, match="perplexity"):
+        tsne(features, perplexity=20, max_iter=250, subsample=20)
+    with pytest.raises(ValueError, match="max_iter"):
+        tsne(features, perplexity=10, max_iter=100)
+    with pytest.raises(ValueError, match="features"):
+        tsne(features[:1])
+
+
+def test_knn_agreement_hand_example():
+    # two tight pairs far apart, plus one class-1 point inside class 0's cluster
+    coords = np.array([[0.0, 0.0], [0.1, 0.0], [0.05, 0.1], [10.0, 0.0], [10.1, 0.0]])
+    labels = np.array([0, 0, 1, 1, 1])
+    # k=1 nearest neighbours: 0->1, 1->0 (same class); 2->0 or 1 (other class); 3->4, 4->3 (same)
+    np.testing.assert_allclose(knn_agreement(coords, labels, 3, k=1)[:2], [1.0, 2 / 3])
+    # k=2: 0->{1,2}, 1->{0,2}: 1/2 each; 2->{0,1}: 0; 3->{4,1}, 4->{3,1}: 1/2 each (1 is the nearest far point)
+    agreement = knn_agreement(coords, labels, 3, k=2)
+    np.testing.assert_allclose(agreement[:2], [0.5, 1 / 3])
+    assert np.isnan(agreement[2])  # a class with no points
+    with pytest.raises(ValueError, match="k"):
+        knn_agreement(coords, labels, 3, k=5)
+    with pytest.raises(ValueError, match="labels"):
+        knn_agreement(coords, labels[:4], 3)

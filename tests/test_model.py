@@ -1,0 +1,276 @@
+"""Tests for jaxviz.model against an independent plain-numpy re-implementation."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxviz.data import to_model_input
+from jaxviz.model import (
+    CNN, check_layer, conv3x3, conv_kernels, forward, init_variables, layer_names, summary, summary_table,
+)
+
+
+TINY_LAYERS = ("conv1", "conv2", "pool1", "conv3", "conv4", "pool2", "flatten", "fc1", "logits")
+BN_EPS = 1e-5  # flax.linen.BatchNorm's default epsilon
+
+
+# --- independent reference: the forward pass from the raw variables ---------
+
+def ref_forward(xp, model: CNN, variables: dict, x) -> dict:
+    """Every named layer's activations of a full inference forward pass.
+
+    ``xp`` is numpy (run in float64) or jax.numpy (differentiable by plain
+    autodiff). The convolution is nine shifted matrix products ("SAME",
+    cross-correlation), batch norm uses the running statistics, max pooling
+    is reshape + max, flatten is row-major over (h, w, c).
+    """
+    params, stats = variables["params"], variables["batch_stats"]
+    out = {}
+    conv = 0
+    for block, _ in enumerate(model.widths):
+        for _ in range(model.convs_per_block):
+            conv += 1
+            name = f"conv{conv}"
+            kernel = params[name]["kernel"]
+            n, h, w, c = x.shape
+            padded = xp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+            y = sum(padded[:, i:i + h, j:j + w, :] @ kernel[i, j] for i in range(3) for j in range(3))
+            bn, st = params[f"{name}_bn"], stats[f"{name}_bn"]
+            y = (y - st["mean"]) / xp.sqrt(st["var"] + BN_EPS) * bn["scale"] + bn["bias"]
+            x = out[name] = xp.maximum(y, 0)
+        n, h, w, c = x.shape
+        x = out[f"pool{block + 1}"] = x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+    x = out["flatten"] = x.reshape(x.shape[0], -1)
+    x = out["fc1"] = xp.maximum(x @ params["fc1"]["kernel"] + params["fc1"]["bias"], 0)
+    out["logits"] = x @ params["logits"]["kernel"] + params["logits"]["bias"]
+    return out
+
+
+def as_float64(tree):
+    return jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), tree)
+
+
+def rel_err(got, want) -> float:
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    assert got.shape == want.shape, (got.shape, want.shape)
+    return float(np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-30))
+
+
+@pytest.fixture(scope="module")
+def x(tiny_images):
+    return to_model_input(tiny_images)
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_model, tiny_variables, x):
+    return ref_forward(np, tiny_model, as_float64(tiny_variables), x.astype(np.float64))
+
+
+@pytest.fixture(scope="module")
+def jit_forward():
+    return jax.jit(forward, static_argnums=0, static_argnames="layer")
+
+
+# --- layer names --------------------------------------------------------------
+
+def test_layer_names_unique_and_in_forward_order(tiny_model):
+    names = layer_names(tiny_model)
+    assert names == TINY_LAYERS
+    assert len(set(names)) == len(names)
+    one_conv = CNN(widths=(4, 8, 16), convs_per_block=1, hidden=16)
+    assert layer_names(one_conv) == (
+        "conv1", "pool1", "conv2", "pool2", "conv3", "pool3", "flatten", "fc1", "logits")
+
+
+def test_every_conv_and_dense_layer_has_params(tiny_model, tiny_variables):
+    params = tiny_variables["params"]
+    for name in TINY_LAYERS:
+        if name.startswith(("conv", "fc", "logits")):
+            assert name in params
+        if name.startswith("conv"):
+            assert f"{name}_bn" in params and f"{name}_bn" in tiny_variables["batch_stats"]
+
+
+# --- forward vs the reference -------------------------------------------------
+
+def test_reference_is_not_degenerate(reference):
+    # The comparisons below would be weak if ReLUs were all off or all on.
+    for name in ("conv1", "conv4", "fc1"):
+        active = np.mean(reference[name] > 0)
+        assert 0.05 < active < 0.95, (name, active)
+
+
+def test_logits_match_reference(tiny_model, tiny_variables, x, reference, jit_forward):
+    assert rel_err(jit_forward(tiny_model, tiny_variables, x), reference["logits"]) < 1e-5
+    assert rel_err(jit_forward(tiny_model, tiny_variables, x, layer=None), reference["logits"]) < 1e-5
+
+
+@pytest.mark.parametrize("layer", TINY_LAYERS)
+def test_truncated_forward_matches_reference_intermediate(tiny_model, tiny_variables, x, reference,
+                                                          jit_forward, layer):
+    got = jit_forward(tiny_model, tiny_variables, x, layer=layer)
+    assert rel_err(got, reference[layer]) < 1e-5
+
+
+def test_truncated_forward_matches_flax_captured_intermediates(tiny_model, tiny_variables, x):
+    logits, state = tiny_model.apply(tiny_variables, x, capture_intermediates=True, mutable=["intermediates"])
+    inter = state["intermediates"]
+    for name in ("conv1", "conv2", "conv3", "conv4"):
+        want = jax.nn.relu(inter[f"{name}_bn"]["__call__"][0])  # conv layers are reported post-ReLU
+        np.testing.assert_allclose(forward(tiny_model, tiny_variables, x, layer=name), want, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(forward(tiny_model, tiny_variables, x, layer="fc1"),
+                               jax.nn.relu(inter["fc1"]["__call__"][0]), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(forward(tiny_model, tiny_variables, x), inter["logits"]["__call__"][0],
+                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(forward(tiny_model, tiny_variables, x), logits, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("layer, convs", [("conv1", 1), ("conv2", 2), ("pool1", 2), ("conv3", 3),
+                                          ("fc1", 4), ("logits", 4)])
+def test_truncated_forward_does_not_trace_later_layers(tiny_model, tiny_variables, x, layer, convs):
+    jaxpr = jax.make_jaxpr(lambda v, x: forward(tiny_model, v, x, layer=layer))(tiny_variables, x[:1])
+    text = str(jaxpr)
+    assert text.count("conv_general_dilated") == convs
+    assert ("dot_general" in text) == (layer in ("fc1", "logits"))
+
+
+def test_forward_unknown_layer_raises(tiny_model, tiny_variables, x):
+    # Regression guard: an unknown name must not silently return the logits.
+    with pytest.raises(ValueError, match="conv99"):
+        forward(tiny_model, tiny_variables, x[:1], layer="conv99")
+    with pytest.raises(ValueError, match="Conv1"):
+        forward(tiny_model, tiny_variables, x[:1], layer="Conv1")
+
+
+def test_check_layer(tiny_model):
+    check_layer(tiny_model, None)
+    for name in TINY_LAYERS:
+        check_layer(tiny_model, name)
+    with pytest.raises(ValueError, match="pool3"):
+        check_layer(tiny_model, "pool3")
+    with pytest.raises(TypeError):
+        check_layer(tiny_model, 3)
+
+
+def test_forward_is_vmappable(tiny_model, tiny_variables, tiny_images):
+    xs = to_model_input(tiny_images[:6]).reshape(2, 3, 32, 32, 3)
+    for layer in (None, "pool1", "fc1"):
+        fn = jax.jit(jax.vmap(lambda x, layer=layer: forward(tiny_model, tiny_variables, x, layer=layer)))
+        got = np.asarray(fn(xs))
+        want = np.stack([np.asarray(forward(tiny_model, tiny_variables, xi, layer=layer)) for xi in xs])
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_init_variables_are_deterministic_and_key_dependent(tiny_model):
+    a = init_variables(tiny_model, jax.random.key(3))
+    b = init_variables(tiny_model, jax.random.key(3))
+    c = init_variables(tiny_model, jax.random.key(4))
+    assert jax.tree_util.tree_all(jax.tree_util.tree_map(lambda p, q: bool(jnp.array_equal(p, q)), a, b))
+    assert not np.array_equal(a["params"]["conv1"]["kernel"], c["params"]["conv1"]["kernel"])
+
+
+# --- summary ------------------------------------------------------------------
+
+# Hand-counted: conv = 3*3*in*out kernel + 4*out (BN scale, bias, mean, var).
+TINY_PARAMS = {"conv1": 3 * 3 * 3 * 4 + 16, "conv2": 3 * 3 * 4 * 4 + 16, "pool1": 0,
+               "conv3": 3 * 3 * 4 * 8 + 32, "conv4": 3 * 3 * 8 * 8 + 32, "pool2": 0, "flatten": 0,
+               "fc1": 8 * 8 * 8 * 16 + 16, "logits": 16 * 10 + 10}
+
+
+def test_summary_shapes_and_params(tiny_model, tiny_variables, reference):
+    rows = summary(tiny_model, tiny_variables)
+    assert [r.name for r in rows] == list(TINY_LAYERS)
+    for r in rows:
+        assert r.output_shape == reference[r.name].shape[1:], r
+        assert r.params == TINY_PARAMS[r.name], r
+    # Without variables: the same table, from shapes only.
+    assert summary(tiny_model) == rows
+
+
+def test_summary_table_names_and_total(tiny_model, tiny_variables):
+    table = summary_table(tiny_model, tiny_variables)
+    total = sum(int(np.size(leaf)) for leaf in jax.tree_util.tree_leaves(tiny_variables))
+    assert total == sum(TINY_PARAMS.values()) == 9590
+    for name in TINY_LAYERS:
+        assert f"\n{name} " in table
+    assert table.rstrip().endswith(f"Total params: {total:,}")
+    assert "(None, 8, 8, 8)" in table and "(None, 10)" in table
+
+
+def test_summary_default_model_total():
+    # The notebook-sized default model: count from the variables tree independently.
+    model = CNN()
+    shapes = jax.eval_shape(lambda: init_variables(model, jax.random.key(0)))
+    total = sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(shapes))
+    assert sum(r.params for r in summary(model)) == total
+    assert f"Total params: {total:,}" in summary_table(model)
+    assert summary(model)[-2].output_shape == (512,)
+
+
+# --- conv_kernels -------------------------------------------------------------
+
+def test_conv_kernels(tiny_model, tiny_variables):
+    channels = {"conv1": (3, 4), "conv2": (4, 4), "conv3": (4, 8), "conv4": (8, 8)}
+    for name, (cin, cout) in channels.items():
+        k = conv_kernels(tiny_model, tiny_variables, name)
+        assert k.shape == (3, 3, cin, cout) and k.dtype == np.float32
+        np.testing.assert_array_equal(k, np.asarray(tiny_variables["params"][name]["kernel"]))
+
+
+@pytest.mark.parametrize("layer", ["fc1", "pool1", "logits", "conv5", "nope"])
+def test_conv_kernels_rejects_non_conv_and_unknown_layers(tiny_model, tiny_variables, layer):
+    with pytest.raises(ValueError, match=repr(layer)):
+        conv_kernels(tiny_model, tiny_variables, layer)
+
+
+# --- the custom-VJP convolution -------------------------------------------------
+
+def lax_conv(x, kernel):
+    return jax.lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)),
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+@pytest.mark.parametrize("shape, cout", [((2, 6, 6, 3), 5), ((1, 5, 7, 4), 2), ((3, 32, 32, 3), 8)])
+def test_conv3x3_values_and_gradients_match_autodiff(shape, cout):
+    kx, kk, kc = jax.random.split(jax.random.key(sum(shape) + cout), 3)
+    x = jax.random.normal(kx, shape)
+    kernel = jax.random.normal(kk, (3, 3, shape[-1], cout))
+    cotangent = jax.random.normal(kc, (*shape[:3], cout))
+
+    def loss(conv):
+        return jax.jit(jax.grad(lambda x, k: jnp.sum(conv(x, k) * cotangent), argnums=(0, 1)))
+
+    assert rel_err(jax.jit(conv3x3)(x, kernel), lax_conv(x, kernel)) < 1e-5
+    dx, dk = loss(conv3x3)(x, kernel)
+    dx_ref, dk_ref = loss(lax_conv)(x, kernel)
+    assert dx.shape == x.shape and dk.shape == kernel.shape
+    assert rel_err(dx, dx_ref) < 1e-5
+    assert rel_err(dk, dk_ref) < 1e-5
+
+
+def test_model_gradients_match_plain_autodiff_reference(tiny_model, tiny_variables, x):
+    """Gradients through the whole model (custom VJP inside) equal plain autodiff
+    through the jax.numpy reference (shifted matmuls, no lax.conv)."""
+    cotangent = jax.random.normal(jax.random.key(5), (x.shape[0], 10))
+    stats = tiny_variables["batch_stats"]
+
+    def loss(params):
+        return jnp.sum(forward(tiny_model, {"params": params, "batch_stats": stats}, x) * cotangent)
+
+    def loss_ref(params):
+        variables = {"params": params, "batch_stats": stats}
+        return jnp.sum(ref_forward(jnp, tiny_model, variables, jnp.asarray(x))["logits"] * cotangent)
+
+    grads = jax.jit(jax.grad(loss))(tiny_variables["params"])
+    grads_ref = jax.jit(jax.grad(loss_ref))(tiny_variables["params"])
+    flat, _ = jax.tree_util.tree_flatten_with_path(grads)
+    flat_ref = jax.tree_util.tree_leaves(grads_ref)
+    assert len(flat) == len(flat_ref)
+    for (path, g), g_ref in zip(flat, flat_ref):
+        assert rel_err(g, g_ref) < 1e-4, jax.tree_util.keystr(path)
