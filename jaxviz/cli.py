@@ -52,6 +52,12 @@ def _load_data(args) -> jaxviz.Dataset:
                                download=not args.no_download)
 
 
+def _load(args) -> tuple[jaxviz.Dataset, jaxviz.Weights]:
+    """The data (labels re-indexed into the model's classes) and the weights."""
+    weights = _load_weights(args)
+    return _load_data(args).with_classes(weights.class_names), weights
+
+
 def _load_weights(args) -> jaxviz.Weights:
     return jaxviz.load_pretrained() if not args.weights else jaxviz.load_weights(args.weights)
 
@@ -69,7 +75,7 @@ def _ints(text: str | None) -> list[int] | None:
 
 
 def cmd_evaluate(args) -> None:
-    data, w = _load_data(args), _load_weights(args)
+    data, w = _load(args)
     logits = jaxviz.predict(w.model, w.variables, data.images, progress="evaluate")
     report = jaxviz.classification_report(data.labels, logits, data.class_names)
     if args.confusion_png:
@@ -110,7 +116,7 @@ def cmd_filters(args) -> None:
 
 
 def cmd_activations(args) -> None:
-    data, w = _load_data(args), _load_weights(args)
+    data, w = _load(args)
     idx = _ints(args.images) or [0, 1, 2, 3]
     images = data.subset(idx).images
     maps = jaxviz.activation_maps(w.model, w.variables, images, layer=args.layer)
@@ -133,7 +139,7 @@ def _top(args, data, w, units: list[int] | None):
 
 
 def cmd_topk(args) -> None:
-    data, w = _load_data(args), _load_weights(args)
+    data, w = _load(args)
     out = check_output_dir(args.out)
     _, top, sel, units = _top(args, data, w, _ints(args.units))
     fig = plots.plot_top_k(data.images[top.indices[:, units]], units, labels=data.labels[top.indices[:, units]],
@@ -171,13 +177,13 @@ def _classes(text: str, class_names: tuple[str, ...]) -> list[int]:
 
 def cmd_occlude(args) -> None:
     """Occlude each chosen unit's top-K images (default) or the images given by --images."""
-    data, w = _load_data(args), _load_weights(args)
+    data, w = _load(args)
     out = check_output_dir(args.out)
     units = _ints(args.units)
     if args.classes is not None:
         if args.layer != "logits":
             raise ValueError("--classes: selects classifier outputs; use it with --layer logits")
-        units = _classes(args.classes, data.class_names)
+        units = _classes(args.classes, w.class_names)
     if args.images is None:  # the notebook: the top-K images of each unit, unit-major
         _, top, _, units = _top(args, data, w, units)
         idx = top.indices[:, units].T.reshape(-1)
@@ -211,7 +217,7 @@ def cmd_occlude(args) -> None:
 
 
 def cmd_tsne(args) -> None:
-    data, w = _load_data(args), _load_weights(args)
+    data, w = _load(args)
     feats = jaxviz.unit_scores(jaxviz.layer_features(w.model, w.variables, data.images, layer=args.layer,
                                                      progress="features"))
     emb = jaxviz.tsne(feats, perplexity=args.perplexity, max_iter=args.max_iter, seed=args.seed,
@@ -220,8 +226,8 @@ def cmd_tsne(args) -> None:
     plots.save_figure(plots.plot_tsne(emb.coords, labels, data.class_names,
                                       title=f"t-SNE of {args.layer} ({emb.seconds:.1f} s)"), args.out)
     knn = jaxviz.knn_agreement(emb.coords, labels, len(data.class_names))
-    print(json.dumps({"png": args.out, "seconds": round(emb.seconds, 2),
-                      "knn_agreement": dict(zip(data.class_names, np.round(knn, 3).tolist()))}))
+    agreement = {c: round(float(v), 3) for c, v in zip(data.class_names, knn) if not np.isnan(v)}
+    print(json.dumps({"png": args.out, "seconds": round(emb.seconds, 2), "knn_agreement": agreement}))
 
 
 def cmd_report(args) -> None:
@@ -229,7 +235,7 @@ def cmd_report(args) -> None:
                               num_units=args.num_units, k=args.k, window=args.window, stride=args.stride,
                               tsne_points=args.tsne_points, tsne_iter=args.tsne_iter)
     check_output_dir(args.out)
-    weights, data = _load_weights(args), _load_data(args)
+    data, weights = _load(args)
     start = time.perf_counter()
     make_report(args.out, weights=weights, dataset=data, settings=settings)
     print(f"wrote {Path(args.out) / 'index.html'} in {time.perf_counter() - start:.1f} s")

@@ -65,6 +65,22 @@ class Dataset:
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
+    def with_classes(self, class_names: Sequence[str]) -> "Dataset":
+        """The same images, labels re-indexed into ``class_names`` (e.g. a model's classes).
+
+        Raises:
+          ValueError: a class of this dataset is not in ``class_names``.
+        """
+        class_names = tuple(class_names)
+        if class_names == self.class_names:
+            return self
+        missing = [c for c in self.class_names if c not in class_names]
+        if missing:
+            raise ValueError(f"class_names: the data has classes {missing} that the model does not know "
+                             f"(model classes: {list(class_names)})")
+        mapping = np.array([class_names.index(c) for c in self.class_names], np.int64)
+        return Dataset(self.images, mapping[self.labels], class_names, self.source)
+
     def subset(self, indices: Sequence[int] | np.ndarray) -> "Dataset":
         """The images at ``indices`` (any order, repeats allowed)."""
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)

@@ -169,6 +169,8 @@ def plot_tsne(coords: np.ndarray, labels: np.ndarray, class_names: Sequence[str]
     cmap = colormaps["tab10"]
     for c, name in enumerate(class_names):
         sel = labels == c
+        if not sel.any():
+            continue
         ax.scatter(coords[sel, 0], coords[sel, 1], s=6, color=cmap(c % 10), label=name)
     ax.legend(markerscale=3, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     ax.set_xticks([])

@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxviz import plots
@@ -28,7 +30,7 @@ from jaxviz.features import layer_features, layer_fn, top_k_images, unit_scores
 from jaxviz.filters import filter_grid
 from jaxviz.masks import apply_mask, heatmap_mask
 from jaxviz.metrics import classification_report
-from jaxviz.model import check_layer, conv_kernels, summary_table
+from jaxviz.model import check_layer, conv_kernels, forward, summary_table
 from jaxviz.occlusion import occlude
 from jaxviz.units import pick_units, similar_units, unit_selectivity
 from jaxviz.weights import Weights, load_pretrained
@@ -102,13 +104,24 @@ def _p(text: str) -> str:
 
 
 def _check_settings(s: ReportSettings, weights: Weights, dataset: Dataset) -> None:
+    """Fail before any work (and before any file is written) on settings that cannot run."""
     check_layer(weights.model, s.layer)
     if len(dataset) == 0:
         raise ValueError("dataset: expected at least one image, got an empty dataset")
     if not 1 <= s.k <= len(dataset):
         raise ValueError(f"k: expected an int in [1, {len(dataset)}] (the dataset size), got {s.k}")
-    if s.units is not None and not s.units:
-        raise ValueError("units: expected at least one unit index, got an empty list")
+    size = min(dataset.images.shape[1:3])
+    if not 1 <= s.window <= size or s.stride < 1:
+        raise ValueError(f"window, stride: expected 1 <= window <= {size} and stride >= 1, "
+                         f"got {s.window}, {s.stride}")
+    if s.num_units < 1 or s.tsne_points < 2 or s.tsne_iter < 250:
+        raise ValueError(f"num_units >= 1, tsne_points >= 2 and tsne_iter >= 250 expected, got "
+                         f"{s.num_units}, {s.tsne_points}, {s.tsne_iter}")
+    if s.units is not None:
+        width = jax.eval_shape(lambda x: forward(weights.model, weights.variables, x, layer=s.layer),
+                               jax.ShapeDtypeStruct((1, *dataset.images.shape[1:]), jnp.float32)).shape[-1]
+        if not s.units or min(s.units) < 0 or max(s.units) >= width:
+            raise ValueError(f"units: expected indices in [0, {width}) for layer {s.layer}, got {list(s.units)}")
 
 
 def make_report(out_dir: str | os.PathLike, *, weights: Weights | None = None, dataset: Dataset | None = None,
@@ -127,7 +140,7 @@ def make_report(out_dir: str | os.PathLike, *, weights: Weights | None = None, d
     """
     out = check_output_dir(out_dir)
     weights = load_pretrained() if weights is None else weights
-    dataset = load_sample() if dataset is None else dataset
+    dataset = (load_sample() if dataset is None else dataset).with_classes(weights.class_names)
     _check_settings(settings, weights, dataset)
     model, variables, class_names = weights.model, weights.variables, tuple(dataset.class_names)
     s, page, results = settings, _Page(out), {"settings": dataclasses.asdict(settings)}
@@ -187,12 +200,7 @@ def make_report(out_dir: str | os.PathLike, *, weights: Weights | None = None, d
     top = top_k_images(scores, s.k)
     sel = unit_selectivity(top.indices, dataset.labels, len(class_names))
     alive = scores.max(0) > 0
-    if s.units is None:
-        units = pick_units(sel, s.num_units, alive=alive)
-    else:
-        units = list(s.units)
-        if min(units) < 0 or max(units) >= scores.shape[1]:
-            raise ValueError(f"units: expected indices in [0, {scores.shape[1]}) for layer {s.layer}, got {units}")
+    units = pick_units(sel, s.num_units, alive=alive) if s.units is None else list(s.units)
     pairs = similar_units(top.indices, scores, top=8)
     ranking = sel.ranking()
     ranking = [int(u) for u in ranking if alive[u]]

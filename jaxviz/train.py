@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
@@ -222,7 +223,7 @@ def train(
             record["test_accuracy"] = float(np.mean(np.argmax(logits, -1) == test_set.labels))
         history.append(record)
         if progress:
-            print(json.dumps(record), flush=True)
+            print(json.dumps(record), file=sys.stderr, flush=True)
         if ckpt is not None:
             _save_checkpoint(ckpt, state, epoch + 1, config, history)
     return TrainResult(model, {"params": state.params, "batch_stats": state.batch_stats}, history)

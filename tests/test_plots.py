@@ -1,0 +1,63 @@
+"""Every figure function runs headless on tiny inputs and returns a figure; numerics never import matplotlib."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+
+import jaxviz
+from jaxviz import plots
+
+
+@pytest.fixture(scope="module")
+def rng():
+    return np.random.default_rng(0)
+
+
+def _images(rng, *shape):
+    return rng.integers(0, 256, size=(*shape, 8, 8, 3), dtype=np.uint8)
+
+
+def test_every_plot_returns_a_figure(rng, tmp_path):
+    cells, filled = jaxviz.filter_grid(rng.normal(size=(3, 3, 3, 5)))
+    figures = {
+        "filters": plots.plot_filters(cells, filled, title="k"),
+        "activations": plots.plot_activation_maps(_images(rng, 2), rng.normal(size=(2, 4, 4, 3)), layer="conv1"),
+        "topk": plots.plot_top_k(_images(rng, 3, 2), [5, 9], labels=np.zeros((3, 2), int), class_names=("a",)),
+        "masked": plots.plot_masked(_images(rng, 3, 2), ["image 1", "image 2"]),
+        "heatmaps": plots.plot_heatmaps(_images(rng, 2, 2), rng.normal(size=(2, 2, 8, 8)), [1, 2]),
+        "occluded": plots.plot_occluded_examples(_images(rng, 2, 3)),
+        "tsne": plots.plot_tsne(rng.normal(size=(20, 2)), np.arange(20) % 3, ("a", "b", "c")),
+        "confusion": plots.plot_confusion(rng.integers(0, 9, size=(3, 3)), ("a", "b", "c")),
+        "selectivity": plots.plot_selectivity(rng.integers(0, 5, size=(2, 3)), [4, 7], ("a", "b", "c")),
+        "training": plots.plot_training([{"epoch": 1, "train_accuracy": 0.5, "test_accuracy": 0.4},
+                                         {"epoch": 2, "train_accuracy": 0.6, "test_accuracy": 0.5}]),
+    }
+    for name, fig in figures.items():
+        assert isinstance(fig, Figure), name
+        plots.save_figure(fig, tmp_path / f"{name}.png")
+        assert (tmp_path / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*"))
+
+
+def test_plots_draw_into_a_given_axes(rng):
+    fig = Figure()
+    ax = fig.add_subplot()
+    assert plots.plot_tsne(rng.normal(size=(9, 2)), np.arange(9) % 3, ("a", "b", "c"), ax=ax) is fig
+    assert len(ax.collections) == 3  # one scatter per class
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["a", "b", "c"]
+
+
+def test_unit_titles(rng):
+    fig = plots.plot_top_k(_images(rng, 2, 2), [3, "image 7"])
+    titles = [ax.get_title() for ax in fig.axes[:2]]
+    assert titles == ["unit 3", "image 7"]
+
+
+def test_numerics_modules_do_not_import_matplotlib():
+    code = ("import sys, jaxviz, jaxviz.occlusion, jaxviz.features, jaxviz.units, jaxviz.report, jaxviz.cli; "
+            "print(sorted(m for m in ('matplotlib', 'sklearn', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
