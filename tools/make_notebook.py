@@ -1,0 +1,159 @@
+"""Write notebooks/what_did_the_cnn_learn.ipynb from the cells below, and execute it in place.
+
+    python tools/make_notebook.py [--no-execute]
+
+The notebook walks through the teaching session (../shared/reference/
+seed-notebook.txt) with jaxviz's public API, on the pretrained model and the
+embedded sample. Executing needs the test extras (nbclient, ipykernel).
+"""
+
+import argparse
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+PATH = Path(__file__).resolve().parents[1] / "notebooks" / "what_did_the_cnn_learn.ipynb"
+
+CELLS = [
+    ("md", """# What did this CNN learn?
+
+The teaching session in JAX with **jaxviz**: we load a CNN trained on CIFAR-10, look at its first- and
+second-layer filters and their activation maps, build a feature extractor at the fully connected layer,
+find the images each unit likes most, measure how class-selective units are, slide an occluder over those
+images to see which parts drive each unit, and embed the features with t-SNE.
+
+Everything runs on the CPU in a minute or two, on the 1,000 CIFAR-10 test images shipped with jaxviz."""),
+    ("code", """%matplotlib inline
+import matplotlib.pyplot as plt  # registers the inline display of figures
+import numpy as np
+import jaxviz
+from jaxviz import plots"""),
+    ("md", """## The model
+
+`load_pretrained()` reads the weights shipped inside the package (offline, SHA-256 checked). The summary
+is Keras' `model.summary()`: every layer has a name, and any name can be used as a feature extractor."""),
+    ("code", """weights = jaxviz.load_pretrained()
+model, variables, class_names = weights.model, weights.variables, weights.class_names
+print(jaxviz.summary_table(model, variables))
+print("test accuracy recorded with the weights:", weights.metadata["test_accuracy"])"""),
+    ("code", """data = jaxviz.load_sample()          # uint8 (1000, 32, 32, 3), 100 test images per class
+# full test set instead: data = jaxviz.load_cifar10("test")  (downloads once), or jaxviz.load_image_folder(DIR)
+data.images.shape, data.class_names"""),
+    ("md", """## Filters of the first conv layer
+
+The notebook's `model.layers[0].get_weights()[0]`: kernels of shape (3, 3, in, out). Kernels with three
+input channels are shown as RGB, each normalized to [0, 1]."""),
+    ("code", """kernels = jaxviz.conv_kernels(model, variables, "conv1")
+print(kernels.shape)
+plots.plot_filters(*jaxviz.filter_grid(kernels), title="conv1 kernels")"""),
+    ("md", """**Exercise: the second conv layer.** Its kernels have 32 input channels; each cell shows their mean
+over input channels, in gray."""),
+    ("code", """plots.plot_filters(*jaxviz.filter_grid(jaxviz.conv_kernels(model, variables, "conv2")), title="conv2 kernels")"""),
+    ("md", """## Activation maps
+
+The notebook leaves "display the activations of these filters when convolved with an image" as homework.
+Bright pixels are where a channel responds."""),
+    ("code", """some = data.subset([0, 100, 300, 700]).images   # an airplane, a car, a cat, a horse
+plots.plot_activation_maps(some, jaxviz.activation_maps(model, variables, some, layer="conv1"), layer="conv1")"""),
+    ("code", """plots.plot_activation_maps(some, jaxviz.activation_maps(model, variables, some, layer="conv2"), layer="conv2")"""),
+    ("md", """## A feature extractor at the fully connected layer
+
+`fc1` is the last layer before the classifier. `layer_features` runs the network up to it (later layers
+are not computed) in fixed-size batches with one compiled program."""),
+    ("code", """feats = jaxviz.layer_features(model, variables, data.images, layer="fc1")
+feats.shape"""),
+    ("md", """## Top-K images per unit
+
+For every unit, the K images with the highest activation (`jax.lax.top_k`, ties to the lower index)."""),
+    ("code", """top = jaxviz.top_k_images(feats, 10)
+top.indices.shape   # (K, units): the notebook's idxs_top10"""),
+    ("md", """## Do units respond to distinguishable concepts?
+
+Selectivity of a unit = share of the majority class among its top-10 images (1.0: all of one class, 0.1:
+no preference). We pick units automatically: the most selective ones, one per class first."""),
+    ("code", """sel = jaxviz.unit_selectivity(top.indices, data.labels, len(class_names))
+alive = feats.max(0) > 0
+print(f"{(~alive).sum()} of {feats.shape[1]} units never fire on these images")
+print(f"mean selectivity of live units: {sel.score[alive].mean():.2f}; "
+      f"{(sel.score[alive] >= 0.5).mean():.0%} have a majority class of at least half")
+units = jaxviz.pick_units(sel, 5, alive=alive)
+for u in units:
+    print(f"unit {u:3d}: {sel.score[u]:.0%} {class_names[sel.majority_class[u]]}")"""),
+    ("code", """plots.plot_top_k(data.images[top.indices[:, units]], units, labels=data.labels[top.indices[:, units]],
+                class_names=class_names, title="Top 10 images of five fc1 units")"""),
+    ("code", """plots.plot_selectivity(sel.histogram[units], units, class_names)"""),
+    ("md", """## Are there units that respond to similar things?
+
+Pairs of units whose top-10 sets overlap most (Jaccard index), and whose activations over all images
+correlate most."""),
+    ("code", """pairs = jaxviz.similar_units(top.indices, feats, top=5)
+for kind, found in pairs.items():
+    print(kind)
+    for p in found:
+        print(f"  units {p.a:3d} & {p.b:3d}: overlap {p.jaccard:.2f}, correlation {p.correlation:.2f}")"""),
+    ("md", """## Which image parts drive each unit? Occlusion
+
+An 11x11 black occluder slides with stride 4 over each unit's top-10 images. `jaxviz.occlude` evaluates
+every position of every image as one compiled, vmapped batch and returns, for all kept units at once,
+`grid = activation(original) - activation(occluded)`: positive where hiding the region lowers the unit."""),
+    ("code", """images = data.images[top.indices[:, units].T.reshape(-1)]     # 5 units x 10 images, unit-major
+x = jaxviz.to_model_input(images)
+occ = jaxviz.occlude(jaxviz.layer_fn(model, "fc1"), x, params=variables, window=11, stride=4, units=units)
+occ.base.shape, occ.grid.shape"""),
+    ("code", """# a few of the occluded copies of the first image, as the notebook shows them
+spans = occ.row_spans
+copies = np.stack([[np.asarray(jaxviz.occlude_one(x[0], 0.0, np.array([r0, r1, c0, c1])))
+                    for c0, c1 in occ.col_spans] for r0, r1 in spans])
+plots.plot_occluded_examples(copies)"""),
+    ("code", """own = np.repeat(np.arange(len(units)), 10)                   # each image's own unit
+heat = occ.grid[np.arange(len(images)), ..., own]            # (50, 7, 7)
+masked = np.stack([jaxviz.apply_mask(im, jaxviz.heatmap_mask(h, im.shape[:2], threshold=0.5, sigma=2))
+                   for im, h in zip(images, heat)])
+as_grid = lambda a: np.swapaxes(a.reshape(len(units), 10, *a.shape[1:]), 0, 1)
+plots.plot_masked(as_grid(masked), units)"""),
+    ("code", """plots.plot_heatmaps(as_grid(images), as_grid(occ.pixel_map(own)), units)"""),
+    ("md", """## t-SNE of the features
+
+scikit-learn's `TSNE` with PCA initialisation and a fixed seed (its current parameter is `max_iter`; the
+notebook's `n_iter` is gone)."""),
+    ("code", """emb = jaxviz.tsne(feats, max_iter=1000, seed=0)
+print(f"t-SNE of {len(emb.indices)} points took {emb.seconds:.1f} s")
+plots.plot_tsne(emb.coords, data.labels[emb.indices], class_names)"""),
+    ("md", """## What categories are easier? Which are confusing?"""),
+    ("code", """logits = jaxviz.predict(model, variables, data.images)
+report = jaxviz.classification_report(data.labels, logits, class_names)
+knn = jaxviz.knn_agreement(emb.coords, data.labels[emb.indices], len(class_names))
+print(f"accuracy {report['accuracy']:.1%}")
+for (name, acc), agree in zip(report["per_class_accuracy"].items(), knn):
+    print(f"  {name:<11} accuracy {acc:.2f}   same-class t-SNE neighbours {agree:.2f}")
+print("most confused:", [(p["a"], p["b"], p["count"]) for p in report["most_confused"]])"""),
+    ("code", """plots.plot_confusion(np.asarray(report["confusion_matrix"]), class_names)"""),
+    ("md", """Everything above, as one HTML page: `jaxviz report --out jaxviz-report` (or `jaxviz.make_report`)."""),
+]
+
+
+def build() -> nbformat.NotebookNode:
+    nb = new_notebook()
+    nb.cells = [new_markdown_cell(src) if kind == "md" else new_code_cell(src) for kind, src in CELLS]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    return nb
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--no-execute", action="store_true")
+    args = parser.parse_args()
+    nb = build()
+    if not args.no_execute:
+        from nbclient import NotebookClient
+
+        NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(PATH.parent)}},
+                       ).execute()
+    PATH.parent.mkdir(exist_ok=True)
+    nbformat.write(nb, PATH)
+    print(PATH)
+
+
+if __name__ == "__main__":
+    main()
