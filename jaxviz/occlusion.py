@@ -298,6 +298,7 @@ def occlude(
     blur_sigma: float = 3.0,
     devices: Sequence[jax.Device] | None = None,
     progress: bool = False,
+    grid_out: np.ndarray | None = None,
 ) -> Occlusion:
     """Occlusion sensitivity of ``f`` for every window position and every image.
 
@@ -322,6 +323,10 @@ def occlude(
       blur_sigma: Gaussian sigma for ``fill="blur"``.
       devices: devices to shard chunks over (default all).
       progress: show a progress bar.
+      grid_out: optional writable float32 array of the grid's shape, e.g.
+        ``np.lib.format.open_memmap(path, "w+", np.float32, shape)``, that
+        receives the grid, so a huge run (every position of 10,000 images,
+        all units) needs no host memory for it.
 
     Returns:
       ``Occlusion`` with ``base`` (N, *out), ``grid`` (N, rows, cols, *out)
@@ -357,6 +362,14 @@ def occlude(
     boxes = np.concatenate([np.repeat(rows, len(cols), 0), np.tile(cols, (len(rows), 1))], axis=1)
     positions = len(boxes)
     pairs = n * positions
+    kept = out_shape if units is None else (*out_shape[:-1], len(units))
+    grid_shape = (n, len(rows), len(cols), *kept)
+    if grid_out is None:
+        grid_out = np.empty(grid_shape, np.float32)
+    elif (not isinstance(grid_out, np.ndarray) or grid_out.shape != grid_shape or grid_out.dtype != np.float32
+          or not grid_out.flags.writeable or not grid_out.flags.c_contiguous):
+        raise ValueError(f"grid_out: expected a writable, C-contiguous float32 array of shape {grid_shape}, got "
+                         f"{getattr(grid_out, 'dtype', type(grid_out).__name__)} {getattr(grid_out, 'shape', '')}")
 
     sharding = batch_sharding(None if devices is None else tuple(devices))
     shards = sharding.mesh.size
@@ -371,7 +384,7 @@ def occlude(
         chunk_size = _auto_chunk(program, _signature(args), pairs, memory_budget, sharding)
     chunk_size = round_up(min(chunk_size, round_up(pairs, shards)), shards)
 
-    grid = np.empty((pairs, *base.shape[1:]), np.float32)
+    grid = grid_out.reshape(pairs, *kept)  # a view: rows are written in place
     pending = None  # dispatch chunk i+1 before copying chunk i back, so the device never waits
     with progress_bar(total=pairs, desc="occlusion", disable=not progress, unit="img") as bar:
         for start in [*range(0, pairs, chunk_size), None]:
@@ -387,5 +400,5 @@ def occlude(
                 grid[done:stop] = np.asarray(rows_out)[: stop - done]
                 bar.update(stop - done)
             pending = result if start is not None else None
-    grid = grid.reshape(n, len(rows), len(cols), *base.shape[1:])
+    grid = grid_out
     return Occlusion(base, grid, rows, cols, (h, w), units)

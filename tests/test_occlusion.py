@@ -302,3 +302,16 @@ def test_bad_images_and_functions_raise_clear_errors(images):
         jaxviz.occlude(lambda x: (x, x), images, window=4)
     with pytest.raises(TypeError, match="f: expected a callable"):
         jaxviz.occlude("model", images, window=4)
+
+
+def test_grid_can_be_written_to_a_memory_map(cnn, images, tmp_path):
+    model, variables = cnn
+    f = jaxviz.layer_fn(model, "fc1")
+    expected = jaxviz.occlude(f, images, params=variables, window=8, stride=8, units=[3, 4])
+    mapped = np.lib.format.open_memmap(tmp_path / "grid.npy", "w+", np.float32, expected.grid.shape)
+    result = jaxviz.occlude(f, images, params=variables, window=8, stride=8, units=[3, 4], grid_out=mapped)
+    assert result.grid is mapped
+    mapped.flush()
+    np.testing.assert_array_equal(np.load(tmp_path / "grid.npy"), expected.grid)
+    with pytest.raises(ValueError, match="grid_out"):
+        jaxviz.occlude(f, images, params=variables, window=8, stride=8, grid_out=np.zeros((3, 4, 4, 2), np.float32))
