@@ -16,12 +16,21 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxviz._progress import progress_bar
 
-__all__ = ["batch_sharding", "map_batches", "round_up"]
+__all__ = ["batch_sharding", "map_batches", "round_up", "to_host"]
 
 
 def round_up(n: int, multiple: int) -> int:
     """Smallest multiple of ``multiple`` that is >= ``n``."""
     return -(-n // multiple) * multiple
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+    """``x`` as a numpy array; in a multi-host run, gathered from every process."""
+    if getattr(x, "is_fully_addressable", True):
+        return np.asarray(x)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 @functools.lru_cache(maxsize=None)
@@ -72,6 +81,6 @@ def map_batches(
                 pad = np.zeros((batch_size - rows, *chunk.shape[1:]), chunk.dtype)
                 chunk = np.concatenate([chunk, pad])
             out = fn(jax.device_put(chunk, sharding))
-            outputs.append(np.asarray(out)[:rows])
+            outputs.append(to_host(out)[:rows])
             bar.update(rows)
     return np.concatenate(outputs)

@@ -37,7 +37,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxviz._progress import progress_bar
-from jaxviz.batching import batch_sharding, map_batches, round_up
+from jaxviz.batching import batch_sharding, map_batches, round_up, to_host
 
 __all__ = ["Occlusion", "occlude", "occlude_one", "window_spans"]
 
@@ -397,7 +397,7 @@ def occlude(
             if pending is not None:
                 done, rows_out = pending
                 stop = min(done + chunk_size, pairs)
-                grid[done:stop] = np.asarray(rows_out)[: stop - done]
+                grid[done:stop] = to_host(rows_out)[: stop - done]
                 bar.update(stop - done)
             pending = result if start is not None else None
     grid = grid_out

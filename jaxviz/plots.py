@@ -123,27 +123,31 @@ def plot_masked(images: np.ndarray, units: Sequence[int], *, title: str = "", fi
                       fig=fig)
 
 
-def plot_heatmaps(images: np.ndarray, heatmaps: np.ndarray, units: Sequence[int], *, title: str = "",
-                  fig=None):
-    """Occlusion heatmaps over their images, one shared colour scale.
+def plot_heatmaps(images: np.ndarray, heatmaps: np.ndarray, units: Sequence, *, title: str = "", fig=None):
+    """Occlusion heatmaps over their images.
+
+    Each column (unit) is scaled by its own largest absolute value, since
+    units differ in magnitude; red means hiding the region lowers the unit.
 
     Args:
       images: uint8 (K, units, H, W, 3).
       heatmaps: float (K, units, H, W): per-pixel occlusion effect
         (activation drop when the region is hidden).
+      units: column titles (ints become "unit N").
     """
     k, u = images.shape[:2]
     fig = _figure(fig, (1.25 * u + 1.0, 1.3 * k + 0.6))
     axes = _axes_grid(fig, k, u)
-    limit = float(np.abs(heatmaps).max()) or 1.0
+    scale = np.abs(heatmaps).reshape(k, u, -1).max(axis=(0, 2))
+    scale = np.where(scale > 0, scale, 1.0)
     artist = None
     for i in range(k):
         for j in range(u):
             axes[i, j].imshow(images[i, j])
-            artist = axes[i, j].imshow(heatmaps[i, j], cmap="RdBu_r", alpha=0.55, vmin=-limit, vmax=limit)
+            artist = axes[i, j].imshow(heatmaps[i, j] / scale[j], cmap="RdBu_r", alpha=0.55, vmin=-1, vmax=1)
     for j, unit in enumerate(units):
         axes[0, j].set_title(_column_title(unit), fontsize=8)
-    fig.colorbar(artist, ax=axes, shrink=0.6, label="activation drop when occluded")
+    fig.colorbar(artist, ax=axes, shrink=0.6, label="activation drop when occluded / column maximum")
     fig.suptitle(title or "Occlusion heatmaps (red: hiding this region lowers the unit)")
     return fig
 
