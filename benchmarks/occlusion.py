@@ -168,6 +168,10 @@ def workload(name, f, variables, images, *, window, stride, anchor, subsets, rep
     calls = -(-n * positions // PLAIN_BATCH)
     plain = lambda: [np.asarray(plain_fn(batch)) for _ in range(calls)][-1]
     record("plain_forward", timed(plain, repeats), n, forwards=calls * PLAIN_BATCH)
+    if name == "b":  # ablations of the engine's design, on a subset
+        m = min(n, subsets["ablation"])
+        for method, fn in ablations(f, variables, x[:m], win, st, anchor).items():
+            record(method, timed(fn, repeats), m)
     m = min(n, subsets["position_loop"])
     record("position_loop", timed(lambda: occlude_position_loop(
         f, x[:m], params=variables, window=win, stride=st, anchor=anchor)[1], repeats), m)
@@ -189,6 +193,47 @@ def workload(name, f, variables, images, *, window, stride, anchor, subsets, rep
     rate = {k: v["forwards_per_second"] for k, v in out["methods"].items()}
     out["ratios"] = {f"fused_over_{k}": rate["fused"] / v for k, v in rate.items() if k != "fused"}
     return out
+
+
+def ablations(f, variables, x, win, st, anchor) -> dict:
+    """Variants of the fused engine: without the materializing barrier, and the "obvious"
+    form, vmapping f itself over (image, position) pairs, one masked image at a time."""
+    import jaxviz.occlusion as engine
+
+    def without_barrier():
+        saved = engine._materialize
+        engine._materialize = lambda v: v
+        engine._chunk_program.cache_clear()
+        try:
+            return jaxviz.occlude(f, x, params=variables, window=win, stride=st, anchor=anchor).grid
+        finally:
+            engine._materialize = saved
+            engine._chunk_program.cache_clear()
+
+    rows = jaxviz.window_spans(x.shape[1], win[0], st[0], anchor)
+    cols = jaxviz.window_spans(x.shape[2], win[1], st[1], anchor)
+    boxes = jnp.asarray([[r0, r1, c0, c1] for r0, r1 in rows for c0, c1 in cols], jnp.int32)
+    padded = -(-len(x) * len(boxes) // 256) * 256  # whole chunks of 256 pairs; padding repeats pair 0
+    pairs_image = np.resize(np.repeat(np.arange(len(x)), len(boxes)), padded).astype(np.int32)
+    pairs_box = np.resize(np.tile(np.arange(len(boxes)), len(x)), padded).astype(np.int32)
+    xd = jax.device_put(x)
+
+    @jax.jit
+    def obvious(image_idx, box_idx):
+        def one(i, b):  # multiply by the mask, then apply f to a batch of one
+            r = jnp.arange(x.shape[1])[:, None]
+            c = jnp.arange(x.shape[2])[None, :]
+            box = boxes[b]
+            keep = ~((r >= box[0]) & (r < box[1]) & (c >= box[2]) & (c < box[3]))
+            return f(variables, (xd[i] * keep[..., None])[None])[0]
+        return jax.vmap(one)(image_idx, box_idx)
+
+    def vmap_multiply():
+        out = [np.asarray(obvious(pairs_image[s:s + 256], pairs_box[s:s + 256]))
+               for s in range(0, padded, 256)]
+        return out[-1]
+
+    return {"fused_no_barrier": without_barrier, "vmap_f_multiply": vmap_multiply}
 
 
 def notebook_images(model, variables, data: jaxviz.Dataset) -> np.ndarray:
@@ -244,7 +289,7 @@ def main() -> None:
         "b": dict(images=take(data.images, big or 1000), window=8, stride=2, anchor="valid"),
         "c": dict(images=take(data.images, big or 100), window=5, stride=1, anchor="valid"),
     }
-    subsets = {"position_loop": 200, "notebook": 100, "pair_loop": 10, "captum": 50}
+    subsets = {"position_loop": 200, "notebook": 100, "pair_loop": 10, "captum": 50, "ablation": 200}
     if args.quick:
         plan = {k: {**v, "images": v["images"][:6]} for k, v in plan.items()}
         subsets = {k: 2 for k in subsets}

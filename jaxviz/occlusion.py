@@ -193,6 +193,11 @@ def _fill_array(fill: Any, images: jax.Array, blur_sigma: float) -> tuple[jax.Ar
 # --------------------------------------------------------------------------- compiled pieces
 
 
+# Materialize the occluded batch before f, so XLA cannot fuse the select into the
+# first convolution's input (benchmarks/occlusion.py measures the alternative).
+_materialize = jax.lax.optimization_barrier
+
+
 @functools.lru_cache(maxsize=64)
 def _chunk_program(f: Callable, with_params: bool, per_image_fill: bool, units: tuple[int, ...] | None,
                    sharding: NamedSharding) -> Callable:
@@ -207,9 +212,7 @@ def _chunk_program(f: Callable, with_params: bool, per_image_fill: bool, units: 
         fill = fills[image_idx] if per_image_fill else fills
         in_axes = (0, 0 if per_image_fill else None, 0)
         occluded = jax.vmap(occlude_one, in_axes=in_axes)(images[image_idx], fill, boxes[box_idx])
-        # Materialize the occluded batch: otherwise XLA fuses the select into the
-        # first convolution's input and, on XLA:CPU, leaves its fast conv kernel.
-        occluded = jax.lax.optimization_barrier(occluded)
+        occluded = _materialize(occluded)
         out = f(params, occluded) if with_params else f(occluded)
         if units is not None:
             out = out[..., jnp.asarray(units)]
