@@ -9,6 +9,7 @@ Only ``jaxviz.plots`` imports matplotlib, and only when a plot is drawn;
 scikit-learn, SciPy, Pillow and tqdm are imported where they are used.
 """
 
+from jaxviz._io import atomic_path, atomic_write_bytes
 from jaxviz.batching import map_batches
 from jaxviz.cifar10 import cache_dir, load_cifar10
 from jaxviz.data import CIFAR10_CLASSES, Dataset, load_image_folder, load_sample, to_model_input
@@ -28,7 +29,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CIFAR10_CLASSES", "CNN", "Dataset", "Embedding", "Occlusion", "PRETRAINED_FILE", "Selectivity", "TopK",
-    "ReportSettings", "TrainConfig", "UnitPair", "Weights", "activation_maps", "apply_mask", "augment", "cache_dir",
+    "ReportSettings", "TrainConfig", "UnitPair", "Weights", "activation_maps", "apply_mask", "atomic_path", "atomic_write_bytes", "augment", "cache_dir",
     "classification_report", "confusion_matrix", "conv_kernels", "filter_grid", "forward", "heatmap_mask",
     "init_variables", "knn_agreement", "layer_features", "layer_fn", "layer_names", "load_cifar10",
     "load_image_folder", "load_pretrained", "load_sample", "load_weights", "make_report", "map_batches",

@@ -149,7 +149,7 @@ def cmd_topk(args) -> None:
               "top_indices": {u: top.indices[:, u].tolist() for u in units},
               "selectivity": {u: {"class": data.class_names[sel.majority_class[u]], "score": float(sel.score[u])}
                               for u in units}}
-    (out / "topk.json").write_text(json.dumps(record, indent=2))
+    jaxviz.atomic_write_bytes(out / "topk.json", json.dumps(record, indent=2).encode())
     print(json.dumps(record["selectivity"]))
 
 
@@ -211,7 +211,8 @@ def cmd_occlude(args) -> None:
         grid_of = lambda a: np.swapaxes(a.reshape(len(titles), rows, *a.shape[1:]), 0, 1) if rows > 1 else a[None]
         plots.save_figure(plots.plot_heatmaps(grid_of(images), grid_of(pixel), titles), out / "heatmaps.png")
         plots.save_figure(plots.plot_masked(grid_of(masked), titles), out / "masks.png")
-    np.savez_compressed(out / "occlusion.npz", **arrays)
+    with jaxviz.atomic_path(out / "occlusion.npz") as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(fh, **arrays)
     print(json.dumps({"npz": str(out / "occlusion.npz"), "images": len(idx), "grid_shape": list(occ.grid.shape),
                       "seconds": round(seconds, 3)}))
 
