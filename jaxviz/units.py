@@ -92,7 +92,8 @@ def similar_units(top_indices: np.ndarray, scores: np.ndarray, *, top: int = 10)
     Returns:
       ``{"overlap": [...], "correlated": [...]}``, each a list of ``UnitPair``
       sorted by its own criterion (descending; ties by unit indices). Units
-      with constant activation (dead units) have correlation 0.
+      with constant activation (dead units) have neither overlap nor
+      correlation: their top-K "set" is only the tie order.
     """
     top_indices = np.asarray(top_indices)
     scores = np.asarray(scores, np.float64)
@@ -109,6 +110,8 @@ def similar_units(top_indices: np.ndarray, scores: np.ndarray, *, top: int = 10)
     live = norms > 1e-12
     corr = np.zeros((units, units))
     corr[np.ix_(live, live)] = (centred[:, live].T @ centred[:, live]) / np.outer(norms[live], norms[live])
+    jaccard[~live, :] = 0.0
+    jaccard[:, ~live] = 0.0
     a, b = np.triu_indices(units, 1)
 
     def best(values: np.ndarray) -> list[UnitPair]:

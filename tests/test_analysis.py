@@ -173,15 +173,25 @@ def test_similar_units_finds_duplicates():
     # every pair against a naive computation
     for pair in pairs["overlap"]:
         a, b = set(top.indices[:, pair.a]), set(top.indices[:, pair.b])
-        assert pair.jaccard == pytest.approx(len(a & b) / len(a | b))
-        if 5 in (pair.a, pair.b):
-            assert pair.correlation == 0.0
+        if 5 in (pair.a, pair.b):  # a dead unit's top-K "set" is only the tie order
+            assert pair.correlation == 0.0 and pair.jaccard == 0.0
         else:
+            assert pair.jaccard == pytest.approx(len(a & b) / len(a | b))
             assert pair.correlation == pytest.approx(np.corrcoef(scores[:, pair.a], scores[:, pair.b])[0, 1])
     for first, second in itertools.pairwise(pairs["correlated"]):
         assert first.correlation >= second.correlation
     for first, second in itertools.pairwise(pairs["overlap"]):
         assert first.jaccard >= second.jaccard
+
+
+def test_dead_units_do_not_overlap():
+    rng = np.random.default_rng(4)
+    scores = np.zeros((30, 5), np.float32)
+    scores[:, :2] = rng.normal(size=(30, 2))  # units 2, 3, 4 never fire: identical tie-order top-K sets
+    top = top_k_images(scores, 5)
+    pairs = similar_units(top.indices, scores, top=3)
+    assert all(2 not in (p.a, p.b) or p.jaccard == 0.0 for p in pairs["overlap"])
+    assert pairs["overlap"][0].jaccard < 1.0
 
 
 def test_similar_units_rejects_mismatched_scores():
