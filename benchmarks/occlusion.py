@@ -240,7 +240,7 @@ def notebook_images(model, variables, data: jaxviz.Dataset) -> np.ndarray:
     """The top-10 images of 5 fc1 units picked by selectivity (the notebook's workload)."""
     scores = jaxviz.unit_scores(jaxviz.layer_features(model, variables, data.images, layer="fc1"))
     top = jaxviz.top_k_images(scores, 10)
-    sel = jaxviz.unit_selectivity(top.indices, data.labels, len(data.class_names))
+    sel = jaxviz.unit_selectivity(top.indices, data.labels, len(data.class_names), scores=scores)
     units = jaxviz.pick_units(sel, 5, alive=scores.max(0) > 0)
     return data.images[top.indices[:, units].T.reshape(-1)]
 

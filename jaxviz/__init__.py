@@ -22,13 +22,13 @@ from jaxviz.model import CNN, conv_kernels, forward, init_variables, layer_names
 from jaxviz.occlusion import Occlusion, occlude, occlude_one, window_spans
 from jaxviz.report import ReportSettings, make_report
 from jaxviz.train import TrainConfig, augment, predict, train
-from jaxviz.units import Selectivity, UnitPair, pick_units, similar_units, unit_selectivity
+from jaxviz.units import Selectivity, UnitPair, active_in_top_k, pick_units, similar_units, unit_selectivity
 from jaxviz.weights import PRETRAINED_FILE, Weights, load_pretrained, load_weights, pretrained_sha256, save_weights
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "CIFAR10_CLASSES", "CNN", "Dataset", "Embedding", "Occlusion", "PRETRAINED_FILE", "Selectivity", "TopK",
+    "CIFAR10_CLASSES", "CNN", "active_in_top_k", "Dataset", "Embedding", "Occlusion", "PRETRAINED_FILE", "Selectivity", "TopK",
     "ReportSettings", "TrainConfig", "UnitPair", "Weights", "activation_maps", "apply_mask", "atomic_path", "atomic_write_bytes", "augment", "cache_dir",
     "classification_report", "confusion_matrix", "conv_kernels", "filter_grid", "forward", "heatmap_mask",
     "init_variables", "knn_agreement", "layer_features", "layer_fn", "layer_names", "load_cifar10",

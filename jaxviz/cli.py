@@ -130,7 +130,7 @@ def _top(args, data, w, units: list[int] | None):
     feats = jaxviz.layer_features(w.model, w.variables, data.images, layer=args.layer, progress="features")
     scores = jaxviz.unit_scores(feats)
     top = jaxviz.top_k_images(scores, args.k)
-    sel = jaxviz.unit_selectivity(top.indices, data.labels, len(data.class_names))
+    sel = jaxviz.unit_selectivity(top.indices, data.labels, len(data.class_names), scores=scores)
     if units is None:
         units = jaxviz.pick_units(sel, args.num_units, alive=scores.max(0) > 0)
     elif min(units) < 0 or max(units) >= scores.shape[1]:

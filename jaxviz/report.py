@@ -198,7 +198,7 @@ def make_report(out_dir: str | os.PathLike, *, weights: Weights | None = None, d
     done("features")
 
     top = top_k_images(scores, s.k)
-    sel = unit_selectivity(top.indices, dataset.labels, len(class_names))
+    sel = unit_selectivity(top.indices, dataset.labels, len(class_names), scores=scores)
     alive = scores.max(0) > 0
     units = pick_units(sel, s.num_units, alive=alive) if s.units is None else list(s.units)
     pairs = similar_units(top.indices, scores, top=8)

@@ -16,7 +16,7 @@ import dataclasses
 
 import numpy as np
 
-__all__ = ["Selectivity", "UnitPair", "pick_units", "similar_units", "unit_selectivity"]
+__all__ = ["Selectivity", "UnitPair", "active_in_top_k", "pick_units", "similar_units", "unit_selectivity"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,16 +42,32 @@ class Selectivity:
         return np.lexsort((units, self.entropy, -self.score))
 
 
-def unit_selectivity(top_indices: np.ndarray, labels: np.ndarray, num_classes: int) -> Selectivity:
+def active_in_top_k(top_indices: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """bool (K, units): whether each unit is active (above its minimum over the
+    dataset) on each of its top-K images. A unit active on fewer than K images
+    fills the remaining slots with ties in index order, which say nothing."""
+    scores = np.asarray(scores)
+    if scores.ndim != 2 or scores.shape[1] != top_indices.shape[1]:
+        raise ValueError(f"scores: expected shape (N, {top_indices.shape[1]}), got {scores.shape}")
+    return scores[top_indices, np.arange(top_indices.shape[1])] > scores.min(0)
+
+
+def unit_selectivity(top_indices: np.ndarray, labels: np.ndarray, num_classes: int, *,
+                     scores: np.ndarray | None = None) -> Selectivity:
     """Selectivity of every unit from its top-K images.
 
     Args:
       top_indices: int (K, units), dataset indices (``TopK.indices``).
       labels: int (N,), class of each dataset image.
       num_classes: number of classes (>= 2).
+      scores: optional float (N, units), the scores the top K came from; when
+        given, only top-K images the unit is active on are counted (see
+        ``active_in_top_k``), so a dead unit scores 0 and a unit active on
+        3 images of one class scores 0.3 at K = 10.
 
     Returns:
-      ``Selectivity``; majority ties go to the lower class index.
+      ``Selectivity``: score = majority-class count / K; majority ties go to
+      the lower class index.
     """
     top_indices = np.asarray(top_indices)
     labels = np.asarray(labels)
@@ -62,9 +78,10 @@ def unit_selectivity(top_indices: np.ndarray, labels: np.ndarray, num_classes: i
     if top_indices.size and top_indices.max() >= len(labels):
         raise ValueError(f"top_indices: index {top_indices.max()} out of range for {len(labels)} labels")
     k, units = top_indices.shape
+    counted = np.ones(top_indices.shape, bool) if scores is None else active_in_top_k(top_indices, scores)
     classes = labels[top_indices]  # (K, units)
     histogram = np.zeros((units, num_classes), np.int64)
-    np.add.at(histogram, (np.broadcast_to(np.arange(units), (k, units)), classes), 1)
+    np.add.at(histogram, (np.broadcast_to(np.arange(units), (k, units))[counted], classes[counted]), 1)
     share = histogram / k
     with np.errstate(divide="ignore", invalid="ignore"):
         entropy = -np.where(share > 0, share * np.log(share), 0.0).sum(1) / np.log(num_classes)
@@ -91,17 +108,17 @@ def similar_units(top_indices: np.ndarray, scores: np.ndarray, *, top: int = 10)
 
     Returns:
       ``{"overlap": [...], "correlated": [...]}``, each a list of ``UnitPair``
-      sorted by its own criterion (descending; ties by unit indices). Units
-      with constant activation (dead units) have neither overlap nor
-      correlation: their top-K "set" is only the tie order.
+      sorted by its own criterion (descending; ties by unit indices). A
+      unit's top-K set holds only the images it is active on (above its
+      minimum over the dataset), so dead units overlap with nothing and
+      have correlation 0.
     """
     top_indices = np.asarray(top_indices)
     scores = np.asarray(scores, np.float64)
     k, units = top_indices.shape
-    if scores.ndim != 2 or scores.shape[1] != units:
-        raise ValueError(f"scores: expected shape (N, {units}), got {scores.shape}")
+    active = active_in_top_k(top_indices, scores)
     membership = np.zeros((units, scores.shape[0]), np.float64)
-    membership[np.broadcast_to(np.arange(units), (k, units)), top_indices] = 1.0
+    membership[np.broadcast_to(np.arange(units), (k, units))[active], top_indices[active]] = 1.0
     inter = membership @ membership.T
     sizes = membership.sum(1)
     jaccard = inter / np.maximum(sizes[:, None] + sizes[None, :] - inter, 1)
@@ -110,8 +127,6 @@ def similar_units(top_indices: np.ndarray, scores: np.ndarray, *, top: int = 10)
     live = norms > 1e-12
     corr = np.zeros((units, units))
     corr[np.ix_(live, live)] = (centred[:, live].T @ centred[:, live]) / np.outer(norms[live], norms[live])
-    jaccard[~live, :] = 0.0
-    jaccard[:, ~live] = 0.0
     a, b = np.triu_indices(units, 1)
 
     def best(values: np.ndarray) -> list[UnitPair]:

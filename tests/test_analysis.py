@@ -427,3 +427,17 @@ def test_knn_agreement_hand_example():
         knn_agreement(coords, labels, 3, k=5)
     with pytest.raises(ValueError, match="labels"):
         knn_agreement(coords, labels[:4], 3)
+
+
+def test_selectivity_counts_only_active_top_k_images():
+    labels = np.repeat(np.arange(4), 5)  # 20 images, 4 classes
+    scores = np.zeros((20, 3), np.float32)
+    scores[[10, 11], 0] = [2.0, 1.0]  # unit 0: active on two class-2 images only
+    scores[:, 1] = np.arange(20)  # unit 1: active everywhere, top 5 are class 3 (indices 15..19)
+    top = top_k_images(scores, 5)  # unit 2 is dead: its top 5 are indices 0..4 by tie order
+    sel = unit_selectivity(top.indices, labels, 4, scores=scores)
+    assert sel.histogram[0].tolist() == [0, 0, 2, 0] and sel.score[0] == pytest.approx(0.4)
+    assert sel.score[1] == 1.0 and sel.majority_class[1] == 3
+    assert sel.histogram[2].sum() == 0 and sel.score[2] == 0.0
+    plain = unit_selectivity(top.indices, labels, 4)  # without scores every slot counts
+    assert plain.score[2] == 1.0 and plain.majority_class[2] == 0

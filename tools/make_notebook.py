@@ -72,7 +72,7 @@ top.indices.shape   # (K, units): the notebook's idxs_top10"""),
 
 Selectivity of a unit = share of the majority class among its top-10 images (1.0: all of one class, 0.1:
 no preference). We pick units automatically: the most selective ones, one per class first."""),
-    ("code", """sel = jaxviz.unit_selectivity(top.indices, data.labels, len(class_names))
+    ("code", """sel = jaxviz.unit_selectivity(top.indices, data.labels, len(class_names), scores=feats)
 alive = feats.max(0) > 0
 print(f"{(~alive).sum()} of {feats.shape[1]} units never fire on these images")
 print(f"mean selectivity of live units: {sel.score[alive].mean():.2f}; "
