@@ -37,12 +37,12 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxviz._progress import progress_bar
+from jaxviz._plan import default_memory_budget, probe, signature
 from jaxviz.batching import batch_sharding, map_batches, round_up, to_host
 
 __all__ = ["Occlusion", "occlude", "occlude_one", "window_spans"]
 
 ANCHORS = ("centered", "valid")
-DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes per device for one chunk's working set
 
 
 def window_spans(dim: int, window: int, stride: int, anchor: str) -> np.ndarray:
@@ -95,6 +95,7 @@ class Occlusion:
         half-open ``[start, stop)`` extent.
       image_shape: (H, W).
       units: the kept indices of f's last output axis (``None``: all).
+      chunk_size: (image, position) pairs per compiled call in this run.
     """
 
     base: np.ndarray
@@ -103,6 +104,7 @@ class Occlusion:
     col_spans: np.ndarray
     image_shape: tuple[int, int]
     units: tuple[int, ...] | None = None
+    chunk_size: int | None = None
 
     def _cover(self) -> tuple[np.ndarray, np.ndarray]:
         h, w = self.image_shape
@@ -231,58 +233,6 @@ def _base_program(f: Callable, with_params: bool, units: tuple[int, ...] | None)
     return jax.jit(base)
 
 
-def _signature(tree: Any) -> tuple:
-    """Hashable structure, shapes and dtypes of a pytree: a cache key that holds no data."""
-    leaves, treedef = jax.tree_util.tree_flatten(tree)
-    return treedef, tuple((tuple(np.shape(x)), np.dtype(getattr(x, "dtype", np.asarray(x).dtype))) for x in leaves)
-
-
-def _abstract(signature: tuple, sharding: NamedSharding | None = None) -> Any:
-    """The pytree of ``jax.ShapeDtypeStruct`` that ``signature`` describes."""
-    treedef, leaves = signature
-    return jax.tree_util.tree_unflatten(
-        treedef, [jax.ShapeDtypeStruct(shape, dtype, sharding=sharding) for shape, dtype in leaves])
-
-
-@functools.lru_cache(maxsize=256)
-def _output_shape(f: Callable, with_params: bool, params_signature: tuple,
-                  image_shape: tuple[int, ...], dtype: Any) -> tuple[int, ...]:
-    """f's per-example output shape; checks that f keeps the batch axis. Cached: no retrace."""
-    probe = jax.ShapeDtypeStruct((2, *image_shape), dtype)
-    try:
-        out = (jax.eval_shape(f, _abstract(params_signature), probe) if with_params
-               else jax.eval_shape(f, probe))
-    except Exception as e:
-        raise ValueError(f"f: could not be applied to a batch of shape {probe.shape}: {e}") from e
-    if not hasattr(out, "shape"):
-        raise TypeError(f"f: expected to return one array (N, ...), got {type(out).__name__}")
-    if len(out.shape) < 1 or out.shape[0] != 2:
-        raise ValueError(f"f: expected an output of shape (N, ...) for an input batch of N = 2 images, "
-                         f"got shape {tuple(out.shape)}")
-    return tuple(out.shape[1:])
-
-
-@functools.lru_cache(maxsize=256)
-def _auto_chunk(program: Callable, args_signature: tuple, pairs: int, budget: int,
-                sharding: NamedSharding) -> int:
-    """Largest chunk whose compiled working set fits ``budget`` bytes per device.
-
-    Compiles the chunk program once at a probe size and reads XLA's memory
-    analysis; cached, so repeated calls with the same shapes do not recompile.
-    """
-    shards = sharding.mesh.size
-    probe = 32 * shards
-    args = _abstract(args_signature, NamedSharding(sharding.mesh, PartitionSpec()))
-    idx = jax.ShapeDtypeStruct((probe,), jnp.int32, sharding=sharding)
-    try:
-        stats = program.lower(*args[:4], idx, idx, args[4]).compile().memory_analysis()
-        per_pair = (stats.temp_size_in_bytes + stats.output_size_in_bytes) / (probe / shards)
-    except Exception:  # memory_analysis is best effort on some backends
-        per_pair = 4 * 1024 * 1024
-    chunk = max(1, int(budget // max(per_pair, 1))) * shards
-    return min(chunk, round_up(pairs, shards))
-
-
 # --------------------------------------------------------------------------- entry point
 
 
@@ -297,7 +247,7 @@ def occlude(
     units: Sequence[int] | None = None,
     params: Any = None,
     chunk_size: int | None = None,
-    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    memory_budget: int | None = None,
     blur_sigma: float = 3.0,
     devices: Sequence[jax.Device] | None = None,
     progress: bool = False,
@@ -322,7 +272,10 @@ def occlude(
       params: optional first argument of ``f``.
       chunk_size: (image, position) pairs per compiled call; default: as many
         as ``memory_budget`` allows. Chunks are padded to this size.
-      memory_budget: bytes per device for one chunk's working set.
+      memory_budget: bytes per device for one chunk's working set, estimated
+        from a trace of ``f`` (peak live intermediates, an upper bound);
+        default 128 MiB on CPUs (larger batches only lose cache locality
+        there) and 2 GiB on accelerators.
       blur_sigma: Gaussian sigma for ``fill="blur"``.
       devices: devices to shard chunks over (default all).
       progress: show a progress bar.
@@ -349,7 +302,8 @@ def occlude(
         raise ValueError(f"anchor: expected one of {ANCHORS}, got {anchor!r}")
     if not callable(f):
         raise TypeError(f"f: expected a callable, got {type(f).__name__}")
-    out_shape = _output_shape(f, params is not None, _signature(params), images.shape[1:], images.dtype)
+    out_shape, example_bytes = probe(f, params is not None, signature(params), tuple(images.shape[1:]),
+                                     images.dtype)
     if units is not None:
         if not out_shape:
             raise ValueError("units: f returns one value per image (shape (N,)); there are no units to select")
@@ -359,6 +313,8 @@ def occlude(
                              f"got {list(units)}")
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size: expected a positive int or None, got {chunk_size!r}")
+    if memory_budget is not None and (not isinstance(memory_budget, int) or memory_budget < 1):
+        raise ValueError(f"memory_budget: expected a positive number of bytes or None, got {memory_budget!r}")
     fills, per_image_fill = _fill_array(fill, images, blur_sigma)
 
     rows, cols = window_spans(h, win[0], st[0], anchor), window_spans(w, win[1], st[1], anchor)
@@ -384,7 +340,10 @@ def occlude(
     program = _chunk_program(f, with_params, per_image_fill, units, sharding)
     args = jax.device_put((params, images, fills, base, boxes), replicated)
     if chunk_size is None:
-        chunk_size = _auto_chunk(program, _signature(args), pairs, memory_budget, sharding)
+        budget = default_memory_budget(jax.default_backend()) if memory_budget is None else memory_budget
+        # f's working set, plus the gathered and the occluded image and the kept output
+        per_pair = example_bytes + 2 * images[0].nbytes + 4 * math.prod(kept)
+        chunk_size = max(1, budget // per_pair) * shards
     chunk_size = round_up(min(chunk_size, round_up(pairs, shards)), shards)
 
     grid = grid_out.reshape(pairs, *kept)  # a view: rows are written in place
@@ -404,4 +363,4 @@ def occlude(
                 bar.update(stop - done)
             pending = result if start is not None else None
     grid = grid_out
-    return Occlusion(base, grid, rows, cols, (h, w), units)
+    return Occlusion(base, grid, rows, cols, (h, w), units, chunk_size)

@@ -279,6 +279,7 @@ def _f(x):
     (dict(window=4, fill=np.nan), ValueError, "fill"),
     (dict(window=4, units=[7]), ValueError, "units"),
     (dict(window=4, chunk_size=0), ValueError, "chunk_size"),
+    (dict(window=4, memory_budget=0), ValueError, "memory_budget"),
 ])
 def test_bad_options_raise_clear_errors(images, kwargs, error, words):
     with pytest.raises(error, match=words):

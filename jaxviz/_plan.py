@@ -1,0 +1,114 @@
+"""Planning a chunked computation: output shapes and memory per example, without running it.
+
+The occlusion engine needs, before compiling anything, the shape of
+``f``'s output and how many (image, position) pairs fit a memory budget. Both
+come from one trace of ``f`` on abstract inputs (``jax.make_jaxpr``), cached
+on the function and the shapes so a second call does not retrace. Memory per
+example is the peak of the bytes held by live intermediate values when the
+jaxpr's equations run in order, each value freed after its last use: an upper
+bound on what XLA needs, since fusion only removes intermediates. (XLA's own
+``memory_analysis`` was no help here: on XLA:CPU it reported 16 KB per
+example for a CNN whose first activation alone is 128 KB.)
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Callable
+
+import jax
+import jax.extend.core as jex
+import numpy as np
+from jax.sharding import Sharding
+
+__all__ = ["abstract", "default_memory_budget", "peak_live_bytes", "probe", "signature"]
+
+
+def signature(tree: Any) -> tuple:
+    """Hashable structure, shapes and dtypes of a pytree: a cache key that holds no data."""
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    return treedef, tuple((tuple(np.shape(x)), np.dtype(getattr(x, "dtype", np.asarray(x).dtype))) for x in leaves)
+
+
+def abstract(sig: tuple, sharding: Sharding | None = None) -> Any:
+    """The pytree of ``jax.ShapeDtypeStruct`` that ``sig`` describes."""
+    treedef, leaves = sig
+    return jax.tree_util.tree_unflatten(
+        treedef, [jax.ShapeDtypeStruct(shape, dtype, sharding=sharding) for shape, dtype in leaves])
+
+
+def _nbytes(aval: Any) -> int:
+    shape, dtype = getattr(aval, "shape", None), getattr(aval, "dtype", None)
+    if shape is None or dtype is None:
+        return 0
+    return math.prod(shape) * np.dtype(dtype).itemsize
+
+
+def peak_live_bytes(jaxpr: jex.Jaxpr) -> int:
+    """Peak bytes of intermediate values alive at once when ``jaxpr`` runs in order.
+
+    Inputs and constants are not counted (they exist before and after); a
+    nested jaxpr (a jit, a custom-vjp call, ...) adds its own peak while its
+    equation runs.
+    """
+    last_use: dict = {}
+    for i, eqn in enumerate(jaxpr.eqns):
+        for v in eqn.invars:
+            if isinstance(v, jex.Var):
+                last_use[v] = i
+    for v in jaxpr.outvars:
+        if isinstance(v, jex.Var):
+            last_use[v] = len(jaxpr.eqns)
+    live: dict = {}
+    current = peak = 0
+    for i, eqn in enumerate(jaxpr.eqns):
+        inner = max((peak_live_bytes(getattr(sub, "jaxpr", sub)) for sub in jex.jaxprs_in_params(eqn.params)),
+                    default=0)
+        produced = {v: _nbytes(v.aval) for v in eqn.outvars if isinstance(v, jex.Var)}
+        peak = max(peak, current + inner + sum(produced.values()))
+        current += sum(produced.values())
+        live.update(produced)
+        for v in [*eqn.invars, *produced]:
+            if isinstance(v, jex.Var) and v in live and last_use.get(v, i) <= i:
+                current -= live.pop(v)
+    return peak
+
+
+@functools.lru_cache(maxsize=256)
+def probe(f: Callable, with_params: bool, params_sig: tuple, image_shape: tuple[int, ...],
+          dtype: Any) -> tuple[tuple[int, ...], int]:
+    """``f``'s per-example output shape and peak working memory per example.
+
+    Traces ``f`` once on a batch of 2 abstract images (cached: equal calls
+    do not retrace) and checks that it keeps the batch axis.
+
+    Returns:
+      ``(out_shape, bytes_per_example)``.
+
+    Raises:
+      ValueError / TypeError naming ``f`` when it cannot be applied, returns
+      something other than one array, or drops the batch axis.
+    """
+    x = jax.ShapeDtypeStruct((2, *image_shape), dtype)
+    try:
+        closed, out = jax.make_jaxpr(f if with_params else (lambda _, v: f(v)), return_shape=True)(
+            abstract(params_sig) if with_params else None, x)
+    except Exception as e:
+        raise ValueError(f"f: could not be applied to a batch of shape {x.shape}: {e}") from e
+    if not hasattr(out, "shape"):
+        raise TypeError(f"f: expected to return one array (N, ...), got {type(out).__name__}")
+    if len(out.shape) < 1 or out.shape[0] != 2:
+        raise ValueError(f"f: expected an output of shape (N, ...) for an input batch of N = 2 images, "
+                         f"got shape {tuple(out.shape)}")
+    return tuple(out.shape[1:]), -(-peak_live_bytes(closed.jaxpr) // 2)
+
+
+def default_memory_budget(backend: str) -> int:
+    """Bytes per device for one chunk's working set.
+
+    On CPUs, batches past a few hundred images only lose cache locality
+    (measured: benchmarks/results/occlusion_cpu.json), so the budget is
+    small; accelerators want the largest batch that fits.
+    """
+    return (128 << 20) if backend == "cpu" else (2 << 30)
