@@ -314,6 +314,7 @@ def main() -> None:
     (RESULTS / f"{stem}.json").write_text(json.dumps(record, indent=2) + "\n")
     (RESULTS / f"{stem}.md").write_text(markdown(record))
     print(markdown(record))
+    print(json.dumps({name: w["ratios"] for name, w in record["workloads"].items()}, indent=1))
 
 
 def markdown(record: dict) -> str:
@@ -322,7 +323,10 @@ def markdown(record: dict) -> str:
              f"{env['devices'][0]}, jax {env['versions']['jax']}, commit {env['git_commit'][:12]}, {env['date']}.",
              f"f = CNN up to fc1 ({record['flops_per_forward'] / 1e6:.1f} MFLOP/forward); matmul peak "
              f"{record['matmul_peak_gflops']:.0f} GFLOP/s; median of {record['repeats']} runs after a warm-up.", "",
-             "| workload | method | images | forwards/s | GFLOP/s | median s | first call s | peak RSS +MB | fused x |",
+             "Peak RSS +MB: growth of this process's resident memory while the method ran; memory that earlier "
+             "rows freed is reused, so it under-reports later rows (the notebook row shows its host copies).", "",
+             "| workload | method | images | forwards/s | GFLOP/s | median s | first call s | peak RSS +MB "
+             "| fused ÷ method |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, w in record["workloads"].items():
         label = f"{name}: win {w['window']} stride {w['stride']} {w['anchor']}, {w['positions']} pos"
