@@ -43,56 +43,6 @@ Variables = Any  # a Flax variables dict: {"params": ..., "batch_stats": ...}
 IMAGE_SHAPE = (32, 32, 3)
 
 
-_DIMS = ("NHWC", "HWIO", "NHWC")
-
-
-def _conv_same(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=_DIMS)
-
-
-@jax.custom_vjp
-def conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """3x3 'SAME' convolution, NHWC x HWIO -> NHWC.
-
-    Same values and gradients as ``lax.conv_general_dilated``; only the kernel
-    gradient is computed differently: as nine (C, N*H*W) @ (N*H*W, O) matrix
-    products, one per kernel tap. On XLA:CPU that ran 1.2-3.5x faster than
-    XLA's own kernel-gradient convolution for the 16x16 and 32x32 layers
-    (benchmarks/results/conv_grad_cpu.json), which is most of a training step.
-    Being a ``custom_vjp``, it supports reverse mode (``grad``, ``vjp``) but
-    not forward mode (``jvp``, ``jacfwd``).
-    """
-    return _conv_same(x, kernel)
-
-
-def _conv3x3_fwd(x, kernel):
-    return _conv_same(x, kernel), (x, kernel)
-
-
-def _conv3x3_bwd(residuals, cotangent):
-    x, kernel = residuals
-    dx = jax.vjp(lambda x: _conv_same(x, kernel), x)[1](cotangent)[0]
-    n, h, w, c = x.shape
-    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    ct = cotangent.reshape(-1, cotangent.shape[-1])
-    taps = [padded[:, i:i + h, j:j + w, :].reshape(-1, c).T @ ct for i in range(3) for j in range(3)]
-    return dx, jnp.stack(taps).reshape(kernel.shape)
-
-
-conv3x3.defvjp(_conv3x3_fwd, _conv3x3_bwd)
-
-
-class Conv3x3(nn.Module):
-    """Bias-free 3x3 'SAME' convolution with a ``kernel`` of shape (3, 3, in, out)."""
-
-    features: int
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        kernel = self.param("kernel", nn.initializers.lecun_normal(), (3, 3, x.shape[-1], self.features))
-        return conv3x3(x, kernel)
-
-
 class CNN(nn.Module):
     """VGG-style CNN for 32x32 RGB images.
 
@@ -140,7 +90,7 @@ class CNN(nn.Module):
             for _ in range(self.convs_per_block):
                 conv += 1
                 name = f"conv{conv}"
-                x = Conv3x3(width, name=name)(x)
+                x = nn.Conv(width, (3, 3), padding="SAME", use_bias=False, name=name)(x)
                 x = nn.BatchNorm(use_running_average=not train, momentum=0.9, name=f"{name}_bn")(x)
                 x = nn.relu(x)
                 if stop_at == name:
