@@ -107,8 +107,9 @@ def probe(f: Callable, with_params: bool, params_sig: tuple, image_shape: tuple[
 def default_memory_budget(backend: str) -> int:
     """Bytes per device for one chunk's working set.
 
-    On CPUs, batches past a few hundred images only lose cache locality
-    (measured: benchmarks/results/occlusion_cpu.json), so the budget is
-    small; accelerators want the largest batch that fits.
+    On a 2-core CPU the fused engine's throughput plateaus from about 256
+    pairs per chunk and does not rise beyond (benchmarks/results/
+    chunk_size_cpu.json), so a small budget keeps memory low at no cost;
+    accelerators want the largest batch that fits.
     """
     return (128 << 20) if backend == "cpu" else (2 << 30)
