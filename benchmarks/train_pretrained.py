@@ -14,12 +14,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
-import jax
 import numpy as np
 
 import jaxviz

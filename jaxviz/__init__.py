@@ -14,11 +14,11 @@ from jaxviz.batching import map_batches
 from jaxviz.cifar10 import cache_dir, load_cifar10
 from jaxviz.data import CIFAR10_CLASSES, Dataset, load_image_folder, load_sample, to_model_input
 from jaxviz.embedding import Embedding, knn_agreement, tsne
-from jaxviz.features import TopK, activation_maps, layer_features, layer_fn, top_k_images, unit_scores
+from jaxviz.features import TopK, activation_maps, layer_features, top_k_images, unit_scores
 from jaxviz.filters import filter_grid
 from jaxviz.masks import apply_mask, heatmap_mask, normalize
 from jaxviz.metrics import classification_report, confusion_matrix, most_confused_pairs
-from jaxviz.model import CNN, conv_kernels, forward, init_variables, layer_names, summary, summary_table
+from jaxviz.model import CNN, conv_kernels, forward, init_variables, layer_fn, layer_names, summary, summary_table
 from jaxviz.occlusion import Occlusion, occlude, occlude_one, window_spans
 from jaxviz.report import ReportSettings, make_report
 from jaxviz.train import TrainConfig, augment, predict, train

@@ -16,28 +16,11 @@ import numpy as np
 
 from jaxviz.batching import map_batches
 from jaxviz.data import check_uint8_images
-from jaxviz.model import CNN, check_layer, forward
+from jaxviz.model import CNN, check_layer, uint8_program
 
-__all__ = ["TopK", "activation_maps", "layer_features", "layer_fn", "top_k_images", "unit_scores"]
+__all__ = ["TopK", "activation_maps", "layer_features", "top_k_images", "unit_scores"]
 
 REDUCTIONS = ("mean", "max")
-
-
-@functools.lru_cache(maxsize=None)
-def layer_fn(model: CNN, layer: str | None):
-    """``f(variables, x) -> activations`` for one layer; the same object for equal arguments.
-
-    Passing this function (and ``params=variables``) to ``jaxviz.occlude``
-    reuses its compiled program across calls.
-    """
-    check_layer(model, layer)
-    return functools.partial(forward, model, layer=layer)
-
-
-@functools.lru_cache(maxsize=None)
-def _uint8_layer_program(model: CNN, layer: str | None):
-    fn = layer_fn(model, layer)
-    return jax.jit(lambda variables, images: fn(variables, images.astype(jnp.float32) / 255.0))
 
 
 def layer_features(model: CNN, variables: dict, images: np.ndarray, *, layer: str,
@@ -58,7 +41,7 @@ def layer_features(model: CNN, variables: dict, images: np.ndarray, *, layer: st
     check_layer(model, layer)
     if len(images) == 0:
         raise ValueError("images: expected at least one image, got an empty dataset")
-    program = _uint8_layer_program(model, layer)
+    program = uint8_program(model, layer)
     return map_batches(functools.partial(program, variables), images, batch_size=batch_size,
                        progress=progress and (progress if isinstance(progress, str) else f"features {layer}"))
 

@@ -19,6 +19,7 @@ computed, which is the notebook's ``Model(input, get_layer(name).output)``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Sequence
 
@@ -33,6 +34,7 @@ __all__ = [
     "conv_kernels",
     "forward",
     "init_variables",
+    "layer_fn",
     "layer_names",
     "summary",
     "summary_table",
@@ -148,6 +150,25 @@ def forward(model: CNN, variables: Variables, x: jax.Array, *, layer: str | None
     """
     check_layer(model, layer)
     return model.apply(variables, x, train=False, stop_at=layer)
+
+
+@functools.lru_cache(maxsize=None)
+def layer_fn(model: CNN, layer: str | None):
+    """``f(variables, x) -> activations`` for one layer; the same object for equal arguments.
+
+    Passing this function (and ``params=variables``) to ``jaxviz.occlude``
+    reuses its compiled program across calls.
+    """
+    check_layer(model, layer)
+    return functools.partial(forward, model, layer=layer)
+
+
+@functools.lru_cache(maxsize=None)
+def uint8_program(model: CNN, layer: str | None):
+    """Jitted ``(variables, uint8 images (N, H, W, 3)) -> activations of layer``,
+    converting like ``to_model_input`` (pixel / 255); cached per (model, layer)."""
+    fn = layer_fn(model, layer)
+    return jax.jit(lambda variables, images: fn(variables, images.astype(jnp.float32) / 255.0))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,11 +26,11 @@ from jaxviz._io import atomic_write_bytes
 from jaxviz._progress import progress_bar
 from jaxviz.data import Dataset, load_sample
 from jaxviz.embedding import knn_agreement, tsne
-from jaxviz.features import layer_features, layer_fn, top_k_images, unit_scores
+from jaxviz.features import layer_features, top_k_images, unit_scores
 from jaxviz.filters import filter_grid
 from jaxviz.masks import apply_mask, heatmap_mask
 from jaxviz.metrics import classification_report
-from jaxviz.model import check_layer, conv_kernels, forward, summary_table
+from jaxviz.model import check_layer, conv_kernels, forward, layer_fn, summary_table
 from jaxviz.occlusion import occlude
 from jaxviz.units import pick_units, similar_units, unit_selectivity
 from jaxviz.weights import Weights, load_pretrained

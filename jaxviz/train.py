@@ -11,6 +11,7 @@ variables an uninterrupted run would have had (on the same machine).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -28,7 +29,7 @@ from jaxviz._io import atomic_write_bytes
 from jaxviz._progress import progress_bar
 from jaxviz.batching import map_batches
 from jaxviz.data import Dataset
-from jaxviz.model import CNN, forward, init_variables
+from jaxviz.model import CNN, init_variables, uint8_program
 
 __all__ = ["TrainConfig", "TrainResult", "augment", "predict", "train"]
 
@@ -136,8 +137,8 @@ def _make_train_step(model: CNN, tx: optax.GradientTransformation, config: Train
 def predict(model: CNN, variables: dict, images: np.ndarray, *, batch_size: int = 500,
             progress: bool | str = False) -> np.ndarray:
     """Logits for uint8 images (N, 32, 32, 3) -> float32 (N, num_classes)."""
-    fn = jax.jit(lambda x: forward(model, variables, x.astype(jnp.float32) / 255.0))
-    return map_batches(fn, images, batch_size=batch_size, progress=progress)
+    return map_batches(functools.partial(uint8_program(model, None), variables), images, batch_size=batch_size,
+                       progress=progress)
 
 
 def _save_checkpoint(path: Path, state: TrainState, epoch: int, config: TrainConfig, history: list) -> None:

@@ -10,7 +10,8 @@ import pytest
 
 from jaxviz.data import to_model_input
 from jaxviz.embedding import knn_agreement, tsne
-from jaxviz.features import activation_maps, layer_features, layer_fn, top_k_images, unit_scores
+from jaxviz.features import activation_maps, layer_features, top_k_images, unit_scores
+from jaxviz.model import layer_fn
 from jaxviz.filters import filter_grid
 from jaxviz.masks import apply_mask, heatmap_mask, normalize
 from jaxviz.metrics import classification_report, confusion_matrix, most_confused_pairs
