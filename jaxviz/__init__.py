@@ -18,8 +18,18 @@ from jaxviz.features import TopK, activation_maps, layer_features, top_k_images,
 from jaxviz.filters import filter_grid
 from jaxviz.masks import apply_mask, heatmap_mask, normalize
 from jaxviz.metrics import classification_report, confusion_matrix, most_confused_pairs
-from jaxviz.model import CNN, conv_kernels, forward, init_variables, layer_fn, layer_names, summary, summary_table
-from jaxviz.occlusion import Occlusion, occlude, occlude_one, window_spans
+from jaxviz.model import (
+    CNN,
+    check_images_fit,
+    conv_kernels,
+    forward,
+    init_variables,
+    layer_fn,
+    layer_names,
+    summary,
+    summary_table,
+)
+from jaxviz.occlusion import Occlusion, occlude, occlude_one, unit_indices, window_spans
 from jaxviz.report import ReportSettings, make_report
 from jaxviz.train import TrainConfig, augment, predict, train
 from jaxviz.units import Selectivity, UnitPair, active_in_top_k, pick_units, similar_units, unit_selectivity
@@ -28,12 +38,12 @@ from jaxviz.weights import PRETRAINED_FILE, Weights, load_pretrained, load_weigh
 __version__ = "0.1.0"
 
 __all__ = [
-    "CIFAR10_CLASSES", "CNN", "active_in_top_k", "Dataset", "Embedding", "Occlusion", "PRETRAINED_FILE", "Selectivity", "TopK",
+    "CIFAR10_CLASSES", "CNN", "active_in_top_k", "check_images_fit", "Dataset", "Embedding", "Occlusion", "PRETRAINED_FILE", "Selectivity", "TopK",
     "ReportSettings", "TrainConfig", "UnitPair", "Weights", "activation_maps", "apply_mask", "atomic_path", "atomic_write_bytes", "augment", "cache_dir",
     "classification_report", "confusion_matrix", "conv_kernels", "filter_grid", "forward", "heatmap_mask",
     "init_variables", "knn_agreement", "layer_features", "layer_fn", "layer_names", "load_cifar10",
     "load_image_folder", "load_pretrained", "load_sample", "load_weights", "make_report", "map_batches",
     "most_confused_pairs", "normalize", "occlude", "occlude_one", "pick_units", "predict",
     "pretrained_sha256", "save_weights", "similar_units", "summary", "summary_table", "to_model_input",
-    "top_k_images", "train", "tsne", "unit_scores", "unit_selectivity", "window_spans",
+    "top_k_images", "train", "tsne", "unit_indices", "unit_scores", "unit_selectivity", "window_spans",
 ]

@@ -11,7 +11,11 @@ https://www.cs.toronto.edu/~kriz/cifar.html:
   unpickler (numpy array globals only), and only from a folder that jaxviz
   extracted itself from an archive whose MD5 it verified (it leaves a
   ``.jaxviz-verified`` marker holding the MD5), unless the caller opts in
-  with ``trust_unverified_pickle=True``.
+  with ``trust_unverified_pickle=True`` (API only; the CLI has no such option).
+  Any failure to read a pickle, a refused global included, is a ``ValueError``.
+
+Every official batch file holds exactly ``RECORDS_PER_FILE`` (10,000) images;
+a file with fewer or more (e.g. truncated at a record boundary) is refused.
 
 Files live in ``data_dir`` or, by default, in ``cache_dir()``.
 """
@@ -35,11 +39,12 @@ from jaxviz._io import atomic_path, file_digest
 from jaxviz._progress import progress_bar
 from jaxviz.data import CIFAR10_CLASSES, Dataset
 
-__all__ = ["CIFAR10_BASE_URL", "DownloadError", "cache_dir", "load_cifar10"]
+__all__ = ["CIFAR10_BASE_URL", "RECORDS_PER_FILE", "DownloadError", "cache_dir", "load_cifar10"]
 
 CIFAR10_BASE_URL = "https://www.cs.toronto.edu/~kriz/"
 MARKER = ".jaxviz-verified"
 _RECORD = 1 + 3 * 32 * 32  # label byte + pixels
+RECORDS_PER_FILE = 10_000  # images in every official batch file (binary: 30,730,000 bytes); tests shrink it
 
 # layout -> archive, extracted folder, official MD5, split files, meta file
 _LAYOUTS = {
@@ -98,7 +103,8 @@ def load_cifar10(split: str = "test", *, data_dir: str | os.PathLike | None = No
         ``layout``. Meant for mirrors of modified archives and for tests.
       trust_unverified_pickle: allow the python layout to be read from a folder
         that jaxviz did not extract from a verified archive (e.g. extracted by
-        hand). Pickles are still read with the restricted unpickler.
+        hand). Pickles are still read with the restricted unpickler. API only:
+        the CLI has no such option.
       progress: show a download progress bar.
 
     Returns:
@@ -108,11 +114,13 @@ def load_cifar10(split: str = "test", *, data_dir: str | os.PathLike | None = No
 
     Raises:
       ValueError: bad argument; archive MD5 mismatch; corrupt archive or batch
-        file; python layout folder without a verification marker.
+        file (a batch file without exactly ``RECORDS_PER_FILE`` images
+        included); python layout folder without a verification marker; a
+        python-layout file that is not a readable pickle or that refers to a
+        forbidden global (that error is also a ``pickle.UnpicklingError``).
       FileNotFoundError: ``data_dir`` is not a directory, or nothing to load and
         ``download`` is False.
       DownloadError: the download failed (an ``OSError``).
-      pickle.UnpicklingError: a python-layout file refers to a forbidden global.
     """
     if split not in ("train", "test"):
         raise ValueError(f"split: expected 'train' or 'test', got {split!r}")
@@ -140,7 +148,8 @@ def load_cifar10(split: str = "test", *, data_dir: str | os.PathLike | None = No
                 raise FileNotFoundError(
                     f"CIFAR-10 ({layout} layout) not found in {str(root)!r}: neither "
                     f"{spec['folder']}/ nor {spec['archive']} is there. To work offline, download "
-                    f"{official_url} and put {spec['archive']} in {str(root)!r} (or pass download=True).")
+                    f"{official_url} and put {spec['archive']} in {str(root)!r}, or allow the download "
+                    f"(download=True in the API; drop --no-download in the CLI).")
             _download(_resolve_url(url, spec["archive"]), archive, md5, official_url, progress)
         _check_md5(archive, md5)
         _extract(archive, folder, md5)
@@ -252,8 +261,9 @@ def _check_verified(folder: Path, archive: Path, md5: str, trust: bool) -> None:
     raise ValueError(
         f"{str(folder)!r}: refusing to unpickle python-layout files because {why}; unpickling "
         f"untrusted files can run code. Delete the folder and put {archive.name} in "
-        f"{str(folder.parent)!r} so jaxviz verifies and extracts it, use layout='binary' (no pickle), "
-        f"or pass trust_unverified_pickle=True if you trust these files.")
+        f"{str(folder.parent)!r} so jaxviz verifies and extracts it; or use the binary layout, which "
+        f"has no pickle (layout='binary' in the API, --layout binary in the CLI); or, if you trust "
+        f"these files, pass trust_unverified_pickle=True (API only; the CLI has no such option).")
 
 
 # --- readers -----------------------------------------------------------------
@@ -275,20 +285,33 @@ def _load_binary(folder: Path, names: list[str]) -> tuple[np.ndarray, np.ndarray
     images, labels = [], []
     for name in names:
         path = _batch_file(folder, name)
+        expected = RECORDS_PER_FILE * _RECORD
+        size = path.stat().st_size
+        if size != expected:
+            raise ValueError(
+                f"{str(path)!r}: size {size:,} bytes, expected {expected:,} ({RECORDS_PER_FILE:,} records "
+                f"of {_RECORD} bytes); the file is truncated or corrupt. {_reextract_hint(folder)}")
         raw = np.fromfile(path, dtype=np.uint8)
-        if raw.size == 0 or raw.size % _RECORD:
-            raise ValueError(f"{str(path)!r}: size {raw.size} bytes is not a positive multiple of "
-                             f"the {_RECORD}-byte record (truncated or corrupt)")
+        if raw.size != expected:  # changed while we read it
+            raise ValueError(f"{str(path)!r}: read {raw.size:,} bytes, expected {expected:,}")
         records = raw.reshape(-1, _RECORD)
         labels.append(records[:, 0].astype(np.int64))
         images.append(_planes_to_hwc(records[:, 1:]))
     return np.concatenate(images), np.concatenate(labels)
 
 
+def _reextract_hint(folder: Path) -> str:
+    return f"Delete {str(folder)!r} and load again to re-extract it from the official archive."
+
+
 def _binary_class_names(path: Path) -> tuple[str, ...]:
     if not path.is_file():
         return CIFAR10_CLASSES
-    names = tuple(line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{str(path)!r}: expected UTF-8 class names, one per line ({e})") from None
+    names = tuple(line.strip() for line in text.splitlines() if line.strip())
     return names or CIFAR10_CLASSES
 
 
@@ -307,8 +330,12 @@ def _numpy_reconstruct_globals() -> dict[tuple[str, str], object]:
     return allowed
 
 
-class _ForbiddenGlobal(pickle.UnpicklingError):
-    """A pickle referred to a global outside the allow-list."""
+class _ForbiddenGlobal(pickle.UnpicklingError, ValueError):
+    """A pickle referred to a global outside the allow-list.
+
+    A ``ValueError`` (so callers and the CLI treat it as bad input) and, as
+    before, a ``pickle.UnpicklingError``.
+    """
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -325,18 +352,20 @@ class _RestrictedUnpickler(pickle.Unpickler):
             return self._allowed[(module, name)]
         except KeyError:
             raise _ForbiddenGlobal(
-                f"{self._source}: refusing to load global {module}.{name} "
-                f"(only numpy array reconstruction is allowed)") from None
+                f"{self._source}: refusing to load global {module}.{name}: only numpy array "
+                f"reconstruction is allowed, so this is not a genuine CIFAR-10 file "
+                f"(unpickling it could run code); nothing was run") from None
 
 
 def _unpickle(path: Path) -> dict:
-    try:
-        with open(path, "rb") as f:
+    """Read a pickled dict with the restricted unpickler; every failure to parse it is a ``ValueError``."""
+    with open(path, "rb") as f:  # an OSError here (e.g. permissions) stays one
+        try:
             obj = _RestrictedUnpickler(f, source=repr(str(path))).load()
-    except _ForbiddenGlobal:
-        raise
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
-        raise ValueError(f"{str(path)!r}: corrupt pickle ({type(e).__name__}: {e})") from None
+        except _ForbiddenGlobal:
+            raise
+        except Exception as e:  # hostile or corrupt bytes: any error of the parser or of the allowed callables
+            raise ValueError(f"{str(path)!r}: corrupt pickle ({type(e).__name__}: {e})") from None
     if not isinstance(obj, dict):
         raise ValueError(f"{str(path)!r}: expected a pickled dict, got {type(obj).__name__}")
     return obj
@@ -352,7 +381,15 @@ def _load_python(folder: Path, names: list[str]) -> tuple[np.ndarray, np.ndarray
                 and data.shape[1] == _RECORD - 1):
             desc = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
             raise ValueError(f"{str(path)!r}: expected b'data' to be uint8 (N, 3072), got {desc}")
-        labs = np.asarray(labs if labs is not None else [], dtype=np.int64).reshape(-1)
+        if data.shape[0] != RECORDS_PER_FILE:
+            raise ValueError(f"{str(path)!r}: {data.shape[0]:,} images, expected {RECORDS_PER_FILE:,} "
+                             f"(every CIFAR-10 batch file holds {RECORDS_PER_FILE:,}); the file is truncated "
+                             f"or corrupt. {_reextract_hint(folder)}")
+        try:
+            labs = np.asarray(labs if labs is not None else [], dtype=np.int64).reshape(-1)
+        except (TypeError, ValueError, OverflowError):
+            raise ValueError(f"{str(path)!r}: expected b'labels' to be a list of integers, "
+                             f"got {type(labs).__name__}") from None
         if labs.shape[0] != data.shape[0]:
             raise ValueError(f"{str(path)!r}: {data.shape[0]} images but {labs.shape[0]} b'labels'")
         images.append(_planes_to_hwc(data))
@@ -364,6 +401,11 @@ def _python_class_names(path: Path) -> tuple[str, ...]:
     if not path.is_file():
         return CIFAR10_CLASSES
     names = _unpickle(path).get(b"label_names")
-    if not names:
+    if names is None or (isinstance(names, (list, tuple)) and not names):
         return CIFAR10_CLASSES
-    return tuple(n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in names)
+    if not (isinstance(names, (list, tuple)) and all(isinstance(n, (bytes, str)) for n in names)):
+        raise ValueError(f"{str(path)!r}: expected b'label_names' to be a list of names, got {type(names).__name__}")
+    try:
+        return tuple(n.decode("utf-8") if isinstance(n, bytes) else n for n in names)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{str(path)!r}: expected UTF-8 b'label_names' ({e})") from None

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -65,7 +65,7 @@ class Dataset:
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
-    def with_classes(self, class_names: Sequence[str]) -> "Dataset":
+    def with_classes(self, class_names: Sequence[str]) -> Dataset:
         """The same images, labels re-indexed into ``class_names`` (e.g. a model's classes).
 
         Raises:
@@ -81,7 +81,7 @@ class Dataset:
         mapping = np.array([class_names.index(c) for c in self.class_names], np.int64)
         return Dataset(self.images, mapping[self.labels], class_names, self.source)
 
-    def subset(self, indices: Sequence[int] | np.ndarray) -> "Dataset":
+    def subset(self, indices: Sequence[int] | np.ndarray) -> Dataset:
         """The images at ``indices`` (any order, repeats allowed)."""
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if idx.size and (idx.min() < -len(self) or idx.max() >= len(self)):
@@ -91,13 +91,33 @@ class Dataset:
 
 
 def check_uint8_images(images: np.ndarray, name: str) -> None:
-    """Raise unless ``images`` is a uint8 array of shape (N, H, W, 3)."""
+    """Raise unless ``images`` is a uint8 array of shape (N, H, W, 3).
+
+    Raises:
+      TypeError: not a numpy array, or not uint8 (the message says how to convert).
+      ValueError: the wrong shape.
+    """
     if not isinstance(images, np.ndarray):
         raise TypeError(f"{name}: expected a numpy uint8 array (N, H, W, 3), got {type(images).__name__}")
     if images.dtype != np.uint8:
-        raise TypeError(f"{name}: expected dtype uint8, got {images.dtype}")
+        raise TypeError(f"{name}: expected uint8 images (N, H, W, 3), got {images.dtype}{_uint8_hint(images)}")
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"{name}: expected shape (N, H, W, 3), got {images.shape}")
+
+
+def _uint8_hint(images: np.ndarray) -> str:
+    """How to turn non-uint8 ``images`` into uint8 pixels (for an error message)."""
+    if images.dtype.kind == "f":
+        finite = images[np.isfinite(images)]
+        if finite.size and finite.min() >= 0 and finite.max() <= 1:
+            return ("; these look like model input already (floats in [0, 1], i.e. pixel / 255) -- jaxviz "
+                    "takes uint8 pixels and scales them itself: pass `(x * 255).round().astype(np.uint8)`, "
+                    "or skip to_model_input")
+        rng = f" (values in [{finite.min():g}, {finite.max():g}])" if finite.size else ""
+        return f"{rng}; pass uint8 pixels 0..255, e.g. `np.clip(x, 0, 255).round().astype(np.uint8)`"
+    if images.dtype.kind in "iu":
+        return "; pass uint8 pixels 0..255, e.g. `np.clip(x, 0, 255).astype(np.uint8)`"
+    return ""
 
 
 def to_model_input(images: np.ndarray) -> np.ndarray:
@@ -135,37 +155,80 @@ def load_image_folder(root: str | os.PathLike, *, class_names: Sequence[str] | N
     Classes are the sub-directories of ``root`` in sorted order, unless
     ``class_names`` gives the order (then every name must be a sub-directory;
     CIFAR-10 folders are recognised and put in the official label order).
-    Files within a class are read in sorted name order. All images must have
-    the same size; grayscale and RGBA are converted to RGB.
+    Hidden entries (names starting with ".") are ignored. Files within a class
+    are read in sorted name order; sub-folders of a class folder are not
+    searched. Every class folder must hold at least one image (an empty one is
+    refused rather than skipped or kept: either would silently change what the
+    labels mean). All images must have the same size.
+
+    Pixels become 8-bit RGB as follows (PIL image modes):
+
+    * 8-bit ``"L"``, bilevel ``"1"`` (0 or 255), palette ``"P"``, ``"RGB"``,
+      ``"RGBX"``, ``"YCbCr"``: Pillow's conversion to RGB.
+    * ``"CMYK"`` (e.g. a CMYK JPEG or TIFF): the plain formula
+      ``R = round((255 - C) * (255 - K) / 255)`` (likewise G from M, B from Y);
+      embedded ICC profiles are ignored.
+    * 16-bit grayscale (``"I;16"``, ``"I;16L"``, ``"I;16B"``, ``"I;16N"``, and
+      ``"I"`` when the file holds 16 bits per sample: PNG, PGM/PPM, 16-bit
+      TIFF): the high byte, ``v >> 8`` (65535 -> 255, ``257 * k`` -> ``k``), the
+      same rule by which Pillow reads 16-bit RGB PNGs.
+    * Alpha (``"RGBA"``, ``"LA"``, ``"PA"``, ``"P"`` with transparency, and the
+      premultiplied ``"RGBa"``/``"La"``): dropped. The stored (straight) colours
+      are kept, not composited on any background, as ``convert("RGB")`` does.
+    * Refused with a ``ValueError`` naming the file and the mode: 32-bit float
+      ``"F"`` (no standard 8-bit scale), 32-bit integer ``"I"`` (e.g. a 32-bit
+      TIFF), ``"LAB"`` (Pillow's conversion to RGB is not reliable), and any
+      other mode.
+
+    Multi-frame files (GIF, TIFF) contribute their first frame.
 
     Raises:
-      FileNotFoundError: ``root`` or a named class directory does not exist.
-      ValueError: no images, a file that is not an image, or mixed sizes.
+      FileNotFoundError: ``root`` does not exist or is a file, or a named class
+        directory does not exist.
+      TypeError: ``class_names`` is not a sequence of strings.
+      ValueError: no class folders, an empty class folder, a file that is not
+        a readable image, an unsupported image mode, or mixed sizes.
     """
-    from PIL import Image, UnidentifiedImageError
-
     root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"root: expected a directory of class folders, got {str(root)!r} (does not exist)")
     if not root.is_dir():
-        raise FileNotFoundError(f"root: expected a directory of class folders, got {str(root)!r} (not a directory)")
+        raise FileNotFoundError(
+            f"root: expected a directory of class folders (root/<class>/<image>), got {str(root)!r}, "
+            f"which is a file; pass the folder that holds the class folders")
     found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if class_names is None:
-        class_names = CIFAR10_CLASSES if sorted(CIFAR10_CLASSES) == found else found
-    missing = [c for c in class_names if c not in found]
-    if missing:
-        raise FileNotFoundError(f"class_names: no folder for {missing} under {str(root)!r} (found {found})")
-    if not class_names:
-        raise ValueError(f"root: expected class sub-folders under {str(root)!r}, found none")
+    discovered = class_names is None
+    if discovered:
+        class_names = CIFAR10_CLASSES if sorted(CIFAR10_CLASSES) == found else tuple(found)
+        if not class_names:
+            stray = sorted(p.name for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
+            hint = (f" but {len(stray)} file(s), e.g. {stray[0]!r}; expected root/<class>/<image>: "
+                    f"was this a class folder rather than the folder above it?" if stray else "")
+            raise ValueError(f"root: expected class sub-folders under {str(root)!r}, found none{hint}")
+    else:
+        class_names = _check_class_names(class_names)
+        missing = [c for c in class_names if c not in found]
+        if missing:
+            raise FileNotFoundError(f"class_names: no folder for {missing} under {str(root)!r} (found {found})")
+
+    files = []
+    for name in class_names:
+        folder = root / name
+        entries = sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.is_file())
+        if not entries:
+            if discovered:
+                raise ValueError(
+                    f"root: class folder {str(folder)!r} has no images; add images to it or remove it "
+                    f"(every sub-folder of {str(root)!r} is a class, and an empty one would be a class "
+                    f"without images that shifts the labels of the classes after it)")
+            raise ValueError(f"class_names: the folder of class {name!r}, {str(folder)!r}, has no images; "
+                             f"add images to it or leave {name!r} out of class_names")
+        files.append(entries)
 
     images, labels, size = [], [], None
-    for label, name in enumerate(class_names):
-        for path in sorted((root / name).iterdir()):
-            if path.name.startswith(".") or not path.is_file():
-                continue
-            try:
-                with Image.open(path) as im:
-                    arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
-            except (UnidentifiedImageError, OSError) as e:
-                raise ValueError(f"root: {str(path)!r} is not a readable image ({e})") from None
+    for label, entries in enumerate(files):
+        for path in entries:
+            arr = _read_rgb(path)
             if size is None:
                 size = arr.shape
             elif arr.shape != size:
@@ -174,6 +237,95 @@ def load_image_folder(root: str | os.PathLike, *, class_names: Sequence[str] | N
                     f"{arr.shape[1]}x{arr.shape[0]}, expected {size[1]}x{size[0]}")
             images.append(arr)
             labels.append(label)
-    if not images:
-        raise ValueError(f"root: no images found under {str(root)!r}")
     return Dataset(np.stack(images), np.asarray(labels), tuple(class_names), source=str(root))
+
+
+def _check_class_names(class_names) -> tuple[str, ...]:
+    if isinstance(class_names, (str, bytes)):
+        raise TypeError(f"class_names: expected a sequence of folder names, got the single string {class_names!r}")
+    try:
+        names = tuple(class_names)
+    except TypeError:
+        raise TypeError(f"class_names: expected a sequence of folder names, "
+                        f"got {type(class_names).__name__}") from None
+    bad = [n for n in names if not isinstance(n, str)]
+    if bad:
+        raise TypeError(f"class_names: expected folder names (str), got {bad[0]!r} ({type(bad[0]).__name__})")
+    if not names:
+        raise ValueError("class_names: expected at least one class name, got none")
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"class_names: expected distinct names, got {duplicates} more than once")
+    return names
+
+
+class _UnsupportedImage(ValueError):
+    """An image whose pixel format jaxviz refuses to guess a conversion for."""
+
+
+_RGB_MODES = frozenset({"1", "L", "P", "RGB", "RGBX", "YCbCr"})  # Pillow converts these faithfully
+_ALPHA_MODES = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})
+_GRAY16_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    """One image file -> uint8 (H, W, 3), by the rules in ``load_image_folder``."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return _pixels_to_rgb(im, path)
+    except _UnsupportedImage:
+        raise
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
+        # OSError includes UnidentifiedImageError and truncated files
+        raise ValueError(f"root: {str(path)!r} is not a readable image ({e})") from None
+
+
+def _pixels_to_rgb(im, path: Path) -> np.ndarray:
+    mode = im.mode
+    if mode == "CMYK":
+        cmyk = np.asarray(im, dtype=np.uint32)
+        rgb = ((255 - cmyk[..., :3]) * (255 - cmyk[..., 3:]) + 127) // 255  # round(x / 255)
+        return rgb.astype(np.uint8)
+    if mode in _GRAY16_MODES or mode == "I":
+        gray = np.asarray(im)  # uint16 in the file's byte order, or int32 for "I"
+        if mode == "I":
+            bits = _bits_per_sample(im)
+            if bits != 16:
+                depth = f"{bits}-bit" if bits else "32-bit (or of unknown depth)"
+                raise _UnsupportedImage(
+                    f"root: {str(path)!r} has {depth} integer pixels (PIL mode 'I'), which have no "
+                    f"standard 8-bit scale; save it as 8-bit (or 16-bit) grayscale or RGB")
+            if gray.size and (gray.min() < 0 or gray.max() > 65535):
+                raise _UnsupportedImage(
+                    f"root: {str(path)!r} is a 16-bit image (PIL mode 'I') with values in "
+                    f"[{gray.min()}, {gray.max()}], outside 0..65535")
+        gray8 = (gray.astype(np.uint32) >> 8).astype(np.uint8)  # the high byte, as Pillow does for RGB
+        return np.repeat(gray8[..., None], 3, axis=-1)
+    if mode == "F":
+        raise _UnsupportedImage(
+            f"root: {str(path)!r} has 32-bit floating-point pixels (PIL mode 'F'), which have no standard "
+            f"8-bit scale; save it as 8-bit (or 16-bit) grayscale or RGB")
+    if mode in _ALPHA_MODES or (mode == "P" and "transparency" in im.info):
+        if mode == "La":  # premultiplied: Pillow goes La -> LA -> RGBA only
+            im = im.convert("LA")
+        return np.ascontiguousarray(np.asarray(im.convert("RGBA"))[..., :3])  # alpha dropped
+    if mode in _RGB_MODES:
+        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    raise _UnsupportedImage(
+        f"root: {str(path)!r} has PIL mode {mode!r}, which jaxviz does not convert to RGB "
+        f"(supported: {', '.join(sorted(_RGB_MODES | _ALPHA_MODES | _GRAY16_MODES | {'CMYK', 'I'}))}); "
+        f"save it as 8-bit RGB")
+
+
+def _bits_per_sample(im) -> int | None:
+    """Bits per sample of a mode "I" image's file: 16 for PNG and PGM/PPM, the tag for TIFF, else None."""
+    if im.format in ("PNG", "PPM"):  # at most 16 bits per sample; Pillow scales PGM/PPM to 0..65535
+        return 16
+    if im.format == "TIFF":
+        bits = getattr(im, "tag_v2", {}).get(258)  # BitsPerSample
+        if isinstance(bits, tuple):
+            bits = bits[0] if bits else None
+        return int(bits) if isinstance(bits, int) else None
+    return None

@@ -16,7 +16,7 @@ import numpy as np
 
 from jaxviz.batching import map_batches
 from jaxviz.data import check_uint8_images
-from jaxviz.model import CNN, check_layer, uint8_program
+from jaxviz.model import CNN, check_images_fit, check_layer, uint8_program
 
 __all__ = ["TopK", "activation_maps", "layer_features", "top_k_images", "unit_scores"]
 
@@ -39,6 +39,7 @@ def layer_features(model: CNN, variables: dict, images: np.ndarray, *, layer: st
     """
     check_uint8_images(images, "images")
     check_layer(model, layer)
+    check_images_fit(model, images)
     if len(images) == 0:
         raise ValueError("images: expected at least one image, got an empty dataset")
     program = uint8_program(model, layer)

@@ -21,7 +21,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -127,6 +128,20 @@ def check_layer(model: CNN, layer: str | None) -> None:
         raise ValueError(f"layer: unknown layer {layer!r}; expected one of {', '.join(names)}")
 
 
+def check_images_fit(model: CNN, images, name: str = "images") -> None:
+    """Raise ``ValueError`` unless ``images`` (N, H, W, C) have the model's input size.
+
+    The CNN's ``fc1`` kernel is sized for 32x32x3 inputs, so other sizes would
+    fail deep inside Flax with a shape error.
+    """
+    shape = tuple(np.shape(images)[1:])
+    if shape != IMAGE_SHAPE:
+        h, w, c = IMAGE_SHAPE
+        got = "x".join(str(d) for d in shape) or "a scalar"
+        raise ValueError(f"{name}: the model expects {h}x{w} images with {c} channels (N, {h}, {w}, {c}); "
+                         f"got {got} images. Resize them to {h}x{w} first.")
+
+
 def init_variables(model: CNN, key: jax.Array) -> Variables:
     """Fresh variables ``{"params", "batch_stats"}`` for ``model``."""
     x = jnp.zeros((1, *IMAGE_SHAPE), jnp.float32)
@@ -152,7 +167,7 @@ def forward(model: CNN, variables: Variables, x: jax.Array, *, layer: str | None
     return model.apply(variables, x, train=False, stop_at=layer)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def layer_fn(model: CNN, layer: str | None):
     """``f(variables, x) -> activations`` for one layer; the same object for equal arguments.
 
@@ -163,7 +178,7 @@ def layer_fn(model: CNN, layer: str | None):
     return functools.partial(forward, model, layer=layer)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def uint8_program(model: CNN, layer: str | None):
     """Jitted ``(variables, uint8 images (N, H, W, 3)) -> activations of layer``,
     converting like ``to_model_input`` (pixel / 255); cached per (model, layer)."""

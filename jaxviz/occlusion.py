@@ -29,18 +29,19 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from jaxviz._progress import progress_bar
 from jaxviz._plan import default_memory_budget, probe, signature
+from jaxviz._progress import progress_bar
 from jaxviz.batching import batch_sharding, map_batches, round_up, to_host
 
-__all__ = ["Occlusion", "occlude", "occlude_one", "window_spans"]
+__all__ = ["Occlusion", "occlude", "occlude_one", "unit_indices", "window_spans"]
 
 ANCHORS = ("centered", "valid")
 
@@ -157,6 +158,55 @@ def _pair(value: Any, name: str) -> tuple[int, int]:
     return int(value[0]), int(value[1])
 
 
+def unit_indices(units: Any, width: int, name: str = "units") -> tuple[int, ...]:
+    """Validate a selection of output units: integer indices, or a boolean mask of length ``width``.
+
+    Args:
+      units: a sequence or array of ints in ``[0, width)`` (order kept, repeats
+        allowed), or a boolean mask of shape ``(width,)`` selecting the units
+        where it is True (in increasing order).
+      width: size of the output axis the units index.
+
+    Returns:
+      The indices as a tuple of Python ints.
+
+    Raises:
+      TypeError: floats, strings or other non-integer values (``3.7`` is not
+        rounded to a unit).
+      ValueError: empty, out of range, or a mask of the wrong length.
+    """
+    if isinstance(units, (str, bytes)) or not hasattr(units, "__len__") and not isinstance(units, np.ndarray):
+        raise TypeError(f"{name}: expected a sequence of int indices or a boolean mask, got {type(units).__name__}")
+    arr = np.asarray(units)
+    if arr.dtype == bool:
+        if arr.shape != (width,):
+            raise ValueError(f"{name}: a boolean mask must have shape ({width},) (one entry per unit), "
+                             f"got shape {arr.shape}")
+        arr = np.flatnonzero(arr)
+    elif arr.size and not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"{name}: expected int indices (or a boolean mask), got dtype {arr.dtype}: {units!r}")
+    indices = tuple(int(u) for u in arr.reshape(-1))
+    if not indices or min(indices) < 0 or max(indices) >= width:
+        raise ValueError(f"{name}: expected at least one index in [0, {width}) of f's last output axis, "
+                         f"got {list(indices)}")
+    return indices
+
+
+def _positive_count(value: Any, name: str, what: str) -> int | None:
+    """``None`` or a positive integer (an int, numpy int, or an integral float such as ``1e8``)."""
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected a positive number of {what} or None, got {value!r}")
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        value = int(value)
+    if not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name}: expected a positive number of {what} or None, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name}: expected a positive number of {what} or None, got {value!r}")
+    return int(value)
+
+
 def _check_images(images: Any) -> jax.Array:
     if not hasattr(images, "shape") or not hasattr(images, "dtype"):
         raise TypeError(f"images: expected an array (N, H, W, C), got {type(images).__name__}")
@@ -175,13 +225,23 @@ def _check_images(images: Any) -> jax.Array:
 def _fill_array(fill: Any, images: jax.Array, blur_sigma: float) -> tuple[jax.Array, bool]:
     """The fill as (H, W, C)-broadcastable shared array, or (N, H, W, C) per image."""
     n, h, w, c = images.shape
+    expected = f"a number, per-channel ({c},), image ({h}, {w}, {c}) or per-image ({n}, {h}, {w}, {c}) values, or 'blur'"
     if isinstance(fill, str):
         if fill != "blur":
-            raise ValueError(f"fill: expected a number, an array or 'blur', got {fill!r}")
+            raise ValueError(f"fill: expected {expected}; got the string {fill!r}")
+        if not isinstance(blur_sigma, (int, float, np.integer, np.floating)) or not 0 < blur_sigma < np.inf:
+            raise ValueError(f"blur_sigma: expected a positive number of pixels, got {blur_sigma!r}")
         from scipy.ndimage import gaussian_filter
         blurred = gaussian_filter(np.asarray(images, np.float32), sigma=(0, blur_sigma, blur_sigma, 0))
         return jnp.asarray(blurred, images.dtype), True
-    arr = jnp.asarray(fill, images.dtype)
+    if fill is None or isinstance(fill, (bool, np.bool_)) or not (
+            isinstance(fill, (int, float, np.number, np.ndarray, jax.Array, list, tuple))):
+        hint = " (convert it with .numpy() first)" if type(fill).__module__.startswith("torch") else ""
+        raise TypeError(f"fill: expected {expected}; got {type(fill).__name__}{hint}")
+    try:
+        arr = jnp.asarray(fill, images.dtype)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"fill: expected {expected}; got {fill!r} ({e})") from None
     allowed = {(): False, (c,): False, (h, w, c): False, (n, h, w, c): True}
     if arr.shape not in allowed:
         raise ValueError(f"fill: expected a scalar, shape ({c},), ({h}, {w}, {c}) or ({n}, {h}, {w}, {c}), "
@@ -275,12 +335,14 @@ def occlude(
         (N, H, W, C) baseline, or ``"blur"`` (a Gaussian-blurred copy of each
         image, ``blur_sigma`` pixels).
       anchor: ``"centered"`` (the notebook) or ``"valid"`` (Captum).
-      units: indices of f's last output axis to keep (default all).
+      units: indices of f's last output axis to keep (default all): ints, in
+        the order given, or a boolean mask over that axis. Floats are refused.
       params: optional first argument of ``f``.
       chunk_size: at most this many (image, position) pairs per compiled
         call; default: as many as ``memory_budget`` allows. Pairs are spread
         evenly over the chunks and the last one is padded to the same size.
-      memory_budget: bytes per device for one chunk's working set, estimated
+      memory_budget: bytes per device (an int, or an integral float such as
+        ``1e8``) for one chunk's working set, estimated
         from a trace of ``f`` (peak live intermediates, an upper bound);
         default 128 MiB on CPUs (about 250 pairs for the jaxviz CNN; larger
         chunks are no faster there) and 2 GiB on accelerators.
@@ -315,14 +377,9 @@ def occlude(
     if units is not None:
         if not out_shape:
             raise ValueError("units: f returns one value per image (shape (N,)); there are no units to select")
-        units = tuple(int(u) for u in np.asarray(units).reshape(-1))
-        if not units or min(units) < 0 or max(units) >= out_shape[-1]:
-            raise ValueError(f"units: expected indices in [0, {out_shape[-1]}) of f's last output axis, "
-                             f"got {list(units)}")
-    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"chunk_size: expected a positive int or None, got {chunk_size!r}")
-    if memory_budget is not None and (not isinstance(memory_budget, int) or memory_budget < 1):
-        raise ValueError(f"memory_budget: expected a positive number of bytes or None, got {memory_budget!r}")
+        units = unit_indices(units, out_shape[-1])
+    chunk_size = _positive_count(chunk_size, "chunk_size", "(image, position) pairs")
+    memory_budget = _positive_count(memory_budget, "memory_budget", "bytes")
     fills, per_image_fill = _fill_array(fill, images, blur_sigma)
 
     rows, cols = window_spans(h, win[0], st[0], anchor), window_spans(w, win[1], st[1], anchor)

@@ -9,14 +9,29 @@ needed, and nothing is ever shown (``plt.show()`` is the caller's choice).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 __all__ = [
-    "plot_activation_maps", "plot_confusion", "plot_filters", "plot_heatmaps", "plot_masked",
+    "MAX_COLUMNS", "MAX_ROWS", "check_grid", "plot_activation_maps", "plot_confusion", "plot_filters", "plot_heatmaps", "plot_masked",
     "plot_occluded_examples", "plot_selectivity", "plot_top_k", "plot_training", "plot_tsne", "save_figure",
 ]
+
+
+# A grid figure past these sizes is unreadable and slow to draw (hundreds of panels
+# take minutes and gigabytes): refuse it and say how to ask for less.
+MAX_COLUMNS = 16
+MAX_ROWS = 32
+
+
+def check_grid(rows: int, cols: int, *, what_rows: str, what_cols: str) -> None:
+    """Raise ``ValueError`` for a panel grid too large to read (see ``MAX_ROWS``/``MAX_COLUMNS``)."""
+    if cols > MAX_COLUMNS:
+        raise ValueError(f"{what_cols}: a figure shows at most {MAX_COLUMNS} {what_cols} side by side, "
+                         f"got {cols}; pass fewer")
+    if rows > MAX_ROWS:
+        raise ValueError(f"{what_rows}: a figure shows at most {MAX_ROWS} rows of {what_rows}, got {rows}; pass fewer")
 
 
 def _figure(fig, figsize):
@@ -78,8 +93,12 @@ def plot_activation_maps(images: np.ndarray, maps: np.ndarray, *, channels: Sequ
       maps: float (N, h, w, C) activations of a conv layer.
       channels: channels to show (default the first 8).
     """
-    channels = list(range(min(8, maps.shape[-1]))) if channels is None else list(channels)
+    channels = list(range(min(8, maps.shape[-1]))) if channels is None else [int(c) for c in channels]
+    if not channels or min(channels) < 0 or max(channels) >= maps.shape[-1]:
+        raise ValueError(f"channels: expected channel indices in [0, {maps.shape[-1]}) of layer {layer or 'the layer'}, "
+                         f"got {channels}")
     n = len(images)
+    check_grid(n, len(channels) + 1, what_rows="images", what_cols="channels")
     fig = _figure(fig, (1.3 * (len(channels) + 1), 1.4 * n + 0.5))
     axes = _axes_grid(fig, n, len(channels) + 1)
     for i in range(n):
@@ -103,6 +122,7 @@ def plot_top_k(images: np.ndarray, units: Sequence[int], *, labels: np.ndarray |
       labels: optional int (K, units) classes, shown under each image.
     """
     k, u = images.shape[:2]
+    check_grid(k, u, what_rows="top images (k)", what_cols="units")
     fig = _figure(fig, (1.25 * u + 0.3, 1.3 * k + 0.6))
     axes = _axes_grid(fig, k, u)
     for i in range(k):
@@ -136,6 +156,7 @@ def plot_heatmaps(images: np.ndarray, heatmaps: np.ndarray, units: Sequence, *, 
       units: column titles (ints become "unit N").
     """
     k, u = images.shape[:2]
+    check_grid(k, u, what_rows="images per unit (k)", what_cols="units")
     fig = _figure(fig, (1.25 * u + 1.0, 1.3 * k + 0.6))
     axes = _axes_grid(fig, k, u)
     scale = np.abs(heatmaps).reshape(k, u, -1).max(axis=(0, 2))
@@ -210,6 +231,7 @@ def plot_selectivity(histogram: np.ndarray, units: Sequence[int], class_names: S
     Args:
       histogram: int (len(units), classes).
     """
+    check_grid(len(units), 1, what_rows="units", what_cols="units")
     fig, ax = _single(ax, (0.6 * len(class_names) + 2, 0.35 * len(units) + 1.5))
     artist = ax.imshow(histogram, cmap="Greens", aspect="auto", vmin=0)
     for i in range(histogram.shape[0]):

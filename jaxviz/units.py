@@ -42,6 +42,15 @@ class Selectivity:
         return np.lexsort((units, self.entropy, -self.score))
 
 
+def check_count(value, name: str) -> int:
+    """Raise unless ``value`` is a positive int (not a bool); return it as an int."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name}: expected a positive int, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name}: expected a positive int, got {value}")
+    return int(value)
+
+
 def active_in_top_k(top_indices: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """bool (K, units): whether each unit is active (above its minimum over the
     dataset) on each of its top-K images. A unit active on fewer than K images
@@ -113,6 +122,7 @@ def similar_units(top_indices: np.ndarray, scores: np.ndarray, *, top: int = 10)
       minimum over the dataset), so dead units overlap with nothing and
       have correlation 0.
     """
+    check_count(top, "top")
     top_indices = np.asarray(top_indices)
     scores = np.asarray(scores, np.float64)
     k, units = top_indices.shape
@@ -139,7 +149,17 @@ def similar_units(top_indices: np.ndarray, scores: np.ndarray, *, top: int = 10)
 def pick_units(selectivity: Selectivity, count: int, *, alive: np.ndarray | None = None) -> list[int]:
     """``count`` units to show when the user names none: the most selective
     ones, at most one per majority class first, so the picture covers
-    several concepts; ``alive`` (bool (units,)) excludes dead units."""
+    several concepts; ``alive`` (bool (units,)) excludes dead units.
+
+    Returns at most ``count`` units (fewer when fewer are alive).
+
+    Raises:
+      ValueError: ``count`` is not a positive int; ``alive`` has the wrong shape.
+    """
+    check_count(count, "count")
+    if alive is not None and np.shape(alive) != np.shape(selectivity.score):
+        raise ValueError(f"alive: expected a bool array of shape {np.shape(selectivity.score)}, "
+                         f"got shape {np.shape(alive)}")
     ranking = [int(u) for u in selectivity.ranking() if alive is None or alive[u]]
     picked, seen = [], set()
     for u in ranking:

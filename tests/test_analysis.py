@@ -11,13 +11,13 @@ import pytest
 from jaxviz.data import to_model_input
 from jaxviz.embedding import knn_agreement, tsne
 from jaxviz.features import activation_maps, layer_features, top_k_images, unit_scores
-from jaxviz.model import layer_fn
 from jaxviz.filters import filter_grid
 from jaxviz.masks import apply_mask, heatmap_mask, normalize
 from jaxviz.metrics import classification_report, confusion_matrix, most_confused_pairs
-from jaxviz.model import forward
+from jaxviz.model import forward, layer_fn
 from jaxviz.units import pick_units, similar_units, unit_selectivity
 
+from numerics import assert_close
 
 # --- features -------------------------------------------------------------------------
 
@@ -28,7 +28,7 @@ def test_layer_features_in_uneven_batches_equal_one_full_forward(tiny_model, tin
     for batch_size in (3, 7, 100):  # 3 leaves a padded last batch of 1 real image
         got = layer_features(tiny_model, tiny_variables, tiny_images, layer=layer, batch_size=batch_size)
         assert got.shape == want.shape and got.dtype == np.float32
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        assert_close(got, want)
 
 
 def test_layer_features_rejects_bad_input(tiny_model, tiny_variables, tiny_images):
@@ -60,7 +60,7 @@ def test_unit_scores():
     maps = rng.normal(size=(5, 4, 3, 6)).astype(np.float32)
     want_mean = np.array([[maps[n, :, :, c].sum() / 12 for c in range(6)] for n in range(5)])
     want_max = np.array([[max(maps[n, :, :, c].ravel()) for c in range(6)] for n in range(5)])
-    np.testing.assert_allclose(unit_scores(maps), want_mean, rtol=1e-5, atol=1e-6)
+    assert_close(unit_scores(maps), want_mean)
     np.testing.assert_array_equal(unit_scores(maps, reduce="max"), want_max.astype(np.float32))
     dense = rng.normal(size=(5, 6)).astype(np.float32)
     np.testing.assert_array_equal(unit_scores(dense), dense)
@@ -325,7 +325,7 @@ def test_apply_mask_uint8_and_float():
     float_image = image.astype(np.float32) / 255
     got = apply_mask(float_image, mask)
     assert got.dtype == np.float32
-    np.testing.assert_allclose(got, float_image * mask[..., None], rtol=1e-6)
+    assert_close(got, float_image * mask[..., None])
     with pytest.raises(ValueError, match="mask"):
         apply_mask(image, np.ones((2, 1)))
 
@@ -343,7 +343,7 @@ def test_filter_grid_rgb_32_kernels():
     assert np.all(flat[32:] == 1.0)  # the 4 blank cells are white
     for p in range(32):
         k = kernels[..., p]
-        np.testing.assert_allclose(flat[p], (k - k.min()) / (k.max() - k.min()), rtol=1e-6, atol=1e-6)
+        assert_close(flat[p], (k - k.min()) / (k.max() - k.min()))
         assert flat[p].min() == 0.0 and flat[p].max() == pytest.approx(1.0)
 
 
@@ -356,7 +356,7 @@ def test_filter_grid_gray_for_other_input_channels():
         mean = kernels[..., p].mean(-1)
         want = (mean - mean.min()) / (mean.max() - mean.min())
         for c in range(3):  # gray: the same in every channel
-            np.testing.assert_allclose(flat[p, ..., c], want, rtol=1e-5, atol=1e-6)
+            assert_close(flat[p, ..., c], want)
     assert np.all(flat[10:] == 1.0)
 
 
@@ -442,3 +442,24 @@ def test_selectivity_counts_only_active_top_k_images():
     assert sel.histogram[2].sum() == 0 and sel.score[2] == 0.0
     plain = unit_selectivity(top.indices, labels, 4)  # without scores every slot counts
     assert plain.score[2] == 1.0 and plain.majority_class[2] == 0
+
+
+@pytest.mark.parametrize("count, error", [(0, ValueError), (-1, ValueError), (2.0, TypeError), (True, TypeError)])
+def test_pick_units_refuses_non_positive_counts(count, error):
+    sel = unit_selectivity(np.array([[0, 1, 2], [1, 2, 0]]), np.array([0, 1, 0]), 2)
+    with pytest.raises(error, match="count: expected a positive int"):
+        pick_units(sel, count)
+    assert pick_units(sel, 1) == [int(sel.ranking()[0])]
+
+
+def test_similar_units_refuses_non_positive_top():
+    with pytest.raises(ValueError, match="top: expected a positive int"):
+        similar_units(np.array([[0, 1], [1, 0]]), np.ones((2, 2)), top=0)
+
+
+def test_layer_features_refuses_floats_and_other_sizes(tiny_model, tiny_variables, tiny_images):
+    with pytest.raises(TypeError, match="images.*uint8"):
+        layer_features(tiny_model, tiny_variables, to_model_input(tiny_images), layer="fc1")
+    big = np.zeros((2, 64, 64, 3), np.uint8)
+    with pytest.raises(ValueError, match="images: the model expects 32x32 .* got 64x64x3"):
+        layer_features(tiny_model, tiny_variables, big, layer="fc1")

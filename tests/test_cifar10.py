@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import http.server
 import io
 import os
@@ -15,18 +16,23 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+import jaxviz.cifar10
 from jaxviz._io import file_digest
 from jaxviz.cifar10 import CIFAR10_BASE_URL, DownloadError, cache_dir, load_cifar10
 from jaxviz.data import CIFAR10_CLASSES
 
 BIN_ARCHIVE, BIN_FOLDER = "cifar-10-binary.tar.gz", "cifar-10-batches-bin"
 PY_ARCHIVE, PY_FOLDER = "cifar-10-python.tar.gz", "cifar-10-batches-py"
-N_TRAIN_PER_BATCH, N_TEST = 3, 4
+OFFICIAL_PY_MD5 = "c58f30108f718f92721af3b95e74349a"
+N_PER_FILE = 3  # records per fake batch file (the official files hold 10,000)
+MODULE_RECORDS_PER_FILE = jaxviz.cifar10.RECORDS_PER_FILE  # before any test patches it
+N_TRAIN_PER_BATCH, N_TEST = N_PER_FILE, N_PER_FILE
 CUSTOM_NAMES = tuple(f"class{i}_{c}" for i, c in enumerate(CIFAR10_CLASSES))
 
 
 @pytest.fixture(autouse=True)
 def _isolated_env(tmp_path, monkeypatch):
+    monkeypatch.setattr(jaxviz.cifar10, "RECORDS_PER_FILE", N_PER_FILE)  # tiny fake batch files
     monkeypatch.setenv("JAXVIZ_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("JAXVIZ_CIFAR10_URL", raising=False)
     for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
@@ -131,16 +137,17 @@ def test_binary_archive_pixel_order_labels_and_names(tmp_path, records, split):
 
 def test_pixel_planes_by_hand(tmp_path):
     """Row-major R, G, B planes: pixel (r, c) channel k is byte 1 + k*1024 + r*32 + c."""
-    rec = make_records(1, seed=7)
+    rec = make_records(N_PER_FILE, seed=7)
     folder = tmp_path / BIN_FOLDER
     folder.mkdir()
     (folder / "test_batch.bin").write_bytes(rec.tobytes())
     ds = load_cifar10("test", data_dir=tmp_path, download=False)
-    img = ds.images[0]
-    for r, c in [(0, 0), (0, 31), (1, 0), (5, 17), (31, 31)]:
-        for k in range(3):
-            assert img[r, c, k] == rec[0, 1 + k * 1024 + r * 32 + c]
-    assert ds.labels[0] == rec[0, 0]
+    for i in (0, N_PER_FILE - 1):
+        img = ds.images[i]
+        for r, c in [(0, 0), (0, 31), (1, 0), (5, 17), (31, 31)]:
+            for k in range(3):
+                assert img[r, c, k] == rec[i, 1 + k * 1024 + r * 32 + c]
+        assert ds.labels[i] == rec[i, 0]
     assert ds.class_names == CIFAR10_CLASSES  # no meta file: official names
 
 
@@ -279,6 +286,8 @@ def test_offline_with_nothing_present(tmp_path):
             load_cifar10("test", layout=layout, download=False)
         msg = str(e.value)
         assert name in msg and CIFAR10_BASE_URL + name in msg and str(tmp_path / "cache") in msg
+        # the hint makes sense to API and CLI users alike
+        assert "download=True in the API" in msg and "drop --no-download in the CLI" in msg
 
 
 def test_data_dir_must_exist(tmp_path):
@@ -345,6 +354,40 @@ def test_truncated_bin_file(tmp_path, records):
     assert len(load_cifar10("test", data_dir=tmp_path, download=False)) == N_TEST  # other split fine
 
 
+@pytest.mark.parametrize("n_records", [N_PER_FILE - 1, N_PER_FILE + 1, 0])
+def test_bin_file_with_whole_records_missing_or_extra(tmp_path, records, n_records):
+    """Cut (or padded) exactly at a record boundary: the size is a multiple of 3073 but still wrong."""
+    folder = write_binary_folder(tmp_path / BIN_FOLDER, records)
+    path = folder / "test_batch.bin"
+    path.write_bytes(make_records(n_records, seed=5).tobytes())
+    with pytest.raises(ValueError) as e:
+        load_cifar10("test", data_dir=tmp_path, download=False)
+    msg = str(e.value)
+    assert str(path) in msg and f"size {n_records * 3073:,} bytes" in msg
+    assert f"expected {N_PER_FILE * 3073:,}" in msg and f"{N_PER_FILE:,} records" in msg
+
+
+def test_official_record_count(tmp_path, monkeypatch):
+    assert MODULE_RECORDS_PER_FILE == 10_000  # every official batch file, as shipped
+    monkeypatch.setattr(jaxviz.cifar10, "RECORDS_PER_FILE", MODULE_RECORDS_PER_FILE)  # undo the fixture
+    folder = tmp_path / BIN_FOLDER
+    folder.mkdir()
+    (folder / "test_batch.bin").write_bytes(make_records(9, seed=1).tobytes())
+    with pytest.raises(ValueError) as e:
+        load_cifar10("test", data_dir=tmp_path, download=False)
+    msg = str(e.value)
+    assert "expected 30,730,000" in msg and "10,000 records of 3073 bytes" in msg and "27,657" in msg
+
+
+@pytest.mark.parametrize("n_images", [N_PER_FILE - 1, N_PER_FILE + 1])
+def test_python_batch_with_wrong_image_count(tmp_path, records, n_images):
+    folder = write_python_folder(tmp_path / PY_FOLDER, {"test_batch": make_records(n_images, seed=6)})
+    with pytest.raises(ValueError) as e:
+        load_cifar10("test", data_dir=tmp_path, layout="python", download=False, trust_unverified_pickle=True)
+    msg = str(e.value)
+    assert str(folder / "test_batch") in msg and f"{n_images:,} images, expected {N_PER_FILE:,}" in msg
+
+
 def test_missing_batch_file(tmp_path, records):
     folder = write_binary_folder(tmp_path / BIN_FOLDER, records)
     (folder / "data_batch_5.bin").unlink()
@@ -353,7 +396,7 @@ def test_missing_batch_file(tmp_path, records):
 
 
 def test_out_of_range_label(tmp_path):
-    rec = make_records(2, seed=3)
+    rec = make_records(N_PER_FILE, seed=3)
     rec[1, 0] = 10
     (tmp_path / BIN_FOLDER).mkdir()
     (tmp_path / BIN_FOLDER / "test_batch.bin").write_bytes(rec.tobytes())
@@ -363,8 +406,11 @@ def test_out_of_range_label(tmp_path):
 
 def test_python_folder_without_marker_needs_opt_in(tmp_path, records):
     write_python_folder(tmp_path / PY_FOLDER, records)
-    with pytest.raises(ValueError, match="trust_unverified_pickle=True"):
+    with pytest.raises(ValueError, match="trust_unverified_pickle=True") as e:
         load_cifar10("test", data_dir=tmp_path, layout="python", download=False)
+    msg = str(e.value)  # the hints name both spellings, and say what the CLI lacks
+    assert "layout='binary' in the API, --layout binary in the CLI" in msg
+    assert "API only; the CLI has no such option" in msg
     ds = load_cifar10("test", data_dir=tmp_path, layout="python", download=False,
                       trust_unverified_pickle=True)
     np.testing.assert_array_equal(ds.images, reference(records, "test")[0])
@@ -375,7 +421,7 @@ def test_python_marker_for_other_md5_is_refused(tmp_path, records):
     (folder / ".jaxviz-verified").write_text("0" * 32 + "\n")
     with pytest.raises(ValueError, match="0{32}"):
         load_cifar10("test", data_dir=tmp_path, layout="python", download=False)
-    (folder / ".jaxviz-verified").write_text("c58f30108f718f92721af3b95e74349a\n")  # official MD5
+    (folder / ".jaxviz-verified").write_text(OFFICIAL_PY_MD5 + "\n")  # official MD5
     ds = load_cifar10("test", data_dir=tmp_path, layout="python", download=False)
     assert len(ds) == N_TEST
 
@@ -387,7 +433,8 @@ def test_malicious_pickle_rejected_even_when_trusted(tmp_path, records):
     with pytest.raises(pickle.UnpicklingError, match="system") as e:
         load_cifar10("test", data_dir=tmp_path, layout="python", download=False,
                      trust_unverified_pickle=True)
-    assert "test_batch" in str(e.value)
+    assert isinstance(e.value, ValueError)  # bad input, like every other failure to read a pickle
+    assert str(folder / "test_batch") in str(e.value) and "refusing to load global" in str(e.value)
     assert not pwned.exists()
 
 
@@ -397,10 +444,76 @@ def test_malicious_pickle_rejected_in_verified_archive(tmp_path, records):
     (src / "batches.meta").write_bytes(pickle.dumps(Evil(pwned), protocol=0))
     data = tmp_path / "data"
     archive = tar_dir(src, data / PY_ARCHIVE, PY_FOLDER)
-    with pytest.raises(pickle.UnpicklingError, match="batches.meta"):
+    with pytest.raises(ValueError, match="batches.meta") as e:
         load_cifar10("test", data_dir=data, layout="python", download=False,
                      md5=file_digest(archive, "md5"))
+    assert isinstance(e.value, pickle.UnpicklingError)
     assert not pwned.exists()
+
+
+def test_forged_marker_and_malicious_pickle_is_one_line_in_the_cli(tmp_path, records, capsys):
+    """The bug report: a forged verification marker used to give a 27-line traceback."""
+    from jaxviz.cli import main
+
+    pwned = tmp_path / "pwned"
+    folder = write_python_folder(tmp_path / PY_FOLDER, records)
+    (folder / ".jaxviz-verified").write_text(OFFICIAL_PY_MD5 + "\n")  # forged
+    (folder / "test_batch").write_bytes(pickle.dumps({b"data": Evil(pwned)}, protocol=2))
+    code = main(["evaluate", "--data", "cifar10", "--layout", "python", "--data-dir", str(tmp_path),
+                 "--no-download"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("jaxviz evaluate: error: "), err
+    assert str(folder / "test_batch") in err and "system" in err and "Traceback" not in err
+    assert not pwned.exists()
+
+
+class BadCodec:
+    """Pickles as a call of an allowed global with bad arguments: _codecs.encode -> LookupError."""
+
+    def __reduce__(self):
+        return (codecs.encode, ("x", "no-such-codec"))
+
+
+@pytest.mark.parametrize("payload", [pickle.dumps({b"data": BadCodec()}, protocol=2), b"\x80\x02}q\x00(X", b"garbage", b""],
+                         ids=["lookup-error", "truncated", "garbage", "empty"])
+def test_every_unreadable_pickle_is_a_value_error(tmp_path, records, payload):
+    folder = write_python_folder(tmp_path / PY_FOLDER, records)
+    (folder / "test_batch").write_bytes(payload)
+    with pytest.raises(ValueError, match="corrupt pickle") as e:
+        load_cifar10("test", data_dir=tmp_path, layout="python", download=False, trust_unverified_pickle=True)
+    assert str(folder / "test_batch") in str(e.value)
+
+
+@pytest.mark.parametrize("meta, words", [
+    ({b"label_names": 5}, ["b'label_names'", "int"]),
+    ({b"label_names": [b"\xff\xfe"]}, ["UTF-8"]),
+])
+def test_bad_python_meta_is_a_value_error(tmp_path, records, meta, words):
+    folder = write_python_folder(tmp_path / PY_FOLDER, records)
+    (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
+    with pytest.raises(ValueError) as e:
+        load_cifar10("test", data_dir=tmp_path, layout="python", download=False, trust_unverified_pickle=True)
+    msg = str(e.value)
+    assert str(folder / "batches.meta") in msg and all(w in msg for w in words), msg
+
+
+def test_bad_python_labels_are_a_value_error(tmp_path, records):
+    folder = write_python_folder(tmp_path / PY_FOLDER, records)
+    batch = pickle.loads((folder / "test_batch").read_bytes())
+    batch[b"labels"] = ["cat"] * N_PER_FILE
+    (folder / "test_batch").write_bytes(pickle.dumps(batch, protocol=2))
+    with pytest.raises(ValueError, match="b'labels'") as e:
+        load_cifar10("test", data_dir=tmp_path, layout="python", download=False, trust_unverified_pickle=True)
+    assert str(folder / "test_batch") in str(e.value)
+
+
+def test_binary_meta_not_utf8_is_a_value_error(tmp_path, records):
+    folder = write_binary_folder(tmp_path / BIN_FOLDER, records)
+    (folder / "batches.meta.txt").write_bytes(b"\xff\xfe\x00cat\n")
+    with pytest.raises(ValueError, match="UTF-8") as e:
+        load_cifar10("test", data_dir=tmp_path, download=False)
+    assert str(folder / "batches.meta.txt") in str(e.value)
 
 
 def test_corrupt_pickle(tmp_path, records):

@@ -11,9 +11,17 @@ import pytest
 
 from jaxviz.data import to_model_input
 from jaxviz.model import (
-    CNN, check_layer, conv_kernels, forward, init_variables, layer_names, summary, summary_table,
+    CNN,
+    check_layer,
+    conv_kernels,
+    forward,
+    init_variables,
+    layer_names,
+    summary,
+    summary_table,
 )
 
+from numerics import assert_close, max_rel_error
 
 TINY_LAYERS = ("conv1", "conv2", "pool1", "conv3", "conv4", "pool2", "flatten", "fc1", "logits")
 BN_EPS = 1e-5  # flax.linen.BatchNorm's default epsilon
@@ -55,10 +63,7 @@ def as_float64(tree):
     return jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), tree)
 
 
-def rel_err(got, want) -> float:
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    assert got.shape == want.shape, (got.shape, want.shape)
-    return float(np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-30))
+rel_err = max_rel_error  # max |got - want| / max |want|: float32 reassociation error scales with the values
 
 
 @pytest.fixture(scope="module")
@@ -122,12 +127,10 @@ def test_truncated_forward_matches_flax_captured_intermediates(tiny_model, tiny_
     inter = state["intermediates"]
     for name in ("conv1", "conv2", "conv3", "conv4"):
         want = jax.nn.relu(inter[f"{name}_bn"]["__call__"][0])  # conv layers are reported post-ReLU
-        np.testing.assert_allclose(forward(tiny_model, tiny_variables, x, layer=name), want, rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(forward(tiny_model, tiny_variables, x, layer="fc1"),
-                               jax.nn.relu(inter["fc1"]["__call__"][0]), rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(forward(tiny_model, tiny_variables, x), inter["logits"]["__call__"][0],
-                               rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(forward(tiny_model, tiny_variables, x), logits, rtol=1e-6, atol=1e-6)
+        assert_close(forward(tiny_model, tiny_variables, x, layer=name), want, err_msg=name)
+    assert_close(forward(tiny_model, tiny_variables, x, layer="fc1"), jax.nn.relu(inter["fc1"]["__call__"][0]))
+    assert_close(forward(tiny_model, tiny_variables, x), inter["logits"]["__call__"][0])
+    assert_close(forward(tiny_model, tiny_variables, x), logits)
 
 
 @pytest.mark.parametrize("layer, convs", [("conv1", 1), ("conv2", 2), ("pool1", 2), ("conv3", 3),
@@ -164,7 +167,7 @@ def test_forward_is_vmappable(tiny_model, tiny_variables, tiny_images):
         got = np.asarray(fn(xs))
         want = np.stack([np.asarray(forward(tiny_model, tiny_variables, xi, layer=layer)) for xi in xs])
         assert got.shape == want.shape
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        assert_close(got, want)
 
 
 def test_init_variables_are_deterministic_and_key_dependent(tiny_model):

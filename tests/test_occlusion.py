@@ -15,6 +15,8 @@ import pytest
 import jaxviz
 from jaxviz.occlusion_reference import occlude_notebook, occlude_pair_loop, occlude_position_loop
 
+from numerics import assert_close, max_rel_error
+
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCES = (occlude_notebook, occlude_position_loop, occlude_pair_loop)
 
@@ -32,10 +34,6 @@ def cnn():
 @pytest.fixture(scope="module")
 def images():
     return np.asarray(jax.random.uniform(jax.random.key(2), (3, 32, 32, 3)), np.float32)
-
-
-def _rel(a, b):
-    return float(np.abs(np.asarray(a) - np.asarray(b)).max() / max(np.abs(np.asarray(b)).max(), 1e-12))
 
 
 # ------------------------------------------------------------------ positions
@@ -79,8 +77,8 @@ def test_fused_equals_naive_references_on_cnn(cnn, images, anchor, window, strid
     for reference in REFERENCES:
         base, grid = reference(f, images, params=variables, window=window, stride=stride, anchor=anchor, fill=fill)
         assert result.grid.shape == grid.shape, reference.__name__
-        assert _rel(result.base, base) < 1e-5, reference.__name__
-        assert _rel(result.grid, grid) < 1e-5, reference.__name__
+        assert max_rel_error(result.base, base) < 1e-5, reference.__name__
+        assert max_rel_error(result.grid, grid, scale=result.base) < 1e-5, reference.__name__
 
 
 @pytest.mark.parametrize("kind", ["per_channel", "image", "per_image"])
@@ -92,7 +90,7 @@ def test_fused_equals_reference_with_array_fills(cnn, images, kind):
     fill = rng.uniform(size=shape).astype(np.float32)
     result = jaxviz.occlude(f, images, params=variables, window=6, stride=5, fill=fill)
     base, grid = occlude_position_loop(f, images, params=variables, window=(6, 6), stride=(5, 5), fill=fill)
-    assert _rel(result.grid, grid) < 1e-5
+    assert max_rel_error(result.grid, grid, scale=result.base) < 1e-5
 
 
 def test_blur_fill_equals_reference_with_blurred_images(cnn, images):
@@ -103,7 +101,7 @@ def test_blur_fill_equals_reference_with_blurred_images(cnn, images):
     result = jaxviz.occlude(f, images, params=variables, window=8, stride=8, fill="blur", blur_sigma=2.0)
     blurred = gaussian_filter(images, sigma=(0, 2.0, 2.0, 0))
     _, grid = occlude_position_loop(f, images, params=variables, window=(8, 8), stride=(8, 8), fill=blurred)
-    assert _rel(result.grid, grid) < 1e-5
+    assert max_rel_error(result.grid, grid, scale=result.base) < 1e-5
     assert np.abs(result.grid).max() > 0
 
 
@@ -116,16 +114,16 @@ def test_any_pure_function_and_unit_selection(images):
     full = jaxviz.occlude(f, images, window=9, stride=7, anchor="valid")
     some = jaxviz.occlude(f, images, window=9, stride=7, anchor="valid", units=[4, 1])
     _, grid = occlude_pair_loop(f, images, window=(9, 9), stride=(7, 7), anchor="valid")
-    assert _rel(full.grid, grid) < 1e-5
-    np.testing.assert_allclose(some.grid, full.grid[..., [4, 1]], rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(some.base, full.base[:, [4, 1]], rtol=1e-6)
+    assert max_rel_error(full.grid, grid, scale=full.base) < 1e-5
+    assert_close(some.grid, full.grid[..., [4, 1]], scale=full.base)
+    assert_close(some.base, full.base[:, [4, 1]])
 
 
 def test_sign_is_original_minus_occluded(images):
     # f = mean brightness: hiding pixels with 0 lowers it, so the grid is positive
     result = jaxviz.occlude(lambda x: x.mean(axis=(1, 2, 3))[:, None], images, window=4, stride=4)
     assert (result.grid > 0).all()
-    np.testing.assert_allclose(result.grid[0, 0, 0, 0], images[0, :4, :4].sum() / images[0].size, rtol=1e-5)
+    assert_close(result.grid[0, 0, 0, 0], images[0, :4, :4].sum() / images[0].size)
 
 
 # ------------------------------------------------------------------ pixel maps (Captum semantics)
@@ -148,9 +146,9 @@ def test_pixel_is_mean_over_covering_windows(cnn, images, anchor):
     result = jaxviz.occlude(jaxviz.layer_fn(model, "logits"), images, params=variables, window=(6, 5),
                             stride=(3, 4), anchor=anchor)
     expected = _pixel_reference(result.grid, result.row_spans, result.col_spans, (32, 32))
-    np.testing.assert_allclose(result.pixel, expected, rtol=1e-5, atol=1e-6)
+    assert_close(result.pixel, expected)
     targets = np.array([3, 0, 9])
-    np.testing.assert_allclose(result.pixel_map(targets), expected[np.arange(3), ..., targets], rtol=1e-5, atol=1e-6)
+    assert_close(result.pixel_map(targets), expected[np.arange(3), ..., targets], scale=expected)
 
 
 def _captum_conv_net(x):
@@ -177,7 +175,7 @@ def test_valid_anchoring_matches_captum_fixtures(window, stride, expected):
     # values from captum tests/attr/test_occlusion.py (test_simple_multi_input_conv*), target 0
     x = np.arange(16, dtype=np.float32).reshape(1, 4, 4, 1)
     result = jaxviz.occlude(jax.jit(_captum_conv_net), x, window=window, stride=stride, anchor="valid")
-    np.testing.assert_allclose(result.pixel_map([0])[0], expected, rtol=1e-6)
+    assert_close(result.pixel_map([0])[0], expected)
 
 
 def test_matches_captum_itself_when_installed():
@@ -197,7 +195,7 @@ def test_matches_captum_itself_when_installed():
     theirs = captum_attr.Occlusion(f_torch).attribute(
         torch.from_numpy(x.transpose(0, 3, 1, 2).copy()), sliding_window_shapes=(2, 3, 4), strides=(2, 2, 3),
         baselines=0.25, target=1)
-    np.testing.assert_allclose(ours.pixel_map([1, 1]), theirs.numpy()[:, 0], rtol=1e-4, atol=1e-6)
+    assert_close(ours.pixel_map([1, 1]), theirs.numpy()[:, 0], scale=ours.base, rel=1e-4)  # two frameworks
 
 
 # ------------------------------------------------------------------ invariance and compilation
@@ -206,10 +204,10 @@ def test_matches_captum_itself_when_installed():
 def test_chunk_size_does_not_change_results(cnn, images):
     model, variables = cnn
     f = jaxviz.layer_fn(model, "fc1")
-    results = [jaxviz.occlude(f, images, params=variables, window=8, stride=6, chunk_size=c).grid
+    results = [jaxviz.occlude(f, images, params=variables, window=8, stride=6, chunk_size=c)
                for c in (1, 7, None, 3 * 25)]
-    for grid in results[1:]:
-        np.testing.assert_allclose(grid, results[0], rtol=1e-5, atol=1e-6)
+    for result in results[1:]:
+        assert_close(result.grid, results[0].grid, scale=results[0].base, err_msg=f"chunk {result.chunk_size}")
 
 
 def test_second_call_and_new_images_do_not_retrace(images):
@@ -241,7 +239,7 @@ def test_same_result_on_four_devices(tmp_path):
         one = jaxviz.occlude(f, x, params=variables, window=7, stride=5, chunk_size=12, devices=jax.devices()[:1])
         np.save(sys.argv[1], many.grid)
         print(json.dumps({"devices": len(jax.devices()),
-                          "max_diff": float(np.abs(many.grid - one.grid).max())}))
+                          "max_rel_diff": float(np.abs(many.grid - one.grid).max() / np.abs(one.base).max())}))
     """)
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu",
            "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -250,13 +248,13 @@ def test_same_result_on_four_devices(tmp_path):
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report["devices"] == 4
-    assert report["max_diff"] < 1e-5
+    assert report["max_rel_diff"] < 1e-5  # relative to the scale of f
     # and the same as this single-device process
     x = np.asarray(jax.random.uniform(jax.random.key(2), (5, 32, 32, 3)), np.float32)
     model = jaxviz.CNN(widths=(4, 8), hidden=16)
     variables = jaxviz.init_variables(model, jax.random.key(0))
     here = jaxviz.occlude(jaxviz.layer_fn(model, "fc1"), x, params=variables, window=7, stride=5)
-    np.testing.assert_allclose(np.load(tmp_path / "grid.npy"), here.grid, rtol=1e-5, atol=1e-6)
+    assert_close(np.load(tmp_path / "grid.npy"), here.grid, scale=here.base)
 
 
 # ------------------------------------------------------------------ bad input
@@ -280,6 +278,18 @@ def _f(x):
     (dict(window=4, units=[7]), ValueError, "units"),
     (dict(window=4, chunk_size=0), ValueError, "chunk_size"),
     (dict(window=4, memory_budget=0), ValueError, "memory_budget"),
+    (dict(window=4, memory_budget=1.5e3 + 0.5), TypeError, "memory_budget"),
+    (dict(window=4, chunk_size=2.5), TypeError, "chunk_size"),
+    (dict(window=4, chunk_size=True), TypeError, "chunk_size"),
+    (dict(window=4, units=[2.7]), TypeError, "units.*int"),
+    (dict(window=4, units=np.array([0.0, 1.0])), TypeError, "units.*int"),
+    (dict(window=4, units=[True, False]), ValueError, "units.*boolean mask.*shape \\(3,\\)"),
+    (dict(window=4, units="1,2"), TypeError, "units"),
+    (dict(window=4, units=[]), ValueError, "units"),
+    (dict(window=4, fill=None), TypeError, "fill.*NoneType"),
+    (dict(window=4, fill="abc"), ValueError, "fill.*'abc'"),
+    (dict(window=4, fill=object()), TypeError, "fill"),
+    (dict(window=4, fill="blur", blur_sigma=0), ValueError, "blur_sigma"),
 ])
 def test_bad_options_raise_clear_errors(images, kwargs, error, words):
     with pytest.raises(error, match=words):
@@ -316,3 +326,23 @@ def test_grid_can_be_written_to_a_memory_map(cnn, images, tmp_path):
     np.testing.assert_array_equal(np.load(tmp_path / "grid.npy"), expected.grid)
     with pytest.raises(ValueError, match="grid_out"):
         jaxviz.occlude(f, images, params=variables, window=8, stride=8, grid_out=np.zeros((3, 4, 4, 2), np.float32))
+
+
+def test_boolean_units_are_a_mask_and_integral_sizes_are_accepted(images):
+    full = jaxviz.occlude(_f, images, window=8, stride=8)
+    masked = jaxviz.occlude(_f, images, window=8, stride=8, units=np.array([True, False, True]))
+    assert masked.units == (0, 2)
+    np.testing.assert_array_equal(masked.grid, full.grid[..., [0, 2]])  # elementwise f: no reassociation
+    # numpy ints and integral floats are counts like any int
+    assert jaxviz.occlude(_f, images, window=8, stride=8, chunk_size=np.int64(8)).chunk_size <= 8
+    budget = jaxviz.occlude(_f, images, window=8, stride=8, memory_budget=1e8)
+    assert budget.chunk_size == jaxviz.occlude(_f, images, window=8, stride=8, memory_budget=100_000_000).chunk_size
+
+
+def test_a_torch_tensor_fill_is_named(images):
+    class Tensor:  # stands in for torch.Tensor without importing torch
+        pass
+
+    Tensor.__module__ = "torch"
+    with pytest.raises(TypeError, match=r"fill: .*got Tensor \(convert it with .numpy\(\) first\)"):
+        jaxviz.occlude(_f, images, window=4, fill=Tensor())

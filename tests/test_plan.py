@@ -8,6 +8,8 @@ import pytest
 import jaxviz
 from jaxviz._plan import default_memory_budget, peak_live_bytes, probe, signature
 
+from numerics import assert_close
+
 
 def test_peak_live_bytes_of_a_chain_by_hand():
     # cos(x) is alive while sin(.) is produced; then cos(x) is freed: peak = 2 arrays of 100 float32
@@ -28,7 +30,10 @@ def test_peak_live_bytes_keeps_values_used_later():
 def test_peak_live_bytes_counts_nested_jaxprs():
     inner = jax.jit(lambda x: jnp.sin(jnp.cos(x)))
     jaxpr = jax.make_jaxpr(lambda x: inner(x) * 2)(jnp.zeros((50,))).jaxpr
-    assert peak_live_bytes(jaxpr) >= 2 * 50 * 4
+    # While the inner jit runs, its own peak (cos and sin alive: 2 arrays) is added to its
+    # output's bytes: 3 arrays of 50 float32. Ignoring the nested jaxpr would give 2 arrays
+    # (the jit's output and the product).
+    assert peak_live_bytes(jaxpr) == 3 * 50 * 4
 
 
 def test_probe_is_cached_and_checks_the_batch_axis():
@@ -58,7 +63,7 @@ def test_chunk_size_follows_the_memory_budget():
     assert small.chunk_size == 5
     whole = jaxviz.occlude(f, x, window=4, stride=4, memory_budget=1 << 30)
     assert whole.chunk_size == 3 * 16  # every pair in one chunk
-    np.testing.assert_allclose(small.grid, whole.grid, rtol=1e-6, atol=1e-7)
+    assert_close(small.grid, whole.grid, scale=whole.base)  # different chunk programs
 
 
 def test_default_budgets():

@@ -61,3 +61,12 @@ def test_numerics_modules_do_not_import_matplotlib():
             "print(sorted(m for m in ('matplotlib', 'sklearn', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_grids_too_large_to_read_are_refused():
+    images = np.zeros((2, plots.MAX_COLUMNS + 1, 4, 4, 3), np.uint8)
+    with pytest.raises(ValueError, match=f"at most {plots.MAX_COLUMNS} units"):
+        plots.plot_top_k(images, list(range(plots.MAX_COLUMNS + 1)))
+    maps = np.zeros((1, 4, 4, 8), np.float32)
+    with pytest.raises(ValueError, match=r"channels: expected channel indices in \[0, 8\)"):
+        plots.plot_activation_maps(np.zeros((1, 4, 4, 3), np.uint8), maps, channels=[999])
