@@ -32,14 +32,17 @@ from jaxviz.model import (
 from jaxviz.occlusion import Occlusion, occlude, occlude_one, unit_indices, window_spans
 from jaxviz.report import ReportSettings, make_report
 from jaxviz.train import TrainConfig, augment, predict, train
-from jaxviz.units import Selectivity, UnitPair, active_in_top_k, pick_units, similar_units, unit_selectivity
+from jaxviz.units import (
+    Selectivity, UnitPair, UnitStudy, active_in_top_k, per_unit, pick_units, similar_units, study_units,
+    unit_selectivity,
+)
 from jaxviz.weights import PRETRAINED_FILE, Weights, load_pretrained, load_weights, pretrained_sha256, save_weights
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CIFAR10_CLASSES", "CNN", "active_in_top_k", "check_images_fit", "Dataset", "Embedding", "Occlusion", "PRETRAINED_FILE", "Selectivity", "TopK",
-    "ReportSettings", "TrainConfig", "UnitPair", "Weights", "activation_maps", "apply_mask", "atomic_path", "atomic_write_bytes", "augment", "cache_dir",
+    "ReportSettings", "TrainConfig", "UnitPair", "UnitStudy", "per_unit", "study_units", "Weights", "activation_maps", "apply_mask", "atomic_path", "atomic_write_bytes", "augment", "cache_dir",
     "classification_report", "confusion_matrix", "conv_kernels", "filter_grid", "forward", "heatmap_mask",
     "init_variables", "knn_agreement", "layer_features", "layer_fn", "layer_names", "load_cifar10",
     "load_image_folder", "load_pretrained", "load_sample", "load_weights", "make_report", "map_batches",

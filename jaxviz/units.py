@@ -16,7 +16,11 @@ import dataclasses
 
 import numpy as np
 
-__all__ = ["Selectivity", "UnitPair", "active_in_top_k", "pick_units", "similar_units", "unit_selectivity"]
+from jaxviz.features import TopK, top_k_images
+from jaxviz.occlusion import unit_indices
+
+__all__ = ["Selectivity", "UnitPair", "UnitStudy", "active_in_top_k", "pick_units", "similar_units", "study_units",
+           "unit_selectivity"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,3 +173,69 @@ def pick_units(selectivity: Selectivity, count: int, *, alive: np.ndarray | None
         if len(picked) == count:
             return picked
     return picked + [u for u in ranking if u not in picked][: count - len(picked)]
+
+
+@dataclasses.dataclass(frozen=True)
+class UnitStudy:
+    """The notebook's unit study of one layer: top-K images, selectivity, the units to show.
+
+    Attributes:
+      scores: float32 (N, units): one score per image and unit (``unit_scores``).
+      top: ``TopK`` with (K, units) dataset indices and scores.
+      selectivity: ``Selectivity`` counting only top-K images a unit is active on.
+      alive: bool (units,): units active (score > 0) on at least one image.
+      units: the units to show: given by the caller or picked by ``pick_units``.
+    """
+
+    scores: np.ndarray
+    top: TopK
+    selectivity: Selectivity
+    alive: np.ndarray
+    units: tuple[int, ...]
+
+    @property
+    def k(self) -> int:
+        return int(self.top.indices.shape[0])
+
+    def shown_indices(self) -> np.ndarray:
+        """int64 (len(units) * K,): dataset indices of the shown units' top images, unit-major
+        (unit 0's K images best first, then unit 1's, ...)."""
+        return self.top.indices[:, list(self.units)].T.reshape(-1)
+
+    def shown_owner(self) -> np.ndarray:
+        """int64 (len(units) * K,): for each of ``shown_indices``, its position in ``units``."""
+        return np.repeat(np.arange(len(self.units)), self.k)
+
+
+def per_unit(values: np.ndarray, num_units: int) -> np.ndarray:
+    """Regroup unit-major rows (units * K, ...) as (K, units, ...): column j holds unit j's rows."""
+    values = np.asarray(values)
+    if values.shape[0] % num_units:
+        raise ValueError(f"values: expected a multiple of {num_units} rows (units * K), got {values.shape[0]}")
+    return np.swapaxes(values.reshape(num_units, -1, *values.shape[1:]), 0, 1)
+
+
+def study_units(scores: np.ndarray, labels: np.ndarray, num_classes: int, *, k: int, count: int = 6,
+                units=None) -> UnitStudy:
+    """Top-K -> selectivity -> alive units -> units to show, in one call.
+
+    Args:
+      scores: float (N, units), e.g. ``unit_scores(layer_features(...))``.
+      labels: int (N,) classes of the images.
+      num_classes: number of classes (>= 2).
+      k: top images per unit, 1 <= k <= N.
+      count: how many units to pick when ``units`` is None (positive).
+      units: optional indices of the units to show (ints in [0, units)).
+
+    Returns:
+      ``UnitStudy``.
+    """
+    scores = np.asarray(scores, np.float32)
+    top = top_k_images(scores, k)
+    selectivity = unit_selectivity(top.indices, labels, num_classes, scores=scores)
+    alive = scores.max(0) > 0
+    if units is None:
+        shown = tuple(pick_units(selectivity, count, alive=alive))
+    else:
+        shown = unit_indices(units, scores.shape[1])
+    return UnitStudy(scores, top, selectivity, alive, shown)

@@ -15,7 +15,7 @@ from jaxviz.filters import filter_grid
 from jaxviz.masks import apply_mask, heatmap_mask, normalize
 from jaxviz.metrics import classification_report, confusion_matrix, most_confused_pairs
 from jaxviz.model import forward, layer_fn
-from jaxviz.units import pick_units, similar_units, unit_selectivity
+from jaxviz.units import per_unit, pick_units, similar_units, study_units, unit_selectivity
 
 from numerics import assert_close
 
@@ -463,3 +463,26 @@ def test_layer_features_refuses_floats_and_other_sizes(tiny_model, tiny_variable
     big = np.zeros((2, 64, 64, 3), np.uint8)
     with pytest.raises(ValueError, match="images: the model expects 32x32 .* got 64x64x3"):
         layer_features(tiny_model, tiny_variables, big, layer="fc1")
+
+
+def test_study_units_is_the_pipeline_in_one_call():
+    rng = np.random.default_rng(3)
+    scores = np.maximum(rng.normal(size=(40, 12)), 0).astype(np.float32)
+    scores[:, 5] = 0.0  # a dead unit
+    labels = rng.integers(0, 4, size=40)
+    study = study_units(scores, labels, 4, k=5, count=3)
+    top = top_k_images(scores, 5)
+    sel = unit_selectivity(top.indices, labels, 4, scores=scores)
+    np.testing.assert_array_equal(study.top.indices, top.indices)
+    np.testing.assert_array_equal(study.selectivity.score, sel.score)
+    assert study.units == tuple(pick_units(sel, 3, alive=scores.max(0) > 0)) and 5 not in study.units
+    assert not study.alive[5] and study.alive.sum() == 11
+    flat = study.shown_indices()
+    assert flat.shape == (15,) and list(flat[:5]) == list(top.indices[:, study.units[0]])
+    grouped = per_unit(flat, 3)
+    np.testing.assert_array_equal(grouped, top.indices[:, list(study.units)])
+    assert study_units(scores, labels, 4, k=5, units=[7, 2]).units == (7, 2)
+    with pytest.raises(ValueError, match="units"):
+        study_units(scores, labels, 4, k=5, units=[12])
+    with pytest.raises(ValueError, match="count"):
+        study_units(scores, labels, 4, k=5, count=0)
