@@ -33,7 +33,14 @@ from jaxviz.occlusion import Occlusion, occlude, occlude_one, unit_indices, wind
 from jaxviz.report import ReportSettings, make_report
 from jaxviz.train import TrainConfig, augment, predict, train
 from jaxviz.units import (
-    Selectivity, UnitPair, UnitStudy, active_in_top_k, per_unit, pick_units, similar_units, study_units,
+    Selectivity,
+    UnitPair,
+    UnitStudy,
+    active_in_top_k,
+    per_unit,
+    pick_units,
+    similar_units,
+    study_units,
     unit_selectivity,
 )
 from jaxviz.weights import PRETRAINED_FILE, Weights, load_pretrained, load_weights, pretrained_sha256, save_weights
