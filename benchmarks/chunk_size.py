@@ -28,7 +28,8 @@ def main() -> None:
     x = jaxviz.to_model_input(jaxviz.load_sample().images[:40])
     rows = []
     for chunk in (64, 128, 256, 512, 1024, 2048, 4096, None):
-        run = lambda: jaxviz.occlude(f, x, params=variables, window=8, stride=2, anchor="valid", chunk_size=chunk)
+        run = lambda chunk=chunk: jaxviz.occlude(f, x, params=variables, window=8, stride=2, anchor="valid",
+                                                 chunk_size=chunk)
         used = run().chunk_size
         times = []
         for _ in range(3):

@@ -267,8 +267,8 @@ def main() -> None:
     model_t = None
     if not args.no_captum:
         try:
-            import torch
             import captum  # noqa: F401
+            import torch
 
             from benchmarks.torch_port import torch_cnn
 

@@ -8,7 +8,7 @@ devices along the batch axis, so several GPUs or TPU cores share the work.
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -33,7 +33,7 @@ def to_host(x: jax.Array) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _mesh(devices: tuple) -> Mesh:
     return Mesh(np.asarray(devices), ("batch",))
 

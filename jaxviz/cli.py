@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -18,9 +20,57 @@ import numpy as np
 
 import jaxviz
 from jaxviz import plots
-from jaxviz.report import ReportSettings, check_output_dir, make_report
+from jaxviz.report import ReportSettings, make_report
 
 DATA_CHOICES = ("sample", "cifar10", "folder")
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line, exit status 2, like every other user error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an int >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive int, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive int, got {value}")
+    return value
+
+
+def _check_writable(path: str | os.PathLike, *, directory: bool, option: str) -> Path:
+    """Fail before any work if ``path`` cannot be written later; create nothing.
+
+    A directory target may exist (it must be a writable directory) or not (its
+    nearest existing parent must be a writable directory); a file target must
+    not be a directory and its parent must be, or be creatable, likewise.
+    """
+    path = Path(path)
+    if path.exists():
+        if directory and not path.is_dir():
+            raise NotADirectoryError(f"{option}: expected a directory, but {str(path)!r} is a file")
+        if not directory and path.is_dir():
+            raise IsADirectoryError(f"{option}: expected a file name, but {str(path)!r} is a directory")
+        target = path if directory else path.parent
+    else:
+        target = path.parent
+    while not target.exists():
+        target = target.parent
+    if not target.is_dir():
+        raise NotADirectoryError(f"{option}: cannot create {str(path)!r}: {str(target)!r} is a file")
+    if not os.access(target, os.W_OK | os.X_OK):
+        raise PermissionError(f"{option}: cannot write {str(path)!r}: {str(target)!r} is not writable")
+    return path
+
+
+def _make_dir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 # --------------------------------------------------------------------------- shared options
@@ -55,26 +105,33 @@ def _load_data(args) -> jaxviz.Dataset:
 def _load(args) -> tuple[jaxviz.Dataset, jaxviz.Weights]:
     """The data (labels re-indexed into the model's classes) and the weights."""
     weights = _load_weights(args)
-    return _load_data(args).with_classes(weights.class_names), weights
+    data = _load_data(args).with_classes(weights.class_names)
+    jaxviz.check_images_fit(weights.model, data.images, name=f"--data {args.data}")
+    return data, weights
 
 
 def _load_weights(args) -> jaxviz.Weights:
     return jaxviz.load_pretrained() if not args.weights else jaxviz.load_weights(args.weights)
 
 
-def _ints(text: str | None) -> list[int] | None:
+def _ints(text: str | None, option: str) -> list[int] | None:
     if text is None:
         return None
     try:
-        return [int(t) for t in text.replace(",", " ").split()]
+        values = [int(t) for t in text.replace(",", " ").split()]
     except ValueError:
-        raise ValueError(f"expected a comma-separated list of integers, got {text!r}") from None
+        raise ValueError(f"{option}: expected a comma-separated list of integers, got {text!r}") from None
+    if not values:
+        raise ValueError(f"{option}: expected at least one integer, got {text!r}")
+    return values
 
 
 # --------------------------------------------------------------------------- commands
 
 
 def cmd_evaluate(args) -> None:
+    if args.confusion_png:
+        _check_writable(args.confusion_png, directory=False, option="--confusion-png")
     data, w = _load(args)
     logits = jaxviz.predict(w.model, w.variables, data.images, progress="evaluate")
     report = jaxviz.classification_report(data.labels, logits, data.class_names)
@@ -82,7 +139,7 @@ def cmd_evaluate(args) -> None:
         plots.save_figure(plots.plot_confusion(np.asarray(report["confusion_matrix"]), data.class_names,
                                                title=f"Confusion matrix ({len(data)} images)"), args.confusion_png)
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(json.dumps(report, indent=2, allow_nan=False))
         return
     print(f"accuracy {report['accuracy']:.4f} on {report['images']} images ({data.source})")
     for name, acc in report["per_class_accuracy"].items():
@@ -92,15 +149,26 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_train(args) -> None:
+    # Everything that can be checked without the data is checked first: the settings, the weights file's
+    # and the checkpoint directory's writability (a failure after hours of training would lose the run).
+    from jaxviz.train import check_output_file, prepare_checkpoint_dir  # (jaxviz.train is the function)
+
+    flags = {"epochs": "--epochs", "batch_size": "--batch-size", "peak_lr": "--lr", "seed": "--seed"}
+    try:
+        config = jaxviz.TrainConfig(epochs=args.epochs, batch_size=args.batch_size, peak_lr=args.lr, seed=args.seed)
+    except (ValueError, TypeError) as e:
+        name, _, rest = str(e).partition(": ")
+        raise type(e)(f"{flags[name]}: {rest}" if name in flags else str(e)) from None
+    check_output_file(args.out, "--out")
+    prepare_checkpoint_dir(args.checkpoint_dir, "--checkpoint-dir")
     data = _load_data(args)
     test = None
     if args.data == "cifar10":
         test = jaxviz.load_cifar10("test", data_dir=args.data_dir, layout=args.layout, download=not args.no_download)
-    config = jaxviz.TrainConfig(epochs=args.epochs, batch_size=args.batch_size, peak_lr=args.lr, seed=args.seed)
-    result = jaxviz.train(config, data, test, checkpoint_dir=args.checkpoint_dir)
+    result = jaxviz.train(config, data, test, checkpoint_dir=args.checkpoint_dir, resume=not args.fresh)
     digest = jaxviz.save_weights(args.out, result.model, result.variables, class_names=data.class_names,
                                  metadata={"dataset": data.source, "history": result.history})
-    print(json.dumps({"weights": str(args.out), "sha256": digest, "history": result.history}))
+    print(json.dumps({"weights": str(args.out), "sha256": digest, "history": result.history}, allow_nan=False))
 
 
 def cmd_summary(args) -> None:
@@ -109,6 +177,7 @@ def cmd_summary(args) -> None:
 
 
 def cmd_filters(args) -> None:
+    _check_writable(args.out, directory=False, option="--out")
     w = _load_weights(args)
     cells, filled = jaxviz.filter_grid(jaxviz.conv_kernels(w.model, w.variables, args.layer))
     plots.save_figure(plots.plot_filters(cells, filled, title=f"{args.layer} kernels"), args.out)
@@ -116,12 +185,16 @@ def cmd_filters(args) -> None:
 
 
 def cmd_activations(args) -> None:
+    _check_writable(args.out, directory=False, option="--out")
     data, w = _load(args)
-    idx = _ints(args.images) or [0, 1, 2, 3]
+    idx = _ints(args.images, "--images") or [0, 1, 2, 3]
     images = data.subset(idx).images
     maps = jaxviz.activation_maps(w.model, w.variables, images, layer=args.layer)
-    plots.save_figure(plots.plot_activation_maps(images, maps, channels=_ints(args.channels), layer=args.layer),
-                      args.out)
+    channels = _ints(args.channels, "--channels")
+    if channels is not None and (min(channels) < 0 or max(channels) >= maps.shape[-1]):
+        raise ValueError(f"--channels: layer {args.layer} has {maps.shape[-1]} channels; expected indices in "
+                         f"[0, {maps.shape[-1]}), got {channels}")
+    plots.save_figure(plots.plot_activation_maps(images, maps, channels=channels, layer=args.layer), args.out)
     print(args.out)
 
 
@@ -139,9 +212,10 @@ def _top(args, data, w, units: list[int] | None):
 
 
 def cmd_topk(args) -> None:
+    out = _check_writable(args.out, directory=True, option="--out")
     data, w = _load(args)
-    out = check_output_dir(args.out)
-    _, top, sel, units = _top(args, data, w, _ints(args.units))
+    _, top, sel, units = _top(args, data, w, _ints(args.units, "--units"))
+    _make_dir(out)
     fig = plots.plot_top_k(data.images[top.indices[:, units]], units, labels=data.labels[top.indices[:, units]],
                            class_names=data.class_names, title=f"Top {args.k} images of {args.layer} units")
     plots.save_figure(fig, out / "topk.png")
@@ -158,7 +232,14 @@ def _fill(text: str, images: np.ndarray):
         return "blur"
     if text == "mean":  # per-channel mean of the occluded images
         return images.mean(axis=(0, 1, 2))
-    values = [float(v) for v in text.split(",")]
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    channels = images.shape[-1]
+    if len(values) not in (1, channels) or not np.all(np.isfinite(values)):
+        raise ValueError(f"--fill: expected a number, {channels} comma-separated numbers (one per channel, "
+                         f"model input space 0..1), 'mean' or 'blur'; got {text!r}")
     return values[0] if len(values) == 1 else np.asarray(values, np.float32)
 
 
@@ -177,9 +258,9 @@ def _classes(text: str, class_names: tuple[str, ...]) -> list[int]:
 
 def cmd_occlude(args) -> None:
     """Occlude each chosen unit's top-K images (default) or the images given by --images."""
+    out = _check_writable(args.out, directory=True, option="--out")
     data, w = _load(args)
-    out = check_output_dir(args.out)
-    units = _ints(args.units)
+    units = _ints(args.units, "--units")
     if args.classes is not None:
         if args.layer != "logits":
             raise ValueError("--classes: selects classifier outputs; use it with --layer logits")
@@ -190,15 +271,17 @@ def cmd_occlude(args) -> None:
         targets = np.repeat(np.arange(len(units)), args.k)
         rows, titles = args.k, [f"unit {u}" for u in units]
     else:
-        idx, targets = np.asarray(_ints(args.images)), None
+        idx, targets = np.asarray(_ints(args.images, "--images")), None
         rows, titles = 1, [f"image {i}" for i in idx]
     images = data.subset(idx).images
     x = jaxviz.to_model_input(images)
+    fill = _fill(args.fill, x)
     start = time.perf_counter()
     occ = jaxviz.occlude(jaxviz.layer_fn(w.model, args.layer), x, params=w.variables, window=args.window,
-                         stride=args.stride, fill=_fill(args.fill, x), anchor=args.anchor, units=units,
+                         stride=args.stride, fill=fill, anchor=args.anchor, units=units,
                          progress=True)
     seconds = time.perf_counter() - start
+    _make_dir(out)
     arrays = {"base": occ.base, "grid": occ.grid, "images": idx, "row_spans": occ.row_spans,
               "col_spans": occ.col_spans, "units": np.asarray(units if units is not None else [], np.int64)}
     if occ.base.ndim == 2:  # one value per unit: a pixel map per image for its own (or strongest) unit
@@ -218,6 +301,7 @@ def cmd_occlude(args) -> None:
 
 
 def cmd_tsne(args) -> None:
+    _check_writable(args.out, directory=False, option="--out")
     data, w = _load(args)
     feats = jaxviz.unit_scores(jaxviz.layer_features(w.model, w.variables, data.images, layer=args.layer,
                                                      progress="features"))
@@ -232,10 +316,14 @@ def cmd_tsne(args) -> None:
 
 
 def cmd_report(args) -> None:
-    settings = ReportSettings(layer=args.layer, units=tuple(_ints(args.units)) if args.units else None,
+    """Check the settings, the output folder and the data, in that order, before anything is written."""
+    from jaxviz.report import check_report_dir
+
+    units = _ints(args.units, "--units")
+    settings = ReportSettings(layer=args.layer, units=tuple(units) if units is not None else None,
                               num_units=args.num_units, k=args.k, window=args.window, stride=args.stride,
                               tsne_points=args.tsne_points, tsne_iter=args.tsne_iter)
-    check_output_dir(args.out)
+    check_report_dir(args.out)  # creates nothing; make_report checks the settings against the data first too
     data, weights = _load(args)
     start = time.perf_counter()
     make_report(args.out, weights=weights, dataset=data, settings=settings)
@@ -246,9 +334,9 @@ def cmd_report(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jaxviz", description="What did this CNN learn? (JAX/Flax)")
+    parser = _Parser(prog="jaxviz", description="What did this CNN learn? (JAX/Flax)")
     parser.add_argument("--version", action="version", version=f"jaxviz {jaxviz.__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("report", help="write an HTML report of every analysis (the main job)")
     _add_data(p)
@@ -256,12 +344,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="jaxviz-report", help="output directory (default: jaxviz-report)")
     p.add_argument("--layer", default="fc1")
     p.add_argument("--units", help="units to show, e.g. 3,17,42 (default: picked by selectivity)")
-    p.add_argument("--num-units", type=int, default=6)
-    p.add_argument("--k", type=int, default=10)
-    p.add_argument("--window", type=int, default=11)
-    p.add_argument("--stride", type=int, default=4)
-    p.add_argument("--tsne-points", type=int, default=1000)
-    p.add_argument("--tsne-iter", type=int, default=1000)
+    p.add_argument("--num-units", type=positive_int, default=6)
+    p.add_argument("--k", type=positive_int, default=10)
+    p.add_argument("--window", type=positive_int, default=11)
+    p.add_argument("--stride", type=positive_int, default=4)
+    p.add_argument("--tsne-points", type=positive_int, default=1000)
+    p.add_argument("--tsne-iter", type=positive_int, default=1000)
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("evaluate", help="accuracy, per-class accuracy and confusion matrix")
@@ -274,10 +362,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train the CNN (resumable) and write a weights file")
     _add_data(p, default_split="train")
     p.add_argument("--out", default="weights.msgpack", help="weights file to write")
-    p.add_argument("--checkpoint-dir", default="jaxviz-checkpoints")
-    p.add_argument("--epochs", type=int, default=jaxviz.TrainConfig.epochs)
-    p.add_argument("--batch-size", type=int, default=jaxviz.TrainConfig.batch_size)
-    p.add_argument("--lr", type=float, default=jaxviz.TrainConfig.peak_lr)
+    p.add_argument("--checkpoint-dir", default="jaxviz-checkpoints",
+                   help="where a checkpoint is written after every epoch (default: jaxviz-checkpoints); a run "
+                        "resumes from it only if it holds the same run (data, settings, model)")
+    p.add_argument("--fresh", action="store_true",
+                   help="start over: ignore the checkpoint in --checkpoint-dir and overwrite it")
+    p.add_argument("--epochs", type=int, default=jaxviz.TrainConfig.epochs, help="number of epochs (>= 1)")
+    p.add_argument("--batch-size", type=int, default=jaxviz.TrainConfig.batch_size, help="images per step (>= 1)")
+    p.add_argument("--lr", type=float, default=jaxviz.TrainConfig.peak_lr, help="peak learning rate (> 0)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_train)
 
@@ -307,14 +399,14 @@ def build_parser() -> argparse.ArgumentParser:
         _add_weights(p)
         p.add_argument("--layer", default="fc1")
         p.add_argument("--units", help="units, e.g. 3,17 (default: picked by selectivity)")
-        p.add_argument("--num-units", type=int, default=5)
-        p.add_argument("--k", type=int, default=10, help="top images per unit")
+        p.add_argument("--num-units", type=positive_int, default=5)
+        p.add_argument("--k", type=positive_int, default=10, help="top images per unit")
         p.add_argument("--out", default=name, help="output directory")
         if name == "occlude":
             p.add_argument("--images", help="dataset indices to occlude instead of each unit's top K")
             p.add_argument("--classes", help="with --layer logits: class names or indices to keep")
-            p.add_argument("--window", type=int, default=11)
-            p.add_argument("--stride", type=int, default=4)
+            p.add_argument("--window", type=positive_int, default=11)
+            p.add_argument("--stride", type=positive_int, default=4)
             p.add_argument("--fill", default="0", help="a value, r,g,b, 'mean' or 'blur' (model input space, 0..1)")
             p.add_argument("--anchor", choices=("centered", "valid"), default="centered")
         p.set_defaults(func=func)
@@ -323,23 +415,42 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(p)
     _add_weights(p)
     p.add_argument("--layer", default="fc1")
-    p.add_argument("--points", type=int, default=1000)
+    p.add_argument("--points", type=positive_int, default=1000)
     p.add_argument("--perplexity", type=float, default=30.0)
-    p.add_argument("--max-iter", type=int, default=1000)
+    p.add_argument("--max-iter", type=positive_int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="tsne.png")
     p.set_defaults(func=cmd_tsne)
     return parser
 
 
+def _terminate(signum, frame):
+    # SIGTERM's default action kills the process at once, skipping the cleanup in
+    # `finally` blocks (temporary files, report folders, locks); exit through them.
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _terminate) if _main_thread() else None
     try:
         args.func(args)
     except (ValueError, TypeError, OSError) as e:  # user errors: one line, no traceback
         print(f"jaxviz {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"jaxviz {args.command}: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ Three straightforward implementations of the same computation as
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np

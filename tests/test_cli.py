@@ -2,8 +2,11 @@
 
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +27,7 @@ def setup(tmp_path_factory, tiny_model, tiny_variables):
     jaxviz.save_weights(weights, tiny_model, tiny_variables, metadata={"dataset": "tiny"})
     rng = np.random.default_rng(0)
     folder = root / "images"
-    for c, name in enumerate(jaxviz.CIFAR10_CLASSES[:3]):
+    for name in jaxviz.CIFAR10_CLASSES[:3]:
         (folder / name).mkdir(parents=True)
         for i in range(4):
             Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / name / f"{i}.png")
@@ -43,7 +46,8 @@ def run(capsys, *args):
     return code, captured.out, captured.err
 
 
-def test_evaluate_cifar10_json_matches_independent_computation(setup, capsys):
+def test_evaluate_cifar10_json_matches_independent_computation(setup, capsys, monkeypatch):
+    monkeypatch.setattr(jaxviz.cifar10, "RECORDS_PER_FILE", 20)  # a tiny fake test_batch.bin
     code, out, _ = run(capsys, "evaluate", "--data", "cifar10", "--data-dir", setup["cifar"], "--no-download",
                        "--weights", setup["weights"], "--json", "--confusion-png", setup["root"] / "cm.png")
     assert code == 0
@@ -100,12 +104,12 @@ def test_occlude_chosen_images_and_classes(setup, capsys):
     (["topk", "--k", "1000"], "k:"),
     (["filters", "--layer", "fc1"], "not a conv layer"),
 ])
-def test_user_errors_exit_2_with_a_message(setup, capsys, args, words):
+def test_user_errors_exit_2_with_a_message(setup, capsys, tmp_path, args, words):
     extra = ["--weights", setup["weights"]] + (["--data", "folder", "--data-dir", setup["folder"]]
                                               if args[0] != "filters" else [])
-    code, _, err = run(capsys, *args, *extra, "--out", setup["root"] / "err")
-    assert code == 2
-    assert words in err and "Traceback" not in err
+    code, _, err = run(capsys, *args, *extra, "--out", tmp_path / "err")
+    _one_line_error(code, err, words)
+    assert not (tmp_path / "err").exists()  # nothing is created for a run that cannot start
 
 
 def test_small_commands_write_their_outputs(setup, capsys):
@@ -146,6 +150,146 @@ def test_train_writes_loadable_weights(setup, capsys):
 
 
 def test_console_script_entry_point():
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, "-m", "jaxviz.cli", "--version"], capture_output=True, text=True, env=env)
-    assert out.returncode == 0 and out.stdout.startswith("jaxviz ")
+    # the `jaxviz` script that `pip install` writes (pyproject's [project.scripts]), not `python -m`
+    beside = Path(sys.executable).parent / ("jaxviz.exe" if os.name == "nt" else "jaxviz")
+    script = str(beside) if beside.is_file() else shutil.which("jaxviz")
+    assert script, "the jaxviz console script is not installed: run pip install -e ."
+    out = subprocess.run([script, "--version"], capture_output=True, text=True, check=False)
+    assert out.returncode == 0 and out.stdout.startswith("jaxviz "), out.stderr
+    bad = subprocess.run([script, "topk", "--num-units", "0"], capture_output=True, text=True, check=False)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+
+
+# ------------------------------------------------------------------ bad input: one line, exit 2, nothing written
+
+
+def _one_line_error(code, err, *words):
+    """Exit 2 and one error line, last on stderr (progress bars may come before it), no traceback."""
+    assert code == 2, err
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert "Traceback" not in err and sum("error:" in line for line in lines) == 1, err
+    assert "error:" in lines[-1], err
+    for word in words:
+        assert word in lines[-1], lines[-1]
+
+
+@pytest.mark.parametrize("command", ["topk", "occlude"])
+@pytest.mark.parametrize("count", ["0", "-1"])
+def test_non_positive_num_units_is_refused(setup, capsys, tmp_path, command, count):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--data", "folder", "--data-dir", str(setup["folder"]), "--weights", str(setup["weights"]),
+              "--num-units", count, "--out", str(out)])
+    _one_line_error(exit_info.value.code, capsys.readouterr().err, "--num-units", "positive int")
+    assert not out.exists()
+
+
+def test_too_many_units_for_a_figure_is_refused(setup, capsys, tmp_path):
+    code, _, err = run(capsys, "topk", "--data", "folder", "--data-dir", setup["folder"], "--weights",
+                       setup["weights"], "--layer", "flatten", "--units", ",".join(str(u) for u in range(17)),
+                       "--k", "2",
+                       "--out", tmp_path / "t")
+    _one_line_error(code, err, "at most 16")
+
+
+def test_activation_channels_out_of_range(setup, capsys, tmp_path):
+    code, _, err = run(capsys, "activations", "--data", "folder", "--data-dir", setup["folder"], "--weights",
+                       setup["weights"], "--channels", "999", "--out", tmp_path / "a.png")
+    _one_line_error(code, err, "--channels", "999")
+    assert not (tmp_path / "a.png").exists()
+
+
+@pytest.fixture(scope="module")
+def folder_64(tmp_path_factory):
+    root = tmp_path_factory.mktemp("big")
+    rng = np.random.default_rng(1)
+    for name in jaxviz.CIFAR10_CLASSES[:2]:
+        (root / name).mkdir()
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize("command", [["evaluate"], ["topk", "--k", "1"], ["occlude", "--images", "0"],
+                                     ["report", "--k", "1"]])
+def test_images_of_another_size_give_one_line(setup, folder_64, capsys, tmp_path, command):
+    extra = [] if command[0] == "evaluate" else ["--out", tmp_path / "out"]
+    code, _, err = run(capsys, *command, "--data", "folder", "--data-dir", folder_64, "--weights", setup["weights"],
+                       *extra)
+    _one_line_error(code, err, "32x32", "64x64")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("fill", ["abc", "1,2", "nan"])
+def test_bad_fill_names_the_option(setup, capsys, tmp_path, fill):
+    code, _, err = run(capsys, "occlude", "--data", "folder", "--data-dir", setup["folder"], "--weights",
+                       setup["weights"], "--images", "0", "--fill", fill, "--out", tmp_path / "o")
+    _one_line_error(code, err, "--fill")
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_file_where_the_output_directory_should_be(setup, capsys, tmp_path):
+    (tmp_path / "taken").write_text("x")
+    code, _, err = run(capsys, "topk", "--data", "folder", "--data-dir", setup["folder"], "--weights",
+                       setup["weights"], "--units", "1", "--k", "2", "--out", tmp_path / "taken")
+    _one_line_error(code, err, "--out", "is a file")
+    code, _, err = run(capsys, "topk", "--data", "folder", "--data-dir", setup["folder"], "--weights",
+                       setup["weights"], "--units", "1", "--k", "2", "--out", tmp_path / "taken" / "sub")
+    _one_line_error(code, err, "--out", "is a file")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")  # the next test covers root
+def test_unwritable_outputs_fail_before_the_work(setup, capsys, tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        code, _, err = run(capsys, "evaluate", "--data", "folder", "--data-dir", setup["folder"], "--weights",
+                           setup["weights"], "--confusion-png", locked / "cm.png")
+        _one_line_error(code, err, "--confusion-png", "not writable")
+    finally:
+        locked.chmod(0o700)
+
+
+def test_unwritable_confusion_png_fails_before_evaluating(setup, capsys, tmp_path, monkeypatch):
+    # as root os.access says yes everywhere; a directory at the file's path fails for everyone
+    calls = []
+    monkeypatch.setattr(jaxviz, "predict", lambda *a, **k: calls.append(1))
+    (tmp_path / "cm.png").mkdir()
+    code, _, err = run(capsys, "evaluate", "--data", "folder", "--data-dir", setup["folder"], "--weights",
+                       setup["weights"], "--confusion-png", tmp_path / "cm.png")
+    _one_line_error(code, err, "--confusion-png", "is a directory")
+    assert calls == []
+
+
+def test_main_installs_a_sigterm_handler_that_exits_through_cleanup(monkeypatch):
+    seen = {}
+    monkeypatch.setattr(jaxviz.cli, "cmd_summary", lambda args: seen.setdefault("handler", signal.getsignal(15)))
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["summary"]) == 0
+    assert seen["handler"] is jaxviz.cli._terminate
+    assert signal.getsignal(signal.SIGTERM) is before  # restored afterwards
+
+
+def test_sigterm_during_an_atomic_write_leaves_no_temporary_file(tmp_path):
+    script = textwrap.dedent("""
+        import signal, sys, time
+        import jaxviz
+        from jaxviz.cli import _terminate
+        signal.signal(signal.SIGTERM, _terminate)
+        with jaxviz.atomic_path(sys.argv[1]) as tmp:
+            tmp.write_bytes(b"half")
+            print("writing", flush=True)
+            time.sleep(60)
+    """)
+    target = tmp_path / "out.png"
+    proc = subprocess.Popen([sys.executable, "-c", script, str(target)], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert proc.stdout.readline().strip() == "writing"
+        assert len(list(tmp_path.iterdir())) == 1  # the temporary file exists now
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        proc.kill()
+    assert list(tmp_path.iterdir()) == []

@@ -1,14 +1,29 @@
-"""``make_report`` on a tiny model and tiny data: a complete page, only existing files, no half-written output."""
+"""``make_report`` on a tiny model and tiny data: a complete page, only existing files, no half-written output,
+settings checked before anything is written, and a folder that always holds one whole report."""
 
+import dataclasses
 import json
+import math
+import os
 import re
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 
 import jaxviz
+from jaxviz import report as report_module
+from jaxviz._io import path_lock
+from jaxviz.cli import main
 from jaxviz.data import Dataset
+from jaxviz.embedding import Embedding
 from jaxviz.weights import Weights
 
 SETTINGS = jaxviz.ReportSettings(k=3, num_units=3, window=11, stride=8, tsne_points=40, tsne_iter=300)
@@ -23,6 +38,34 @@ def small(tiny_model):
     model = tiny_model.clone(num_classes=4)
     weights = Weights(model, jaxviz.init_variables(model, jax.random.key(1)), data.class_names, {"dataset": "tiny"})
     return weights, data
+
+
+@pytest.fixture
+def fast_tsne(monkeypatch):
+    """Replace scikit-learn's t-SNE (most of a tiny report's time) where only the folder handling is tested."""
+    def fake(features, *, perplexity, max_iter, seed, subsample):
+        idx = np.arange(min(subsample, len(features)))
+        coords = np.asarray(features, np.float32).reshape(len(features), -1)[idx, :2]
+        return Embedding(coords, idx, 0.0, {"perplexity": perplexity, "max_iter": max_iter, "seed": seed,
+                                            "init": "pca", "points": len(idx)})
+
+    monkeypatch.setattr(report_module, "tsne", fake)
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file of a report folder, name -> bytes (reports have no subfolders)."""
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Temporary folders and lock files of ``folder`` beside it (``.<name>.*``)."""
+    return sorted(p.name for p in folder.parent.iterdir() if p.name.startswith(f".{folder.name}."))
+
+
+def earlier_report(report, where: Path) -> tuple[Path, dict]:
+    """A copy of the complete module report at ``where`` and its snapshot."""
+    shutil.copytree(report[0], where)
+    return where, snapshot(where)
 
 
 @pytest.fixture(scope="module")
@@ -62,35 +105,308 @@ def test_report_has_every_analysis_and_the_answers(report):
 def test_named_units_are_shown(small, tmp_path):
     weights, data = small
     settings = jaxviz.ReportSettings(**{**SETTINGS.__dict__, "units": (2, 0)})
-    results = jaxviz.make_report(tmp_path, weights=weights, dataset=data, settings=settings, progress=False)
+    out = tmp_path / "new" / "r1"  # absent, parent too: created at the end
+    results = jaxviz.make_report(out, weights=weights, dataset=data, settings=settings, progress=False)
     assert results["units"]["shown"] == [2, 0]
+    assert sorted(snapshot(out)) == sorted(["index.html", "results.json", *results["figures"]])
+    assert leftovers(out) == []
+
+
+# Each bad setting, with the words its message must hold: checked when the settings are made.
+BAD_SETTINGS = [
+    ({"layer": 3}, TypeError, "layer: expected a str"),
+    ({"layer": ""}, ValueError, "layer"),
+    ({"anchor": "middle"}, ValueError, "anchor: expected one of 'centered', 'valid', got 'middle'"),
+    ({"anchor": None}, TypeError, "anchor"),
+    ({"activation_images": 0}, ValueError, r"activation_images: expected an int >= 1, got 0"),
+    ({"activation_images": 2.0}, TypeError, "activation_images"),
+    ({"sigma": -1.0}, ValueError, r"sigma: expected a number >= 0, got -1"),
+    ({"sigma": math.nan}, ValueError, "sigma"),
+    ({"sigma": "2"}, TypeError, "sigma"),
+    ({"threshold": 1.5}, ValueError, r"threshold: expected a number in \[0, 1\], got 1.5"),
+    ({"threshold": math.inf}, ValueError, "threshold"),
+    ({"threshold": True}, TypeError, "threshold"),
+    ({"perplexity": 0}, ValueError, "perplexity: expected a number > 0"),
+    ({"perplexity": -5.0}, ValueError, "perplexity"),
+    ({"seed": -1}, ValueError, "seed"),
+    ({"seed": 2**32}, ValueError, "seed"),
+    ({"seed": 1.0}, TypeError, "seed: expected an int"),
+    ({"num_units": 0}, ValueError, r"num_units: expected an int in \[1, 16\]"),
+    ({"num_units": -3}, ValueError, "num_units"),
+    ({"num_units": 17}, ValueError, r"num_units: expected an int in \[1, 16\] \(the most units the figures show\)"),
+    ({"num_units": True}, TypeError, "num_units: expected an int"),
+    ({"k": 0}, ValueError, "k: expected an int >= 1"),
+    ({"k": "3"}, TypeError, "k"),
+    ({"window": 0}, ValueError, "window"),
+    ({"window": 3.5}, TypeError, "window"),
+    ({"stride": 0}, ValueError, "stride"),
+    ({"stride": False}, TypeError, "stride"),
+    ({"tsne_points": 1}, ValueError, "tsne_points: expected an int >= 2"),
+    ({"tsne_iter": 100}, ValueError, "tsne_iter: expected an int >= 250"),
+    ({"tsne_iter": 300.0}, TypeError, "tsne_iter"),
+    ({"units": ()}, ValueError, "units: expected None or a tuple of 1 to 16"),
+    ({"units": (1, -1)}, ValueError, "units"),
+    ({"units": tuple(range(17))}, ValueError, r"units: .*the most the figures show; got 17"),
+    ({"units": (1.5,)}, TypeError, "units"),
+    ({"units": (True,)}, TypeError, "units"),
+    ({"units": "1,2"}, TypeError, "units"),
+    ({"units": 3}, TypeError, "units"),
+]
+
+
+@pytest.mark.parametrize("change,error,words", BAD_SETTINGS, ids=[f"{next(iter(c))}={next(iter(c.values()))!r}"
+                                                                  for c, _, _ in BAD_SETTINGS])
+def test_bad_settings_raise_before_anything_is_written(small, tmp_path, change, error, words):
+    weights, data = small
+    with pytest.raises(error, match=words):
+        jaxviz.make_report(tmp_path / "r1", weights=weights, dataset=data,
+                           settings=jaxviz.ReportSettings(**{**SETTINGS.__dict__, **change}), progress=False)
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("change,words", [
     ({"layer": "conv9"}, "layer"),
-    ({"k": 41}, "k:"),
-    ({"units": (99,)}, "units"),
-    ({"units": ()}, "units"),
-    ({"window": 40}, "window"),
-    ({"tsne_iter": 100}, "tsne_iter"),
+    ({"k": 41}, r"k: expected an int in \[1, 40\] \(the dataset size\)"),
+    ({"units": (99,)}, r"units: expected indices in \[0, 16\)"),
+    ({"units": (16,)}, "units"),
+    ({"window": 40}, r"window: expected an int in \[1, 32\]"),
+    ({"layer": "logits", "num_units": 6}, r"num_units: expected an int in \[1, 4\] \(layer logits has 4 units\)"),
 ])
-def test_bad_settings_raise_and_write_no_page(small, tmp_path, change, words):
+def test_settings_that_do_not_fit_the_data_raise_before_anything_is_written(small, tmp_path, change, words):
     weights, data = small
     settings = jaxviz.ReportSettings(**{**SETTINGS.__dict__, **change})
     with pytest.raises(ValueError, match=words):
-        jaxviz.make_report(tmp_path, weights=weights, dataset=data, settings=settings, progress=False)
-    assert list(tmp_path.iterdir()) == []  # checked before any work: nothing written
+        jaxviz.make_report(tmp_path / "sub" / "r1", weights=weights, dataset=data, settings=settings, progress=False)
+    assert list(tmp_path.iterdir()) == []  # checked before any work: nothing written, no folder made
+
+
+def test_settings_are_normalized_to_plain_python_values():
+    s = jaxviz.ReportSettings(units=[np.int64(2), 0], num_units=np.int32(3), sigma=1, perplexity=np.float32(5))
+    assert s.units == (2, 0) and type(s.num_units) is int and type(s.sigma) is float
+    json.dumps(dataclasses.asdict(s))  # results.json must be able to hold them
+    assert jaxviz.ReportSettings(num_units=16).num_units == report_module.MAX_UNITS == 16
+
+
+@pytest.mark.parametrize("kwargs,error,words", [
+    ({"settings": {"k": 3}}, TypeError, "settings: expected a ReportSettings"),
+    ({"weights": "model.msgpack"}, TypeError, "weights"),
+    ({"dataset": np.zeros((2, 32, 32, 3), np.uint8)}, TypeError, "dataset"),
+    ({"progress": "yes"}, TypeError, "progress"),
+])
+def test_bad_arguments_raise_before_anything_is_written(small, tmp_path, kwargs, error, words):
+    weights, data = small
+    with pytest.raises(error, match=words):
+        jaxviz.make_report(tmp_path / "r1", **{"weights": weights, "dataset": data, **kwargs})
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_output_dir_that_is_a_file(tmp_path):
     target = tmp_path / "file"
     target.write_text("x")
-    with pytest.raises(NotADirectoryError, match="out_dir"):
+    with pytest.raises(NotADirectoryError, match="out_dir: expected a directory, but .* is a file"):
         jaxviz.make_report(target)
+    assert [p.name for p in tmp_path.iterdir()] == ["file"]
 
 
-def test_empty_dataset_is_rejected(small, tmp_path):
+def test_output_dir_below_a_file(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError, match=r"out_dir: cannot create .*file.* is a file, not a directory"):
+        jaxviz.make_report(tmp_path / "file" / "sub" / "r1")
+    with pytest.raises(NotADirectoryError, match="is a file, not a directory"):  # not just "File exists"
+        report_module.check_output_dir(tmp_path / "file" / "r1")
+    assert [p.name for p in tmp_path.iterdir()] == ["file"]
+
+
+def test_output_dir_in_an_unwritable_folder(small, tmp_path, monkeypatch):
     weights, data = small
-    empty = Dataset(data.images[:0], data.labels[:0], data.class_names)
-    with pytest.raises(ValueError, match="dataset"):
-        jaxviz.make_report(tmp_path, weights=weights, dataset=empty, progress=False)
+    readonly = tmp_path / "readonly"
+    readonly.mkdir()
+    real_access = os.access  # root may write anywhere, so pretend rather than chmod
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == readonly else real_access(p, mode))
+    with pytest.raises(PermissionError, match=r"out_dir: cannot write .*the directory .*readonly' is not writable"):
+        jaxviz.make_report(readonly / "sub" / "r1", weights=weights, dataset=data, settings=SETTINGS)
+    assert list(readonly.iterdir()) == []
+
+
+@pytest.mark.parametrize("size", [0, 1])
+def test_too_small_dataset_is_rejected(small, tmp_path, size):
+    weights, data = small
+    tiny = Dataset(data.images[:size], data.labels[:size], data.class_names)
+    with pytest.raises(ValueError, match=f"dataset: expected at least 2 images .*got {size}"):
+        jaxviz.make_report(tmp_path / "r1", weights=weights, dataset=tiny, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- the output folder: one whole report
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2-exchange", "two-renames"])
+def test_a_new_report_replaces_an_earlier_one_whole(small, report, tmp_path, monkeypatch, fast_tsne, exchange):
+    weights, data = small
+    if not exchange:
+        monkeypatch.setattr(jaxviz._io, "exchange_paths", lambda a, b: False)
+    out, before = earlier_report(report, tmp_path / "r1")
+    (out / ".index.html.abc123.tmp").write_text("a write killed long ago")  # atomic_path's leftover: still ours
+    settings = jaxviz.ReportSettings(**{**SETTINGS.__dict__, "units": (2, 0)})
+    results = jaxviz.make_report(out, weights=weights, dataset=data, settings=settings, progress=False)
+    after = snapshot(out)
+    assert sorted(after) == sorted(["index.html", "results.json", *results["figures"]])
+    assert json.loads(after["results.json"])["units"]["shown"] == [2, 0] != json.loads(before["results.json"])
+    assert after["index.html"] != before["index.html"]
+    assert leftovers(out) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["r1"]
+
+
+@pytest.mark.parametrize("content", ["user-file", "report-and-user-file", "subfolder", "other-json"])
+def test_a_folder_that_is_not_a_report_is_never_replaced(small, report, tmp_path, content):
+    weights, data = small
+    out = tmp_path / "r1"
+    if content.startswith("report"):
+        earlier_report(report, out)
+    else:
+        out.mkdir()
+    if "user-file" in content:
+        (out / "notes.txt").write_text("my notes")
+    if content == "subfolder":
+        (out / "photos").mkdir()
+    if content == "other-json":
+        (out / "results.json").write_text('{"accuracy": 0.5}')
+    before = snapshot(out) if content != "subfolder" else None
+    with pytest.raises(FileExistsError, match=r"out_dir: refusing to replace .*r1'.*choose another directory"):
+        jaxviz.make_report(out, weights=weights, dataset=data, settings=SETTINGS, progress=False)
+    if before is not None:
+        assert snapshot(out) == before
+    assert (out / "photos").is_dir() or content != "subfolder"
+    assert leftovers(out) == []
+
+
+def test_a_second_writer_is_refused(small, report, tmp_path):
+    weights, data = small
+    out, before = earlier_report(report, tmp_path / "r1")
+    with path_lock(out):  # what a running report holds
+        message = (rf"out_dir: another jaxviz report is writing '{re.escape(str(out))}' "
+                   rf"\(lock file '{re.escape(str(tmp_path / '.r1.lock'))}' held by pid {os.getpid()}\)")
+        with pytest.raises(BlockingIOError, match=message):
+            jaxviz.make_report(out, weights=weights, dataset=data, settings=SETTINGS, progress=False)
+        assert snapshot(out) == before and leftovers(out) == [".r1.lock"]
+    assert leftovers(out) == []
+
+
+def test_leftovers_of_a_writer_killed_between_the_renames(tmp_path):
+    """The old report was renamed aside, the new one not yet in: the next writer puts the old one back."""
+    aside = tmp_path / ".r1.old-123-abcd1234"
+    aside.mkdir()
+    (aside / "index.html").write_text("old")
+    (tmp_path / ".r1.tmp-123-abcd1234").mkdir()
+    (tmp_path / ".r1.tmp-99-ffff0000").mkdir()
+    (tmp_path / ".r1.tmp-not-ours").mkdir()  # not a name this module makes: left alone
+    report_module._restore_or_remove_leftovers(tmp_path / "r1")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".r1.tmp-not-ours", "r1"]
+    assert (tmp_path / "r1" / "index.html").read_text() == "old"
+
+
+SIGNAL_SCRIPT = """
+import signal, sys, time
+signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))  # as jaxviz.cli.main does
+import numpy as np
+import jaxviz
+from jaxviz import plots
+
+out, weights_file, data_file = sys.argv[1:]
+weights = jaxviz.load_weights(weights_file)
+arrays = np.load(data_file)
+data = jaxviz.Dataset(arrays["images"], arrays["labels"], weights.class_names, source="test images")
+settings = jaxviz.ReportSettings(**{settings!r})
+real_save = plots.save_figure
+
+def save_figure(fig, path, **kw):  # the first figure is written: say where, then wait for the signal
+    real_save(fig, path, **kw)
+    print("FIGURE", path, flush=True)
+    time.sleep(300)
+
+plots.save_figure = save_figure
+jaxviz.make_report(out, weights=weights, dataset=data, settings=settings, progress=False)
+"""
+
+
+@pytest.fixture(scope="module")
+def signal_script(small, tmp_path_factory):
+    """The script above and the tiny weights and data as files (loading beats initialising in each process)."""
+    weights, data = small
+    root = tmp_path_factory.mktemp("signal")
+    jaxviz.save_weights(root / "weights.msgpack", weights.model, weights.variables, class_names=weights.class_names,
+                        metadata=weights.metadata)
+    np.savez(root / "data.npz", images=data.images, labels=data.labels)
+    script = root / "run_report.py"
+    script.write_text(textwrap.dedent(SIGNAL_SCRIPT.format(settings=dataclasses.asdict(SETTINGS))))
+    return [sys.executable, str(script)], [str(root / "weights.msgpack"), str(root / "data.npz")]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=["INT", "TERM", "KILL"])
+def test_a_signal_mid_report_leaves_the_earlier_report(small, report, signal_script, tmp_path, fast_tsne, sig):
+    """A run interrupted after its first figure: the folder is exactly the earlier report, nothing left beside."""
+    work = tmp_path / "work"
+    work.mkdir()
+    out, before = earlier_report(report, work / "r1")
+    command, files = signal_script
+    proc = subprocess.Popen([*command, str(out), *files], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        ready = select.select([proc.stdout], [], [], 120)[0]
+        line = proc.stdout.readline() if ready else ""
+        assert line.startswith("FIGURE"), f"no figure written: {line!r}; stderr: {proc.stderr.read()[-3000:]}"
+        figure = Path(line.split(maxsplit=1)[1].strip())
+        # Mid-run: the new report grows in a temporary sibling; the folder is still the whole earlier report.
+        assert re.fullmatch(r"\.r1\.tmp-\d+-[0-9a-f]+", figure.parent.name) and figure.parent.parent == work
+        assert snapshot(out) == before and (work / ".r1.lock").read_text().strip() == str(proc.pid)
+        proc.send_signal(sig)
+        code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+    assert code == {signal.SIGINT: -signal.SIGINT, signal.SIGTERM: 143, signal.SIGKILL: -signal.SIGKILL}[sig]
+    assert snapshot(out) == before
+    if sig != signal.SIGKILL:
+        assert leftovers(out) == []
+        return
+    # SIGKILL skips all cleanup: its temporary folder and lock file stay, but block nothing; the next
+    # report removes them.
+    assert leftovers(out) == [".r1.lock", figure.parent.name]
+    weights, data = small
+    results = jaxviz.make_report(out, weights=weights, dataset=data, settings=SETTINGS, progress=False)
+    assert sorted(snapshot(out)) == sorted(["index.html", "results.json", *results["figures"]])
+    assert leftovers(out) == []
+
+
+# --------------------------------------------------------------------------- the command line
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--num-units", "17"], "num_units: expected an int in [1, 16]"),
+    (["--units", "1,x"], "--units"),
+    (["--units", ",".join(map(str, range(17)))], "units: expected None or a tuple of 1 to 16"),
+    (["--tsne-iter", "10"], "tsne_iter"),
+])
+def test_cli_checks_settings_before_writing(tmp_path, capsys, args, words):
+    code = main(["report", "--out", str(tmp_path / "sub" / "r1"), *args])
+    err = capsys.readouterr().err
+    assert code == 2 and words in err and err.startswith("jaxviz report: error: ") and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_checks_the_output_folder_before_loading_anything(tmp_path, capsys, monkeypatch):
+    def no_loading(args):
+        raise AssertionError("data and weights were loaded before the output folder was checked")
+
+    monkeypatch.setattr("jaxviz.cli._load", no_loading)
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("my notes")
+    for out, words in [("afile", "is a file"), ("afile/r1", "is a file, not a directory"),
+                       ("mine", "refusing to replace")]:
+        assert main(["report", "--out", str(tmp_path / out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("jaxviz report: error: out_dir: ") and words in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "mine"]
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.txt"]
