@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import optax
 
 from benchmarks._env import environment
-from jaxviz.model import CNN, init_variables
+from jaxviz.models.cnn import CNN, init_variables
 
 LAYERS = [(32, 3, 32), (32, 32, 32), (16, 32, 64), (16, 64, 64), (8, 64, 128), (8, 128, 128)]  # (size, in, out)
 

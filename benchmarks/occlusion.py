@@ -39,7 +39,7 @@ import numpy as np
 
 import jaxviz
 from benchmarks._env import environment
-from jaxviz.occlusion_reference import occlude_notebook, occlude_pair_loop, occlude_position_loop
+from benchmarks.references import occlude_notebook, occlude_pair_loop, occlude_position_loop
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PLAIN_BATCH = 256
@@ -198,7 +198,7 @@ def workload(name, f, variables, images, *, window, stride, anchor, subsets, rep
 def ablations(f, variables, x, win, st, anchor) -> dict:
     """Variants of the fused engine: without the materializing barrier, and the "obvious"
     form, vmapping f itself over (image, position) pairs, one masked image at a time."""
-    import jaxviz.occlusion as engine
+    import jaxviz.engine.occlusion as engine
 
     def without_barrier():
         saved = engine._materialize

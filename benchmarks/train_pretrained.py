@@ -22,7 +22,7 @@ import numpy as np
 import jaxviz
 from benchmarks._env import environment
 from jaxviz.data import load_image_folder
-from jaxviz.train import TrainConfig, predict, train
+from jaxviz.models.train import TrainConfig, predict, train
 
 ROOT = Path(__file__).resolve().parents[1]
 

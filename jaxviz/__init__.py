@@ -1,39 +1,36 @@
-"""jaxviz: what did this CNN learn? Occlusion and unit analysis in JAX, fast.
+"""jaxviz: what did this CNN learn? Occlusion and unit analysis in JAX, on any Flax model.
 
-Layers, in the one direction data flows::
+The package is layered; data flows one way and a layer imports only those before it::
 
-    data, cifar10 -> model, weights, train -> features, occlusion
-      -> units, embedding, metrics, masks, filters -> plots -> report -> cli
+    data      uint8 image datasets: folders, the embedded sample, CIFAR-10 archives
+    models    Network (the one model interface) and its adapters; the built-in CNN,
+              its weights and training
+    engine    evaluating a network on many inputs: layer activations, fused occlusion
+    analysis  top-K, unit selectivity, masks, filters, t-SNE, classification metrics
+    report    figures (the only matplotlib user, imported lazily) and the HTML report
+    cli       the ``jaxviz`` command
 
-Only ``jaxviz.plots`` imports matplotlib, and only when a plot is drawn;
-scikit-learn, SciPy, Pillow and tqdm are imported where they are used.
+Every analysis takes a ``Network``: ``load_pretrained().network`` for the
+built-in CIFAR-10 CNN, ``from_linen``/``from_nnx``/``from_function`` for yours.
 """
 
+from jaxviz._batching import map_batches
 from jaxviz._io import atomic_path, atomic_write_bytes
-from jaxviz.batching import map_batches
-from jaxviz.cifar10 import cache_dir, load_cifar10
-from jaxviz.data import CIFAR10_CLASSES, Dataset, load_image_folder, load_sample, to_model_input
-from jaxviz.embedding import Embedding, knn_agreement, tsne
-from jaxviz.features import TopK, activation_maps, layer_features, top_k_images, unit_scores
-from jaxviz.filters import filter_grid
-from jaxviz.masks import apply_mask, heatmap_mask, normalize
-from jaxviz.metrics import classification_report, confusion_matrix, most_confused_pairs
-from jaxviz.model import (
-    CNN,
-    check_images_fit,
-    conv_kernels,
-    forward,
-    init_variables,
-    layer_fn,
-    layer_names,
-    summary,
-    summary_table,
+from jaxviz.analysis.embedding import Embedding, knn_agreement, tsne
+from jaxviz.analysis.filters import filter_grid
+from jaxviz.analysis.masks import apply_mask, heatmap_mask, normalize
+from jaxviz.analysis.metrics import (
+    ClassificationReport,
+    ConfusedPair,
+    classification_report,
+    confusion_matrix,
+    most_confused_pairs,
 )
-from jaxviz.occlusion import Occlusion, occlude, occlude_one, unit_indices, window_spans
-from jaxviz.report import ReportSettings, make_report
-from jaxviz.train import TrainConfig, augment, predict, train
-from jaxviz.units import (
+from jaxviz.analysis.topk import TopK, top_k_images, unit_scores
+from jaxviz.analysis.unit_occlusion import UnitOcclusion, occlude_top_images
+from jaxviz.analysis.units import (
     Selectivity,
+    SimilarUnits,
     UnitPair,
     UnitStudy,
     active_in_top_k,
@@ -43,17 +40,41 @@ from jaxviz.units import (
     study_units,
     unit_selectivity,
 )
-from jaxviz.weights import PRETRAINED_FILE, Weights, load_pretrained, load_weights, pretrained_sha256, save_weights
+from jaxviz.data import CIFAR10_CLASSES, Dataset, cache_dir, load_cifar10, load_image_folder, load_sample
+from jaxviz.engine.activations import activation_maps, layer_features
+from jaxviz.engine.occlusion import Occlusion, occlude, occlude_one, unit_indices, window_spans
+from jaxviz.models.adapters import from_cnn, from_function, from_linen, from_nnx
+from jaxviz.models.checkpoint import check_output_file, prepare_checkpoint_dir
+from jaxviz.models.cnn import CNN, forward, init_variables
+from jaxviz.models.loading import load_model, load_variables
+from jaxviz.models.network import InputSpec, LayerInfo, Network, resize_images
+from jaxviz.models.train import TrainConfig, TrainingDiverged, augment, train
+from jaxviz.models.weights import (
+    PRETRAINED_FILE,
+    Weights,
+    load_pretrained,
+    load_weights,
+    pretrained_sha256,
+    save_weights,
+)
+from jaxviz.report import plots
+from jaxviz.report.folder import check_report_dir
+from jaxviz.report.page import ReportSettings, make_report
+from jaxviz.report.render import jsonable
+from jaxviz.report.settings import check_against as check_report_settings
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
-    "CIFAR10_CLASSES", "CNN", "active_in_top_k", "check_images_fit", "Dataset", "Embedding", "Occlusion", "PRETRAINED_FILE", "Selectivity", "TopK",
-    "ReportSettings", "TrainConfig", "UnitPair", "UnitStudy", "per_unit", "study_units", "Weights", "activation_maps", "apply_mask", "atomic_path", "atomic_write_bytes", "augment", "cache_dir",
-    "classification_report", "confusion_matrix", "conv_kernels", "filter_grid", "forward", "heatmap_mask",
-    "init_variables", "knn_agreement", "layer_features", "layer_fn", "layer_names", "load_cifar10",
-    "load_image_folder", "load_pretrained", "load_sample", "load_weights", "make_report", "map_batches",
-    "most_confused_pairs", "normalize", "occlude", "occlude_one", "pick_units", "predict",
-    "pretrained_sha256", "save_weights", "similar_units", "summary", "summary_table", "to_model_input",
-    "top_k_images", "train", "tsne", "unit_indices", "unit_scores", "unit_selectivity", "window_spans",
+    "CIFAR10_CLASSES", "CNN", "ClassificationReport", "PRETRAINED_FILE", "ConfusedPair", "Dataset", "Embedding", "InputSpec", "LayerInfo",
+    "Network", "Occlusion", "ReportSettings", "Selectivity", "SimilarUnits", "TopK", "TrainConfig", "TrainingDiverged", "UnitOcclusion",
+    "UnitPair", "UnitStudy", "Weights", "activation_maps", "active_in_top_k", "apply_mask", "atomic_path",
+    "atomic_write_bytes", "augment", "cache_dir", "check_output_file", "check_report_dir",
+    "check_report_settings", "jsonable", "prepare_checkpoint_dir", "classification_report", "confusion_matrix", "filter_grid",
+    "forward", "from_cnn", "from_function", "from_linen", "from_nnx", "heatmap_mask", "init_variables",
+    "knn_agreement", "layer_features", "load_cifar10", "load_image_folder", "load_model", "load_pretrained",
+    "load_sample", "load_variables", "load_weights", "make_report", "map_batches", "most_confused_pairs",
+    "normalize", "occlude", "occlude_one", "occlude_top_images", "per_unit", "pick_units", "plots",
+    "pretrained_sha256", "resize_images", "save_weights", "similar_units", "study_units", "top_k_images", "train",
+    "tsne", "unit_indices", "unit_scores", "unit_selectivity", "window_spans",
 ]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from jaxviz.data import Dataset
-from jaxviz.model import CNN, init_variables
+from jaxviz.models.cnn import CNN, init_variables
 
 TINY_WIDTHS = (4, 8)
 TINY_HIDDEN = 16

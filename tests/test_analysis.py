@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 
 from jaxviz.data import to_model_input
-from jaxviz.embedding import knn_agreement, tsne
+from jaxviz.analysis.embedding import knn_agreement, tsne
 from jaxviz.features import activation_maps, layer_features, top_k_images, unit_scores
-from jaxviz.filters import filter_grid
-from jaxviz.masks import apply_mask, heatmap_mask, normalize
-from jaxviz.metrics import classification_report, confusion_matrix, most_confused_pairs
-from jaxviz.model import forward, layer_fn
-from jaxviz.units import per_unit, pick_units, similar_units, study_units, unit_selectivity
+from jaxviz.analysis.filters import filter_grid
+from jaxviz.analysis.masks import apply_mask, heatmap_mask, normalize
+from jaxviz.analysis.metrics import classification_report, confusion_matrix, most_confused_pairs
+from jaxviz.models.cnn import forward, layer_fn
+from jaxviz.analysis.units import per_unit, pick_units, similar_units, study_units, unit_selectivity
 
 from numerics import assert_close
 

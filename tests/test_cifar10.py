@@ -1,4 +1,4 @@
-"""Tests for jaxviz.cifar10 on tiny archives built in tmp_path (no internet)."""
+"""Tests for jaxviz.data.cifar10 on tiny archives built in tmp_path (no internet)."""
 
 from __future__ import annotations
 
@@ -16,23 +16,23 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-import jaxviz.cifar10
+import jaxviz.data.cifar10
 from jaxviz._io import file_digest
-from jaxviz.cifar10 import CIFAR10_BASE_URL, DownloadError, cache_dir, load_cifar10
+from jaxviz.data.cifar10 import CIFAR10_BASE_URL, DownloadError, cache_dir, load_cifar10
 from jaxviz.data import CIFAR10_CLASSES
 
 BIN_ARCHIVE, BIN_FOLDER = "cifar-10-binary.tar.gz", "cifar-10-batches-bin"
 PY_ARCHIVE, PY_FOLDER = "cifar-10-python.tar.gz", "cifar-10-batches-py"
 OFFICIAL_PY_MD5 = "c58f30108f718f92721af3b95e74349a"
 N_PER_FILE = 3  # records per fake batch file (the official files hold 10,000)
-MODULE_RECORDS_PER_FILE = jaxviz.cifar10.RECORDS_PER_FILE  # before any test patches it
+MODULE_RECORDS_PER_FILE = jaxviz.data.cifar10.RECORDS_PER_FILE  # before any test patches it
 N_TRAIN_PER_BATCH, N_TEST = N_PER_FILE, N_PER_FILE
 CUSTOM_NAMES = tuple(f"class{i}_{c}" for i, c in enumerate(CIFAR10_CLASSES))
 
 
 @pytest.fixture(autouse=True)
 def _isolated_env(tmp_path, monkeypatch):
-    monkeypatch.setattr(jaxviz.cifar10, "RECORDS_PER_FILE", N_PER_FILE)  # tiny fake batch files
+    monkeypatch.setattr(jaxviz.data.cifar10, "RECORDS_PER_FILE", N_PER_FILE)  # tiny fake batch files
     monkeypatch.setenv("JAXVIZ_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("JAXVIZ_CIFAR10_URL", raising=False)
     for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
@@ -369,7 +369,7 @@ def test_bin_file_with_whole_records_missing_or_extra(tmp_path, records, n_recor
 
 def test_official_record_count(tmp_path, monkeypatch):
     assert MODULE_RECORDS_PER_FILE == 10_000  # every official batch file, as shipped
-    monkeypatch.setattr(jaxviz.cifar10, "RECORDS_PER_FILE", MODULE_RECORDS_PER_FILE)  # undo the fixture
+    monkeypatch.setattr(jaxviz.data.cifar10, "RECORDS_PER_FILE", MODULE_RECORDS_PER_FILE)  # undo the fixture
     folder = tmp_path / BIN_FOLDER
     folder.mkdir()
     (folder / "test_batch.bin").write_bytes(make_records(9, seed=1).tobytes())

@@ -47,7 +47,7 @@ def run(capsys, *args):
 
 
 def test_evaluate_cifar10_json_matches_independent_computation(setup, capsys, monkeypatch):
-    monkeypatch.setattr(jaxviz.cifar10, "RECORDS_PER_FILE", 20)  # a tiny fake test_batch.bin
+    monkeypatch.setattr(jaxviz.data.cifar10, "RECORDS_PER_FILE", 20)  # a tiny fake test_batch.bin
     code, out, _ = run(capsys, "evaluate", "--data", "cifar10", "--data-dir", setup["cifar"], "--no-download",
                        "--weights", setup["weights"], "--json", "--confusion-png", setup["root"] / "cm.png")
     assert code == 0

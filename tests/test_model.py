@@ -1,4 +1,4 @@
-"""Tests for jaxviz.model against an independent plain-numpy re-implementation."""
+"""Tests for jaxviz.models.cnn against an independent plain-numpy re-implementation."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from jaxviz.data import to_model_input
-from jaxviz.model import (
+from jaxviz.models.cnn import (
     CNN,
     check_layer,
     conv_kernels,

@@ -1,4 +1,4 @@
-"""Tests for jaxviz.network: one model interface, four adapters, checked against independent references."""
+"""Tests for jaxviz.models.network: one model interface, four adapters, checked against independent references."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import pytest
 
 import jaxviz
 from jaxviz.data import to_model_input
-from jaxviz.model import summary as cnn_summary
-from jaxviz.network import (
+from jaxviz.models.cnn import summary as cnn_summary
+from jaxviz.models.network import (
     InputSpec,
     LayerInfo,
     Network,
@@ -158,14 +158,14 @@ def test_default_input_spec_is_bitwise_pixel_over_255(tiny_images):
     assert isinstance(got, np.ndarray) and got.dtype == np.float32
     np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(got, to_model_input(tiny_images))
-    # Under jit XLA turns "/ 255" into a multiplication, as in jaxviz.model.uint8_program: same program, same bits.
+    # Under jit XLA turns "/ 255" into a multiplication, as in jaxviz.models.cnn.uint8_program: same program, same bits.
     shipped = jax.jit(lambda images: images.astype(jnp.float32) / 255.0)(tiny_images)
     np.testing.assert_array_equal(jax.jit(spec.to_input)(jnp.asarray(tiny_images)), shipped)
 
 
 def test_cnn_uint8_fn_is_the_shipped_program(cnn_net, tiny_model, tiny_variables, tiny_images):
     got = cnn_net.uint8_fn("logits")(tiny_variables, tiny_images)
-    np.testing.assert_array_equal(got, jaxviz.model.uint8_program(tiny_model, "logits")(tiny_variables, tiny_images))
+    np.testing.assert_array_equal(got, jaxviz.models.cnn.uint8_program(tiny_model, "logits")(tiny_variables, tiny_images))
 
 
 def test_input_spec_mean_std_against_numpy(tiny_images):
@@ -257,7 +257,7 @@ def test_cnn_layer_fn_works_with_occlude(cnn_net, tiny_model, tiny_variables, ti
 def test_cnn_validates(tiny_model, tiny_variables):
     with pytest.raises(ValueError, match="class_names: layer 'logits' has 10 outputs, so expected 10 class names, got 3"):
         from_cnn(tiny_model, tiny_variables, ("a", "b", "c"))
-    with pytest.raises(TypeError, match="model: expected a jaxviz.model.CNN"):
+    with pytest.raises(TypeError, match="model: expected a jaxviz.models.cnn.CNN"):
         from_cnn(object(), tiny_variables)
     with pytest.raises(ValueError, match="variables: "):
         from_cnn(tiny_model, {"params": {}})

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import jaxviz
-from jaxviz.occlusion_reference import occlude_notebook, occlude_pair_loop, occlude_position_loop
+from benchmarks.references import occlude_notebook, occlude_pair_loop, occlude_position_loop
 
 from numerics import assert_close, max_rel_error
 

@@ -8,7 +8,7 @@ import pytest
 from matplotlib.figure import Figure
 
 import jaxviz
-from jaxviz import plots
+from jaxviz.report import plots
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def test_unit_titles(rng):
 
 
 def test_numerics_modules_do_not_import_matplotlib():
-    code = ("import sys, jaxviz, jaxviz.occlusion, jaxviz.features, jaxviz.units, jaxviz.report, jaxviz.cli; "
+    code = ("import sys, jaxviz, jaxviz.engine.occlusion, jaxviz.features, jaxviz.analysis.units, jaxviz.report, jaxviz.cli; "
             "print(sorted(m for m in ('matplotlib', 'sklearn', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

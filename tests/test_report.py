@@ -23,8 +23,8 @@ from jaxviz import report as report_module
 from jaxviz._io import path_lock
 from jaxviz.cli import main
 from jaxviz.data import Dataset
-from jaxviz.embedding import Embedding
-from jaxviz.weights import Weights
+from jaxviz.analysis.embedding import Embedding
+from jaxviz.models.weights import Weights
 
 SETTINGS = jaxviz.ReportSettings(k=3, num_units=3, window=11, stride=8, tsne_points=40, tsne_iter=300)
 
@@ -309,7 +309,7 @@ import signal, sys, time
 signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))  # as jaxviz.cli.main does
 import numpy as np
 import jaxviz
-from jaxviz import plots
+from jaxviz.report import plots
 
 out, weights_file, data_file = sys.argv[1:]
 weights = jaxviz.load_weights(weights_file)

@@ -1,4 +1,4 @@
-"""Tests for jaxviz.train: augmentation, learning, checkpoints, determinism, resume after crashes."""
+"""Tests for jaxviz.models.train: augmentation, learning, checkpoints, determinism, resume after crashes."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ import pytest
 import jaxviz
 from jaxviz.cli import main as cli_main
 from jaxviz.data import Dataset
-from jaxviz.model import init_variables
-from jaxviz.train import (
+from jaxviz.models.cnn import init_variables
+from jaxviz.models.train import (
     CHECKPOINT_FILE,
     TrainConfig,
     TrainingDiverged,
@@ -38,7 +38,7 @@ from jaxviz.train import (
 
 from conftest import make_easy_dataset
 
-train_module = importlib.import_module("jaxviz.train")  # `jaxviz.train` as an attribute is the function
+train_module = importlib.import_module("jaxviz.models.train")  # `jaxviz.models.train` as an attribute is the function
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -220,7 +220,7 @@ SIGKILL_SCRIPT = textwrap.dedent("""
     from pathlib import Path
     import numpy as np
     from jaxviz.data import Dataset
-    from jaxviz.train import CHECKPOINT_FILE, TrainConfig, train
+    from jaxviz.models.train import CHECKPOINT_FILE, TrainConfig, train
 
     ckpt_dir, data_file, config_json = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
     fields = json.loads(config_json)

@@ -1,4 +1,4 @@
-"""Tests for jaxviz.weights: save/load round trip, every rejection path, the shipped weights."""
+"""Tests for jaxviz.models.weights: save/load round trip, every rejection path, the shipped weights."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 
 from jaxviz._io import file_digest
 from jaxviz.data import CIFAR10_CLASSES, load_sample
-from jaxviz.model import CNN
-from jaxviz.train import predict
-from jaxviz.weights import PRETRAINED_FILE, load_pretrained, load_weights, pretrained_sha256, save_weights
+from jaxviz.models.cnn import CNN
+from jaxviz.models.train import predict
+from jaxviz.models.weights import PRETRAINED_FILE, load_pretrained, load_weights, pretrained_sha256, save_weights
 
 from conftest import make_tiny_model
 
@@ -177,7 +177,7 @@ def test_architecture_record_disagreeing_with_variables(saved):
 # --- the shipped weights -------------------------------------------------------------
 
 def pretrained_path():
-    from jaxviz.weights import _pretrained_path
+    from jaxviz.models.weights import _pretrained_path
     return _pretrained_path()
 
 

@@ -37,7 +37,7 @@ import numpy as np
 
 from jaxviz._io import atomic_path, file_digest
 from jaxviz._progress import progress_bar
-from jaxviz.data import CIFAR10_CLASSES, Dataset
+from jaxviz.data.images import CIFAR10_CLASSES, Dataset
 
 __all__ = ["CIFAR10_BASE_URL", "RECORDS_PER_FILE", "DownloadError", "cache_dir", "load_cifar10"]
 

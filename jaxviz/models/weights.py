@@ -13,6 +13,7 @@ network.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from importlib import resources
@@ -24,8 +25,10 @@ import jax
 import numpy as np
 
 from jaxviz._io import atomic_write_bytes, file_digest
-from jaxviz.data import CIFAR10_CLASSES
-from jaxviz.model import CNN, init_variables
+from jaxviz.data.images import CIFAR10_CLASSES
+from jaxviz.models.adapters import from_cnn
+from jaxviz.models.cnn import CNN, init_variables
+from jaxviz.models.network import Network
 
 __all__ = ["PRETRAINED_FILE", "Weights", "load_pretrained", "load_weights", "pretrained_sha256", "save_weights"]
 
@@ -35,18 +38,27 @@ PRETRAINED_FILE = "cifar10_cnn.msgpack"
 MANIFEST_FILE = "pretrained.json"
 
 
-class Weights(tuple):
-    """``(model, variables, class_names, metadata)``, unpackable as a tuple."""
+@dataclasses.dataclass(frozen=True, eq=False)
+class Weights:
+    """A weights file's content: the built-in ``CNN``, its variables, class names and metadata.
 
-    __slots__ = ()
+    Attributes:
+      model: the ``CNN`` architecture.
+      variables: ``{"params", "batch_stats"}`` as numpy arrays.
+      class_names: one name per output class.
+      metadata: what the file records (training recipe, measured accuracy...).
+      network: the same as a ``jaxviz.Network``, which every analysis takes.
+    """
 
-    def __new__(cls, model: CNN, variables: dict, class_names: tuple[str, ...], metadata: dict):
-        return super().__new__(cls, (model, variables, class_names, metadata))
+    model: CNN
+    variables: dict
+    class_names: tuple[str, ...]
+    metadata: dict
+    network: Network = dataclasses.field(init=False, repr=False)
 
-    model = property(lambda self: self[0])
-    variables = property(lambda self: self[1])
-    class_names = property(lambda self: self[2])
-    metadata = property(lambda self: self[3])
+    def __post_init__(self):
+        object.__setattr__(self, "class_names", tuple(self.class_names))
+        object.__setattr__(self, "network", from_cnn(self.model, self.variables, self.class_names))
 
 
 def _architecture(model: CNN) -> dict:

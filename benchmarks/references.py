@@ -22,8 +22,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxviz.batching import map_batches
-from jaxviz.occlusion import window_spans
+from jaxviz._batching import map_batches
+from jaxviz.engine.occlusion import window_spans
 
 __all__ = ["occlude_notebook", "occlude_pair_loop", "occlude_position_loop"]
 

@@ -19,7 +19,6 @@ computed, which is the notebook's ``Model(input, get_layer(name).output)``.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -29,17 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = [
-    "CNN",
-    "LayerInfo",
-    "conv_kernels",
-    "forward",
-    "init_variables",
-    "layer_fn",
-    "layer_names",
-    "summary",
-    "summary_table",
-]
+__all__ = ["CNN", "CNNLayer", "IMAGE_SHAPE", "check_layer", "forward", "init_variables", "layers"]
 
 Variables = Any  # a Flax variables dict: {"params": ..., "batch_stats": ...}
 
@@ -112,11 +101,6 @@ class CNN(nn.Module):
         return nn.Dense(self.num_classes, name="logits")(x)
 
 
-def layer_names(model: CNN) -> tuple[str, ...]:
-    """The names accepted by ``forward(..., layer=...)``, in forward order."""
-    return model.layer_names()
-
-
 def check_layer(model: CNN, layer: str | None) -> None:
     """Raise ``ValueError`` naming the valid layers if ``layer`` is unknown."""
     if layer is None:
@@ -126,20 +110,6 @@ def check_layer(model: CNN, layer: str | None) -> None:
     names = model.layer_names()
     if layer not in names:
         raise ValueError(f"layer: unknown layer {layer!r}; expected one of {', '.join(names)}")
-
-
-def check_images_fit(model: CNN, images, name: str = "images") -> None:
-    """Raise ``ValueError`` unless ``images`` (N, H, W, C) have the model's input size.
-
-    The CNN's ``fc1`` kernel is sized for 32x32x3 inputs, so other sizes would
-    fail deep inside Flax with a shape error.
-    """
-    shape = tuple(np.shape(images)[1:])
-    if shape != IMAGE_SHAPE:
-        h, w, c = IMAGE_SHAPE
-        got = "x".join(str(d) for d in shape) or "a scalar"
-        raise ValueError(f"{name}: the model expects {h}x{w} images with {c} channels (N, {h}, {w}, {c}); "
-                         f"got {got} images. Resize them to {h}x{w} first.")
 
 
 def init_variables(model: CNN, key: jax.Array) -> Variables:
@@ -158,7 +128,7 @@ def forward(model: CNN, variables: Variables, x: jax.Array, *, layer: str | None
       layer: a name from ``layer_names(model)``; ``None`` means the logits.
 
     Returns:
-      The layer's activations, shape (N, ...) as given by ``summary``.
+      The layer's activations, shape (N, ...) as given by ``layers``.
 
     Raises:
       ValueError: ``layer`` is not one of ``layer_names(model)``.
@@ -167,28 +137,9 @@ def forward(model: CNN, variables: Variables, x: jax.Array, *, layer: str | None
     return model.apply(variables, x, train=False, stop_at=layer)
 
 
-@functools.cache
-def layer_fn(model: CNN, layer: str | None):
-    """``f(variables, x) -> activations`` for one layer; the same object for equal arguments.
-
-    Passing this function (and ``params=variables``) to ``jaxviz.occlude``
-    reuses its compiled program across calls.
-    """
-    check_layer(model, layer)
-    return functools.partial(forward, model, layer=layer)
-
-
-@functools.cache
-def uint8_program(model: CNN, layer: str | None):
-    """Jitted ``(variables, uint8 images (N, H, W, 3)) -> activations of layer``,
-    converting like ``to_model_input`` (pixel / 255); cached per (model, layer)."""
-    fn = layer_fn(model, layer)
-    return jax.jit(lambda variables, images: fn(variables, images.astype(jnp.float32) / 255.0))
-
-
 @dataclasses.dataclass(frozen=True)
-class LayerInfo:
-    """One row of the model summary."""
+class CNNLayer:
+    """One row of ``layers``: a layer's kind, output shape and parameter count."""
 
     name: str
     kind: str
@@ -200,8 +151,8 @@ def _count(tree: Any) -> int:
     return int(sum(math.prod(np.shape(leaf)) for leaf in jax.tree_util.tree_leaves(tree)))
 
 
-def summary(model: CNN, variables: Variables | None = None) -> list[LayerInfo]:
-    """Keras-style summary: one ``LayerInfo`` per named layer.
+def layers(model: CNN, variables: Variables | None = None) -> list[CNNLayer]:
+    """Keras-style summary: one ``CNNLayer`` per named layer (``Network.summary`` shows it).
 
     Parameter counts include the layer's batch-norm scale/bias (trainable) and
     running statistics (non-trainable), as Keras counts them.
@@ -219,28 +170,5 @@ def summary(model: CNN, variables: Variables | None = None) -> list[LayerInfo]:
         kind = "".join(c for c in name if not c.isdigit())
         kind = {"conv": "Conv3x3+BN+ReLU", "pool": "MaxPool2x2", "fc": "Dense+ReLU",
                 "logits": "Dense", "flatten": "Flatten"}.get(kind, kind)
-        rows.append(LayerInfo(name, kind, tuple(out.shape[1:]), count))
+        rows.append(CNNLayer(name, kind, tuple(out.shape[1:]), count))
     return rows
-
-
-def summary_table(model: CNN, variables: Variables | None = None) -> str:
-    """``summary`` as a fixed-width text table like Keras' ``model.summary()``."""
-    rows = summary(model, variables)
-    lines = [f"{'Layer':<10} {'Type':<17} {'Output shape':<18} {'Params':>10}", "-" * 58]
-    for r in rows:
-        lines.append(f"{r.name:<10} {r.kind:<17} {str((None, *r.output_shape)):<18} {r.params:>10,}")
-    lines.append("-" * 58)
-    lines.append(f"Total params: {sum(r.params for r in rows):,}")
-    return "\n".join(lines)
-
-
-def conv_kernels(model: CNN, variables: Variables, layer: str) -> np.ndarray:
-    """Kernels of a conv layer, shape (3, 3, in_channels, out_channels), float32.
-
-    This is the notebook's ``model.layers[0].get_weights()[0]``.
-    """
-    check_layer(model, layer)
-    if not layer.startswith("conv"):
-        convs = [n for n in model.layer_names() if n.startswith("conv")]
-        raise ValueError(f"layer: {layer!r} is not a conv layer; expected one of {', '.join(convs)}")
-    return np.asarray(variables["params"][layer]["kernel"], np.float32)

@@ -1,10 +1,10 @@
 """Datasets: the in-memory ``Dataset``, the embedded sample, image folders.
 
-Every loader returns a ``Dataset``: uint8 images (N, 32, 32, 3) in HWC/RGB
-order, int64 labels (N,) and the class names. ``to_model_input`` is the one
-function that turns such images into the model's float input.
+Every loader returns a ``Dataset``: uint8 images (N, H, W, C) in HWC order
+(RGB from the loaders), int64 labels (N,) and the class names. A network's
+``InputSpec`` turns such pixels into its float input; the data layer never does.
 
-The official CIFAR-10 archives are handled in ``jaxviz.cifar10``.
+The official CIFAR-10 archives are handled in ``jaxviz.data.cifar10``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ __all__ = [
     "Dataset",
     "load_image_folder",
     "load_sample",
-    "to_model_input",
 ]
 
 CIFAR10_CLASSES = (
@@ -38,7 +37,7 @@ class Dataset:
     """Images with labels.
 
     Attributes:
-      images: uint8 (N, H, W, 3), RGB, HWC.
+      images: uint8 (N, H, W, C), HWC (RGB from the loaders).
       labels: int64 (N,), indices into ``class_names``.
       class_names: one name per class.
       source: where the data came from (for reports).
@@ -91,18 +90,18 @@ class Dataset:
 
 
 def check_uint8_images(images: np.ndarray, name: str) -> None:
-    """Raise unless ``images`` is a uint8 array of shape (N, H, W, 3).
+    """Raise unless ``images`` is a numpy uint8 array of shape (N, H, W, C).
 
     Raises:
       TypeError: not a numpy array, or not uint8 (the message says how to convert).
-      ValueError: the wrong shape.
+      ValueError: the wrong rank.
     """
     if not isinstance(images, np.ndarray):
-        raise TypeError(f"{name}: expected a numpy uint8 array (N, H, W, 3), got {type(images).__name__}")
+        raise TypeError(f"{name}: expected a numpy uint8 array (N, H, W, C), got {type(images).__name__}")
     if images.dtype != np.uint8:
-        raise TypeError(f"{name}: expected uint8 images (N, H, W, 3), got {images.dtype}{_uint8_hint(images)}")
-    if images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f"{name}: expected shape (N, H, W, 3), got {images.shape}")
+        raise TypeError(f"{name}: expected uint8 images (N, H, W, C), got {images.dtype}{_uint8_hint(images)}")
+    if images.ndim != 4 or images.shape[-1] < 1:
+        raise ValueError(f"{name}: expected shape (N, H, W, C), got {images.shape}")
 
 
 def _uint8_hint(images: np.ndarray) -> str:
@@ -110,31 +109,14 @@ def _uint8_hint(images: np.ndarray) -> str:
     if images.dtype.kind == "f":
         finite = images[np.isfinite(images)]
         if finite.size and finite.min() >= 0 and finite.max() <= 1:
-            return ("; these look like model input already (floats in [0, 1], i.e. pixel / 255) -- jaxviz "
-                    "takes uint8 pixels and scales them itself: pass `(x * 255).round().astype(np.uint8)`, "
-                    "or skip to_model_input")
+            return ("; these look like model input already (floats in [0, 1]) -- jaxviz takes uint8 "
+                    "pixels and converts them with the network's input spec: pass "
+                    "`(x * 255).round().astype(np.uint8)`")
         rng = f" (values in [{finite.min():g}, {finite.max():g}])" if finite.size else ""
         return f"{rng}; pass uint8 pixels 0..255, e.g. `np.clip(x, 0, 255).round().astype(np.uint8)`"
     if images.dtype.kind in "iu":
         return "; pass uint8 pixels 0..255, e.g. `np.clip(x, 0, 255).astype(np.uint8)`"
     return ""
-
-
-def to_model_input(images: np.ndarray) -> np.ndarray:
-    """uint8 images -> the model's float32 input: pixel / 255, in [0, 1].
-
-    This is the notebook's ``X_test.astype('float32') / 255``, so an
-    occluder ``fill=0.0`` is black, as in the notebook.
-
-    Args:
-      images: uint8 (N, H, W, 3).
-
-    Returns:
-      float32 (N, H, W, 3).
-    """
-    images = np.asarray(images) if not isinstance(images, np.ndarray) else images
-    check_uint8_images(images, "images")
-    return images.astype(np.float32) / np.float32(255.0)
 
 
 def load_sample() -> Dataset:

@@ -1,9 +1,4 @@
-"""Layer activations over a dataset, and the top-K images of every unit.
-
-The notebook's feature extractor ``Model(input, get_layer(name).output)``
-becomes ``layer_features(model, variables, images, layer=...)``: one jitted
-program, run in fixed-size padded batches sharded over all devices.
-"""
+"""Unit scores and the top-K images of every unit (the notebook's ``idxs_top10``)."""
 
 from __future__ import annotations
 
@@ -14,45 +9,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxviz.batching import map_batches
-from jaxviz.data import check_uint8_images
-from jaxviz.model import CNN, check_images_fit, check_layer, uint8_program
-
-__all__ = ["TopK", "activation_maps", "layer_features", "top_k_images", "unit_scores"]
+__all__ = ["TopK", "top_k_images", "unit_scores"]
 
 REDUCTIONS = ("mean", "max")
-
-
-def layer_features(model: CNN, variables: dict, images: np.ndarray, *, layer: str,
-                   batch_size: int = 500, progress: bool | str = False) -> np.ndarray:
-    """Activations of ``layer`` for every image.
-
-    Args:
-      model, variables: the network.
-      images: uint8 (N, 32, 32, 3).
-      layer: a name from ``model.layer_names()``.
-      batch_size: images per compiled call (the last batch is padded).
-      progress: show a progress bar.
-
-    Returns:
-      float32 (N, *layer_shape), e.g. (N, 512) for ``"fc1"``.
-    """
-    check_uint8_images(images, "images")
-    check_layer(model, layer)
-    check_images_fit(model, images)
-    if len(images) == 0:
-        raise ValueError("images: expected at least one image, got an empty dataset")
-    program = uint8_program(model, layer)
-    return map_batches(functools.partial(program, variables), images, batch_size=batch_size,
-                       progress=progress and (progress if isinstance(progress, str) else f"features {layer}"))
-
-
-def activation_maps(model: CNN, variables: dict, images: np.ndarray, *, layer: str) -> np.ndarray:
-    """Feature maps of a conv (or pool) layer for a few images: float32 (N, h, w, channels)."""
-    check_layer(model, layer)
-    if not layer.startswith(("conv", "pool")):
-        raise ValueError(f"layer: expected a conv or pool layer for activation maps, got {layer!r}")
-    return layer_features(model, variables, images, layer=layer)
 
 
 def unit_scores(features: np.ndarray, *, reduce: str = "mean") -> np.ndarray:
@@ -111,7 +70,7 @@ def top_k_images(scores: np.ndarray, k: int) -> TopK:
         raise ValueError(f"scores: expected shape (N, units), got {scores.shape}")
     if scores.shape[0] == 0:
         raise ValueError("scores: expected at least one image, got an empty dataset")
-    if not isinstance(k, (int, np.integer)) or not 1 <= k <= scores.shape[0]:
+    if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or not 1 <= k <= scores.shape[0]:
         raise ValueError(f"k: expected an int in [1, {scores.shape[0]}] (the dataset size), got {k!r}")
     values, indices = _top_k(jnp.asarray(scores, jnp.float32), int(k))
     return TopK(np.asarray(indices, np.int64).T, np.asarray(values, np.float32).T)

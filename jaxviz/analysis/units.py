@@ -16,10 +16,10 @@ import dataclasses
 
 import numpy as np
 
-from jaxviz.features import TopK, top_k_images
-from jaxviz.occlusion import unit_indices
+from jaxviz.analysis.topk import TopK, top_k_images
+from jaxviz.engine._inputs import unit_indices
 
-__all__ = ["Selectivity", "UnitPair", "UnitStudy", "active_in_top_k", "pick_units", "similar_units", "study_units",
+__all__ = ["Selectivity", "SimilarUnits", "UnitPair", "UnitStudy", "active_in_top_k", "pick_units", "similar_units", "study_units",
            "unit_selectivity"]
 
 
@@ -111,7 +111,20 @@ class UnitPair:
     correlation: float  # Pearson correlation of the activations over the dataset
 
 
-def similar_units(top_indices: np.ndarray, scores: np.ndarray, *, top: int = 10) -> dict[str, list[UnitPair]]:
+@dataclasses.dataclass(frozen=True)
+class SimilarUnits:
+    """Unit pairs that respond to similar things, by two criteria.
+
+    Attributes:
+      overlap: ``UnitPair``s with the most overlapping top-K sets (Jaccard, descending).
+      correlated: ``UnitPair``s with the most correlated activations (Pearson, descending).
+    """
+
+    overlap: list
+    correlated: list
+
+
+def similar_units(top_indices: np.ndarray, scores: np.ndarray, *, top: int = 10) -> SimilarUnits:
     """The unit pairs with the most overlapping top-K sets and the most correlated activations.
 
     Args:
@@ -120,7 +133,7 @@ def similar_units(top_indices: np.ndarray, scores: np.ndarray, *, top: int = 10)
       top: pairs to return in each list.
 
     Returns:
-      ``{"overlap": [...], "correlated": [...]}``, each a list of ``UnitPair``
+      ``SimilarUnits`` with ``overlap`` and ``correlated``, each a list of ``UnitPair``
       sorted by its own criterion (descending; ties by unit indices). A
       unit's top-K set holds only the images it is active on (above its
       minimum over the dataset), so dead units overlap with nothing and
@@ -147,7 +160,7 @@ def similar_units(top_indices: np.ndarray, scores: np.ndarray, *, top: int = 10)
         order = np.lexsort((b, a, -values[a, b]))[:top]
         return [UnitPair(int(a[i]), int(b[i]), float(jaccard[a[i], b[i]]), float(corr[a[i], b[i]])) for i in order]
 
-    return {"overlap": best(jaccard), "correlated": best(corr)}
+    return SimilarUnits(best(jaccard), best(corr))
 
 
 def pick_units(selectivity: Selectivity, count: int, *, alive: np.ndarray | None = None) -> list[int]:

@@ -17,41 +17,39 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import json
 import math
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, NamedTuple
 
-import flax.serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxviz._io import atomic_write_bytes
+from jaxviz._batching import map_batches
 from jaxviz._progress import progress_bar
-from jaxviz.batching import map_batches
-from jaxviz.data import Dataset, check_uint8_images
-from jaxviz.model import CNN, IMAGE_SHAPE, check_images_fit, init_variables, uint8_program
+from jaxviz.data.images import Dataset
+from jaxviz.models.adapters import from_cnn
+from jaxviz.models.checkpoint import (
+    CHECKPOINT_FILE,
+    check_output_file,
+    load_checkpoint,
+    prepare_checkpoint_dir,
+    run_identity,
+    save_checkpoint,
+)
+from jaxviz.models.cnn import CNN, IMAGE_SHAPE, init_variables
 
 __all__ = [
-    "TrainConfig", "TrainResult", "TrainingDiverged", "augment", "check_output_file", "predict",
+    "TrainConfig", "TrainResult", "TrainingDiverged", "augment", "check_output_file",
     "prepare_checkpoint_dir", "train",
 ]
 
-CHECKPOINT_FILE = "checkpoint.msgpack"
-CHECKPOINT_FORMAT = 2  # 1: no record of the run's data and settings (refused)
 MAX_BLOCKS = int(math.log2(min(IMAGE_SHAPE[:2])))  # each block halves the 32x32 input
-
-# The way out of a refused checkpoint, for the Python API and the command line alike.
-START_OVER_HINT = ("To start over and overwrite it, pass --fresh (Python API: train(..., resume=False)), "
-                   "or use another checkpoint directory (--checkpoint-dir / checkpoint_dir=...).")
 
 
 class TrainingDiverged(ValueError):
@@ -197,11 +195,11 @@ def _optimizer(config: TrainConfig, steps_per_epoch: int) -> optax.GradientTrans
     )
 
 
-def _make_train_step(model: CNN, tx: optax.GradientTransformation, config: TrainConfig):
+def _make_train_step(model: CNN, tx: optax.GradientTransformation, config: TrainConfig, to_input: Callable):
     @jax.jit
     def step(state: TrainState, images_u8, labels, key):
         k_aug, k_drop = jax.random.split(key)
-        x = augment(k_aug, images_u8.astype(jnp.float32) / 255.0)
+        x = augment(k_aug, to_input(images_u8))
 
         def loss_fn(params):
             logits, updates = model.apply(
@@ -217,217 +215,6 @@ def _make_train_step(model: CNN, tx: optax.GradientTransformation, config: Train
         return new_state, loss, correct
 
     return step
-
-
-def predict(model: CNN, variables: dict, images: np.ndarray, *, batch_size: int = 500,
-            progress: bool | str = False) -> np.ndarray:
-    """Logits for uint8 images (N, 32, 32, 3) -> float32 (N, num_classes).
-
-    Raises:
-      TypeError: ``images`` are not uint8 (float model input would be divided
-        by 255 a second time).
-      ValueError: ``images`` do not have the model's input size.
-    """
-    check_uint8_images(images, "images")
-    check_images_fit(model, images)
-    if len(images) == 0:
-        raise ValueError("images: expected at least one image, got an empty array")
-    return map_batches(functools.partial(uint8_program(model, None), variables), images, batch_size=batch_size,
-                       progress=progress)
-
-
-# --------------------------------------------------------------------------- output checks (before any work)
-
-
-def _nearest_existing(path: Path) -> Path:
-    while not path.exists() and path.parent != path:
-        path = path.parent
-    return path
-
-
-def _probe_writable(directory: Path, name: str) -> None:
-    """Create and remove a temporary file in ``directory``: the only reliable writability test."""
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".jaxviz-write-test.", suffix=".tmp", dir=directory)
-    except OSError as e:
-        raise ValueError(f"{name}: cannot write to directory {str(directory)!r} ({e.strerror or e})") from None
-    os.close(fd)
-    os.unlink(tmp)
-
-
-def prepare_checkpoint_dir(checkpoint_dir: str | os.PathLike, name: str = "checkpoint_dir") -> Path:
-    """Create ``checkpoint_dir`` if needed and check that a checkpoint can be written there.
-
-    Raises:
-      TypeError: not a path.
-      ValueError: the path is a file (or lies under one), or the directory
-        cannot be created or written to; the message starts with ``name``.
-    """
-    if not isinstance(checkpoint_dir, (str, os.PathLike)):
-        raise TypeError(f"{name}: expected a directory path, got {type(checkpoint_dir).__name__}")
-    directory = Path(checkpoint_dir)
-    existing = _nearest_existing(directory)
-    if existing.exists() and not existing.is_dir():
-        if existing == directory:
-            raise ValueError(f"{name}: expected a directory for checkpoints, got {str(directory)!r}, "
-                             f"which is a file, not a directory")
-        raise ValueError(f"{name}: cannot create directory {str(directory)!r}: {str(existing)!r} "
-                         f"is a file, not a directory")
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ValueError(f"{name}: cannot create directory {str(directory)!r} ({e.strerror or e})") from None
-    ckpt = directory / CHECKPOINT_FILE
-    if ckpt.exists() and not ckpt.is_file():
-        raise ValueError(f"{name}: {str(ckpt)!r} is a directory, expected a checkpoint file (or nothing)")
-    _probe_writable(directory, name)
-    return directory
-
-
-def check_output_file(path: str | os.PathLike, name: str = "out") -> Path:
-    """Check, before any work, that a file can be written atomically at ``path``.
-
-    ``path`` must not be a directory, and its nearest existing parent must be
-    a writable directory (missing parents are created when the file is written).
-
-    Raises:
-      TypeError: not a path.
-      ValueError: the message starts with ``name`` and says what is wrong.
-    """
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"{name}: expected a file path, got {type(path).__name__}")
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{name}: expected a file path, got {str(path)!r}, which is a directory")
-    parent = _nearest_existing(path.parent)
-    if not parent.is_dir():
-        raise ValueError(f"{name}: cannot write {str(path)!r}: {str(parent)!r} is a file, not a directory")
-    _probe_writable(parent, name)
-    return path
-
-
-# --------------------------------------------------------------------------- checkpoints
-
-
-def _fingerprint(dataset: Dataset) -> dict:
-    """What identifies a dataset: a SHA-256 of its images, labels and class names (not its ``source``)."""
-    images = np.ascontiguousarray(dataset.images)
-    labels = np.ascontiguousarray(dataset.labels, dtype="<i8")
-    h = hashlib.sha256()
-    h.update(json.dumps({"shape": list(images.shape), "dtype": str(images.dtype),
-                         "class_names": list(dataset.class_names)}, sort_keys=True).encode())
-    h.update(memoryview(images).cast("B"))
-    h.update(memoryview(labels).cast("B"))
-    return {"sha256": h.hexdigest(), "images": len(dataset), "class_names": list(dataset.class_names)}
-
-
-def _run_identity(config: TrainConfig, train_set: Dataset, test_set: Dataset | None) -> dict:
-    """The record a checkpoint carries of the run it belongs to (JSON-compatible)."""
-    model = config.model(len(train_set.class_names))
-    identity = {
-        "format": CHECKPOINT_FORMAT,
-        "config": dataclasses.asdict(config),
-        "model": {"widths": list(model.widths), "convs_per_block": model.convs_per_block, "hidden": model.hidden,
-                  "num_classes": model.num_classes, "dropout": model.dropout},
-        "train_data": _fingerprint(train_set),
-        "test_data": None if test_set is None else _fingerprint(test_set),
-    }
-    return json.loads(json.dumps(identity, sort_keys=True))  # tuples -> lists, as stored
-
-
-def _field_differences(saved: Any, now: dict) -> str:
-    saved = saved if isinstance(saved, dict) else {}
-    return ", ".join(f"{k} {saved.get(k)!r} in the checkpoint, {now.get(k)!r} now"
-                     for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k))
-
-
-def _data_difference(saved: Any, now: dict | None) -> str:
-    if saved is None or now is None:
-        describe = lambda d: "none" if d is None else f"{d.get('images')} images"  # noqa: E731
-        return f"{describe(saved)} in the checkpoint, {describe(now)} now"
-    if not isinstance(saved, dict):
-        return "unreadable record in the checkpoint"
-    if saved.get("class_names") != now["class_names"]:
-        return f"class names {saved.get('class_names')} in the checkpoint, {now['class_names']} now"
-    if saved.get("images") != now["images"]:
-        return f"{saved.get('images')} images in the checkpoint, {now['images']} now"
-    return (f"same classes and number of images, other content: sha256 {str(saved.get('sha256'))[:12]}... "
-            f"in the checkpoint, {now['sha256'][:12]}... now")
-
-
-def _differences(saved: dict, now: dict) -> list[str]:
-    """What differs between the run recorded in a checkpoint and this one, in words."""
-    out = []
-    if saved.get("config") != now["config"]:
-        out.append(f"different config ({_field_differences(saved.get('config'), now['config'])})")
-    for key, label in (("train_data", "training data"), ("test_data", "test data")):
-        if saved.get(key) != now[key]:
-            out.append(f"different {label} ({_data_difference(saved.get(key), now[key])})")
-    if saved.get("model") != now["model"]:
-        out.append(f"different model ({_field_differences(saved.get('model'), now['model'])})")
-    return out
-
-
-def _save_checkpoint(path: Path, state: TrainState, epoch: int, identity: dict, history: list) -> None:
-    payload = {"state": flax.serialization.to_state_dict(state), "epoch": epoch,
-               "config": json.dumps(identity["config"], sort_keys=True, allow_nan=False),
-               "identity": json.dumps(identity, sort_keys=True, allow_nan=False),
-               "history": json.dumps(history, allow_nan=False)}
-    atomic_write_bytes(path, flax.serialization.msgpack_serialize(payload))
-
-
-def _same_shapes(a: Any, b: Any) -> bool:
-    leaves_a, tree_a = jax.tree_util.tree_flatten(a)
-    leaves_b, tree_b = jax.tree_util.tree_flatten(b)
-    return tree_a == tree_b and all(np.shape(x) == np.shape(y) for x, y in zip(leaves_a, leaves_b, strict=True))
-
-
-def _load_checkpoint(path: Path, template: TrainState, identity: dict):
-    """The state, finished epochs and history of the checkpoint at ``path``, if it belongs to ``identity``.
-
-    Raises:
-      ValueError: unreadable, written without a record of its run (older
-        jaxviz), or written by another run (data, config or model); the
-        message names the checkpoint directory, what differs and the way out.
-    """
-    where = f"checkpoint_dir: {str(path.parent)!r}"
-
-    def unreadable(reason: Any) -> ValueError:
-        return ValueError(f"{where} holds {path.name}, which is not a readable checkpoint ({reason}). "
-                          f"{START_OVER_HINT}")
-
-    try:
-        payload = flax.serialization.msgpack_restore(path.read_bytes())
-    except Exception as e:  # msgpack raises several types on corrupt input
-        raise unreadable(e) from None
-    if not isinstance(payload, dict):
-        raise unreadable("not a msgpack map")
-    if "identity" not in payload:
-        raise ValueError(f"{where} holds a checkpoint without a record of the data and settings it was trained "
-                         f"with (written by an older jaxviz), so it cannot be resumed safely. {START_OVER_HINT}")
-    try:
-        saved = json.loads(payload["identity"])
-        if not isinstance(saved, dict):
-            raise ValueError("the run record is not a JSON object")
-    except (TypeError, ValueError) as e:
-        raise unreadable(e) from None
-    if saved.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{where} holds a checkpoint of format {saved.get('format')!r}, expected "
-                         f"{CHECKPOINT_FORMAT}. {START_OVER_HINT}")
-    differences = _differences(saved, identity)
-    if differences:
-        raise ValueError(f"{where} holds another run, not this one: {'; '.join(differences)}. {START_OVER_HINT}")
-    try:
-        state = flax.serialization.from_state_dict(template, payload["state"])
-        if not _same_shapes(state, template):
-            raise ValueError("its arrays do not have the model's shapes")
-        epoch = int(payload["epoch"])
-        history = json.loads(payload["history"])
-        if not (0 <= epoch <= identity["config"]["epochs"] and isinstance(history, list) and len(history) == epoch):
-            raise ValueError(f"epoch {epoch} does not match its history of {len(history)} epochs")
-    except Exception as e:
-        raise unreadable(e) from None
-    return state, epoch, history
 
 
 @jax.jit
@@ -500,17 +287,20 @@ def train(
     ckpt = None
     if checkpoint_dir is not None:
         ckpt = prepare_checkpoint_dir(checkpoint_dir) / CHECKPOINT_FILE
-        identity = _run_identity(config, train_set, test_set)
 
     model = config.model(len(train_set.class_names))
+    if ckpt is not None:
+        identity = run_identity(dataclasses.asdict(config), model, train_set, test_set)
     steps_per_epoch = len(train_set) // config.batch_size
     tx = _optimizer(config, steps_per_epoch)
     key = jax.random.key(config.seed)
     variables = init_variables(model, jax.random.fold_in(key, 2**31 - 1))
     state = TrainState(variables["params"], variables["batch_stats"], tx.init(variables["params"]))
+    network = from_cnn(model, variables)  # its programs take the variables as an argument
+    evaluate = network.uint8_fn(network.output_layer)
     start_epoch, history = 0, []
     if ckpt is not None and resume and ckpt.exists():
-        state, start_epoch, history = _load_checkpoint(ckpt, state, identity)
+        state, start_epoch, history = load_checkpoint(ckpt, state, identity)
     saved_epoch = start_epoch if start_epoch > 0 else None  # the last checkpoint of this run
 
     def diverged(what: str, epoch: int) -> TrainingDiverged:
@@ -524,7 +314,7 @@ def train(
             f"training diverged: {what} in epoch {epoch + 1} with peak_lr={config.peak_lr:g}; "
             f"try a lower learning rate (--lr / peak_lr); {kept}")
 
-    step_fn = _make_train_step(model, tx, config)
+    step_fn = _make_train_step(model, tx, config, network.to_input)
     for epoch in range(start_epoch, config.epochs):
         t0 = time.perf_counter()
         epoch_key = jax.random.fold_in(key, epoch)
@@ -551,12 +341,13 @@ def train(
         record = {"epoch": epoch + 1, "loss": loss_sum / seen, "train_accuracy": correct / seen,
                   "seconds": time.perf_counter() - t0}
         if test_set is not None:
-            logits = predict(model, {"params": state.params, "batch_stats": state.batch_stats}, test_set.images)
+            logits = map_batches(functools.partial(evaluate, {"params": state.params, "batch_stats": state.batch_stats}),
+                                 test_set.images, batch_size=500)
             record["test_accuracy"] = float(np.mean(np.argmax(logits, -1) == test_set.labels))
         history.append(record)
         if progress:
             print(json.dumps(record, allow_nan=False), file=sys.stderr, flush=True)
         if ckpt is not None:
-            _save_checkpoint(ckpt, state, epoch + 1, identity, history)
+            save_checkpoint(ckpt, state, epoch + 1, identity, history)
             saved_epoch = epoch + 1
     return TrainResult(model, {"params": state.params, "batch_stats": state.batch_stats}, history)

@@ -37,9 +37,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from jaxviz._plan import default_memory_budget, probe, signature
+from jaxviz._batching import batch_sharding, map_batches, round_up, to_host
 from jaxviz._progress import progress_bar
-from jaxviz.batching import batch_sharding, map_batches, round_up, to_host
+from jaxviz.engine._inputs import _check_images, _fill_array, _pair, _positive_count, unit_indices  # noqa: F401
+from jaxviz.engine._plan import default_memory_budget, probe, signature
 
 __all__ = ["Occlusion", "occlude", "occlude_one", "unit_indices", "window_spans"]
 
@@ -85,7 +86,7 @@ def occlude_one(image: jax.Array, fill: jax.Array, box: jax.Array) -> jax.Array:
     return jnp.where(inside[..., None], fill, image).astype(image.dtype)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Occlusion:
     """The result of ``occlude``.
 
@@ -146,131 +147,25 @@ class Occlusion:
         return self.pixel_map()
 
 
-# --------------------------------------------------------------------------- input checks
-
-
-def _pair(value: Any, name: str) -> tuple[int, int]:
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        value = (int(value), int(value))
-    if (not isinstance(value, (tuple, list)) or len(value) != 2
-            or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value)):
-        raise TypeError(f"{name}: expected an int or a pair of ints (h, w), got {value!r}")
-    return int(value[0]), int(value[1])
-
-
-def unit_indices(units: Any, width: int, name: str = "units") -> tuple[int, ...]:
-    """Validate a selection of output units: integer indices, or a boolean mask of length ``width``.
-
-    Args:
-      units: a sequence or array of ints in ``[0, width)`` (order kept, repeats
-        allowed), or a boolean mask of shape ``(width,)`` selecting the units
-        where it is True (in increasing order).
-      width: size of the output axis the units index.
-
-    Returns:
-      The indices as a tuple of Python ints.
-
-    Raises:
-      TypeError: floats, strings or other non-integer values (``3.7`` is not
-        rounded to a unit).
-      ValueError: empty, out of range, or a mask of the wrong length.
-    """
-    if isinstance(units, (str, bytes)) or not hasattr(units, "__len__") and not isinstance(units, np.ndarray):
-        raise TypeError(f"{name}: expected a sequence of int indices or a boolean mask, got {type(units).__name__}")
-    arr = np.asarray(units)
-    if arr.dtype == bool:
-        if arr.shape != (width,):
-            raise ValueError(f"{name}: a boolean mask must have shape ({width},) (one entry per unit), "
-                             f"got shape {arr.shape}")
-        arr = np.flatnonzero(arr)
-    elif arr.size and not np.issubdtype(arr.dtype, np.integer):
-        raise TypeError(f"{name}: expected int indices (or a boolean mask), got dtype {arr.dtype}: {units!r}")
-    indices = tuple(int(u) for u in arr.reshape(-1))
-    if not indices or min(indices) < 0 or max(indices) >= width:
-        raise ValueError(f"{name}: expected at least one index in [0, {width}) of f's last output axis, "
-                         f"got {list(indices)}")
-    return indices
-
-
-def _positive_count(value: Any, name: str, what: str) -> int | None:
-    """``None`` or a positive integer (an int, numpy int, or an integral float such as ``1e8``)."""
-    if value is None:
-        return None
-    if isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name}: expected a positive number of {what} or None, got {value!r}")
-    if isinstance(value, (float, np.floating)) and float(value).is_integer():
-        value = int(value)
-    if not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name}: expected a positive number of {what} or None, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name}: expected a positive number of {what} or None, got {value!r}")
-    return int(value)
-
-
-def _check_images(images: Any) -> jax.Array:
-    if not hasattr(images, "shape") or not hasattr(images, "dtype"):
-        raise TypeError(f"images: expected an array (N, H, W, C), got {type(images).__name__}")
-    if images.ndim != 4:
-        raise ValueError(f"images: expected rank 4 (N, H, W, C), got shape {tuple(images.shape)}")
-    if not jnp.issubdtype(images.dtype, jnp.floating):
-        raise TypeError(f"images: expected a floating dtype (use jaxviz.to_model_input on uint8), "
-                        f"got {images.dtype}")
-    if images.shape[0] == 0:
-        raise ValueError("images: expected at least one image, got N = 0")
-    if not bool(jnp.isfinite(jnp.asarray(images)).all()):
-        raise ValueError("images: contains NaN or infinite values")
-    return jnp.asarray(images)
-
-
-def _fill_array(fill: Any, images: jax.Array, blur_sigma: float) -> tuple[jax.Array, bool]:
-    """The fill as (H, W, C)-broadcastable shared array, or (N, H, W, C) per image."""
-    n, h, w, c = images.shape
-    expected = f"a number, per-channel ({c},), image ({h}, {w}, {c}) or per-image ({n}, {h}, {w}, {c}) values, or 'blur'"
-    if isinstance(fill, str):
-        if fill != "blur":
-            raise ValueError(f"fill: expected {expected}; got the string {fill!r}")
-        if not isinstance(blur_sigma, (int, float, np.integer, np.floating)) or not 0 < blur_sigma < np.inf:
-            raise ValueError(f"blur_sigma: expected a positive number of pixels, got {blur_sigma!r}")
-        from scipy.ndimage import gaussian_filter
-        blurred = gaussian_filter(np.asarray(images, np.float32), sigma=(0, blur_sigma, blur_sigma, 0))
-        return jnp.asarray(blurred, images.dtype), True
-    if fill is None or isinstance(fill, (bool, np.bool_)) or not (
-            isinstance(fill, (int, float, np.number, np.ndarray, jax.Array, list, tuple))):
-        hint = " (convert it with .numpy() first)" if type(fill).__module__.startswith("torch") else ""
-        raise TypeError(f"fill: expected {expected}; got {type(fill).__name__}{hint}")
-    try:
-        arr = jnp.asarray(fill, images.dtype)
-    except (TypeError, ValueError) as e:
-        raise TypeError(f"fill: expected {expected}; got {fill!r} ({e})") from None
-    allowed = {(): False, (c,): False, (h, w, c): False, (n, h, w, c): True}
-    if arr.shape not in allowed:
-        raise ValueError(f"fill: expected a scalar, shape ({c},), ({h}, {w}, {c}) or ({n}, {h}, {w}, {c}), "
-                         f"or 'blur'; got shape {tuple(arr.shape)}")
-    if not bool(jnp.isfinite(arr).all()):
-        raise ValueError("fill: contains NaN or infinite values")
-    per_image = allowed[arr.shape]
-    return (arr if per_image else jnp.broadcast_to(arr, (h, w, c))), per_image
-
-
 # --------------------------------------------------------------------------- compiled pieces
 
 
-# Materialize the occluded batch before f, so XLA cannot fuse the select into the
-# first convolution's input. In jax 0.10's XLA:CPU the masking already stays in its
-# own loop fusion ahead of the network (one YNNPACK fusion) and the compiled HLO is
-# the same with or without this; it keeps the separation explicit elsewhere.
-_materialize = jax.lax.optimization_barrier
+@functools.lru_cache(maxsize=64)
+def _with_params(f: Callable) -> Callable:
+    """``f(x)`` as ``g(params, x)`` (params ignored); the same ``g`` for the same ``f``, so caches hit."""
+    return lambda _params, x: f(x)
 
 
 @functools.lru_cache(maxsize=64)
-def _chunk_program(f: Callable, with_params: bool, per_image_fill: bool, units: tuple[int, ...] | None,
-                   sharding: NamedSharding, chunk_size: int) -> Callable:
+def _chunk_program(f: Callable, per_image_fill: bool, units: tuple[int, ...] | None, sharding: NamedSharding,
+                   chunk_size: int, materialize: bool) -> Callable:
     """Jitted ``(params, images, fills, base, boxes, start) -> grid rows start .. start + chunk_size``.
 
-    Pair ``k`` is image ``k // positions`` at position ``k % positions``;
-    pairs past the end (padding of the last chunk) repeat pair 0. The pair
-    indices are made on the device, so a call sends only ``start``. Cached
-    on its static configuration, so equal calls reuse one executable.
+    ``f`` takes ``(params, x)``. Pair ``k`` is image ``k // positions`` at
+    position ``k % positions``; pairs past the end (padding of the last
+    chunk) repeat pair 0. The pair indices are made on the device, so a call
+    sends only ``start``. Cached on its static configuration, so equal calls
+    reuse one executable.
     """
     replicated = NamedSharding(sharding.mesh, PartitionSpec())
 
@@ -282,8 +177,9 @@ def _chunk_program(f: Callable, with_params: bool, per_image_fill: bool, units: 
         fill = fills[image_idx] if per_image_fill else fills
         in_axes = (0, 0 if per_image_fill else None, 0)
         occluded = jax.vmap(occlude_one, in_axes=in_axes)(images[image_idx], fill, boxes[box_idx])
-        occluded = _materialize(occluded)
-        out = f(params, occluded) if with_params else f(occluded)
+        if materialize:
+            occluded = jax.lax.optimization_barrier(occluded)
+        out = f(params, occluded)
         if units is not None:
             out = out[..., jnp.asarray(units)]
         return base[image_idx] - out
@@ -292,12 +188,85 @@ def _chunk_program(f: Callable, with_params: bool, per_image_fill: bool, units: 
 
 
 @functools.lru_cache(maxsize=64)
-def _base_program(f: Callable, with_params: bool, units: tuple[int, ...] | None) -> Callable:
+def _base_program(f: Callable, units: tuple[int, ...] | None) -> Callable:
     def base(params, images):
-        out = f(params, images) if with_params else f(images)
+        out = f(params, images)
         return out if units is None else out[..., jnp.asarray(units)]
 
     return jax.jit(base)
+
+
+# --------------------------------------------------------------------------- stages
+
+
+@dataclasses.dataclass(frozen=True)
+class _Request:
+    """Validated arguments of one ``occlude`` call."""
+
+    f: Callable  # f(params, x)
+    params: Any
+    images: jax.Array
+    rows: np.ndarray
+    cols: np.ndarray
+    fills: jax.Array
+    per_image_fill: bool
+    units: tuple[int, ...] | None
+    kept: tuple[int, ...]  # f's per-image output shape after ``units``
+    example_bytes: int
+
+
+def _check(f, images, window, stride, fill, anchor, units, params, blur_sigma) -> _Request:
+    """Every argument checked (TypeError / ValueError naming it) before anything is compiled."""
+    images = _check_images(images)
+    n, h, w, _ = images.shape
+    win, st = _pair(window, "window"), _pair(stride, "stride")
+    if win[0] < 1 or win[1] < 1 or win[0] > h or win[1] > w:
+        raise ValueError(f"window: expected 1 <= window <= image size ({h}, {w}), got {win}")
+    if st[0] < 1 or st[1] < 1:
+        raise ValueError(f"stride: expected positive ints, got {st}")
+    if anchor not in ANCHORS:
+        raise ValueError(f"anchor: expected one of {ANCHORS}, got {anchor!r}")
+    if not callable(f):
+        raise TypeError(f"f: expected a callable, got {type(f).__name__}")
+    fn = f if params is not None else _with_params(f)
+    out_shape, example_bytes = probe(fn, True, signature(params), tuple(images.shape[1:]), images.dtype)
+    if units is not None:
+        if not out_shape:
+            raise ValueError("units: f returns one value per image (shape (N,)); there are no units to select")
+        units = unit_indices(units, out_shape[-1])
+    fills, per_image_fill = _fill_array(fill, images, blur_sigma)
+    rows, cols = window_spans(h, win[0], st[0], anchor), window_spans(w, win[1], st[1], anchor)
+    kept = out_shape if units is None else (*out_shape[:-1], len(units))
+    return _Request(fn, params, images, rows, cols, fills, per_image_fill, units, kept, example_bytes)
+
+
+def _plan(req: _Request, pairs: int, shards: int, chunk_size: int | None, memory_budget: int | None) -> int:
+    """Pairs per compiled call: from ``chunk_size`` or the memory budget, then spread evenly so the
+    padded last chunk wastes little, and a multiple of the device count."""
+    if chunk_size is None:
+        budget = default_memory_budget(jax.default_backend()) if memory_budget is None else memory_budget
+        # f's working set, plus the gathered and the occluded image and the kept output
+        per_pair = req.example_bytes + 2 * req.images[0].nbytes + 4 * math.prod(req.kept)
+        chunk_size = max(1, budget // per_pair) * shards
+    chunks = -(-pairs // chunk_size)
+    return round_up(-(-pairs // chunks), shards)
+
+
+def _run_chunks(program: Callable, args: tuple, replicated: NamedSharding, pairs: int, chunk_size: int,
+                grid: np.ndarray, progress: bool) -> None:
+    """Fill ``grid`` (pairs, *kept) chunk by chunk; chunk i+1 is dispatched before chunk i is copied back,
+    so the device never waits for the host."""
+    pending = None
+    with progress_bar(total=pairs, desc="occlusion", disable=not progress, unit="img") as bar:
+        for start in [*range(0, pairs, chunk_size), None]:
+            if start is not None:
+                result = (start, program(*args, jax.device_put(np.int32(start), replicated)))
+            if pending is not None:
+                done, rows_out = pending
+                stop = min(done + chunk_size, pairs)
+                grid[done:stop] = to_host(rows_out)[: stop - done]
+                bar.update(stop - done)
+            pending = result if start is not None else None
 
 
 # --------------------------------------------------------------------------- entry point
@@ -318,6 +287,7 @@ def occlude(
     blur_sigma: float = 3.0,
     devices: Sequence[jax.Device] | None = None,
     progress: bool = False,
+    materialize: bool = True,
     grid_out: np.ndarray | None = None,
 ) -> Occlusion:
     """Occlusion sensitivity of ``f`` for every window position and every image.
@@ -349,6 +319,9 @@ def occlude(
       blur_sigma: Gaussian sigma for ``fill="blur"``.
       devices: devices to shard chunks over (default all).
       progress: show a progress bar.
+      materialize: pass the occluded batch through ``lax.optimization_barrier``
+        before ``f``, so XLA cannot fuse the masking into ``f``'s first layer
+        (on jax 0.10's XLA:CPU the compiled program is the same either way).
       grid_out: optional writable float32 array of the grid's shape, e.g.
         ``np.lib.format.open_memmap(path, "w+", np.float32, shape)``, that
         receives the grid, so a huge run (every position of 10,000 images,
@@ -361,33 +334,13 @@ def occlude(
     Raises:
       TypeError / ValueError naming the argument, before anything is compiled.
     """
-    images = _check_images(images)
-    n, h, w, _ = images.shape
-    win, st = _pair(window, "window"), _pair(stride, "stride")
-    if win[0] < 1 or win[1] < 1 or win[0] > h or win[1] > w:
-        raise ValueError(f"window: expected 1 <= window <= image size ({h}, {w}), got {win}")
-    if st[0] < 1 or st[1] < 1:
-        raise ValueError(f"stride: expected positive ints, got {st}")
-    if anchor not in ANCHORS:
-        raise ValueError(f"anchor: expected one of {ANCHORS}, got {anchor!r}")
-    if not callable(f):
-        raise TypeError(f"f: expected a callable, got {type(f).__name__}")
-    out_shape, example_bytes = probe(f, params is not None, signature(params), tuple(images.shape[1:]),
-                                     images.dtype)
-    if units is not None:
-        if not out_shape:
-            raise ValueError("units: f returns one value per image (shape (N,)); there are no units to select")
-        units = unit_indices(units, out_shape[-1])
+    req = _check(f, images, window, stride, fill, anchor, units, params, blur_sigma)
     chunk_size = _positive_count(chunk_size, "chunk_size", "(image, position) pairs")
     memory_budget = _positive_count(memory_budget, "memory_budget", "bytes")
-    fills, per_image_fill = _fill_array(fill, images, blur_sigma)
-
-    rows, cols = window_spans(h, win[0], st[0], anchor), window_spans(w, win[1], st[1], anchor)
-    boxes = np.concatenate([np.repeat(rows, len(cols), 0), np.tile(cols, (len(rows), 1))], axis=1)
-    positions = len(boxes)
+    n, h, w, _ = req.images.shape
+    positions = len(req.rows) * len(req.cols)
     pairs = n * positions
-    kept = out_shape if units is None else (*out_shape[:-1], len(units))
-    grid_shape = (n, len(rows), len(cols), *kept)
+    grid_shape = (n, len(req.rows), len(req.cols), *req.kept)
     if grid_out is None:
         grid_out = np.empty(grid_shape, np.float32)
     elif (not isinstance(grid_out, np.ndarray) or grid_out.shape != grid_shape or grid_out.dtype != np.float32
@@ -396,33 +349,13 @@ def occlude(
                          f"{getattr(grid_out, 'dtype', type(grid_out).__name__)} {getattr(grid_out, 'shape', '')}")
 
     sharding = batch_sharding(None if devices is None else tuple(devices))
-    shards = sharding.mesh.size
     replicated = NamedSharding(sharding.mesh, PartitionSpec())
-    with_params = params is not None
-    if chunk_size is None:
-        budget = default_memory_budget(jax.default_backend()) if memory_budget is None else memory_budget
-        # f's working set, plus the gathered and the occluded image and the kept output
-        per_pair = example_bytes + 2 * images[0].nbytes + 4 * math.prod(kept)
-        chunk_size = max(1, budget // per_pair) * shards
-    # as few chunks as the size allows, then spread evenly so the padding is small
-    chunks = -(-pairs // chunk_size)
-    chunk_size = round_up(-(-pairs // chunks), shards)
-    program = _chunk_program(f, with_params, per_image_fill, units, sharding, chunk_size)
-    base = map_batches(functools.partial(_base_program(f, with_params, units), params), images,
+    chunk_size = _plan(req, pairs, sharding.mesh.size, chunk_size, memory_budget)
+    program = _chunk_program(req.f, req.per_image_fill, req.units, sharding, chunk_size, bool(materialize))
+    base = map_batches(functools.partial(_base_program(req.f, req.units), req.params), req.images,
                        batch_size=chunk_size, devices=tuple(sharding.mesh.devices.flat))
-    args = jax.device_put((params, images, fills, base, boxes), replicated)
-
-    grid = grid_out.reshape(pairs, *kept)  # a view: rows are written in place
-    pending = None  # dispatch chunk i+1 before copying chunk i back, so the device never waits
-    with progress_bar(total=pairs, desc="occlusion", disable=not progress, unit="img") as bar:
-        for start in [*range(0, pairs, chunk_size), None]:
-            if start is not None:
-                result = (start, program(*args, jax.device_put(np.int32(start), replicated)))
-            if pending is not None:
-                done, rows_out = pending
-                stop = min(done + chunk_size, pairs)
-                grid[done:stop] = to_host(rows_out)[: stop - done]
-                bar.update(stop - done)
-            pending = result if start is not None else None
-    grid = grid_out
-    return Occlusion(base, grid, rows, cols, (h, w), units, chunk_size)
+    rows, cols = req.rows, req.cols
+    boxes = np.concatenate([np.repeat(rows, len(cols), 0), np.tile(cols, (len(rows), 1))], axis=1)
+    args = jax.device_put((req.params, req.images, req.fills, base, boxes), replicated)
+    _run_chunks(program, args, replicated, pairs, chunk_size, grid_out.reshape(pairs, *req.kept), progress)
+    return Occlusion(base, grid_out, rows, cols, (h, w), req.units, chunk_size)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxviz.masks import normalize
+from jaxviz.analysis.masks import normalize
 
 __all__ = ["filter_grid"]
 

@@ -1,0 +1,1 @@
+"""Analyses of activations and occlusion maps: top-K, unit selectivity, masks, filters, t-SNE, metrics."""

@@ -1,0 +1,155 @@
+"""Shared options of the ``jaxviz`` commands: the model, the data, settings derived from dataclasses.
+
+Options that configure an analysis or training are generated from the fields
+of ``ReportSettings`` and ``TrainConfig``, so the defaults live in one place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import typing
+from pathlib import Path
+
+import jaxviz
+
+DATA_CHOICES = ("sample", "cifar10", "folder")
+
+
+class Parser(argparse.ArgumentParser):
+    """Usage errors in one line, exit status 2, like every other user error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an int >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive int, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive int, got {value}")
+    return value
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    """argparse type: comma-separated ints, e.g. ``3,17,42``."""
+    try:
+        values = tuple(int(t) for t in text.replace(",", " ").split())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected at least one integer, got {text!r}")
+    return values
+
+
+def flag(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def add_fields(p: argparse.ArgumentParser, cls, names: typing.Sequence[str], helps: dict[str, str],
+               **choices: typing.Sequence[str]) -> None:
+    """An option per dataclass field in ``names``, with the field's default and a type from its annotation."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for name in names:
+        default, hint = fields[name].default, hints[name]
+        kind = int_list if "tuple" in str(hint) else float if hint is float else str if "str" in str(hint) else int
+        if kind is int and name != "seed":
+            kind = positive_int
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        p.add_argument(flag(name), dest=name, type=kind, default=default, choices=choices.get(name),
+                       help=f"{helps.get(name, name)} (default: {shown})")
+
+
+def settings_from(cls, args, names: typing.Sequence[str]):
+    """``cls(**fields)`` from parsed options; a field's error names its option."""
+    try:
+        return cls(**{n: getattr(args, n) for n in names})
+    except (ValueError, TypeError) as e:
+        name, _, rest = str(e).partition(": ")
+        raise type(e)(f"{flag(name)}: {rest}" if name in names else str(e)) from None
+
+
+def add_model(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", metavar="FILE_OR_MODULE:ATTR",
+                   help="your model: a .py file or dotted module and a zero-argument callable returning a "
+                        "jaxviz.Network, (linen module, variables), an nnx.Module or (apply, variables, layer_names); "
+                        "the file sets INPUT_SHAPE (default: the pretrained CIFAR-10 CNN)")
+    g.add_argument("--weights", help="with --model: a Flax msgpack state dict of its variables; without: a weights "
+                                     "file from `jaxviz train`")
+
+
+def add_data(p: argparse.ArgumentParser, default_split: str = "test") -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--data", choices=DATA_CHOICES, default="sample",
+                   help="sample: the embedded 1,000 CIFAR-10 test images (default); cifar10: the official archive "
+                        "(from --data-dir or the cache, downloaded if missing); folder: DIR/<class>/*.png|jpg")
+    g.add_argument("--data-dir", help="directory holding the CIFAR-10 archive/folder, or the image folder")
+    g.add_argument("--split", choices=("train", "test"), default=default_split, help="CIFAR-10 split")
+    g.add_argument("--layout", choices=("binary", "python"), default="binary", help="CIFAR-10 archive layout")
+    g.add_argument("--no-download", action="store_true", help="never download CIFAR-10")
+    g.add_argument("--resize", action="store_true",
+                   help="resize images to the model's input size (bilinear) instead of refusing other sizes")
+
+
+def load_network(args) -> jaxviz.Network:
+    if getattr(args, "model", None):
+        return jaxviz.load_model(args.model, weights=args.weights)
+    return (jaxviz.load_weights(args.weights) if args.weights else jaxviz.load_pretrained()).network
+
+
+def load_data(args) -> jaxviz.Dataset:
+    if args.data == "sample":
+        return jaxviz.load_sample()
+    if args.data == "folder":
+        if not args.data_dir:
+            raise ValueError("--data-dir: required with --data folder (a directory of class folders)")
+        return jaxviz.load_image_folder(args.data_dir)
+    return jaxviz.load_cifar10(args.split, data_dir=args.data_dir, layout=args.layout,
+                               download=not args.no_download)
+
+
+def load(args) -> tuple[jaxviz.Dataset, jaxviz.Network]:
+    """The network, and the data in its classes (when it is a classifier) and at its input size."""
+    network = load_network(args)
+    data = load_data(args)
+    if network.is_classifier:
+        data = data.with_classes(network.class_names)
+    h, w, c = network.input_spec.shape
+    if args.resize and data.images.shape[1:3] != (h, w):
+        data = dataclasses.replace(data, images=jaxviz.resize_images(data.images, h, w))
+    if data.images.shape[1:] != (h, w, c):
+        got = "x".join(map(str, data.images.shape[1:3]))
+        raise ValueError(f"--data {args.data}: the model takes {h}x{w} images with {c} channels; got {got} images "
+                         f"with {data.images.shape[3]} channels (pass --resize to resize them)")
+    return data, network
+
+
+def check_writable(path: str | os.PathLike, *, directory: bool, option: str) -> Path:
+    """Fail before any work if ``path`` cannot be written later; create nothing.
+
+    A directory target may exist (it must be a writable directory) or not (its
+    nearest existing parent must be a writable directory); a file target must
+    not be a directory and its parent must be, or be creatable, likewise.
+    """
+    path = Path(path)
+    if path.exists():
+        if directory and not path.is_dir():
+            raise NotADirectoryError(f"{option}: expected a directory, but {str(path)!r} is a file")
+        if not directory and path.is_dir():
+            raise IsADirectoryError(f"{option}: expected a file name, but {str(path)!r} is a directory")
+        target = path if directory else path.parent
+    else:
+        target = path.parent
+    while not target.exists():
+        target = target.parent
+    if not target.is_dir():
+        raise NotADirectoryError(f"{option}: cannot create {str(path)!r}: {str(target)!r} is a file")
+    if not os.access(target, os.W_OK | os.X_OK):
+        raise PermissionError(f"{option}: cannot write {str(path)!r}: {str(target)!r} is not writable")
+    return path

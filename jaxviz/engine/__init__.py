@@ -1,0 +1,1 @@
+"""Engines that evaluate a network on many inputs: layer activations and the fused occlusion engine."""

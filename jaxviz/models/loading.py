@@ -1,0 +1,170 @@
+"""Load a user's model for the command line: ``--model FILE_OR_MODULE:ATTR [--weights FILE]``.
+
+``FILE_OR_MODULE`` is a path to a ``.py`` file or a dotted module path;
+``ATTR`` names a zero-argument callable in it that returns one of:
+
+* a ``jaxviz.Network`` (any adapter, full control);
+* ``(module, variables)`` for a ``flax.linen.Module``;
+* a ``flax.nnx.Module`` (its state inside);
+* ``(apply, variables, layer_names)`` for a plain ``apply(variables, x, layer)``.
+
+For the last three, the file (module) says what the input is with
+module-level constants: ``INPUT_SHAPE = (H, W, C)`` (required), and optional
+``CLASS_NAMES``, ``INPUT_SCALE`` (default 1/255), ``INPUT_MEAN``,
+``INPUT_STD`` (per channel, after scaling) and, for linen, ``APPLY_KWARGS``
+(e.g. ``{"train": False}``).
+
+``--weights FILE`` replaces the variables by a Flax msgpack state dict
+(``flax.serialization.to_bytes(variables)`` for linen or a plain function,
+``flax.serialization.msgpack_serialize(nnx.to_pure_dict(nnx.state(module)))``
+for nnx) whose tree must match the model's.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import flax.serialization
+import numpy as np
+
+from jaxviz.models.adapters import _one_line, from_function, from_linen, from_nnx
+from jaxviz.models.network import Network
+
+__all__ = ["load_model", "load_variables"]
+
+RETURNS = ("a jaxviz.Network, (linen_module, variables), an nnx.Module, "
+           "or (apply, variables, layer_names)")
+
+
+def _import(source: str, option: str):
+    """The module at ``source``: a .py file path, or a dotted module path."""
+    path = Path(source)
+    if source.endswith(".py") or os.sep in source or "/" in source:
+        if not path.is_file():
+            raise FileNotFoundError(f"{option}: no Python file at {source!r}")
+        name = f"jaxviz_user_model_{abs(hash(str(path.resolve())))}"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclass-based modules (flax linen) look themselves up here
+        try:
+            spec.loader.exec_module(module)
+        except Exception as error:  # noqa: BLE001 - the user's file may raise anything
+            sys.modules.pop(name, None)
+            raise ValueError(f"{option}: importing {source!r} failed with {_one_line(error)}") from error
+        return module
+    try:
+        return importlib.import_module(source)
+    except ModuleNotFoundError as error:
+        raise ValueError(f"{option}: no module {source!r} ({error}); give a .py file path or an importable "
+                         "dotted module path") from error
+    except Exception as error:  # noqa: BLE001
+        raise ValueError(f"{option}: importing {source!r} failed with {_one_line(error)}") from error
+
+
+def _input_kwargs(module, option: str) -> dict:
+    shape = getattr(module, "INPUT_SHAPE", None)
+    if shape is None:
+        raise ValueError(f"{option}: {module.__name__} must define INPUT_SHAPE = (height, width, channels) "
+                         "so jaxviz knows the input size")
+    kwargs = {"input_shape": tuple(shape), "class_names": getattr(module, "CLASS_NAMES", None)}
+    for const, key in (("INPUT_SCALE", "scale"), ("INPUT_MEAN", "mean"), ("INPUT_STD", "std")):
+        if hasattr(module, const):
+            kwargs[key] = getattr(module, const)
+    return kwargs
+
+
+def load_variables(path: str | os.PathLike, template: Any, *, option: str = "weights") -> Any:
+    """Read a Flax msgpack state dict from ``path`` into the structure of ``template``.
+
+    Args:
+      path: the file.
+      template: variables of the right tree and shapes (a pytree of arrays or
+        a state dict).
+      option: the argument name used in error messages.
+
+    Returns:
+      The template's tree with the file's arrays.
+
+    Raises:
+      FileNotFoundError; ValueError naming the first entry whose presence or shape differs.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{option}: no weights file at {str(path)!r}")
+    try:
+        stored = flax.serialization.msgpack_restore(path.read_bytes())
+    except Exception as error:  # noqa: BLE001 - msgpack raises several types on corrupt input
+        raise ValueError(f"{option}: {str(path)!r} is not a Flax msgpack state dict ({_one_line(error)})") from None
+    expected = flax.serialization.to_state_dict(template)
+    _compare(expected, stored, "", option, path)
+    return flax.serialization.from_state_dict(template, stored)
+
+
+def _compare(expected: Any, got: Any, where: str, option: str, path: Path) -> None:
+    if isinstance(expected, dict):
+        if not isinstance(got, dict):
+            raise ValueError(f"{option}: {str(path)!r} has an array at {where or '/'}, the model a group there")
+        for key in sorted(set(expected) | set(got), key=str):
+            here = f"{where}/{key}"
+            if key not in got:
+                raise ValueError(f"{option}: {str(path)!r} lacks {here} (the model has shape "
+                                 f"{np.shape(expected[key]) if not isinstance(expected[key], dict) else 'a group'})")
+            if key not in expected:
+                raise ValueError(f"{option}: {str(path)!r} has {here}, which the model does not have")
+            _compare(expected[key], got[key], here, option, path)
+    elif isinstance(got, dict) or np.shape(got) != np.shape(expected):
+        shape = "a group" if isinstance(got, dict) else np.shape(got)
+        raise ValueError(f"{option}: {str(path)!r} has {where} of shape {shape}, the model expects "
+                         f"{np.shape(expected)}")
+
+
+def load_model(spec: str, *, weights: str | os.PathLike | None = None, option: str = "--model") -> Network:
+    """The ``Network`` named by ``FILE_OR_MODULE:ATTR`` (see the module docstring).
+
+    Raises:
+      ValueError / TypeError / FileNotFoundError naming ``option`` (or
+      ``--weights``), what was expected and what was given.
+    """
+    from flax import linen, nnx
+
+    if not isinstance(spec, str) or ":" not in spec.strip(":"):
+        raise ValueError(f"{option}: expected FILE_OR_MODULE:ATTR (e.g. my_resnet.py:build), got {spec!r}")
+    source, attr = spec.rsplit(":", 1)
+    module = _import(source, option)
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ValueError(f"{option}: {source!r} has no callable {attr!r} "
+                         f"(found {type(factory).__name__ if factory is not None else 'nothing'})")
+    try:
+        made = factory()
+    except Exception as error:  # noqa: BLE001 - the user's code may raise anything
+        raise ValueError(f"{option}: {attr}() raised {_one_line(error)}") from error
+    if isinstance(made, Network):
+        if weights is not None:
+            raise ValueError("--weights: not supported when the model factory returns a jaxviz.Network; "
+                             "load the weights inside the factory")
+        return made
+    kwargs = _input_kwargs(module, option)
+    if isinstance(made, nnx.Module):
+        if weights is not None:
+            state = nnx.state(made)
+            pure = load_variables(weights, nnx.to_pure_dict(state), option="--weights")
+            nnx.replace_by_pure_dict(state, pure)
+            nnx.update(made, state)
+        return from_nnx(made, **kwargs)
+    if isinstance(made, tuple) and len(made) == 2 and isinstance(made[0], linen.Module):
+        module_, variables = made
+        if weights is not None:
+            variables = load_variables(weights, variables, option="--weights")
+        return from_linen(module_, variables, apply_kwargs=getattr(module, "APPLY_KWARGS", None), **kwargs)
+    if isinstance(made, tuple) and len(made) == 3 and callable(made[0]):
+        apply, variables, layer_names = made
+        if weights is not None:
+            variables = load_variables(weights, variables, option="--weights")
+        return from_function(apply, variables, layer_names=layer_names, **kwargs)
+    raise TypeError(f"{option}: {attr}() must return {RETURNS}; got {type(made).__name__}")

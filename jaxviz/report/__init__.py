@@ -1,0 +1,1 @@
+"""Figures (``plots``, the only module that imports matplotlib) and the HTML report."""

@@ -1,0 +1,133 @@
+"""The report's computations: every analysis of the notebook, as one typed result.
+
+``analyse(network, dataset, settings)`` runs them in order and times each;
+``render`` turns the result into HTML, PNGs and JSON. Nothing here writes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from jaxviz._progress import progress_bar
+from jaxviz.analysis.embedding import Embedding, knn_agreement, tsne
+from jaxviz.analysis.metrics import ClassificationReport, classification_report
+from jaxviz.analysis.topk import unit_scores
+from jaxviz.analysis.unit_occlusion import UnitOcclusion, occlude_top_images
+from jaxviz.analysis.units import SimilarUnits, UnitStudy, similar_units, study_units
+from jaxviz.data.images import Dataset
+from jaxviz.engine.activations import layer_features
+from jaxviz.models.network import Network
+from jaxviz.report.settings import ReportSettings, check_against, study_layer
+
+__all__ = ["ReportResults", "analyse"]
+
+STAGES = ("evaluate", "filters", "activations", "features", "top-k", "occlusion", "t-SNE")
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportResults:
+    """Everything the report shows.
+
+    Attributes:
+      settings: what was computed; ``layer`` is the studied layer (resolved).
+      network, dataset: the model and the data (labels in the model's classes
+        when it is a classifier).
+      evaluation: accuracy and confusions; ``None`` when the network has no class names.
+      kernels: the first (up to) two conv layers' kernels, layer -> (kh, kw, in, out).
+      activation_images: dataset indices of the images in the activation-map figures.
+      activations: conv layer -> (n, h, w, channels) maps of those images.
+      study: top-K, selectivity and the shown units of ``layer``.
+      similar: the unit pairs with overlapping top-K sets and correlated activations.
+      occlusion: the shown units' top images, occluded.
+      embedding: t-SNE of ``layer``'s unit scores.
+      knn: float (classes,): per class, the share of 10 nearest t-SNE neighbours of the same class.
+      timings: seconds per stage.
+    """
+
+    settings: ReportSettings
+    layer: str
+    network: Network
+    dataset: Dataset
+    evaluation: ClassificationReport | None
+    kernels: dict
+    activation_images: np.ndarray
+    activations: dict
+    study: UnitStudy
+    similar: SimilarUnits
+    occlusion: UnitOcclusion
+    embedding: Embedding
+    knn: np.ndarray
+    timings: dict
+
+
+def prepare(network: Network, dataset: Dataset, settings: ReportSettings) -> Dataset:
+    """The dataset with labels in the network's classes (when it is a classifier), after every check."""
+    if network.is_classifier:
+        dataset = dataset.with_classes(network.class_names)
+    check_against(settings, network, dataset)
+    return dataset
+
+
+def analyse(network: Network, dataset: Dataset, settings: ReportSettings, *, progress: bool = False,
+            on_stage: Callable[[str], None] | None = None) -> ReportResults:
+    """Run every analysis (``prepare`` must have been called on ``dataset``).
+
+    Args:
+      network: the model.
+      dataset: uint8 images of the network's input size, with labels.
+      settings: what to compute.
+      progress: a progress bar over the stages (and per stage).
+      on_stage: called with each stage's name when it is done.
+    """
+    s, layer, timings = settings, study_layer(settings, network), {}
+    classes = len(dataset.class_names)
+    bar = progress_bar(total=len(STAGES), desc="report", disable=not progress, unit="stage")
+    clock = [time.perf_counter()]
+
+    def done(stage: str) -> None:
+        now = time.perf_counter()
+        timings[stage], clock[0] = now - clock[0], now
+        bar.set_postfix(stage=stage)
+        bar.update(1)
+        if on_stage is not None:
+            on_stage(stage)
+
+    evaluation = None
+    if network.is_classifier:
+        logits = layer_features(network, dataset.images, progress=progress and "evaluate")
+        evaluation = classification_report(dataset.labels, logits, network.class_names)
+    done("evaluate")
+
+    convs = network.conv_layers()[:2]
+    kernels = {n: network.kernel(n) for n in convs}
+    done("filters")
+
+    first_of_class = [np.flatnonzero(dataset.labels == c)[0] for c in np.unique(dataset.labels)]
+    shown = np.asarray(first_of_class[: s.activation_images], np.int64)
+    activations = {n: layer_features(network, dataset.images[shown], layer=n) for n in convs}
+    done("activations")
+
+    scores = unit_scores(layer_features(network, dataset.images, layer=layer, progress=progress and "features"))
+    done("features")
+
+    study = study_units(scores, dataset.labels, classes, k=s.k, count=s.num_units, units=s.units)
+    similar = similar_units(study.top.indices, scores, top=8)
+    done("top-k")
+
+    occlusion = occlude_top_images(network, study, dataset.images, layer=layer, window=s.window, stride=s.stride,
+                                   anchor=s.anchor, threshold=s.threshold, sigma=s.sigma)
+    done("occlusion")
+
+    points = min(s.tsne_points, len(dataset))
+    embedding = tsne(scores, perplexity=min(s.perplexity, (points - 1) / 3), max_iter=s.tsne_iter, seed=s.seed,
+                     subsample=s.tsne_points)
+    knn = knn_agreement(embedding.coords, dataset.labels[embedding.indices], classes,
+                        k=min(10, len(embedding.indices) - 1))
+    done("t-SNE")
+    bar.close()
+    return ReportResults(s, layer, network, dataset, evaluation, kernels, shown, activations, study, similar,
+                         occlusion, embedding, knn, timings)

@@ -1,0 +1,246 @@
+"""Rendering ``ReportResults``: the PNGs, ``results.json`` and one self-contained ``index.html``.
+
+Every figure is written as a PNG (atomically) and embedded in the page; the
+JSON holds every number shown. ``index.html`` is written last.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import html
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jaxviz._io import atomic_write_bytes
+from jaxviz.analysis.filters import filter_grid
+from jaxviz.report import plots
+from jaxviz.report.analyses import ReportResults
+
+__all__ = ["jsonable", "render"]
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` as plain JSON data: dataclasses and dicts as objects, arrays and tuples as lists,
+    numpy scalars as numbers, NaN as ``None``."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return jsonable(value.item())
+    if isinstance(value, float) and value != value:
+        return None
+    return value
+
+
+class _Page:
+    """Collects sections and figures."""
+
+    def __init__(self, out: Path):
+        self.out, self.sections, self.figures = out, [], []
+
+    def figure(self, fig, name: str, caption: str) -> str:
+        path = self.out / f"{name}.png"
+        plots.save_figure(fig, path)
+        self.figures.append(path.name)
+        data = base64.b64encode(path.read_bytes()).decode()
+        return (f'<figure><a href="{path.name}"><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
+                f'</a><figcaption>{html.escape(caption)}</figcaption></figure>')
+
+    def section(self, title: str, *parts: str) -> None:
+        self.sections.append(f"<section><h2>{html.escape(title)}</h2>{''.join(parts)}</section>")
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    def cell(v):
+        return f"{v:.3f}" if isinstance(v, float) else html.escape(str(v))
+
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _p(text: str) -> str:
+    return f"<p>{html.escape(text)}</p>"
+
+
+def _unit_numbers(r: ReportResults) -> dict:
+    """The unit study's numbers for the page and the JSON."""
+    st, names = r.study, r.dataset.class_names
+    sel, alive = st.selectivity, st.alive
+    ranking = [int(u) for u in sel.ranking() if alive[u]]
+    return {
+        "layer": r.layer, "count": int(st.scores.shape[1]), "dead": int((~alive).sum()), "shown": list(st.units),
+        "mean_selectivity": float(sel.score[alive].mean()) if alive.any() else 0.0,
+        "selective_share": float((sel.score[alive] >= 0.5).mean()) if alive.any() else 0.0,
+        "most_selective": [{"unit": u, "class": names[sel.majority_class[u]], "score": float(sel.score[u])}
+                           for u in ranking[:10]],
+        "least_selective": [{"unit": u, "score": float(sel.score[u]), "entropy": float(sel.entropy[u])}
+                            for u in ranking[::-1][:10]],
+        "similar_pairs": jsonable(r.similar),
+    }
+
+
+def _model_section(page: _Page, r: ReportResults) -> None:
+    page.section("Model", f"<pre>{html.escape(r.network.summary_table())}</pre>",
+                 _p(f"Network: {r.network.name or 'user model'}, input {'x'.join(map(str, r.network.input_spec.shape))}; "
+                    f"data: {r.dataset.source or 'user data'} ({len(r.dataset)} images)."))
+
+
+def _evaluation_section(page: _Page, r: ReportResults) -> None:
+    ev = r.evaluation
+    if ev is None:
+        page.section("Accuracy and confusions", _p("The network has no class names: not evaluated as a classifier."))
+        return
+    page.section(
+        "Accuracy and confusions",
+        _p(f"Accuracy {ev.accuracy:.1%} on {ev.images} images."),
+        _table(["class", "accuracy"], list(ev.per_class_accuracy.items())),
+        "<h3>Most confused pairs</h3>",
+        _table(["class A", "class B", "A taken for B", "B taken for A", "share of both classes"],
+               [(p.a, p.b, p.a_as_b, p.b_as_a, p.rate) for p in ev.most_confused]),
+        page.figure(plots.plot_confusion(ev.confusion_matrix, ev.class_names), "confusion",
+                    "Confusion matrix: rows are true classes, columns predictions."))
+
+
+def _filter_sections(page: _Page, r: ReportResults) -> None:
+    names = list(r.kernels)
+    safe = {n: n.replace("/", "_") for n in names}
+    page.section("Filters", *(page.figure(plots.plot_filters(*filter_grid(k), title=f"{n} kernels"),
+                                          f"filters_{safe[n]}", f"{n}: " + ("RGB kernels" if k.shape[2] == 3 else
+                                                                          "kernels averaged over input channels"))
+                              for n, k in r.kernels.items()) or _p("The network has no conv kernels."))
+    images = r.dataset.images[r.activation_images]
+    page.section("Activation maps", *(page.figure(plots.plot_activation_maps(images, maps, layer=n),
+                                                  f"activations_{safe[n]}", f"Feature maps of {n}, first 8 channels.")
+                                      for n, maps in r.activations.items()) or _p("No conv layers."))
+
+
+def _units_section(page: _Page, r: ReportResults, u: dict) -> None:
+    st, s, names = r.study, r.settings, r.dataset.class_names
+    cols = list(st.units)
+    page.section(
+        "Top-K images per unit and unit selectivity",
+        _p(f"Layer {r.layer}: {u['count']} units, {u['dead']} never active on this data. "
+           f"Selectivity = share of the majority class among a unit's top {s.k} images "
+           f"(1.0: all one class; {1 / len(names):.2f}: no preference). "
+           f"Mean over live units {u['mean_selectivity']:.2f}; "
+           f"{u['selective_share']:.0%} of live units have a majority class of at least half."),
+        page.figure(plots.plot_top_k(r.occlusion.images, cols, labels=r.dataset.labels[st.top.indices[:, cols]],
+                                     class_names=names, title=f"Top {s.k} images of {r.layer} units"),
+                    "topk", "Each column: the images that activate the unit most, best first."),
+        page.figure(plots.plot_selectivity(st.selectivity.histogram[cols], cols, names), "selectivity",
+                    "Class histogram of each shown unit's top-K images."),
+        "<h3>Most selective units (units with semantic meaning?)</h3>",
+        _table(["unit", "majority class", "selectivity"], [(d["unit"], d["class"], d["score"])
+                                                           for d in u["most_selective"]]),
+        "<h3>Least selective live units</h3>",
+        _table(["unit", "selectivity", "entropy"], [(d["unit"], d["score"], d["entropy"])
+                                                    for d in u["least_selective"]]),
+        "<h3>Units that respond to similar things</h3>",
+        _table(["unit A", "unit B", "top-K overlap (Jaccard)", "activation correlation"],
+               [(p.a, p.b, p.jaccard, p.correlation) for p in r.similar.overlap + r.similar.correlated]))
+    occ, grid = r.occlusion, r.occlusion.occlusion.grid
+    page.section(
+        "Occlusion: which image parts drive each unit",
+        _p(f"An {s.window}x{s.window} occluder (fill 0 in model input) slides with stride {s.stride} "
+           f"({grid.shape[1]}x{grid.shape[2]} positions, {s.anchor} anchoring) over each top image; "
+           "the heatmap is the unit's activation minus its activation with the region hidden."),
+        page.figure(plots.plot_masked(occ.masked, cols), "occlusion_masks",
+                    f"Masked images (threshold {s.threshold}, smoothing sigma {s.sigma})."),
+        page.figure(plots.plot_heatmaps(occ.images, occ.pixel, cols), "occlusion_heatmaps",
+                    "Per-pixel occlusion effect (mean over the windows covering each pixel)."))
+
+
+def _tsne_section(page: _Page, r: ReportResults, knn: dict) -> None:
+    emb, s, names = r.embedding, r.settings, r.dataset.class_names
+    accuracy = r.evaluation.per_class_accuracy if r.evaluation is not None else {}
+    page.section(
+        "t-SNE of the features",
+        _p(f"{emb.settings['points']} points, perplexity {emb.settings['perplexity']:.1f}, "
+           f"{s.tsne_iter} iterations, PCA init, seed {s.seed}: {emb.seconds:.1f} s."),
+        page.figure(plots.plot_tsne(emb.coords, r.dataset.labels[emb.indices], names), "tsne",
+                    f"t-SNE of {r.layer} features."),
+        "<h3>How well does each class cluster? (share of 10 nearest t-SNE neighbours of the same class)</h3>",
+        _table(["class", "kNN agreement", "accuracy"],
+               [(c, knn[c] if knn[c] is not None else "n/a", accuracy.get(c, "n/a")) for c in names]))
+
+
+def _answers(r: ReportResults, units: dict, knn: dict) -> str:
+    ev = r.evaluation
+    clustered = sorted((v, c) for c, v in knn.items() if v is not None)
+    semantic = ", ".join(f"unit {d['unit']} ({d['class']}, {d['score']:.0%})" for d in units["most_selective"][:4])
+    similar = r.similar.overlap[:2]
+    if ev is not None:
+        pairs = ", ".join(f"{p.a} / {p.b} ({p.count})" for p in ev.most_confused[:3])
+        easy = (f"Easiest: {', '.join(ev.easiest)}; hardest: {', '.join(ev.hardest)}. "
+                f"Most confused pairs: {pairs or 'none'}.")
+    else:
+        easy = "Not a classifier (no class names), so no accuracy."
+    items = [
+        ("What categories are easier? Which are confusing?",
+         easy + (f" In t-SNE space {clustered[-1][1]} clusters best and {clustered[0][1]} worst." if clustered else "")),
+        ("Do all units respond to distinguishable concepts?",
+         f"{units['selective_share']:.0%} of the {units['count'] - units['dead']} live units have one class "
+         f"making up at least half of their top images; {units['dead']} units never fire on this data."),
+        ("Are there units that respond to similar things?",
+         "; ".join(f"units {p.a} and {p.b} share {p.jaccard:.0%} of their top images "
+                   f"(activation correlation {p.correlation:.2f})" for p in similar) or "No overlapping pairs."),
+        ("Did you find units with semantic meaning?", f"The most class-selective: {semantic or 'none'}."),
+    ]
+    body = "".join(f"<dt>{html.escape(q)}</dt><dd>{html.escape(a)}</dd>" for q, a in items)
+    return f"<section><h2>Answers to the notebook's questions</h2><dl>{body}</dl></section>"
+
+
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+h1{margin-bottom:0}section{margin:2em 0;border-top:1px solid #ddd}figure{margin:1em 0}
+img{max-width:100%}figcaption{color:#555;font-size:.9em}table{border-collapse:collapse;margin:.5em 0}
+td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}th{background:#f4f4f4}
+dt{font-weight:600;margin-top:.6em}pre{background:#f7f7f7;padding:.6em;overflow-x:auto}"""
+
+
+def render(r: ReportResults, out: Path) -> dict:
+    """Write the PNGs, ``results.json`` and ``index.html`` (last) into ``out``; return the JSON content."""
+    page = _Page(out)
+    knn = {c: (None if np.isnan(v) else float(v)) for c, v in zip(r.dataset.class_names, r.knn)}
+    units = _unit_numbers(r)
+    _model_section(page, r)
+    _evaluation_section(page, r)
+    _filter_sections(page, r)
+    _units_section(page, r, units)
+    _tsne_section(page, r, knn)
+    page.sections.insert(1, _answers(r, units, knn))
+    settings = {**dataclasses.asdict(r.settings), "layer": r.layer}
+    results = {
+        "settings": settings,
+        "network": {"name": r.network.name, "input_shape": list(r.network.input_spec.shape),
+                    "layers": list(r.network.layer_names)},
+        "evaluation": jsonable(r.evaluation),
+        "units": units,
+        "occlusion": {"positions": list(r.occlusion.occlusion.grid.shape[1:3]),
+                      "images": int(r.occlusion.occlusion.grid.shape[0])},
+        "tsne": {**r.embedding.settings, "seconds": r.embedding.seconds, "knn_agreement": knn},
+        "timings_seconds": dict(r.timings),
+        "figures": page.figures,
+    }
+    atomic_write_bytes(out / "results.json", (json.dumps(results, indent=2, allow_nan=False) + "\n").encode())
+    timing_rows = [(k, f"{v:.1f} s") for k, v in r.timings.items()] + [("total", f"{sum(r.timings.values()):.1f} s")]
+    run = _table(["setting", "value"], list(settings.items())) + _table(["stage", "time"], timing_rows)
+    title = "What did this CNN learn?"
+    atomic_write_bytes(out / "index.html", (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>jaxviz report</title>"
+        f"<style>{_CSS}</style></head><body><h1>{title}</h1>"
+        f"<p>A jaxviz report: {time.strftime('%Y-%m-%d %H:%M')}. <a href='results.json'>All numbers as JSON</a>.</p>"
+        + "".join(page.sections) + f"<section><h2>Run settings and timings</h2>{run}</section></body></html>"
+    ).encode())
+    return results

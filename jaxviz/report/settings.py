@@ -1,0 +1,131 @@
+"""``ReportSettings``: what the report computes, checked before anything runs or is written."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+
+import numpy as np
+
+from jaxviz.data.images import Dataset
+from jaxviz.engine.occlusion import ANCHORS
+from jaxviz.models.network import Network
+
+__all__ = ["MAX_UNITS", "ReportSettings", "check_against"]
+
+MAX_UNITS = 16  # the most units the report's per-unit figures show (one column each)
+
+# name: (smallest, largest or None) of the int settings
+_INT_RANGES = {"num_units": (1, MAX_UNITS), "k": (1, None), "window": (1, None), "stride": (1, None),
+               "tsne_points": (2, None), "tsne_iter": (250, None), "activation_images": (1, None),
+               "seed": (0, 2**32 - 1)}
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportSettings:
+    """What the report computes. Defaults follow the notebook.
+
+    Every field is checked at construction (``TypeError`` for a wrong type,
+    ints must be ints and not bools; ``ValueError`` for a value out of
+    range); ``make_report`` checks the rest against the data and the model
+    (``k`` <= the number of images, ``window`` <= the image size, ``units``
+    and ``num_units`` within the layer's width) before writing anything.
+
+    The per-unit figures have one column per unit, so at most ``MAX_UNITS``
+    (16) units are shown: a larger ``num_units`` or more ``units`` raise
+    ``ValueError`` saying so (run the report again with other units to see
+    more).
+    """
+
+    layer: str | None = None  # the studied layer; None: the one before the output (fc1 in the CNN)
+    units: tuple[int, ...] | None = None  # None: picked from unit selectivity; 1 to MAX_UNITS indices
+    num_units: int = 6  # how many units to pick when units is None: 1 to MAX_UNITS
+    k: int = 10  # top-K images per unit, >= 1
+    window: int = 11  # occlusion window (pixels), >= 1
+    stride: int = 4  # occlusion stride (pixels), >= 1
+    anchor: str = "centered"  # occlusion window placement: "centered" or "valid"
+    threshold: float = 0.5  # mask threshold in [0, 1]
+    sigma: float = 2.0  # mask smoothing (pixels), >= 0
+    tsne_points: int = 1000  # t-SNE subsample, >= 2
+    tsne_iter: int = 1000  # t-SNE iterations, >= 250
+    perplexity: float = 30.0  # t-SNE perplexity, > 0 (capped by the number of points)
+    activation_images: int = 4  # images in the activation-map figures, >= 1
+    seed: int = 0  # t-SNE seed, in [0, 2**32)
+
+    def __post_init__(self):
+        for name in ("layer", "anchor"):
+            v = getattr(self, name)
+            if not isinstance(v, str) and not (name == "layer" and v is None):
+                raise TypeError(f"{name}: expected a str, got {v!r} ({type(v).__name__})")
+        if self.layer == "":
+            raise ValueError("layer: expected a layer name or None, got ''")
+        if self.anchor not in ANCHORS:
+            raise ValueError(f"anchor: expected one of {', '.join(map(repr, ANCHORS))}, got {self.anchor!r}")
+        for name, (lo, hi) in _INT_RANGES.items():
+            v = getattr(self, name)
+            want = f"an int in [{lo}, {hi}]" if hi is not None else f"an int >= {lo}"
+            if not _is_int(v):
+                raise TypeError(f"{name}: expected {want}, got {v!r} ({type(v).__name__})")
+            if v < lo or (hi is not None and v > hi):
+                extra = " (the most units the figures show)" if name == "num_units" and v > hi else ""
+                raise ValueError(f"{name}: expected {want}{extra}, got {v}")
+            object.__setattr__(self, name, int(v))
+        for name, ok, want in (("threshold", lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]"),
+                               ("sigma", lambda v: v >= 0.0, "a number >= 0"),
+                               ("perplexity", lambda v: v > 0.0, "a number > 0")):
+            v = getattr(self, name)
+            if not _is_real(v):
+                raise TypeError(f"{name}: expected {want}, got {v!r} ({type(v).__name__})")
+            if not (math.isfinite(v) and ok(v)):
+                raise ValueError(f"{name}: expected {want}, got {v}")
+            object.__setattr__(self, name, float(v))
+        if self.units is not None:
+            units = self.units
+            want = f"None or a tuple of 1 to {MAX_UNITS} unit indices (ints >= 0)"
+            if not isinstance(units, (tuple, list, range, np.ndarray)) or np.ndim(units) != 1:
+                raise TypeError(f"units: expected {want}, got {units!r} ({type(units).__name__})")
+            bad = [u for u in units if not _is_int(u)]
+            if bad:
+                raise TypeError(f"units: expected {want}, got {list(units)!r} ({bad[0]!r} is a "
+                                f"{type(bad[0]).__name__})")
+            if not 1 <= len(units) <= MAX_UNITS or min(units) < 0:
+                more = f" (the most the figures show; got {len(units)})" if len(units) > MAX_UNITS else ""
+                raise ValueError(f"units: expected {want}{more}, got {[int(u) for u in units]}")
+            object.__setattr__(self, "units", tuple(int(u) for u in units))
+
+
+def study_layer(settings: ReportSettings, network: Network) -> str:
+    """The layer the report studies: ``settings.layer``, or the one before the output."""
+    return network.feature_layer if settings.layer is None else settings.layer
+
+
+def check_against(settings: ReportSettings, network: Network, dataset: Dataset) -> None:
+    """The checks that need the data and the model (the rest ran in ``ReportSettings``)."""
+    layer = study_layer(settings, network)
+    network.check_layer(layer)
+    network.input_spec.check_images(dataset.images, "dataset")
+    if len(dataset) < 2:
+        raise ValueError(f"dataset: expected at least 2 images (t-SNE needs 2 points), got {len(dataset)}")
+    if settings.k > len(dataset):
+        raise ValueError(f"k: expected an int in [1, {len(dataset)}] (the dataset size), got {settings.k}")
+    size = min(dataset.images.shape[1:3])
+    if settings.window > size:
+        raise ValueError(f"window: expected an int in [1, {size}] (the image size), got {settings.window}")
+    shape = network.output_shape(layer)
+    if len(shape) not in (1, 3):
+        raise ValueError(f"layer: expected a layer with (units,) or (h, w, channels) outputs, {layer!r} has {shape}")
+    width = shape[-1]
+    if settings.units is not None and max(settings.units) >= width:
+        raise ValueError(f"units: expected indices in [0, {width}) for layer {layer}, got {list(settings.units)}")
+    if settings.units is None and settings.num_units > width:
+        raise ValueError(f"num_units: expected an int in [1, {min(width, MAX_UNITS)}] (layer {layer} has "
+                         f"{width} units), got {settings.num_units}")
