@@ -24,8 +24,8 @@ from benchmarks._env import environment
 def main() -> None:
     weights = jaxviz.load_pretrained()
     variables = jax.device_put(weights.variables)
-    f = jaxviz.layer_fn(weights.model, "fc1")
-    x = jaxviz.to_model_input(jaxviz.load_sample().images[:40])
+    f = weights.network.layer_fn("fc1")
+    x = weights.network.to_input(jaxviz.load_sample().images[:40])
     rows = []
     for chunk in (64, 128, 256, 512, 1024, 2048, 4096, None):
         run = lambda chunk=chunk: jaxviz.occlude(f, x, params=variables, window=8, stride=2, anchor="valid",

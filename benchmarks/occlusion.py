@@ -142,9 +142,10 @@ def captum_rate(model_t, x: np.ndarray, window: int, stride: int, target: int, r
     return r
 
 
-def workload(name, f, variables, images, *, window, stride, anchor, subsets, repeats, flops, model_t, target):
+def workload(name, network, f, variables, images, *, window, stride, anchor, subsets, repeats, flops, model_t,
+             target):
     n = len(images)
-    x = jaxviz.to_model_input(images)
+    x = network.to_input(images)
     spans = [len(jaxviz.window_spans(32, window, stride, anchor))] * 2
     positions = spans[0] * spans[1]
     out = {"workload": name, "images": n, "window": window, "stride": stride, "anchor": anchor,
@@ -198,17 +199,8 @@ def workload(name, f, variables, images, *, window, stride, anchor, subsets, rep
 def ablations(f, variables, x, win, st, anchor) -> dict:
     """Variants of the fused engine: without the materializing barrier, and the "obvious"
     form, vmapping f itself over (image, position) pairs, one masked image at a time."""
-    import jaxviz.engine.occlusion as engine
-
     def without_barrier():
-        saved = engine._materialize
-        engine._materialize = lambda v: v
-        engine._chunk_program.cache_clear()
-        try:
-            return jaxviz.occlude(f, x, params=variables, window=win, stride=st, anchor=anchor).grid
-        finally:
-            engine._materialize = saved
-            engine._chunk_program.cache_clear()
+        return jaxviz.occlude(f, x, params=variables, window=win, stride=st, anchor=anchor, materialize=False).grid
 
     rows = jaxviz.window_spans(x.shape[1], win[0], st[0], anchor)
     cols = jaxviz.window_spans(x.shape[2], win[1], st[1], anchor)
@@ -236,13 +228,11 @@ def ablations(f, variables, x, win, st, anchor) -> dict:
     return {"fused_no_barrier": without_barrier, "vmap_f_multiply": vmap_multiply}
 
 
-def notebook_images(model, variables, data: jaxviz.Dataset) -> np.ndarray:
+def notebook_images(network, data: jaxviz.Dataset) -> np.ndarray:
     """The top-10 images of 5 fc1 units picked by selectivity (the notebook's workload)."""
-    scores = jaxviz.unit_scores(jaxviz.layer_features(model, variables, data.images, layer="fc1"))
-    top = jaxviz.top_k_images(scores, 10)
-    sel = jaxviz.unit_selectivity(top.indices, data.labels, len(data.class_names), scores=scores)
-    units = jaxviz.pick_units(sel, 5, alive=scores.max(0) > 0)
-    return data.images[top.indices[:, units].T.reshape(-1)]
+    scores = jaxviz.unit_scores(jaxviz.layer_features(network, data.images, layer="fc1"))
+    study = jaxviz.study_units(scores, data.labels, len(data.class_names), k=10, count=5)
+    return data.images[study.shown_indices()]
 
 
 def main() -> None:
@@ -257,9 +247,9 @@ def main() -> None:
     args = parser.parse_args()
 
     weights = jaxviz.load_weights(args.weights) if args.weights else jaxviz.load_pretrained()
-    model, variables = weights.model, jax.device_put(weights.variables)
+    network, model, variables = weights.network, weights.model, jax.device_put(weights.variables)
     data = load_images(args.data_dir)
-    f = jaxviz.layer_fn(model, "fc1")
+    f = network.layer_fn("fc1")
     probe = jax.ShapeDtypeStruct((256, 32, 32, 3), jnp.float32)
     flops = jax.jit(f).lower(variables, probe).compile().cost_analysis()
     flops = (flops[0] if isinstance(flops, list) else flops)["flops"] / 256
@@ -274,7 +264,7 @@ def main() -> None:
 
             torch.set_num_threads(os.cpu_count() or 1)
             model_t = torch_cnn(model, weights.variables)
-            x = jaxviz.to_model_input(data.images[:8])
+            x = network.to_input(data.images[:8])
             ref = np.asarray(f(variables, x))
             got = model_t(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).detach().numpy()
             port_error = float(np.abs(got - ref).max() / np.abs(ref).max())
@@ -285,7 +275,7 @@ def main() -> None:
 
     big = 10_000 if args.gpu_sizes else None
     plan = {
-        "a": dict(images=notebook_images(model, variables, data), window=11, stride=4, anchor="centered"),
+        "a": dict(images=notebook_images(network, data), window=11, stride=4, anchor="centered"),
         "b": dict(images=take(data.images, big or 1000), window=8, stride=2, anchor="valid"),
         "c": dict(images=take(data.images, big or 100), window=5, stride=1, anchor="valid"),
     }
@@ -307,7 +297,7 @@ def main() -> None:
     print(f"backend {jax.default_backend()}, {flops / 1e6:.1f} MFLOP/forward, "
           f"matmul peak {record['matmul_peak_gflops']:.0f} GFLOP/s", flush=True)
     for name, w in plan.items():
-        record["workloads"][name] = workload(name, f, variables, w.pop("images"), **w, subsets=subsets,
+        record["workloads"][name] = workload(name, network, f, variables, w.pop("images"), **w, subsets=subsets,
                                              repeats=args.repeats, flops=flops, model_t=model_t, target=0)
     stem = args.out or f"occlusion_{jax.default_backend()}" + ("_quick" if args.quick else "")
     RESULTS.mkdir(exist_ok=True)

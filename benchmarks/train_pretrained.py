@@ -22,7 +22,7 @@ import numpy as np
 import jaxviz
 from benchmarks._env import environment
 from jaxviz.data import load_image_folder
-from jaxviz.models.train import TrainConfig, predict, train
+from jaxviz.models.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,12 +41,13 @@ def main() -> None:
     config = TrainConfig(epochs=args.epochs)
     result = train(config, train_set, test_set, checkpoint_dir=args.checkpoint_dir)
 
-    logits = predict(result.model, result.variables, test_set.images)
+    network = jaxviz.from_cnn(result.model, result.variables)
+    logits = jaxviz.layer_features(network, test_set.images)
     accuracy = float(np.mean(np.argmax(logits, -1) == test_set.labels))
     sample = jaxviz.load_sample() if (ROOT / "jaxviz" / "assets" / "cifar10_sample.npz").exists() else None
     sample_accuracy = None
     if sample is not None:
-        sample_logits = predict(result.model, result.variables, sample.images)
+        sample_logits = jaxviz.layer_features(network, sample.images)
         sample_accuracy = float(np.mean(np.argmax(sample_logits, -1) == sample.labels))
 
     metadata = {

@@ -30,8 +30,8 @@ SEED = 0
 def random_weight(path: str, shape: tuple[int, ...], seed: int = SEED) -> np.ndarray:
     """The value of the variable at ``path`` (e.g. ``"stage1/block0/bn1/var"``), float32.
 
-    Seeded by (seed, path), so the nnx twin derives the same weights without
-    importing this file. Kernels: He normal; batch-norm scales U(0.5, 1.5),
+    Seeded by (seed, path), so a variable does not depend on the others. Kernels:
+    He normal; batch-norm scales U(0.5, 1.5),
     biases and running means N(0, 0.2), running variances U(0.5, 2).
     """
     rng = np.random.default_rng([seed, zlib.crc32(path.encode())])

@@ -1,21 +1,23 @@
-"""The ResNet of ``resnet_linen.py`` in Flax nnx, with the same weights.
+"""The ResNet of ``resnet_linen.py`` in Flax nnx: the same architecture and layer names.
 
-``build()`` returns the module in eval mode. Attribute paths are the linen
-submodule paths (``stem/conv``, ``stage2/block0/proj``, ``head``...), and every
-variable takes the value ``random_weight`` gives its path, as the linen twin
-does, so both compute the same activations::
+``build()`` returns the module in eval mode, initialised by nnx from
+``nnx.Rngs(seed)`` (He-normal conv kernels) with random batch-norm scales,
+biases and running statistics, so that every layer (batch norm included)
+matters. Attribute paths are the linen submodule paths (``stem/conv``,
+``stage2/block0/proj``, ``head``...), so the linen twin's variables can be
+copied in (linen's ``params`` and ``batch_stats`` merged into
+``nnx.to_pure_dict(nnx.state(model))``; BatchNorm's ``mean`` and ``var`` live
+under ``batch_stats`` in linen) and both then compute the same activations::
 
     jaxviz report --model examples/resnet_nnx.py:build
 
-Self-contained: imports only jax, flax and numpy (and the standard library).
+Self-contained: imports only jax and flax (and the standard library).
 """
 
 from __future__ import annotations
 
-import zlib
-
+import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 INPUT_SHAPE = (64, 64, 3)
@@ -24,27 +26,22 @@ WIDTHS = (16, 32, 64)
 SEED = 0
 
 
-def random_weight(path: str, shape: tuple[int, ...], seed: int = SEED) -> np.ndarray:
-    """The value of the variable at ``path``; the same function as in ``resnet_linen.py``."""
-    rng = np.random.default_rng([seed, zlib.crc32(path.encode())])
-    leaf = path.rsplit("/", 1)[-1]
-    if leaf == "kernel":
-        value = rng.normal(0.0, np.sqrt(2.0 / np.prod(shape[:-1])), shape)
-    elif leaf == "scale":
-        value = rng.uniform(0.5, 1.5, shape)
-    elif leaf == "var":
-        value = rng.uniform(0.5, 2.0, shape)
-    else:  # bias, mean
-        value = rng.normal(0.0, 0.2, shape)
-    return value.astype(np.float32)
+def _uniform(low: float, high: float):
+    """An initialiser drawing U(low, high)."""
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, low, high)
+
+    return init
 
 
 def _conv(cin, cout, size, strides, rngs):
-    return nnx.Conv(cin, cout, (size, size), strides=strides, padding="SAME", use_bias=False, rngs=rngs)
+    return nnx.Conv(cin, cout, (size, size), strides=strides, padding="SAME", use_bias=False,
+                    kernel_init=nnx.initializers.he_normal(), rngs=rngs)
 
 
 def _bn(features, rngs):
-    return nnx.BatchNorm(features, momentum=0.9, rngs=rngs)
+    return nnx.BatchNorm(features, momentum=0.9, scale_init=_uniform(0.5, 1.5),
+                         bias_init=nnx.initializers.normal(0.2), rngs=rngs)
 
 
 class ConvBN(nnx.Module):
@@ -115,11 +112,17 @@ class ResNet(nnx.Module):
 
 
 def build(seed: int = SEED) -> ResNet:
-    """A ``ResNet`` in eval mode with the weights of ``resnet_linen.build(seed)``."""
-    model = nnx.eval_shape(lambda: ResNet(len(CLASS_NAMES), rngs=nnx.Rngs(seed)))  # shapes only: no init compute
-    for path, variable in nnx.iter_graph(model):
-        if isinstance(variable, nnx.Variable):
-            name = "/".join(map(str, path))
-            variable.set_value(jnp.asarray(random_weight(name, tuple(variable.get_value().shape), seed)))
+    """A ``ResNet`` in eval mode, its weights drawn from ``nnx.Rngs(seed)``.
+
+    Fresh batch norms have zero running means and unit variances, which would
+    make them near no-ops in eval mode: their statistics are drawn too
+    (means N(0, 0.2), variances U(0.5, 2)).
+    """
+    rngs = nnx.Rngs(seed)
+    model = ResNet(len(CLASS_NAMES), rngs=rngs)
+    for _, bn in nnx.iter_modules(model):
+        if isinstance(bn, nnx.BatchNorm):
+            bn.mean.set_value(0.2 * jax.random.normal(rngs(), bn.mean.get_value().shape))
+            bn.var.set_value(jax.random.uniform(rngs(), bn.var.get_value().shape, minval=0.5, maxval=2.0))
     model.eval()
     return model

@@ -6,6 +6,10 @@ a CPU; nothing touches the network or ../shared.
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+
 import jax
 import numpy as np
 import pytest
@@ -13,6 +17,7 @@ import pytest
 from jaxviz.data import Dataset
 from jaxviz.models.cnn import CNN, init_variables
 
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 TINY_WIDTHS = (4, 8)
 TINY_HIDDEN = 16
 
@@ -88,3 +93,12 @@ def make_easy_dataset(n: int = 64, seed: int = 0) -> Dataset:
 @pytest.fixture(scope="session")
 def easy_dataset() -> Dataset:
     return make_easy_dataset()
+
+
+def load_example(name: str):
+    """Import ``examples/<name>.py`` by path, as ``jaxviz report --model file.py:build`` does."""
+    spec = importlib.util.spec_from_file_location(f"_jaxviz_example_{name}", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -2,57 +2,113 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import jax
 import numpy as np
 import pytest
 
-from jaxviz.data import to_model_input
 from jaxviz.analysis.embedding import knn_agreement, tsne
-from jaxviz.features import activation_maps, layer_features, top_k_images, unit_scores
 from jaxviz.analysis.filters import filter_grid
 from jaxviz.analysis.masks import apply_mask, heatmap_mask, normalize
-from jaxviz.analysis.metrics import classification_report, confusion_matrix, most_confused_pairs
-from jaxviz.models.cnn import forward, layer_fn
-from jaxviz.analysis.units import per_unit, pick_units, similar_units, study_units, unit_selectivity
+from jaxviz.analysis.metrics import (
+    ClassificationReport,
+    ConfusedPair,
+    classification_report,
+    confusion_matrix,
+    most_confused_pairs,
+)
+from jaxviz.analysis.topk import top_k_images, unit_scores
+from jaxviz.analysis.units import (
+    SimilarUnits,
+    UnitPair,
+    per_unit,
+    pick_units,
+    similar_units,
+    study_units,
+    unit_selectivity,
+)
+from jaxviz.engine.activations import activation_maps, layer_features
+from jaxviz.models.adapters import from_cnn
+from jaxviz.models.cnn import forward
 
 from numerics import assert_close
 
 # --- features -------------------------------------------------------------------------
 
+@pytest.fixture(scope="module")
+def tiny_net(tiny_model, tiny_variables):
+    return from_cnn(tiny_model, tiny_variables)
+
+
+def pixels(images):
+    """The CNN's input, computed here: the notebook's ``X.astype("float32") / 255``."""
+    return images.astype(np.float32) / 255
+
+
 @pytest.mark.parametrize("layer", ["conv2", "pool2", "fc1", "logits"])
-def test_layer_features_in_uneven_batches_equal_one_full_forward(tiny_model, tiny_variables, tiny_images, layer):
-    want = np.asarray(jax.jit(lambda x: forward(tiny_model, tiny_variables, x, layer=layer))(
-        to_model_input(tiny_images)))
+def test_layer_features_in_uneven_batches_equal_one_full_forward(tiny_model, tiny_variables, tiny_net, tiny_images,
+                                                                 layer):
+    want = np.asarray(jax.jit(lambda x: forward(tiny_model, tiny_variables, x, layer=layer))(pixels(tiny_images)))
     for batch_size in (3, 7, 100):  # 3 leaves a padded last batch of 1 real image
-        got = layer_features(tiny_model, tiny_variables, tiny_images, layer=layer, batch_size=batch_size)
+        got = layer_features(tiny_net, tiny_images, layer=layer, batch_size=batch_size)
         assert got.shape == want.shape and got.dtype == np.float32
         assert_close(got, want)
 
 
-def test_layer_features_rejects_bad_input(tiny_model, tiny_variables, tiny_images):
+def test_layer_features_default_to_the_output_layer(tiny_model, tiny_variables, tiny_net, tiny_images):
+    want = np.asarray(jax.jit(lambda x: forward(tiny_model, tiny_variables, x))(pixels(tiny_images)))
+    got = layer_features(tiny_net, tiny_images, batch_size=4)
+    assert got.shape == (7, 10) and tiny_net.output_layer == "logits"
+    assert_close(got, want)
+
+
+def test_layer_features_rejects_bad_input(tiny_model, tiny_variables, tiny_net, tiny_images):
     with pytest.raises(ValueError, match="nope"):
-        layer_features(tiny_model, tiny_variables, tiny_images, layer="nope")
+        layer_features(tiny_net, tiny_images, layer="nope")
     with pytest.raises(TypeError):
-        layer_features(tiny_model, tiny_variables, tiny_images.astype(np.float32), layer="fc1")
+        layer_features(tiny_net, tiny_images.astype(np.float32), layer="fc1")
     with pytest.raises(ValueError):
-        layer_features(tiny_model, tiny_variables, tiny_images[:0], layer="fc1")
+        layer_features(tiny_net, tiny_images[:0], layer="fc1")
     with pytest.raises(ValueError, match="batch_size"):
-        layer_features(tiny_model, tiny_variables, tiny_images, layer="fc1", batch_size=0)
+        layer_features(tiny_net, tiny_images, layer="fc1", batch_size=0)
+    with pytest.raises(TypeError, match="network: expected a jaxviz.Network"):
+        layer_features(tiny_model, tiny_images, layer="fc1")  # the bare module is not a Network
+    with pytest.raises(TypeError, match="network"):
+        activation_maps(tiny_variables, tiny_images, layer="conv1")
 
 
-def test_layer_fn_is_cached_and_checked(tiny_model):
-    assert layer_fn(tiny_model, "fc1") is layer_fn(tiny_model, "fc1")
-    with pytest.raises(ValueError, match="conv7"):
-        layer_fn(tiny_model, "conv7")
+def test_network_functions_are_cached_and_checked(tiny_net):
+    assert tiny_net.layer_fn("fc1") is tiny_net.layer_fn("fc1")
+    assert tiny_net.uint8_fn("fc1") is tiny_net.uint8_fn("fc1")
+    assert tiny_net.score_fn("conv3") is tiny_net.score_fn("conv3")
+    assert tiny_net.score_fn("fc1") is not tiny_net.score_fn("conv3")
+    for make in (tiny_net.layer_fn, tiny_net.uint8_fn, tiny_net.score_fn):
+        with pytest.raises(ValueError, match="conv7"):
+            make("conv7")
 
 
-def test_activation_maps(tiny_model, tiny_variables, tiny_images):
-    maps = activation_maps(tiny_model, tiny_variables, tiny_images[:2], layer="conv3")
+@pytest.mark.parametrize("layer", ["conv1", "pool2", "fc1", "logits"])
+def test_score_fn_is_unit_scores_of_the_layer(tiny_model, tiny_variables, tiny_net, tiny_images, layer):
+    """``Network.score_fn`` is ``unit_scores``' default (spatial mean of conv maps) inside one program."""
+    x = pixels(tiny_images)
+    feats = np.asarray(forward(tiny_model, tiny_variables, x, layer=layer), np.float64)
+    want = feats.mean(axis=(1, 2)) if feats.ndim == 4 else feats
+    got = np.asarray(jax.jit(tiny_net.score_fn(layer))(tiny_variables, x))
+    assert got.shape == (7, want.shape[1]) and got.dtype == np.float32
+    assert_close(got, want)
+    assert_close(unit_scores(layer_features(tiny_net, tiny_images, layer=layer)), want)
+
+
+def test_activation_maps(tiny_net, tiny_images):
+    maps = activation_maps(tiny_net, tiny_images[:2], layer="conv3")
     assert maps.shape == (2, 16, 16, 8)
-    with pytest.raises(ValueError, match="fc1"):
-        activation_maps(tiny_model, tiny_variables, tiny_images[:2], layer="fc1")
+    assert activation_maps(tiny_net, tiny_images[:2], layer="pool1").shape == (2, 16, 16, 4)
+    with pytest.raises(ValueError, match="fc1.*Layers with maps: conv1, conv2, pool1, conv3, conv4, pool2"):
+        activation_maps(tiny_net, tiny_images[:2], layer="fc1")
+    with pytest.raises(ValueError, match="conv9"):
+        activation_maps(tiny_net, tiny_images[:2], layer="conv9")
 
 
 def test_unit_scores():
@@ -167,21 +223,25 @@ def test_similar_units_finds_duplicates():
     scores[:, 5] = 3.0  # a dead unit
     top = top_k_images(scores.astype(np.float32), 8)
     pairs = similar_units(top.indices, scores, top=15)
-    assert len(pairs["overlap"]) == len(pairs["correlated"]) == 15  # all 6*5/2 pairs
-    best_overlap, best_corr = pairs["overlap"][0], pairs["correlated"][0]
+    assert isinstance(pairs, SimilarUnits)
+    assert len(pairs.overlap) == len(pairs.correlated) == 15  # all 6*5/2 pairs
+    assert all(isinstance(p, UnitPair) for p in pairs.overlap + pairs.correlated)
+    assert {(p.a, p.b) for p in pairs.overlap} == {(p.a, p.b) for p in pairs.correlated} == \
+           set(itertools.combinations(range(6), 2))
+    best_overlap, best_corr = pairs.overlap[0], pairs.correlated[0]
     assert (best_overlap.a, best_overlap.b) == (1, 4) and best_overlap.jaccard == 1.0
     assert (best_corr.a, best_corr.b) == (1, 4) and best_corr.correlation == pytest.approx(1.0)
     # every pair against a naive computation
-    for pair in pairs["overlap"]:
+    for pair in pairs.overlap:
         a, b = set(top.indices[:, pair.a]), set(top.indices[:, pair.b])
         if 5 in (pair.a, pair.b):  # a dead unit's top-K "set" is only the tie order
             assert pair.correlation == 0.0 and pair.jaccard == 0.0
         else:
             assert pair.jaccard == pytest.approx(len(a & b) / len(a | b))
             assert pair.correlation == pytest.approx(np.corrcoef(scores[:, pair.a], scores[:, pair.b])[0, 1])
-    for first, second in itertools.pairwise(pairs["correlated"]):
+    for first, second in itertools.pairwise(pairs.correlated):
         assert first.correlation >= second.correlation
-    for first, second in itertools.pairwise(pairs["overlap"]):
+    for first, second in itertools.pairwise(pairs.overlap):
         assert first.jaccard >= second.jaccard
 
 
@@ -191,8 +251,8 @@ def test_dead_units_do_not_overlap():
     scores[:, :2] = rng.normal(size=(30, 2))  # units 2, 3, 4 never fire: identical tie-order top-K sets
     top = top_k_images(scores, 5)
     pairs = similar_units(top.indices, scores, top=3)
-    assert all(2 not in (p.a, p.b) or p.jaccard == 0.0 for p in pairs["overlap"])
-    assert pairs["overlap"][0].jaccard < 1.0
+    assert all(2 not in (p.a, p.b) or p.jaccard == 0.0 for p in pairs.overlap)
+    assert pairs.overlap[0].jaccard < 1.0
 
 
 def test_similar_units_rejects_mismatched_scores():
@@ -244,26 +304,51 @@ def test_most_confused_pairs_hand_example():
     pairs = most_confused_pairs(np.array(CM), NAMES)
     # b<->c: 0 + 2 = 2 of 2 + 4 images; a<->b: 1 + 0 of 2 + 2; a<->c: 0 + 1 of 2 + 4
     assert pairs == [
-        {"a": "b", "b": "c", "count": 2, "a_as_b": 0, "b_as_a": 2, "rate": 2 / 6},
-        {"a": "a", "b": "b", "count": 1, "a_as_b": 1, "b_as_a": 0, "rate": 1 / 4},
-        {"a": "a", "b": "c", "count": 1, "a_as_b": 0, "b_as_a": 1, "rate": 1 / 6},
+        ConfusedPair(a="b", b="c", count=2, a_as_b=0, b_as_a=2, rate=2 / 6),
+        ConfusedPair(a="a", b="b", count=1, a_as_b=1, b_as_a=0, rate=1 / 4),
+        ConfusedPair(a="a", b="c", count=1, a_as_b=0, b_as_a=1, rate=1 / 6),
     ]
+    assert all(type(p.count) is int and type(p.a_as_b) is int and type(p.rate) is float for p in pairs)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        pairs[0].count = 3
     assert most_confused_pairs(np.array(CM), NAMES, top=1) == pairs[:1]
     assert most_confused_pairs(np.eye(3, dtype=np.int64) * 5, NAMES) == []
+    with pytest.raises(ValueError, match="top"):
+        most_confused_pairs(np.array(CM), NAMES, top=0)
 
 
 def test_classification_report_hand_example():
     logits = np.eye(3)[PREDICTIONS] * 2.0 - 1.0
     report = classification_report(LABELS, logits, NAMES)
-    assert report["images"] == 8
-    assert report["accuracy"] == 0.5  # 1 + 2 + 1 of 8
-    assert report["per_class_accuracy"] == {"a": 0.5, "b": 1.0, "c": 0.25}
-    assert report["easiest"] == ["b", "a", "c"] and report["hardest"] == ["c", "a", "b"]
-    assert report["confusion_matrix"] == CM
-    assert report["most_confused"] == most_confused_pairs(np.array(CM), NAMES)
-    assert report["class_names"] == list(NAMES)
+    assert isinstance(report, ClassificationReport)
+    assert report.images == 8 and type(report.images) is int
+    assert report.accuracy == 0.5 and type(report.accuracy) is float  # 1 + 2 + 1 of 8
+    assert report.per_class_accuracy == {"a": 0.5, "b": 1.0, "c": 0.25}
+    assert report.easiest == ("b", "a", "c") and report.hardest == ("c", "a", "b")
+    assert report.confusion_matrix.dtype == np.int64
+    np.testing.assert_array_equal(report.confusion_matrix, CM)
+    assert report.most_confused == most_confused_pairs(np.array(CM), NAMES)
+    assert report.class_names == NAMES
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        report.accuracy = 1.0
     with pytest.raises(ValueError, match="logits"):
         classification_report(LABELS, logits[:, :2], NAMES)
+
+
+def test_classification_report_of_a_network(tiny_net, tiny_dataset):
+    """The report of a network's output layer on labelled images, against numpy on the same logits."""
+    names = tuple(f"class {i}" for i in range(10))
+    logits = layer_features(tiny_net, tiny_dataset.images)
+    report = classification_report(tiny_dataset.labels, logits, names)
+    predictions = logits.argmax(1)
+    assert report.images == 12
+    assert report.accuracy == pytest.approx(np.mean(predictions == tiny_dataset.labels))
+    want = np.zeros((10, 10), np.int64)
+    for label, prediction in zip(tiny_dataset.labels, predictions):
+        want[label, prediction] += 1
+    np.testing.assert_array_equal(report.confusion_matrix, want)
+    for c, name in enumerate(names):
+        assert report.per_class_accuracy[name] == (want[c, c] / want[c].sum() if want[c].sum() else 0.0)
 
 
 # --- masks ------------------------------------------------------------------------------
@@ -457,12 +542,16 @@ def test_similar_units_refuses_non_positive_top():
         similar_units(np.array([[0, 1], [1, 0]]), np.ones((2, 2)), top=0)
 
 
-def test_layer_features_refuses_floats_and_other_sizes(tiny_model, tiny_variables, tiny_images):
+def test_layer_features_refuses_floats_and_other_sizes(tiny_net, tiny_images):
+    with pytest.raises(TypeError, match="images.*uint8.*model input already"):
+        layer_features(tiny_net, tiny_net.to_input(tiny_images), layer="fc1")
     with pytest.raises(TypeError, match="images.*uint8"):
-        layer_features(tiny_model, tiny_variables, to_model_input(tiny_images), layer="fc1")
+        layer_features(tiny_net, jax.numpy.asarray(tiny_images, jax.numpy.float32), layer="fc1")
     big = np.zeros((2, 64, 64, 3), np.uint8)
-    with pytest.raises(ValueError, match="images: the model expects 32x32 .* got 64x64x3"):
-        layer_features(tiny_model, tiny_variables, big, layer="fc1")
+    with pytest.raises(ValueError, match=r"images: the network takes 32x32 .* got 64x64 images with 3 channels"):
+        layer_features(tiny_net, big, layer="fc1")
+    with pytest.raises(ValueError, match=r"with 3 channels .* got 32x32 images with 1 channels"):
+        layer_features(tiny_net, np.zeros((2, 32, 32, 1), np.uint8), layer="fc1")
 
 
 def test_study_units_is_the_pipeline_in_one_call():

@@ -1,4 +1,5 @@
-"""Tests for jaxviz.models.cnn against an independent plain-numpy re-implementation."""
+"""Tests for jaxviz.models.cnn, and its ``Network`` (``from_cnn``), against an independent plain-numpy
+re-implementation."""
 
 from __future__ import annotations
 
@@ -9,17 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxviz.data import to_model_input
-from jaxviz.models.cnn import (
-    CNN,
-    check_layer,
-    conv_kernels,
-    forward,
-    init_variables,
-    layer_names,
-    summary,
-    summary_table,
-)
+from jaxviz.models.adapters import from_cnn
+from jaxviz.models.cnn import CNN, check_layer, forward, init_variables, layers
+from jaxviz.models.network import LayerInfo
 
 from numerics import assert_close, max_rel_error
 
@@ -67,8 +60,13 @@ rel_err = max_rel_error  # max |got - want| / max |want|: float32 reassociation 
 
 
 @pytest.fixture(scope="module")
-def x(tiny_images):
-    return to_model_input(tiny_images)
+def net(tiny_model, tiny_variables):
+    return from_cnn(tiny_model, tiny_variables)
+
+
+@pytest.fixture(scope="module")
+def x(net, tiny_images):
+    return net.to_input(tiny_images)
 
 
 @pytest.fixture(scope="module")
@@ -83,13 +81,22 @@ def jit_forward():
 
 # --- layer names --------------------------------------------------------------
 
-def test_layer_names_unique_and_in_forward_order(tiny_model):
-    names = layer_names(tiny_model)
+def test_layer_names_unique_and_in_forward_order(tiny_model, net):
+    names = tiny_model.layer_names()
     assert names == TINY_LAYERS
     assert len(set(names)) == len(names)
+    assert net.layer_names == TINY_LAYERS
+    assert (net.output_layer, net.feature_layer) == ("logits", "fc1")
     one_conv = CNN(widths=(4, 8, 16), convs_per_block=1, hidden=16)
-    assert layer_names(one_conv) == (
+    assert one_conv.layer_names() == (
         "conv1", "pool1", "conv2", "pool2", "conv3", "pool3", "flatten", "fc1", "logits")
+
+
+def test_network_input_is_pixels_over_255(net, tiny_images, x):
+    # the notebook's X.astype("float32") / 255, and the same numpy division: bitwise equal
+    assert net.input_spec.shape == (32, 32, 3)
+    assert isinstance(x, np.ndarray) and x.dtype == np.float32
+    np.testing.assert_array_equal(x, tiny_images.astype(np.float32) / 255)
 
 
 def test_every_conv_and_dense_layer_has_params(tiny_model, tiny_variables):
@@ -122,6 +129,15 @@ def test_truncated_forward_matches_reference_intermediate(tiny_model, tiny_varia
     assert rel_err(got, reference[layer]) < 1e-5
 
 
+@pytest.mark.parametrize("layer", TINY_LAYERS)
+def test_network_layer_and_uint8_functions_match_reference(net, tiny_variables, tiny_images, x, reference, layer):
+    fn = net.layer_fn(layer)
+    assert fn is net.layer_fn(layer) and net.uint8_fn(layer) is net.uint8_fn(layer)  # cached: one program
+    assert rel_err(jax.jit(fn)(tiny_variables, x), reference[layer]) < 1e-5
+    assert rel_err(net.uint8_fn(layer)(tiny_variables, tiny_images), reference[layer]) < 1e-5
+    assert net.output_shape(layer) == reference[layer].shape[1:]
+
+
 def test_truncated_forward_matches_flax_captured_intermediates(tiny_model, tiny_variables, x):
     logits, state = tiny_model.apply(tiny_variables, x, capture_intermediates=True, mutable=["intermediates"])
     inter = state["intermediates"]
@@ -150,18 +166,27 @@ def test_forward_unknown_layer_raises(tiny_model, tiny_variables, x):
         forward(tiny_model, tiny_variables, x[:1], layer="Conv1")
 
 
-def test_check_layer(tiny_model):
+def test_check_layer(tiny_model, net):
     check_layer(tiny_model, None)
     for name in TINY_LAYERS:
         check_layer(tiny_model, name)
+        net.check_layer(name)
     with pytest.raises(ValueError, match="pool3"):
         check_layer(tiny_model, "pool3")
     with pytest.raises(TypeError):
         check_layer(tiny_model, 3)
+    with pytest.raises(ValueError, match="pool3"):
+        net.check_layer("pool3")
+    with pytest.raises(TypeError):
+        net.check_layer(3)
+    with pytest.raises(TypeError):
+        net.check_layer(None)  # a Network has no implicit default layer
+    with pytest.raises(ValueError, match="conv7"):
+        net.layer_fn("conv7")
 
 
-def test_forward_is_vmappable(tiny_model, tiny_variables, tiny_images):
-    xs = to_model_input(tiny_images[:6]).reshape(2, 3, 32, 32, 3)
+def test_forward_is_vmappable(tiny_model, tiny_variables, x):
+    xs = x[:6].reshape(2, 3, 32, 32, 3)
     for layer in (None, "pool1", "fc1"):
         fn = jax.jit(jax.vmap(lambda x, layer=layer: forward(tiny_model, tiny_variables, x, layer=layer)))
         got = np.asarray(fn(xs))
@@ -184,26 +209,32 @@ def test_init_variables_are_deterministic_and_key_dependent(tiny_model):
 TINY_PARAMS = {"conv1": 3 * 3 * 3 * 4 + 16, "conv2": 3 * 3 * 4 * 4 + 16, "pool1": 0,
                "conv3": 3 * 3 * 4 * 8 + 32, "conv4": 3 * 3 * 8 * 8 + 32, "pool2": 0, "flatten": 0,
                "fc1": 8 * 8 * 8 * 16 + 16, "logits": 16 * 10 + 10}
+KINDS = {"conv": "Conv3x3+BN+ReLU", "pool": "MaxPool2x2", "flatten": "Flatten", "fc": "Dense+ReLU", "logits": "Dense"}
 
 
-def test_summary_shapes_and_params(tiny_model, tiny_variables, reference):
-    rows = summary(tiny_model, tiny_variables)
+def test_summary_shapes_and_params(tiny_model, tiny_variables, net, reference):
+    rows = net.summary()
     assert [r.name for r in rows] == list(TINY_LAYERS)
     for r in rows:
+        assert isinstance(r, LayerInfo)
         assert r.output_shape == reference[r.name].shape[1:], r
         assert r.params == TINY_PARAMS[r.name], r
-    # Without variables: the same table, from shapes only.
-    assert summary(tiny_model) == rows
+        assert r.kind == KINDS[r.name.rstrip("0123456789")], r
+    # The CNN's own table (shown by Network.summary) agrees, also from shapes only, without variables.
+    cnn_rows = layers(tiny_model, tiny_variables)
+    assert [(r.name, r.kind, r.output_shape, r.params) for r in cnn_rows] == \
+           [(r.name, r.kind, r.output_shape, r.params) for r in rows]
+    assert layers(tiny_model) == cnn_rows
 
 
-def test_summary_table_names_and_total(tiny_model, tiny_variables):
-    table = summary_table(tiny_model, tiny_variables)
+def test_summary_table_names_and_total(tiny_variables, net):
+    table = net.summary_table()
     total = sum(int(np.size(leaf)) for leaf in jax.tree_util.tree_leaves(tiny_variables))
-    assert total == sum(TINY_PARAMS.values()) == 9590
+    assert total == sum(TINY_PARAMS.values()) == 9590 == net.num_params
     for name in TINY_LAYERS:
         assert f"\n{name} " in table
     assert table.rstrip().endswith(f"Total params: {total:,}")
-    assert "(None, 8, 8, 8)" in table and "(None, 10)" in table
+    assert "(None, 8, 8, 8)" in table and "(None, 10)" in table and "Conv3x3+BN+ReLU" in table
 
 
 def test_summary_default_model_total():
@@ -211,25 +242,28 @@ def test_summary_default_model_total():
     model = CNN()
     shapes = jax.eval_shape(lambda: init_variables(model, jax.random.key(0)))
     total = sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(shapes))
-    assert sum(r.params for r in summary(model)) == total
-    assert f"Total params: {total:,}" in summary_table(model)
-    assert summary(model)[-2].output_shape == (512,)
+    net = from_cnn(model, shapes)  # shapes are enough for a summary
+    assert sum(r.params for r in net.summary()) == total == net.num_params
+    assert sum(r.params for r in layers(model)) == total
+    assert f"Total params: {total:,}" in net.summary_table()
+    assert net.summary()[-2].output_shape == (512,)
 
 
-# --- conv_kernels -------------------------------------------------------------
+# --- conv kernels -------------------------------------------------------------
 
-def test_conv_kernels(tiny_model, tiny_variables):
+def test_network_kernel(tiny_variables, net):
     channels = {"conv1": (3, 4), "conv2": (4, 4), "conv3": (4, 8), "conv4": (8, 8)}
+    assert net.conv_layers() == tuple(channels)
     for name, (cin, cout) in channels.items():
-        k = conv_kernels(tiny_model, tiny_variables, name)
+        k = net.kernel(name)
         assert k.shape == (3, 3, cin, cout) and k.dtype == np.float32
         np.testing.assert_array_equal(k, np.asarray(tiny_variables["params"][name]["kernel"]))
 
 
 @pytest.mark.parametrize("layer", ["fc1", "pool1", "logits", "conv5", "nope"])
-def test_conv_kernels_rejects_non_conv_and_unknown_layers(tiny_model, tiny_variables, layer):
+def test_network_kernel_rejects_non_conv_and_unknown_layers(net, layer):
     with pytest.raises(ValueError, match=repr(layer)):
-        conv_kernels(tiny_model, tiny_variables, layer)
+        net.kernel(layer)
 
 
 def test_model_gradients_match_plain_autodiff_reference(tiny_model, tiny_variables, x):

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
+import functools
 import math
-import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -13,33 +11,36 @@ import numpy as np
 import pytest
 
 import jaxviz
-from jaxviz.data import to_model_input
-from jaxviz.models.cnn import summary as cnn_summary
-from jaxviz.models.network import (
-    InputSpec,
-    LayerInfo,
-    Network,
-    from_cnn,
-    from_function,
-    from_linen,
-    from_nnx,
-    resize_images,
-)
+from jaxviz.models.adapters import from_cnn, from_function, from_linen, from_nnx
+from jaxviz.models.cnn import layers as cnn_layers
+from jaxviz.models.network import InputSpec, LayerInfo, Network, resize_images
 
+from conftest import load_example
 from numerics import assert_close
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 SMALL = (16, 16, 3)  # the ResNets pool globally, so any size works; small inputs compile fast
 TOP = ("stem", "stage1", "stage2", "stage3", "pool", "head")  # disjoint subtrees covering all variables
 
 
-def load_example(name: str):
-    """Import ``examples/<name>.py`` by path, as ``jaxviz report --model file.py:build`` will."""
-    spec = importlib.util.spec_from_file_location(f"_jaxviz_example_{name}", EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+def linen_into_nnx(module, linen_variables) -> None:
+    """Copy the linen twin's variables into the nnx ``module``: linen's ``params`` and ``batch_stats``
+    (BatchNorm's ``mean`` and ``var``) merged into nnx's pure-dict layout, which must take every leaf."""
+    from flax import nnx
+
+    def merge(a: dict, b: dict) -> dict:
+        out = dict(a)
+        for key, value in b.items():
+            out[key] = merge(out[key], value) if isinstance(value, dict) and key in out else value
+        return out
+
+    state = nnx.state(module)
+    pure = nnx.to_pure_dict(state)
+    linen = merge(linen_variables["params"], linen_variables["batch_stats"])
+    leaves = lambda tree: {"/".join(str(k.key) for k in p): np.shape(v)
+                           for p, v in jax.tree_util.tree_leaves_with_path(tree)}
+    assert leaves(linen) == leaves(pure)  # the same paths and shapes: nothing left at nnx's init
+    nnx.replace_by_pure_dict(state, jax.tree_util.tree_map(jnp.asarray, linen))
+    nnx.update(module, state)
 
 
 def count(tree) -> int:
@@ -86,8 +87,11 @@ def linen_net(linen_model, linen_example):
 
 
 @pytest.fixture(scope="module")
-def nnx_module(nnx_example):
-    return nnx_example.build()
+def nnx_module(nnx_example, linen_model):
+    """The nnx twin with the linen twin's variables copied in: both compute the same function."""
+    module = nnx_example.build()
+    linen_into_nnx(module, linen_model[1])
+    return module
 
 
 @pytest.fixture(scope="module")
@@ -151,21 +155,23 @@ def make_function_net(input_shape=(8, 8, 3), apply=tiny_apply, **kwargs) -> Netw
 # --------------------------------------------------------------------------- InputSpec, resize
 
 
-def test_default_input_spec_is_bitwise_pixel_over_255(tiny_images):
+def test_default_input_spec_is_bitwise_pixel_over_255(cnn_net, tiny_images):
     spec = InputSpec(32, 32, 3)
     want = tiny_images.astype(np.float32) / np.float32(255.0)
     got = spec.to_input(tiny_images)
     assert isinstance(got, np.ndarray) and got.dtype == np.float32
     np.testing.assert_array_equal(got, want)
-    np.testing.assert_array_equal(got, to_model_input(tiny_images))
-    # Under jit XLA turns "/ 255" into a multiplication, as in jaxviz.models.cnn.uint8_program: same program, same bits.
+    np.testing.assert_array_equal(got, cnn_net.to_input(tiny_images))
+    # Under jit XLA turns "/ 255" into a multiplication, as in the shipped uint8 program: same program, same bits.
     shipped = jax.jit(lambda images: images.astype(jnp.float32) / 255.0)(tiny_images)
     np.testing.assert_array_equal(jax.jit(spec.to_input)(jnp.asarray(tiny_images)), shipped)
 
 
 def test_cnn_uint8_fn_is_the_shipped_program(cnn_net, tiny_model, tiny_variables, tiny_images):
     got = cnn_net.uint8_fn("logits")(tiny_variables, tiny_images)
-    np.testing.assert_array_equal(got, jaxviz.models.cnn.uint8_program(tiny_model, "logits")(tiny_variables, tiny_images))
+    shipped = jax.jit(lambda v, images: jaxviz.forward(tiny_model, v, images.astype(jnp.float32) / 255.0,
+                                                        layer="logits"))
+    np.testing.assert_array_equal(got, shipped(tiny_variables, tiny_images))
 
 
 def test_input_spec_mean_std_against_numpy(tiny_images):
@@ -192,7 +198,7 @@ def test_input_spec_validates(kwargs, error):
 
 def test_check_images_says_what_to_pass(tiny_images):
     spec = InputSpec(64, 64, 3)
-    with pytest.raises(TypeError, match="uint8.*not model input"):
+    with pytest.raises(TypeError, match="expected uint8.*model input"):
         spec.check_images(tiny_images.astype(np.float32) / 255)
     with pytest.raises(ValueError, match=r"64x64.*got 32x32.*resize_images\(images, 64, 64\)"):
         spec.check_images(tiny_images)
@@ -221,7 +227,7 @@ def test_resize_images():
 
 
 def test_cnn_every_layer_matches_forward(cnn_net, tiny_model, tiny_variables, tiny_images):
-    x = to_model_input(tiny_images)
+    x = cnn_net.to_input(tiny_images)
     assert cnn_net.layer_names == tiny_model.layer_names()
     for name, got in all_layers(cnn_net, x).items():
         assert_close(got, jaxviz.forward(tiny_model, tiny_variables, x, layer=name), err_msg=name)
@@ -230,7 +236,7 @@ def test_cnn_every_layer_matches_forward(cnn_net, tiny_model, tiny_variables, ti
 
 
 def test_cnn_summary_counts_match_model_summary(cnn_net, tiny_model, tiny_variables):
-    want = cnn_summary(tiny_model, tiny_variables)
+    want = cnn_layers(tiny_model, tiny_variables)
     got = cnn_net.summary()
     assert [(r.name, r.output_shape, r.params, r.kind) for r in got] == \
            [(r.name, r.output_shape, r.params, r.kind) for r in want]
@@ -248,16 +254,17 @@ def test_cnn_kernels(cnn_net, tiny_variables):
 
 
 def test_cnn_layer_fn_works_with_occlude(cnn_net, tiny_model, tiny_variables, tiny_images):
-    x = to_model_input(tiny_images[:2])
+    x = cnn_net.to_input(tiny_images[:2])
     got = jaxviz.occlude(cnn_net.layer_fn("fc1"), x, window=16, stride=16, params=cnn_net.variables)
-    want = jaxviz.occlude(jaxviz.layer_fn(tiny_model, "fc1"), x, window=16, stride=16, params=tiny_variables)
+    direct = functools.partial(jaxviz.forward, tiny_model, layer="fc1")
+    want = jaxviz.occlude(direct, x, window=16, stride=16, params=tiny_variables)
     assert_close(got.grid, want.grid, scale=want.base)
 
 
 def test_cnn_validates(tiny_model, tiny_variables):
     with pytest.raises(ValueError, match="class_names: layer 'logits' has 10 outputs, so expected 10 class names, got 3"):
         from_cnn(tiny_model, tiny_variables, ("a", "b", "c"))
-    with pytest.raises(TypeError, match="model: expected a jaxviz.models.cnn.CNN"):
+    with pytest.raises(TypeError, match="model: expected a jaxviz.CNN"):
         from_cnn(object(), tiny_variables)
     with pytest.raises(ValueError, match="variables: "):
         from_cnn(tiny_model, {"params": {}})
@@ -372,8 +379,9 @@ def test_nnx_state_is_an_argument_not_a_constant(nnx_net, x_small):
     assert_close(fn(doubled, x_small), 2 * fn(nnx_net.variables, x_small))
 
 
-def test_nnx_leaves_the_users_module_alone(nnx_example, linen_layers, x_small):
+def test_nnx_leaves_the_users_module_alone(nnx_example, linen_model, linen_layers, x_small):
     module = nnx_example.build()
+    linen_into_nnx(module, linen_model[1])
     module.train()  # from_nnx analyses an eval-mode copy
     before = jax.tree_util.tree_map(np.asarray, jax.tree_util.tree_leaves(module))
     net = from_nnx(module, input_shape=SMALL)
@@ -381,6 +389,25 @@ def test_nnx_leaves_the_users_module_alone(nnx_example, linen_layers, x_small):
     assert module.stem.bn.use_running_average is False and type(module.stage1.block0.conv1).__name__ == "Conv"
     after = jax.tree_util.tree_leaves(module)
     assert all(np.array_equal(a, b) for a, b in zip(before, after))
+
+
+def test_nnx_example_draws_its_own_weights(nnx_example, x_small):
+    """``build()`` needs nothing from the linen twin: nnx's initialisers from ``nnx.Rngs(seed)``, and random
+    batch-norm statistics so that eval-mode batch norm is no near-identity."""
+    from flax import nnx
+
+    a, b, other = nnx_example.build(), nnx_example.build(), nnx_example.build(seed=1)
+    assert not hasattr(nnx_example, "random_weight")
+    pure = lambda m: jax.tree_util.tree_leaves(nnx.to_pure_dict(nnx.state(m)))
+    assert all(np.array_equal(u, v) for u, v in zip(pure(a), pure(b)))  # seeded
+    assert not np.array_equal(a.stem.conv.kernel.get_value(), other.stem.conv.kernel.get_value())
+    bn = a.stage2.block0.bn1
+    assert bn.use_running_average is True
+    assert np.abs(bn.mean.get_value()).max() > 0.05 and np.all(bn.var.get_value() >= 0.5)
+    assert not np.allclose(bn.var.get_value(), 1) and not np.allclose(bn.scale.get_value(), 1)
+    net = from_nnx(a, input_shape=SMALL)
+    active = np.mean(np.asarray(jax.jit(net.layer_fn("stage2/block0/bn1"))(net.variables, x_small)) > 0)
+    assert 0.1 < active < 0.9
 
 
 def test_nnx_kernels_and_validation(nnx_net, linen_net, nnx_module):

@@ -1,5 +1,7 @@
-"""The fused occlusion engine against naive references, Captum's semantics and bad input."""
+"""The fused occlusion engine against naive references, Captum's semantics and bad input; the
+notebook's occlusion of each unit's top images against the engine run unit by unit."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -15,6 +17,7 @@ import pytest
 import jaxviz
 from benchmarks.references import occlude_notebook, occlude_pair_loop, occlude_position_loop
 
+from conftest import make_uint8_images
 from numerics import assert_close, max_rel_error
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,6 +32,11 @@ def cnn():
     variables = jax.tree_util.tree_map(lambda a: a + 0.1 * jax.random.normal(jax.random.key(1), a.shape), variables)
     variables["batch_stats"] = jax.tree_util.tree_map(jnp.abs, variables["batch_stats"])
     return model, variables
+
+
+@pytest.fixture(scope="module")
+def net(cnn):
+    return jaxviz.from_cnn(*cnn)
 
 
 @pytest.fixture(scope="module")
@@ -68,9 +76,8 @@ CASES = [  # window, stride: odd/even, dividing/not, window = image
 
 @pytest.mark.parametrize("anchor", ["centered", "valid"])
 @pytest.mark.parametrize("window,stride", CASES)
-def test_fused_equals_naive_references_on_cnn(cnn, images, anchor, window, stride):
-    model, variables = cnn
-    f = jaxviz.layer_fn(model, "fc1")
+def test_fused_equals_naive_references_on_cnn(net, images, anchor, window, stride):
+    f, variables = net.layer_fn("fc1"), net.variables
     fill = 0.3
     result = jaxviz.occlude(f, images, params=variables, window=window, stride=stride, anchor=anchor, fill=fill,
                             chunk_size=5)
@@ -82,9 +89,8 @@ def test_fused_equals_naive_references_on_cnn(cnn, images, anchor, window, strid
 
 
 @pytest.mark.parametrize("kind", ["per_channel", "image", "per_image"])
-def test_fused_equals_reference_with_array_fills(cnn, images, kind):
-    model, variables = cnn
-    f = jaxviz.layer_fn(model, "logits")
+def test_fused_equals_reference_with_array_fills(net, images, kind):
+    f, variables = net.layer_fn("logits"), net.variables
     rng = np.random.default_rng(0)
     shape = {"per_channel": (3,), "image": (32, 32, 3), "per_image": (3, 32, 32, 3)}[kind]
     fill = rng.uniform(size=shape).astype(np.float32)
@@ -93,11 +99,10 @@ def test_fused_equals_reference_with_array_fills(cnn, images, kind):
     assert max_rel_error(result.grid, grid, scale=result.base) < 1e-5
 
 
-def test_blur_fill_equals_reference_with_blurred_images(cnn, images):
+def test_blur_fill_equals_reference_with_blurred_images(net, images):
     from scipy.ndimage import gaussian_filter
 
-    model, variables = cnn
-    f = jaxviz.layer_fn(model, "logits")
+    f, variables = net.layer_fn("logits"), net.variables
     result = jaxviz.occlude(f, images, params=variables, window=8, stride=8, fill="blur", blur_sigma=2.0)
     blurred = gaussian_filter(images, sigma=(0, 2.0, 2.0, 0))
     _, grid = occlude_position_loop(f, images, params=variables, window=(8, 8), stride=(8, 8), fill=blurred)
@@ -141,9 +146,8 @@ def _pixel_reference(grid, rows, cols, shape):
 
 
 @pytest.mark.parametrize("anchor", ["centered", "valid"])
-def test_pixel_is_mean_over_covering_windows(cnn, images, anchor):
-    model, variables = cnn
-    result = jaxviz.occlude(jaxviz.layer_fn(model, "logits"), images, params=variables, window=(6, 5),
+def test_pixel_is_mean_over_covering_windows(net, images, anchor):
+    result = jaxviz.occlude(net.layer_fn("logits"), images, params=net.variables, window=(6, 5),
                             stride=(3, 4), anchor=anchor)
     expected = _pixel_reference(result.grid, result.row_spans, result.col_spans, (32, 32))
     assert_close(result.pixel, expected)
@@ -201,13 +205,30 @@ def test_matches_captum_itself_when_installed():
 # ------------------------------------------------------------------ invariance and compilation
 
 
-def test_chunk_size_does_not_change_results(cnn, images):
-    model, variables = cnn
-    f = jaxviz.layer_fn(model, "fc1")
+def test_chunk_size_does_not_change_results(net, images):
+    f, variables = net.layer_fn("fc1"), net.variables
     results = [jaxviz.occlude(f, images, params=variables, window=8, stride=6, chunk_size=c)
                for c in (1, 7, None, 3 * 25)]
     for result in results[1:]:
         assert_close(result.grid, results[0].grid, scale=results[0].base, err_msg=f"chunk {result.chunk_size}")
+
+
+def test_materialize_does_not_change_results(net, images):
+    f, variables = net.layer_fn("fc1"), net.variables
+    fused = jaxviz.occlude(f, images, params=variables, window=7, stride=5, chunk_size=20, materialize=False)
+    barrier = jaxviz.occlude(f, images, params=variables, window=7, stride=5, chunk_size=20, materialize=True)
+    assert fused.grid.shape == barrier.grid.shape == (3, 6, 6, 16)
+    np.testing.assert_array_equal(fused.base, barrier.base)  # one base program
+    assert_close(fused.grid, barrier.grid, scale=barrier.base)  # two chunk programs
+    assert_close(fused.pixel, barrier.pixel, scale=barrier.base)
+
+
+def test_result_is_frozen_and_pixel_is_computed_once(net, images):
+    result = jaxviz.occlude(net.layer_fn("logits"), images, params=net.variables, window=16, stride=16)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        result.grid = np.zeros_like(result.grid)
+    assert result.pixel is result.pixel
+    assert result.pixel.shape == (3, 32, 32, 10)
 
 
 def test_second_call_and_new_images_do_not_retrace(images):
@@ -234,7 +255,7 @@ def test_same_result_on_four_devices(tmp_path):
         x = np.asarray(jax.random.uniform(jax.random.key(2), (5, 32, 32, 3)), np.float32)
         model = jaxviz.CNN(widths=(4, 8), hidden=16)
         variables = jaxviz.init_variables(model, jax.random.key(0))
-        f = jaxviz.layer_fn(model, "fc1")
+        f = jaxviz.from_cnn(model, variables).layer_fn("fc1")
         many = jaxviz.occlude(f, x, params=variables, window=7, stride=5, chunk_size=12)
         one = jaxviz.occlude(f, x, params=variables, window=7, stride=5, chunk_size=12, devices=jax.devices()[:1])
         np.save(sys.argv[1], many.grid)
@@ -253,7 +274,7 @@ def test_same_result_on_four_devices(tmp_path):
     x = np.asarray(jax.random.uniform(jax.random.key(2), (5, 32, 32, 3)), np.float32)
     model = jaxviz.CNN(widths=(4, 8), hidden=16)
     variables = jaxviz.init_variables(model, jax.random.key(0))
-    here = jaxviz.occlude(jaxviz.layer_fn(model, "fc1"), x, params=variables, window=7, stride=5)
+    here = jaxviz.occlude(jaxviz.from_cnn(model, variables).layer_fn("fc1"), x, params=variables, window=7, stride=5)
     assert_close(np.load(tmp_path / "grid.npy"), here.grid, scale=here.base)
 
 
@@ -299,7 +320,7 @@ def test_bad_options_raise_clear_errors(images, kwargs, error, words):
 def test_bad_images_and_functions_raise_clear_errors(images):
     with pytest.raises(ValueError, match="images.*rank 4"):
         jaxviz.occlude(_f, images[0], window=4)
-    with pytest.raises(TypeError, match="images.*floating"):
+    with pytest.raises(TypeError, match=r"images.*floating.*network.to_input\(images\)"):
         jaxviz.occlude(_f, (images * 255).astype(np.uint8), window=4)
     with pytest.raises(TypeError, match="images"):
         jaxviz.occlude(_f, [[1.0]], window=4)
@@ -315,9 +336,8 @@ def test_bad_images_and_functions_raise_clear_errors(images):
         jaxviz.occlude("model", images, window=4)
 
 
-def test_grid_can_be_written_to_a_memory_map(cnn, images, tmp_path):
-    model, variables = cnn
-    f = jaxviz.layer_fn(model, "fc1")
+def test_grid_can_be_written_to_a_memory_map(net, images, tmp_path):
+    f, variables = net.layer_fn("fc1"), net.variables
     expected = jaxviz.occlude(f, images, params=variables, window=8, stride=8, units=[3, 4])
     mapped = np.lib.format.open_memmap(tmp_path / "grid.npy", "w+", np.float32, expected.grid.shape)
     result = jaxviz.occlude(f, images, params=variables, window=8, stride=8, units=[3, 4], grid_out=mapped)
@@ -346,3 +366,66 @@ def test_a_torch_tensor_fill_is_named(images):
     Tensor.__module__ = "torch"
     with pytest.raises(TypeError, match=r"fill: .*got Tensor \(convert it with .numpy\(\) first\)"):
         jaxviz.occlude(_f, images, window=4, fill=Tensor())
+
+
+# ------------------------------------------------------------------ the top images of units
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    images = make_uint8_images(16, seed=5)
+    return images, np.arange(16) % 4
+
+
+def _reference_f(model, layer):
+    """The layer's units as one score each, written here: conv maps averaged over space."""
+    def f(variables, x):
+        out = jaxviz.forward(model, variables, x, layer=layer)
+        return out.mean(axis=(1, 2)) if out.ndim == 4 else out
+    return f
+
+
+@pytest.mark.parametrize("layer, units", [("fc1", None), ("conv3", None), ("pool2", [6, 1, 6])])
+def test_occlude_top_images_equals_occlusion_of_each_units_top_images(cnn, net, dataset, layer, units):
+    model, variables = cnn
+    images, labels = dataset
+    scores = jaxviz.unit_scores(jaxviz.layer_features(net, images, layer=layer))
+    study = jaxviz.study_units(scores, labels, 4, k=3, count=3, units=units)
+    result = jaxviz.occlude_top_images(net, study, images, layer=layer, window=9, stride=6, fill=0.2)
+    shown = study.units
+    assert result.units == shown and len(shown) == 3
+    assert result.images.shape == (3, 3, 32, 32, 3) and result.images.dtype == np.uint8
+    assert result.heatmaps.shape == (3, 3, 5, 5) and result.pixel.shape == (3, 3, 32, 32)
+    assert result.masked.shape == result.images.shape and result.masked.dtype == np.uint8
+    f = _reference_f(model, layer)  # one function object: compiled once for all units
+    for j, unit in enumerate(shown):
+        top = study.top.indices[:, unit]
+        np.testing.assert_array_equal(result.images[:, j], images[top])
+        # the engine on this unit's own top images alone, every unit kept, then this unit's column
+        want = jaxviz.occlude(f, images[top].astype(np.float32) / 255, params=variables, window=9, stride=6,
+                              fill=0.2)
+        assert_close(want.base[:, unit], study.top.values[:, unit], scale=want.base)
+        assert_close(result.heatmaps[:, j], want.grid[..., unit], scale=want.base[:, unit], err_msg=f"unit {unit}")
+        assert_close(result.pixel[:, j], want.pixel[..., unit], scale=want.base[:, unit], err_msg=f"unit {unit}")
+        for k in range(3):
+            mask = jaxviz.heatmap_mask(result.heatmaps[k, j], (32, 32))
+            np.testing.assert_array_equal(result.masked[k, j], jaxviz.apply_mask(images[top[k]], mask))
+    assert np.abs(result.heatmaps).max() > 0
+
+
+def test_occlude_top_images_checks_its_arguments(cnn, net, dataset):
+    images, labels = dataset
+    scores = jaxviz.unit_scores(jaxviz.layer_features(net, images, layer="conv1"))  # 4 channels
+    study = jaxviz.study_units(scores, labels, 4, k=2, units=[0, 3])
+    with pytest.raises(ValueError, match="conv9"):
+        jaxviz.occlude_top_images(net, study, images, layer="conv9")
+    with pytest.raises(ValueError, match="layer: 'conv3' has 8 units, but the study scores 4"):
+        jaxviz.occlude_top_images(net, study, images, layer="conv3")  # would occlude the wrong units
+    with pytest.raises(ValueError, match="images: expected the 16 images the study was made on"):
+        jaxviz.occlude_top_images(net, study, images[:10], layer="conv1")
+    with pytest.raises(TypeError, match="images"):
+        jaxviz.occlude_top_images(net, study, images.astype(np.float32), layer="conv1")
+    with pytest.raises(TypeError, match="network: expected a jaxviz.Network"):
+        jaxviz.occlude_top_images(cnn[0], study, images, layer="conv1")
+    with pytest.raises(TypeError, match="study: expected a UnitStudy"):
+        jaxviz.occlude_top_images(net, study.top, images, layer="conv1")

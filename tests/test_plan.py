@@ -58,7 +58,7 @@ def test_chunk_size_follows_the_memory_budget():
         return jnp.tanh(v.reshape(v.shape[0], -1) @ w)
 
     _, example = probe(f, False, signature(None), (16, 16, 3), np.dtype(np.float32))
-    per_pair = example + 2 * 16 * 16 * 3 * 4 + 4 * 4
+    per_pair = example + 2 * 16 * 16 * 3 * 4 + 4 * 16 * 16 + 4 * 4  # + the (H, W) mask and the output
     small = jaxviz.occlude(f, x, window=4, stride=4, memory_budget=5 * per_pair)
     assert small.chunk_size == 5
     whole = jaxviz.occlude(f, x, window=4, stride=4, memory_budget=1 << 30)

@@ -15,16 +15,20 @@ import textwrap
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import jaxviz
-from jaxviz import report as report_module
 from jaxviz._io import path_lock
+from jaxviz.analysis.embedding import Embedding
 from jaxviz.cli import main
 from jaxviz.data import Dataset
-from jaxviz.analysis.embedding import Embedding
 from jaxviz.models.weights import Weights
+from jaxviz.report import analyses, folder
+from jaxviz.report import settings as settings_module
+
+from conftest import EXAMPLES, load_example, make_uint8_images
 
 SETTINGS = jaxviz.ReportSettings(k=3, num_units=3, window=11, stride=8, tsne_points=40, tsne_iter=300)
 
@@ -49,7 +53,7 @@ def fast_tsne(monkeypatch):
         return Embedding(coords, idx, 0.0, {"perplexity": perplexity, "max_iter": max_iter, "seed": seed,
                                             "init": "pca", "points": len(idx)})
 
-    monkeypatch.setattr(report_module, "tsne", fake)
+    monkeypatch.setattr(analyses, "tsne", fake)
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -72,33 +76,46 @@ def earlier_report(report, where: Path) -> tuple[Path, dict]:
 def report(small, tmp_path_factory):
     weights, data = small
     out = tmp_path_factory.mktemp("report")
-    results = jaxviz.make_report(out, weights=weights, dataset=data, settings=SETTINGS, progress=False)
+    results = jaxviz.make_report(out, network=weights.network, dataset=data, settings=SETTINGS, progress=False)
     return out, results, weights, data
+
+
+SECTIONS = ("Model", "Answers to the notebook", "Accuracy and confusions", "Filters", "Activation maps",
+            "Top-K images per unit", "Occlusion", "t-SNE", "Run settings and timings")
+STAGES = {"evaluate", "filters", "activations", "features", "top-k", "occlusion", "t-SNE"}
+
+
+def check_complete(out: Path, results: dict, min_files: int = 10) -> tuple[str, dict]:
+    """A whole report in ``out``: every section, every referenced file there, only its own files, the JSON returned
+    is the one written. Returns the page and the saved JSON."""
+    page = (out / "index.html").read_text()
+    refs = re.findall(r'(?:href|src)="([^"]+)"', page) + re.findall(r"(?:href|src)='([^']+)'", page)
+    files = [r for r in refs if not r.startswith("data:")]
+    assert "results.json" in files and len(files) >= min_files
+    for ref in files:
+        assert (out / ref).is_file(), ref
+    assert page.count("data:image/png;base64,") == len(results["figures"])
+    for heading in SECTIONS:
+        assert f"<h2>{heading}" in page, heading
+    saved = json.loads((out / "results.json").read_text())
+    assert saved == json.loads(json.dumps(results)) and set(saved["timings_seconds"]) == STAGES
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(saved["figures"])
+    assert sorted(p.name for p in out.iterdir()) == sorted(["index.html", "results.json", *saved["figures"]])
+    assert leftovers(out) == []
+    return page, saved
 
 
 def test_index_references_only_existing_files(report):
     out, results, _, _ = report
-    page = (out / "index.html").read_text()
-    refs = re.findall(r'(?:href|src)="([^"]+)"', page) + re.findall(r"(?:href|src)='([^']+)'", page)
-    files = [r for r in refs if not r.startswith("data:")]
-    assert "results.json" in files and len(files) >= 10
-    for ref in files:
-        assert (out / ref).is_file(), ref
-    assert page.count("data:image/png;base64,") == len(results["figures"])
+    check_complete(out, results)
 
 
 def test_report_has_every_analysis_and_the_answers(report):
     out, results, _, data = report
-    page = (out / "index.html").read_text()
-    for heading in ("Model", "Answers to the notebook", "Accuracy and confusions", "Filters", "Activation maps",
-                    "Top-K images per unit", "Occlusion", "t-SNE", "Run settings and timings"):
-        assert heading in page, heading
-    saved = json.loads((out / "results.json").read_text())
+    _, saved = check_complete(out, results)
     assert saved["evaluation"]["images"] == len(data)
     assert len(saved["units"]["shown"]) == 3
-    assert set(saved["timings_seconds"]) == {"evaluate", "filters", "activations", "features", "top-k",
-                                            "occlusion", "t-SNE"}
-    assert sorted(p.name for p in out.glob("*.png")) == sorted(saved["figures"])
+    assert saved["settings"]["layer"] == "fc1"  # layer None: the network's feature layer
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp") or p.name.startswith(".")]
 
 
@@ -106,7 +123,7 @@ def test_named_units_are_shown(small, tmp_path):
     weights, data = small
     settings = jaxviz.ReportSettings(**{**SETTINGS.__dict__, "units": (2, 0)})
     out = tmp_path / "new" / "r1"  # absent, parent too: created at the end
-    results = jaxviz.make_report(out, weights=weights, dataset=data, settings=settings, progress=False)
+    results = jaxviz.make_report(out, network=weights.network, dataset=data, settings=settings, progress=False)
     assert results["units"]["shown"] == [2, 0]
     assert sorted(snapshot(out)) == sorted(["index.html", "results.json", *results["figures"]])
     assert leftovers(out) == []
@@ -159,7 +176,7 @@ BAD_SETTINGS = [
 def test_bad_settings_raise_before_anything_is_written(small, tmp_path, change, error, words):
     weights, data = small
     with pytest.raises(error, match=words):
-        jaxviz.make_report(tmp_path / "r1", weights=weights, dataset=data,
+        jaxviz.make_report(tmp_path / "r1", network=weights.network, dataset=data,
                            settings=jaxviz.ReportSettings(**{**SETTINGS.__dict__, **change}), progress=False)
     assert list(tmp_path.iterdir()) == []
 
@@ -176,7 +193,7 @@ def test_settings_that_do_not_fit_the_data_raise_before_anything_is_written(smal
     weights, data = small
     settings = jaxviz.ReportSettings(**{**SETTINGS.__dict__, **change})
     with pytest.raises(ValueError, match=words):
-        jaxviz.make_report(tmp_path / "sub" / "r1", weights=weights, dataset=data, settings=settings, progress=False)
+        jaxviz.make_report(tmp_path / "sub" / "r1", network=weights.network, dataset=data, settings=settings, progress=False)
     assert list(tmp_path.iterdir()) == []  # checked before any work: nothing written, no folder made
 
 
@@ -184,19 +201,20 @@ def test_settings_are_normalized_to_plain_python_values():
     s = jaxviz.ReportSettings(units=[np.int64(2), 0], num_units=np.int32(3), sigma=1, perplexity=np.float32(5))
     assert s.units == (2, 0) and type(s.num_units) is int and type(s.sigma) is float
     json.dumps(dataclasses.asdict(s))  # results.json must be able to hold them
-    assert jaxviz.ReportSettings(num_units=16).num_units == report_module.MAX_UNITS == 16
+    assert jaxviz.ReportSettings(num_units=16).num_units == settings_module.MAX_UNITS == 16
 
 
 @pytest.mark.parametrize("kwargs,error,words", [
     ({"settings": {"k": 3}}, TypeError, "settings: expected a ReportSettings"),
-    ({"weights": "model.msgpack"}, TypeError, "weights"),
+    ({"network": "model.msgpack"}, TypeError, "network: expected a jaxviz.Network"),
+    ({"network": Weights}, TypeError, "network"),
     ({"dataset": np.zeros((2, 32, 32, 3), np.uint8)}, TypeError, "dataset"),
     ({"progress": "yes"}, TypeError, "progress"),
 ])
 def test_bad_arguments_raise_before_anything_is_written(small, tmp_path, kwargs, error, words):
     weights, data = small
     with pytest.raises(error, match=words):
-        jaxviz.make_report(tmp_path / "r1", **{"weights": weights, "dataset": data, **kwargs})
+        jaxviz.make_report(tmp_path / "r1", **{"network": weights.network, "dataset": data, **kwargs})
     assert list(tmp_path.iterdir()) == []
 
 
@@ -213,7 +231,7 @@ def test_output_dir_below_a_file(tmp_path):
     with pytest.raises(NotADirectoryError, match=r"out_dir: cannot create .*file.* is a file, not a directory"):
         jaxviz.make_report(tmp_path / "file" / "sub" / "r1")
     with pytest.raises(NotADirectoryError, match="is a file, not a directory"):  # not just "File exists"
-        report_module.check_output_dir(tmp_path / "file" / "r1")
+        folder.check_output_dir(tmp_path / "file" / "r1")
     assert [p.name for p in tmp_path.iterdir()] == ["file"]
 
 
@@ -224,7 +242,7 @@ def test_output_dir_in_an_unwritable_folder(small, tmp_path, monkeypatch):
     real_access = os.access  # root may write anywhere, so pretend rather than chmod
     monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == readonly else real_access(p, mode))
     with pytest.raises(PermissionError, match=r"out_dir: cannot write .*the directory .*readonly' is not writable"):
-        jaxviz.make_report(readonly / "sub" / "r1", weights=weights, dataset=data, settings=SETTINGS)
+        jaxviz.make_report(readonly / "sub" / "r1", network=weights.network, dataset=data, settings=SETTINGS)
     assert list(readonly.iterdir()) == []
 
 
@@ -233,8 +251,86 @@ def test_too_small_dataset_is_rejected(small, tmp_path, size):
     weights, data = small
     tiny = Dataset(data.images[:size], data.labels[:size], data.class_names)
     with pytest.raises(ValueError, match=f"dataset: expected at least 2 images .*got {size}"):
-        jaxviz.make_report(tmp_path / "r1", weights=weights, dataset=tiny, progress=False)
+        jaxviz.make_report(tmp_path / "r1", network=weights.network, dataset=tiny, progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- user models
+
+USER_SETTINGS = jaxviz.ReportSettings(k=2, num_units=2, tsne_points=6, tsne_iter=250, window=16, stride=16)
+
+
+def cifar_images(n: int, size: int = 64, seed: int = 7) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """``n`` random uint8 images of ``size``, labelled with three CIFAR-10 classes in turn."""
+    return make_uint8_images(n, seed, size), np.arange(n) % 3, ("cat", "dog", "ship")
+
+
+def test_report_of_a_linen_resnet(tmp_path):
+    example = load_example("resnet_linen")
+    module, variables = example.build()
+    net = jaxviz.from_linen(module, variables, input_shape=example.INPUT_SHAPE, class_names=example.CLASS_NAMES,
+                            apply_kwargs={"train": False})
+    images, labels, classes = cifar_images(6)
+    data = Dataset(images, labels, classes, source="random 64x64 images")
+    results = jaxviz.make_report(tmp_path / "r1", network=net, dataset=data, settings=USER_SETTINGS, progress=False)
+    page, saved = check_complete(tmp_path / "r1", results)
+    assert saved["settings"]["layer"] == "pool" == net.feature_layer  # the layer before the head
+    assert saved["network"] == {"name": "ResNet", "input_shape": [64, 64, 3], "layers": list(net.layer_names)}
+    assert saved["evaluation"]["images"] == 6 and saved["evaluation"]["class_names"] == list(example.CLASS_NAMES)
+    assert saved["units"]["count"] == 64 and len(saved["units"]["shown"]) == 2
+    assert saved["occlusion"]["images"] == 2 * 2 and saved["tsne"]["points"] == 6
+    assert {"confusion.png", "topk.png", "selectivity.png", "occlusion_masks.png", "occlusion_heatmaps.png",
+            "tsne.png", "filters_stem_conv.png", "filters_stage1_block0_conv1.png", "activations_stem_conv.png",
+            "activations_stage1_block0_conv1.png"} == set(saved["figures"])
+    assert "stage2/block0/proj" in page and "not evaluated" not in page
+
+
+def unlabelled_apply(variables, x, layer):
+    """A network without classes: a 1x1 conv with ReLU ("maps", 6 channels), then a 5-d "embedding"."""
+    maps = jax.nn.relu(jnp.einsum("nhwc,cd->nhwd", x, variables["mix"]) + variables["bias"])
+    return maps if layer == "maps" else maps.mean(axis=(1, 2)) @ variables["proj"]
+
+
+def test_report_of_a_network_without_class_names(tmp_path):
+    rng = np.random.default_rng(3)
+    variables = {"mix": rng.normal(0, 1, (3, 6)).astype(np.float32), "bias": rng.normal(0, 0.3, 6).astype(np.float32),
+                 "proj": rng.normal(0, 1, (6, 5)).astype(np.float32)}
+    net = jaxviz.from_function(unlabelled_apply, variables, layer_names=("maps", "embedding"),
+                               input_shape=(16, 16, 3), class_names=None)
+    assert not net.is_classifier and net.conv_layers() == ()
+    images, labels, classes = cifar_images(9, size=16)
+    data = Dataset(images, labels, classes, source="random 16x16 images")
+    settings = dataclasses.replace(USER_SETTINGS, window=8, stride=8)
+    results = jaxviz.make_report(tmp_path / "r1", network=net, dataset=data, settings=settings, progress=False)
+    page, saved = check_complete(tmp_path / "r1", results, min_files=6)
+    assert saved["evaluation"] is None and saved["settings"]["layer"] == "maps"
+    assert "The network has no class names: not evaluated as a classifier." in page
+    assert "Not a classifier (no class names), so no accuracy." in page
+    assert "The network has no conv kernels." in page and "No conv layers." in page
+    assert "confusion.png" not in saved["figures"] and "topk.png" in saved["figures"]
+    assert saved["units"]["count"] == 6 and len(saved["units"]["shown"]) == 2
+
+
+def test_report_through_the_cli_with_an_nnx_model(tmp_path, capsys):
+    from PIL import Image
+
+    images, labels, classes = cifar_images(6, seed=8)
+    data_dir = tmp_path / "images"
+    for i, (image, label) in enumerate(zip(images, labels)):
+        (data_dir / classes[label]).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(data_dir / classes[label] / f"{i}.png")
+    out = tmp_path / "r1"
+    code = main(["report", "--model", str(EXAMPLES / "resnet_nnx.py") + ":build", "--data", "folder",
+                 "--data-dir", str(data_dir), "--layer", "stage2", "--k", "2", "--num-units", "2",
+                 "--tsne-points", "6", "--tsne-iter", "250", "--window", "16", "--stride", "16", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert f"wrote {out / 'index.html'}" in captured.out
+    saved = json.loads((out / "results.json").read_text())
+    page, _ = check_complete(out, saved)
+    assert saved["settings"]["layer"] == "stage2" and saved["units"]["count"] == 32
+    assert saved["network"]["name"] == "ResNet" and saved["evaluation"]["images"] == 6
+    assert "filters_stem_conv.png" in saved["figures"]
 
 
 # --------------------------------------------------------------------------- the output folder: one whole report
@@ -248,7 +344,7 @@ def test_a_new_report_replaces_an_earlier_one_whole(small, report, tmp_path, mon
     out, before = earlier_report(report, tmp_path / "r1")
     (out / ".index.html.abc123.tmp").write_text("a write killed long ago")  # atomic_path's leftover: still ours
     settings = jaxviz.ReportSettings(**{**SETTINGS.__dict__, "units": (2, 0)})
-    results = jaxviz.make_report(out, weights=weights, dataset=data, settings=settings, progress=False)
+    results = jaxviz.make_report(out, network=weights.network, dataset=data, settings=settings, progress=False)
     after = snapshot(out)
     assert sorted(after) == sorted(["index.html", "results.json", *results["figures"]])
     assert json.loads(after["results.json"])["units"]["shown"] == [2, 0] != json.loads(before["results.json"])
@@ -272,7 +368,7 @@ def test_a_folder_that_is_not_a_report_is_never_replaced(small, report, tmp_path
         (out / "results.json").write_text('{"accuracy": 0.5}')
     before = snapshot(out) if content != "subfolder" else None
     with pytest.raises(FileExistsError, match=r"out_dir: refusing to replace .*r1'.*choose another directory"):
-        jaxviz.make_report(out, weights=weights, dataset=data, settings=SETTINGS, progress=False)
+        jaxviz.make_report(out, network=weights.network, dataset=data, settings=SETTINGS, progress=False)
     if before is not None:
         assert snapshot(out) == before
     assert (out / "photos").is_dir() or content != "subfolder"
@@ -286,7 +382,7 @@ def test_a_second_writer_is_refused(small, report, tmp_path):
         message = (rf"out_dir: another jaxviz report is writing '{re.escape(str(out))}' "
                    rf"\(lock file '{re.escape(str(tmp_path / '.r1.lock'))}' held by pid {os.getpid()}\)")
         with pytest.raises(BlockingIOError, match=message):
-            jaxviz.make_report(out, weights=weights, dataset=data, settings=SETTINGS, progress=False)
+            jaxviz.make_report(out, network=weights.network, dataset=data, settings=SETTINGS, progress=False)
         assert snapshot(out) == before and leftovers(out) == [".r1.lock"]
     assert leftovers(out) == []
 
@@ -299,7 +395,7 @@ def test_leftovers_of_a_writer_killed_between_the_renames(tmp_path):
     (tmp_path / ".r1.tmp-123-abcd1234").mkdir()
     (tmp_path / ".r1.tmp-99-ffff0000").mkdir()
     (tmp_path / ".r1.tmp-not-ours").mkdir()  # not a name this module makes: left alone
-    report_module._restore_or_remove_leftovers(tmp_path / "r1")
+    folder._restore_or_remove_leftovers(tmp_path / "r1")
     assert sorted(p.name for p in tmp_path.iterdir()) == [".r1.tmp-not-ours", "r1"]
     assert (tmp_path / "r1" / "index.html").read_text() == "old"
 
@@ -324,7 +420,7 @@ def save_figure(fig, path, **kw):  # the first figure is written: say where, the
     time.sleep(300)
 
 plots.save_figure = save_figure
-jaxviz.make_report(out, weights=weights, dataset=data, settings=settings, progress=False)
+jaxviz.make_report(out, network=weights.network, dataset=data, settings=settings, progress=False)
 """
 
 
@@ -374,7 +470,7 @@ def test_a_signal_mid_report_leaves_the_earlier_report(small, report, signal_scr
     # report removes them.
     assert leftovers(out) == [".r1.lock", figure.parent.name]
     weights, data = small
-    results = jaxviz.make_report(out, weights=weights, dataset=data, settings=SETTINGS, progress=False)
+    results = jaxviz.make_report(out, network=weights.network, dataset=data, settings=SETTINGS, progress=False)
     assert sorted(snapshot(out)) == sorted(["index.html", "results.json", *results["figures"]])
     assert leftovers(out) == []
 
@@ -382,14 +478,22 @@ def test_a_signal_mid_report_leaves_the_earlier_report(small, report, signal_scr
 # --------------------------------------------------------------------------- the command line
 
 
+def run_cli(argv: list[str]) -> int:
+    """``main``'s exit status; usage errors found by argparse exit (status 2) instead of returning."""
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return e.code
+
+
 @pytest.mark.parametrize("args,words", [
-    (["--num-units", "17"], "num_units: expected an int in [1, 16]"),
+    (["--num-units", "17"], "--num-units: expected an int in [1, 16]"),  # a setting's error names its option
     (["--units", "1,x"], "--units"),
-    (["--units", ",".join(map(str, range(17)))], "units: expected None or a tuple of 1 to 16"),
-    (["--tsne-iter", "10"], "tsne_iter"),
+    (["--units", ",".join(map(str, range(17)))], "--units: expected None or a tuple of 1 to 16"),
+    (["--tsne-iter", "10"], "--tsne-iter: expected an int >= 250"),
 ])
 def test_cli_checks_settings_before_writing(tmp_path, capsys, args, words):
-    code = main(["report", "--out", str(tmp_path / "sub" / "r1"), *args])
+    code = run_cli(["report", "--out", str(tmp_path / "sub" / "r1"), *args])
     err = capsys.readouterr().err
     assert code == 2 and words in err and err.startswith("jaxviz report: error: ") and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
@@ -399,7 +503,7 @@ def test_cli_checks_the_output_folder_before_loading_anything(tmp_path, capsys, 
     def no_loading(args):
         raise AssertionError("data and weights were loaded before the output folder was checked")
 
-    monkeypatch.setattr("jaxviz.cli._load", no_loading)
+    monkeypatch.setattr("jaxviz.cli.commands.load", no_loading)
     (tmp_path / "afile").write_text("x")
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("my notes")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import flax.serialization
@@ -11,11 +12,21 @@ import pytest
 
 from jaxviz._io import file_digest
 from jaxviz.data import CIFAR10_CLASSES, load_sample
+from jaxviz.engine.activations import layer_features
+from jaxviz.models.adapters import from_cnn
 from jaxviz.models.cnn import CNN
-from jaxviz.models.train import predict
-from jaxviz.models.weights import PRETRAINED_FILE, load_pretrained, load_weights, pretrained_sha256, save_weights
+from jaxviz.models.network import Network
+from jaxviz.models.weights import (
+    PRETRAINED_FILE,
+    Weights,
+    load_pretrained,
+    load_weights,
+    pretrained_sha256,
+    save_weights,
+)
 
 from conftest import make_tiny_model
+from numerics import assert_close
 
 # The sample accuracy recorded when the shipped weights were trained.
 MEASURED_SAMPLE_ACCURACY = 0.864  # sample_accuracy in benchmarks/results/pretrained_training.json
@@ -43,11 +54,12 @@ def rewrite(path, edit) -> None:
 def test_round_trip(saved, tiny_model, tiny_variables):
     path, digest = saved
     assert digest == file_digest(path) and len(digest) == 64
-    model, variables, class_names, metadata = load_weights(path)
-    assert model == tiny_model
-    assert class_names == CLASS_NAMES
-    assert metadata == METADATA
-    flat, tree = jax.tree_util.tree_flatten_with_path(variables)
+    weights = load_weights(path)
+    assert isinstance(weights, Weights)
+    assert weights.model == tiny_model
+    assert weights.class_names == CLASS_NAMES
+    assert weights.metadata == METADATA
+    flat, tree = jax.tree_util.tree_flatten_with_path(weights.variables)
     flat_want, tree_want = jax.tree_util.tree_flatten(tiny_variables)
     assert tree == tree_want
     for (where, got), want in zip(flat, flat_want):
@@ -61,17 +73,40 @@ def test_round_trip_with_checks(saved, tiny_model):
     assert weights.model == tiny_model and weights.class_names == CLASS_NAMES and weights.metadata == METADATA
 
 
+def test_weights_hold_their_network_and_are_frozen(saved, tiny_model):
+    path, _ = saved
+    weights = load_weights(path)
+    net = weights.network
+    assert isinstance(net, Network)
+    assert net.variables is weights.variables
+    assert net.class_names == CLASS_NAMES and net.is_classifier
+    assert net.layer_names == tiny_model.layer_names() and net.output_layer == "logits"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        weights.model = CNN()
+    with pytest.raises(TypeError):  # the network is made from the other fields, not passed
+        Weights(tiny_model, weights.variables, CLASS_NAMES, {}, network=net)
+    again = Weights(tiny_model, weights.variables, list(CLASS_NAMES), {})
+    assert again.class_names == CLASS_NAMES and again.network.class_names == CLASS_NAMES
+
+
 def test_loaded_weights_predict_like_the_originals(saved, tiny_model, tiny_variables, tiny_images):
     path, _ = saved
     weights = load_weights(path)
-    np.testing.assert_array_equal(predict(weights.model, weights.variables, tiny_images),
-                                  predict(tiny_model, tiny_variables, tiny_images))
+    # one program, equal variables: bitwise equal outputs
+    program = weights.network.uint8_fn("logits")
+    np.testing.assert_array_equal(program(weights.variables, tiny_images), program(tiny_variables, tiny_images))
+    # layer_features defaults to the output layer (what predict used to return)
+    got = layer_features(weights.network, tiny_images)
+    want = layer_features(from_cnn(tiny_model, tiny_variables), tiny_images, layer="logits")
+    assert got.shape == (len(tiny_images), 10) and got.dtype == np.float32
+    assert_close(got, want)
 
 
 def test_save_leaves_no_temporary_file(saved):
     path, _ = saved
     assert os.listdir(path.parent) == [path.name]
-    save_weights(path, *load_weights(path)[:2], class_names=CLASS_NAMES)  # overwrite in place
+    weights = load_weights(path)
+    save_weights(path, weights.model, weights.variables, class_names=CLASS_NAMES)  # overwrite in place
     assert os.listdir(path.parent) == [path.name]
 
 
@@ -190,12 +225,12 @@ def test_pretrained_file_matches_manifest():
 
 
 def test_pretrained_weights_accuracy_on_sample():
-    model, variables, class_names, metadata = load_pretrained()
-    assert class_names == CIFAR10_CLASSES
-    assert model == CNN()  # the documented default architecture
+    weights = load_pretrained()
+    assert weights.class_names == CIFAR10_CLASSES == weights.network.class_names
+    assert weights.model == CNN()  # the documented default architecture
     sample = load_sample()
-    logits = predict(model, variables, sample.images)
+    logits = layer_features(weights.network, sample.images)
     accuracy = float(np.mean(np.argmax(logits, -1) == sample.labels))
     assert accuracy >= MEASURED_SAMPLE_ACCURACY - SAMPLE_ACCURACY_TOLERANCE
     # the number recorded inside the weights file agrees with this measurement
-    assert abs(metadata["sample_accuracy"] - accuracy) <= SAMPLE_ACCURACY_TOLERANCE
+    assert abs(weights.metadata["sample_accuracy"] - accuracy) <= SAMPLE_ACCURACY_TOLERANCE

@@ -28,14 +28,16 @@ Everything runs on the CPU in a minute or two, on the 1,000 CIFAR-10 test images
 import matplotlib.pyplot as plt  # registers the inline display of figures
 import numpy as np
 import jaxviz
-from jaxviz import plots"""),
+from jaxviz.report import plots"""),
     ("md", """## The model
 
-`load_pretrained()` reads the weights shipped inside the package (offline, SHA-256 checked). The summary
-is Keras' `model.summary()`: every layer has a name, and any name can be used as a feature extractor."""),
+`load_pretrained()` reads the weights shipped inside the package (offline, SHA-256 checked). Every analysis
+takes a `jaxviz.Network`: `weights.network` is the pretrained CNN as one. Its summary is Keras'
+`model.summary()`: every layer has a name, and any name can be used as a feature extractor."""),
     ("code", """weights = jaxviz.load_pretrained()
-model, variables, class_names = weights.model, weights.variables, weights.class_names
-print(jaxviz.summary_table(model, variables))
+net = weights.network                # layer names, a pure truncated apply, the input spec, kernels
+class_names = net.class_names
+print(net.summary_table())
 print("test accuracy recorded with the weights:", weights.metadata["test_accuracy"])"""),
     ("code", """data = jaxviz.load_sample()          # uint8 (1000, 32, 32, 3), 100 test images per class
 # full test set instead: data = jaxviz.load_cifar10("test")  (downloads once), or jaxviz.load_image_folder(DIR)
@@ -44,24 +46,25 @@ data.images.shape, data.class_names"""),
 
 The notebook's `model.layers[0].get_weights()[0]`: kernels of shape (3, 3, in, out). Kernels with three
 input channels are shown as RGB, each normalized to [0, 1]."""),
-    ("code", """kernels = jaxviz.conv_kernels(model, variables, "conv1")
+    ("code", """kernels = net.kernel("conv1")
 print(kernels.shape)
 plots.plot_filters(*jaxviz.filter_grid(kernels), title="conv1 kernels")"""),
     ("md", """**Exercise: the second conv layer.** Its kernels have 32 input channels; each cell shows their mean
 over input channels, in gray."""),
-    ("code", """plots.plot_filters(*jaxviz.filter_grid(jaxviz.conv_kernels(model, variables, "conv2")), title="conv2 kernels")"""),
+    ("code", """plots.plot_filters(*jaxviz.filter_grid(net.kernel("conv2")), title="conv2 kernels")"""),
     ("md", """## Activation maps
 
 The notebook leaves "display the activations of these filters when convolved with an image" as homework.
 Bright pixels are where a channel responds."""),
     ("code", """some = data.subset([0, 100, 300, 700]).images   # an airplane, a car, a cat, a horse
-plots.plot_activation_maps(some, jaxviz.activation_maps(model, variables, some, layer="conv1"), layer="conv1")"""),
-    ("code", """plots.plot_activation_maps(some, jaxviz.activation_maps(model, variables, some, layer="conv2"), layer="conv2")"""),
+plots.plot_activation_maps(some, jaxviz.activation_maps(net, some, layer="conv1"), layer="conv1")"""),
+    ("code", """plots.plot_activation_maps(some, jaxviz.activation_maps(net, some, layer="conv2"), layer="conv2")"""),
     ("md", """## A feature extractor at the fully connected layer
 
-`fc1` is the last layer before the classifier. `layer_features` runs the network up to it (later layers
-are not computed) in fixed-size batches with one compiled program."""),
-    ("code", """feats = jaxviz.layer_features(model, variables, data.images, layer="fc1")
+`fc1` is the last layer before the classifier (`net.feature_layer`). `layer_features` runs the network up
+to it (later layers are not computed) in fixed-size batches with one compiled program, converting the
+uint8 pixels to model input inside it."""),
+    ("code", """feats = jaxviz.layer_features(net, data.images, layer="fc1")
 feats.shape"""),
     ("md", """## Top-K images per unit
 
@@ -71,48 +74,44 @@ top.indices.shape   # (K, units): the notebook's idxs_top10"""),
     ("md", """## Do units respond to distinguishable concepts?
 
 Selectivity of a unit = share of the majority class among its top-10 images (1.0: all of one class, 0.1:
-no preference). We pick units automatically: the most selective ones, one per class first."""),
-    ("code", """sel = jaxviz.unit_selectivity(top.indices, data.labels, len(class_names), scores=feats)
-alive = feats.max(0) > 0
-print(f"{(~alive).sum()} of {feats.shape[1]} units never fire on these images")
-print(f"mean selectivity of live units: {sel.score[alive].mean():.2f}; "
-      f"{(sel.score[alive] >= 0.5).mean():.0%} have a majority class of at least half")
-units = jaxviz.pick_units(sel, 5, alive=alive)
+no preference). `study_units` does top-K, selectivity and the choice of units to show in one call: the most
+selective live units, one per class first."""),
+    ("code", """study = jaxviz.study_units(feats, data.labels, len(class_names), k=10, count=5)
+sel, units = study.selectivity, list(study.units)
+print(f"{(~study.alive).sum()} of {feats.shape[1]} units never fire on these images")
+print(f"mean selectivity of live units: {sel.score[study.alive].mean():.2f}; "
+      f"{(sel.score[study.alive] >= 0.5).mean():.0%} have a majority class of at least half")
 for u in units:
     print(f"unit {u:3d}: {sel.score[u]:.0%} {class_names[sel.majority_class[u]]}")"""),
-    ("code", """plots.plot_top_k(data.images[top.indices[:, units]], units, labels=data.labels[top.indices[:, units]],
-                class_names=class_names, title="Top 10 images of five fc1 units")"""),
+    ("code", """shown = study.top.indices[:, units]               # the same top-K as above
+plots.plot_top_k(data.images[shown], units, labels=data.labels[shown], class_names=class_names,
+                title="Top 10 images of five fc1 units")"""),
     ("code", """plots.plot_selectivity(sel.histogram[units], units, class_names)"""),
     ("md", """## Are there units that respond to similar things?
 
 Pairs of units whose top-10 sets overlap most (Jaccard index), and whose activations over all images
 correlate most."""),
-    ("code", """pairs = jaxviz.similar_units(top.indices, feats, top=5)
-for kind, found in pairs.items():
+    ("code", """pairs = jaxviz.similar_units(study.top.indices, feats, top=5)
+for kind, found in (("overlapping top-10 sets", pairs.overlap), ("correlated activations", pairs.correlated)):
     print(kind)
     for p in found:
         print(f"  units {p.a:3d} & {p.b:3d}: overlap {p.jaccard:.2f}, correlation {p.correlation:.2f}")"""),
     ("md", """## Which image parts drive each unit? Occlusion
 
-An 11x11 black occluder slides with stride 4 over each unit's top-10 images. `jaxviz.occlude` evaluates
-every position of every image as one compiled, vmapped batch and returns, for all kept units at once,
-`grid = activation(original) - activation(occluded)`: positive where hiding the region lowers the unit."""),
-    ("code", """images = data.images[top.indices[:, units].T.reshape(-1)]     # 5 units x 10 images, unit-major
-x = jaxviz.to_model_input(images)
-occ = jaxviz.occlude(jaxviz.layer_fn(model, "fc1"), x, params=variables, window=11, stride=4, units=units)
-occ.base.shape, occ.grid.shape"""),
+An 11x11 black occluder slides with stride 4 over each unit's top-10 images. `occlude_top_images` runs
+`jaxviz.occlude`, which evaluates every position of every image as one compiled, vmapped batch and returns,
+for all shown units at once, `grid = activation(original) - activation(occluded)`: positive where hiding
+the region lowers the unit. Each image keeps the map of its own unit, regrouped as (K, units)."""),
+    ("code", """occ = jaxviz.occlude_top_images(net, study, data.images, layer="fc1", window=11, stride=4,
+                               threshold=0.5, sigma=2)
+occ.images.shape, occ.heatmaps.shape      # (10 images, 5 units, ...), (10, 5, 7, 7) positions"""),
     ("code", """# a few of the occluded copies of the first image, as the notebook shows them
-spans = occ.row_spans
-copies = np.stack([[np.asarray(jaxviz.occlude_one(x[0], 0.0, np.array([r0, r1, c0, c1])))
-                    for c0, c1 in occ.col_spans] for r0, r1 in spans])
+x = net.to_input(occ.images[0, :1])[0]     # model input: pixels / 255
+copies = np.stack([[np.asarray(jaxviz.occlude_one(x, 0.0, np.array([r0, r1, c0, c1])))
+                    for c0, c1 in occ.occlusion.col_spans] for r0, r1 in occ.occlusion.row_spans])
 plots.plot_occluded_examples(copies)"""),
-    ("code", """own = np.repeat(np.arange(len(units)), 10)                   # each image's own unit
-heat = occ.grid[np.arange(len(images)), ..., own]            # (50, 7, 7)
-masked = np.stack([jaxviz.apply_mask(im, jaxviz.heatmap_mask(h, im.shape[:2], threshold=0.5, sigma=2))
-                   for im, h in zip(images, heat)])
-as_grid = lambda a: np.swapaxes(a.reshape(len(units), 10, *a.shape[1:]), 0, 1)
-plots.plot_masked(as_grid(masked), units)"""),
-    ("code", """plots.plot_heatmaps(as_grid(images), as_grid(occ.pixel_map(own)), units)"""),
+    ("code", """plots.plot_masked(occ.masked, units)"""),
+    ("code", """plots.plot_heatmaps(occ.images, occ.pixel, units)"""),
     ("md", """## t-SNE of the features
 
 scikit-learn's `TSNE` with PCA initialisation and a fixed seed (its current parameter is `max_iter`; the
@@ -121,15 +120,48 @@ notebook's `n_iter` is gone)."""),
 print(f"t-SNE of {len(emb.indices)} points took {emb.seconds:.1f} s")
 plots.plot_tsne(emb.coords, data.labels[emb.indices], class_names)"""),
     ("md", """## What categories are easier? Which are confusing?"""),
-    ("code", """logits = jaxviz.predict(model, variables, data.images)
+    ("code", """logits = jaxviz.layer_features(net, data.images)   # the output layer: the notebook's model.predict
 report = jaxviz.classification_report(data.labels, logits, class_names)
 knn = jaxviz.knn_agreement(emb.coords, data.labels[emb.indices], len(class_names))
-print(f"accuracy {report['accuracy']:.1%}")
-for (name, acc), agree in zip(report["per_class_accuracy"].items(), knn):
+print(f"accuracy {report.accuracy:.1%}")
+for (name, acc), agree in zip(report.per_class_accuracy.items(), knn):
     print(f"  {name:<11} accuracy {acc:.2f}   same-class t-SNE neighbours {agree:.2f}")
-print("most confused:", [(p["a"], p["b"], p["count"]) for p in report["most_confused"]])"""),
-    ("code", """plots.plot_confusion(np.asarray(report["confusion_matrix"]), class_names)"""),
-    ("md", """Everything above, as one HTML page: `jaxviz report --out jaxviz-report` (or `jaxviz.make_report`)."""),
+print("most confused:", [(p.a, p.b, p.count) for p in report.most_confused])"""),
+    ("code", """plots.plot_confusion(report.confusion_matrix, class_names)"""),
+    ("md", """## Bring your own model
+
+Every analysis above takes a `jaxviz.Network`, so it runs on your model as well: `jaxviz.from_linen`
+wraps any `flax.linen.Module` unmodified (`from_nnx` an nnx module, `from_function` a plain
+`apply(variables, x, layer)`). Its layers are its submodules, named by their paths. Here a small linen CNN,
+untrained (random weights), so its units show what random features pick up; `examples/resnet_linen.py`
+and `examples/resnet_nnx.py` are larger ones."""),
+    ("code", """import flax.linen as nn
+import jax
+
+
+class SmallCNN(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Conv(16, (3, 3), name="conv1")(x))
+        x = nn.max_pool(x, (2, 2), (2, 2))
+        x = nn.relu(nn.Conv(32, (3, 3), name="conv2")(x))
+        x = nn.relu(nn.Dense(64, name="features")(x.mean(axis=(1, 2))))
+        return nn.Dense(len(class_names), name="logits")(x)
+
+
+module = SmallCNN()
+variables = module.init(jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32))
+mine = jaxviz.from_linen(module, variables, input_shape=(32, 32, 3), class_names=class_names)
+print(mine.summary_table())"""),
+    ("code", """my_feats = jaxviz.layer_features(mine, data.images, layer=mine.feature_layer)   # "features"
+my_study = jaxviz.study_units(my_feats, data.labels, len(class_names), k=10, count=5)
+my_units, my_top = list(my_study.units), my_study.top.indices[:, list(my_study.units)]
+print(f"{my_study.alive.sum()} of {my_feats.shape[1]} units fire; mean selectivity of the shown units "
+      f"{my_study.selectivity.score[my_units].mean():.2f}")
+plots.plot_top_k(data.images[my_top], my_units, labels=data.labels[my_top], class_names=class_names,
+                title="Top 10 images of five units of an untrained linen CNN")"""),
+    ("md", """Everything above, as one HTML page: `jaxviz report --out jaxviz-report` (or
+`jaxviz.make_report(out, network=net)`); for your model, `jaxviz report --model my_model.py:build`."""),
 ]
 
 

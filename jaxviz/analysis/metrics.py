@@ -53,6 +53,9 @@ def most_confused_pairs(cm: np.ndarray, class_names: tuple[str, ...], *, top: in
       pairs never confused are left out.
     """
     cm = np.asarray(cm)
+    if cm.ndim != 2 or cm.shape[0] != cm.shape[1] or len(class_names) != cm.shape[0]:
+        raise ValueError(f"class_names: expected {cm.shape[0] if cm.ndim else 0} names for a square confusion "
+                         f"matrix of shape {cm.shape}, got {len(class_names)}")
     if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or top < 1:
         raise ValueError(f"top: expected a positive int, got {top!r}")
     pairs = []

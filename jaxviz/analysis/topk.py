@@ -16,7 +16,8 @@ REDUCTIONS = ("mean", "max")
 
 def unit_scores(features: np.ndarray, *, reduce: str = "mean") -> np.ndarray:
     """One score per (image, unit): features as is for dense layers, or the
-    spatial ``"mean"``/``"max"`` of each channel for conv maps (N, h, w, C).
+    ``"mean"``/``"max"`` of each channel (the last axis) over the others, e.g.
+    over (h, w) for conv maps (N, h, w, C).
 
     Returns:
       float32 (N, units).
@@ -26,9 +27,11 @@ def unit_scores(features: np.ndarray, *, reduce: str = "mean") -> np.ndarray:
     features = np.asarray(features, np.float32)
     if features.ndim == 2:
         return features
-    if features.ndim != 4:
-        raise ValueError(f"features: expected (N, units) or (N, h, w, channels), got shape {features.shape}")
-    return features.mean(axis=(1, 2)) if reduce == "mean" else features.max(axis=(1, 2))
+    if features.ndim < 2:
+        raise ValueError(f"features: expected (N, units), (N, h, w, channels) or (N, ..., units), "
+                         f"got shape {features.shape}")
+    axes = tuple(range(1, features.ndim - 1))  # (h, w) for conv maps; every axis between batch and units
+    return features.mean(axis=axes) if reduce == "mean" else features.max(axis=axes)
 
 
 @dataclasses.dataclass(frozen=True)

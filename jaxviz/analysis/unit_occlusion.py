@@ -9,6 +9,7 @@ and turns it into the notebook's mask (``vis_occ``).
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import numpy as np
@@ -60,8 +61,25 @@ def occlude_top_images(network: Network, study: UnitStudy, images: np.ndarray, *
 
     Returns:
       ``UnitOcclusion``.
+
+    Raises:
+      TypeError: not a ``Network`` or ``UnitStudy``; images not uint8.
+      ValueError: unknown layer; a layer with another number of units than the study's, or other
+        images than the study's (its indices would pick the wrong images or units).
     """
+    if not isinstance(network, Network):
+        raise TypeError(f"network: expected a jaxviz.Network (e.g. weights.network), got {type(network).__name__}")
+    if not isinstance(study, UnitStudy):
+        raise TypeError(f"study: expected a UnitStudy from jaxviz.study_units, got {type(study).__name__}")
     network.check_layer(layer)
+    shape = network.output_shape(layer)
+    units = shape[-1] if len(shape) == 3 else math.prod(shape)  # as network.score_fn scores them
+    if study.scores.shape[1] != units:
+        raise ValueError(f"layer: {layer!r} has {units} units, but the study scores {study.scores.shape[1]}: "
+                         "pass the layer the study was made on")
+    if len(images) != study.scores.shape[0]:
+        raise ValueError(f"images: expected the {study.scores.shape[0]} images the study was made on (its indices "
+                         f"point into them), got {len(images)}")
     flat = study.shown_indices()
     owner = study.shown_owner()
     x = network.to_input(images[flat])

@@ -76,8 +76,8 @@ def _check_images(images: Any) -> jax.Array:
     if images.ndim != 4:
         raise ValueError(f"images: expected rank 4 (N, H, W, C), got shape {tuple(images.shape)}")
     if not jnp.issubdtype(images.dtype, jnp.floating):
-        raise TypeError(f"images: expected a floating dtype (use jaxviz.to_model_input on uint8), "
-                        f"got {images.dtype}")
+        raise TypeError(f"images: expected a floating dtype (model input: convert uint8 pixels with "
+                        f"network.to_input(images)), got {images.dtype}")
     if images.shape[0] == 0:
         raise ValueError("images: expected at least one image, got N = 0")
     if not bool(jnp.isfinite(jnp.asarray(images)).all()):

@@ -2,10 +2,12 @@
 
 ``occlude(f, images, window=..., stride=...)`` slides a window over every
 image, replaces the pixels under it with a fill value, and evaluates ``f`` on
-every occluded copy. The single-example step is ``occlude_one(image, fill,
-box)``; it is vmapped over (image, position) pairs, which are processed in
-fixed-size chunks (the last one padded) so the program compiles once per
-(shapes, options), and each chunk is sharded over all devices.
+every occluded copy. It is one client of the perturbation engine
+(``jaxviz.engine.perturb``): each window position is a mask made on the device
+from its box, the per-pair step (mask, then fill) is vmapped over (image,
+position) pairs, and pairs run in fixed-size chunks (the last one padded) so
+the program compiles once per (shapes, options), each chunk sharded over all
+devices. ``occlude_one(image, fill, box)`` is the same step for one example.
 
 Semantics:
 
@@ -35,12 +37,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
 
-from jaxviz._batching import batch_sharding, map_batches, round_up, to_host
-from jaxviz._progress import progress_bar
-from jaxviz.engine._inputs import _check_images, _fill_array, _pair, _positive_count, unit_indices  # noqa: F401
-from jaxviz.engine._plan import default_memory_budget, probe, signature
+from jaxviz.engine._inputs import _check_images, _pair, unit_indices
+from jaxviz.engine.perturb import MaskFamily, perturbed_outputs, prepare
 
 __all__ = ["Occlusion", "occlude", "occlude_one", "unit_indices", "window_spans"]
 
@@ -147,78 +146,31 @@ class Occlusion:
         return self.pixel_map()
 
 
-# --------------------------------------------------------------------------- compiled pieces
+# --------------------------------------------------------------------------- occlusion as masks
+
+
+def _box_mask(boxes: jax.Array, image: jax.Array, index: jax.Array, *, shape: tuple[int, int]) -> jax.Array:
+    """Mask ``index`` of the window family: 1 inside box ``boxes[index]`` (any image)."""
+    box = boxes[index]
+    rows = jnp.arange(shape[0])[:, None]
+    cols = jnp.arange(shape[1])[None, :]
+    inside = (rows >= box[0]) & (rows < box[1]) & (cols >= box[2]) & (cols < box[3])
+    return inside.astype(jnp.float32)
 
 
 @functools.lru_cache(maxsize=64)
-def _with_params(f: Callable) -> Callable:
-    """``f(x)`` as ``g(params, x)`` (params ignored); the same ``g`` for the same ``f``, so caches hit."""
-    return lambda _params, x: f(x)
+def _box_generator(shape: tuple[int, int]) -> Callable:
+    return functools.partial(_box_mask, shape=shape)
 
 
-@functools.lru_cache(maxsize=64)
-def _chunk_program(f: Callable, per_image_fill: bool, units: tuple[int, ...] | None, sharding: NamedSharding,
-                   chunk_size: int, materialize: bool) -> Callable:
-    """Jitted ``(params, images, fills, base, boxes, start) -> grid rows start .. start + chunk_size``.
-
-    ``f`` takes ``(params, x)``. Pair ``k`` is image ``k // positions`` at
-    position ``k % positions``; pairs past the end (padding of the last
-    chunk) repeat pair 0. The pair indices are made on the device, so a call
-    sends only ``start``. Cached on its static configuration, so equal calls
-    reuse one executable.
-    """
-    replicated = NamedSharding(sharding.mesh, PartitionSpec())
-
-    def chunk(params, images, fills, base, boxes, start):
-        pairs = images.shape[0] * boxes.shape[0]
-        k = jax.lax.with_sharding_constraint(start + jnp.arange(chunk_size, dtype=jnp.int32), sharding)
-        k = jnp.where(k < pairs, k, 0)
-        image_idx, box_idx = k // boxes.shape[0], k % boxes.shape[0]
-        fill = fills[image_idx] if per_image_fill else fills
-        in_axes = (0, 0 if per_image_fill else None, 0)
-        occluded = jax.vmap(occlude_one, in_axes=in_axes)(images[image_idx], fill, boxes[box_idx])
-        if materialize:
-            occluded = jax.lax.optimization_barrier(occluded)
-        out = f(params, occluded)
-        if units is not None:
-            out = out[..., jnp.asarray(units)]
-        return base[image_idx] - out
-
-    return jax.jit(chunk, in_shardings=(replicated,) * 6, out_shardings=sharding)
+def window_masks(image_shape: tuple[int, int], rows: np.ndarray, cols: np.ndarray) -> MaskFamily:
+    """Every window position as a ``MaskFamily`` (row-major over positions)."""
+    boxes = np.concatenate([np.repeat(rows, len(cols), 0), np.tile(cols, (len(rows), 1))], axis=1)
+    return MaskFamily(_box_generator(tuple(image_shape)), jnp.asarray(boxes, jnp.int32), len(boxes))
 
 
-@functools.lru_cache(maxsize=64)
-def _base_program(f: Callable, units: tuple[int, ...] | None) -> Callable:
-    def base(params, images):
-        out = f(params, images)
-        return out if units is None else out[..., jnp.asarray(units)]
-
-    return jax.jit(base)
-
-
-# --------------------------------------------------------------------------- stages
-
-
-@dataclasses.dataclass(frozen=True)
-class _Request:
-    """Validated arguments of one ``occlude`` call."""
-
-    f: Callable  # f(params, x)
-    params: Any
-    images: jax.Array
-    rows: np.ndarray
-    cols: np.ndarray
-    fills: jax.Array
-    per_image_fill: bool
-    units: tuple[int, ...] | None
-    kept: tuple[int, ...]  # f's per-image output shape after ``units``
-    example_bytes: int
-
-
-def _check(f, images, window, stride, fill, anchor, units, params, blur_sigma) -> _Request:
-    """Every argument checked (TypeError / ValueError naming it) before anything is compiled."""
-    images = _check_images(images)
-    n, h, w, _ = images.shape
+def _check_windows(images: jax.Array, window: Any, stride: Any, anchor: Any) -> tuple[np.ndarray, np.ndarray]:
+    h, w = images.shape[1:3]
     win, st = _pair(window, "window"), _pair(stride, "stride")
     if win[0] < 1 or win[1] < 1 or win[0] > h or win[1] > w:
         raise ValueError(f"window: expected 1 <= window <= image size ({h}, {w}), got {win}")
@@ -226,47 +178,7 @@ def _check(f, images, window, stride, fill, anchor, units, params, blur_sigma) -
         raise ValueError(f"stride: expected positive ints, got {st}")
     if anchor not in ANCHORS:
         raise ValueError(f"anchor: expected one of {ANCHORS}, got {anchor!r}")
-    if not callable(f):
-        raise TypeError(f"f: expected a callable, got {type(f).__name__}")
-    fn = f if params is not None else _with_params(f)
-    out_shape, example_bytes = probe(fn, True, signature(params), tuple(images.shape[1:]), images.dtype)
-    if units is not None:
-        if not out_shape:
-            raise ValueError("units: f returns one value per image (shape (N,)); there are no units to select")
-        units = unit_indices(units, out_shape[-1])
-    fills, per_image_fill = _fill_array(fill, images, blur_sigma)
-    rows, cols = window_spans(h, win[0], st[0], anchor), window_spans(w, win[1], st[1], anchor)
-    kept = out_shape if units is None else (*out_shape[:-1], len(units))
-    return _Request(fn, params, images, rows, cols, fills, per_image_fill, units, kept, example_bytes)
-
-
-def _plan(req: _Request, pairs: int, shards: int, chunk_size: int | None, memory_budget: int | None) -> int:
-    """Pairs per compiled call: from ``chunk_size`` or the memory budget, then spread evenly so the
-    padded last chunk wastes little, and a multiple of the device count."""
-    if chunk_size is None:
-        budget = default_memory_budget(jax.default_backend()) if memory_budget is None else memory_budget
-        # f's working set, plus the gathered and the occluded image and the kept output
-        per_pair = req.example_bytes + 2 * req.images[0].nbytes + 4 * math.prod(req.kept)
-        chunk_size = max(1, budget // per_pair) * shards
-    chunks = -(-pairs // chunk_size)
-    return round_up(-(-pairs // chunks), shards)
-
-
-def _run_chunks(program: Callable, args: tuple, replicated: NamedSharding, pairs: int, chunk_size: int,
-                grid: np.ndarray, progress: bool) -> None:
-    """Fill ``grid`` (pairs, *kept) chunk by chunk; chunk i+1 is dispatched before chunk i is copied back,
-    so the device never waits for the host."""
-    pending = None
-    with progress_bar(total=pairs, desc="occlusion", disable=not progress, unit="img") as bar:
-        for start in [*range(0, pairs, chunk_size), None]:
-            if start is not None:
-                result = (start, program(*args, jax.device_put(np.int32(start), replicated)))
-            if pending is not None:
-                done, rows_out = pending
-                stop = min(done + chunk_size, pairs)
-                grid[done:stop] = to_host(rows_out)[: stop - done]
-                bar.update(stop - done)
-            pending = result if start is not None else None
+    return window_spans(h, win[0], st[0], anchor), window_spans(w, win[1], st[1], anchor)
 
 
 # --------------------------------------------------------------------------- entry point
@@ -334,28 +246,19 @@ def occlude(
     Raises:
       TypeError / ValueError naming the argument, before anything is compiled.
     """
-    req = _check(f, images, window, stride, fill, anchor, units, params, blur_sigma)
-    chunk_size = _positive_count(chunk_size, "chunk_size", "(image, position) pairs")
-    memory_budget = _positive_count(memory_budget, "memory_budget", "bytes")
-    n, h, w, _ = req.images.shape
-    positions = len(req.rows) * len(req.cols)
-    pairs = n * positions
-    grid_shape = (n, len(req.rows), len(req.cols), *req.kept)
-    if grid_out is None:
-        grid_out = np.empty(grid_shape, np.float32)
-    elif (not isinstance(grid_out, np.ndarray) or grid_out.shape != grid_shape or grid_out.dtype != np.float32
-          or not grid_out.flags.writeable or not grid_out.flags.c_contiguous):
+    images = _check_images(images)
+    rows, cols = _check_windows(images, window, stride, anchor)
+    p = prepare(f, images, fill=fill, units=units, params=params, blur_sigma=blur_sigma)
+    n, h, w, _ = p.images.shape
+    grid_shape = (n, len(rows), len(cols), *p.kept)
+    if grid_out is not None and (not isinstance(grid_out, np.ndarray) or grid_out.shape != grid_shape):
         raise ValueError(f"grid_out: expected a writable, C-contiguous float32 array of shape {grid_shape}, got "
                          f"{getattr(grid_out, 'dtype', type(grid_out).__name__)} {getattr(grid_out, 'shape', '')}")
-
-    sharding = batch_sharding(None if devices is None else tuple(devices))
-    replicated = NamedSharding(sharding.mesh, PartitionSpec())
-    chunk_size = _plan(req, pairs, sharding.mesh.size, chunk_size, memory_budget)
-    program = _chunk_program(req.f, req.per_image_fill, req.units, sharding, chunk_size, bool(materialize))
-    base = map_batches(functools.partial(_base_program(req.f, req.units), req.params), req.images,
-                       batch_size=chunk_size, devices=tuple(sharding.mesh.devices.flat))
-    rows, cols = req.rows, req.cols
-    boxes = np.concatenate([np.repeat(rows, len(cols), 0), np.tile(cols, (len(rows), 1))], axis=1)
-    args = jax.device_put((req.params, req.images, req.fills, base, boxes), replicated)
-    _run_chunks(program, args, replicated, pairs, chunk_size, grid_out.reshape(pairs, *req.kept), progress)
-    return Occlusion(base, grid_out, rows, cols, (h, w), req.units, chunk_size)
+    flat = None if grid_out is None else grid_out.reshape(n, len(rows) * len(cols), *p.kept)
+    if flat is not None and not np.shares_memory(flat, grid_out):
+        raise ValueError("grid_out: expected a C-contiguous array (its reshape must be a view)")
+    base, outputs, size = perturbed_outputs(
+        p, window_masks((h, w), rows, cols), difference=True, chunk_size=chunk_size, memory_budget=memory_budget,
+        devices=devices, progress=progress and "occlusion", materialize=materialize, out=flat)
+    grid = outputs.reshape(grid_shape) if grid_out is None else grid_out
+    return Occlusion(base, grid, rows, cols, (h, w), p.units, size)

@@ -70,7 +70,7 @@ class CNN(nn.Module):
         """Forward pass.
 
         Args:
-          x: float32 images, shape (N, 32, 32, 3), as made by ``jaxviz.to_model_input``.
+          x: float32 images, shape (N, 32, 32, 3), as made by ``from_cnn(...).to_input`` (pixels / 255).
           train: use batch statistics and dropout (needs a ``"dropout"`` rng).
           stop_at: return this layer's output instead of the logits.
 
@@ -124,14 +124,14 @@ def forward(model: CNN, variables: Variables, x: jax.Array, *, layer: str | None
     Args:
       model: the module (static).
       variables: ``{"params", "batch_stats"}``.
-      x: float32 (N, 32, 32, 3) model input (see ``to_model_input``).
-      layer: a name from ``layer_names(model)``; ``None`` means the logits.
+      x: float32 (N, 32, 32, 3) model input (pixels / 255, see ``Network.to_input``).
+      layer: a name from ``model.layer_names()``; ``None`` means the logits.
 
     Returns:
       The layer's activations, shape (N, ...) as given by ``layers``.
 
     Raises:
-      ValueError: ``layer`` is not one of ``layer_names(model)``.
+      ValueError: ``layer`` is not one of ``model.layer_names()``.
     """
     check_layer(model, layer)
     return model.apply(variables, x, train=False, stop_at=layer)

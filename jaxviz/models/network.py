@@ -294,13 +294,14 @@ class Network:
         return self._cached(("layer_fn", layer), lambda: fn)
 
     def score_fn(self, layer: str) -> Callable[[Any, jax.Array], jax.Array]:
-        """``f(variables, x) -> (N, units)``: one score per unit, the layer's activations with
-        spatial maps (N, h, w, C) averaged over (h, w) (``unit_scores``' default); cached per layer."""
+        """``f(variables, x) -> (N, units)``: one score per unit (the last axis), the layer's
+        activations averaged over every axis between the batch and the last (``unit_scores``'
+        default: (h, w) for conv maps); cached per layer."""
         fn = self.layer_fn(layer)
 
         def scores(variables, x):
             out = fn(variables, x)
-            return out.mean(axis=(1, 2)) if out.ndim == 4 else out.reshape(out.shape[0], -1)
+            return out.mean(axis=tuple(range(1, out.ndim - 1))) if out.ndim > 2 else out.reshape(out.shape[0], -1)
 
         scores.__name__ = scores.__qualname__ = f"{self.name or 'network'}:{layer}:scores"
         return self._cached(("score_fn", layer), lambda: scores)

@@ -114,16 +114,16 @@ def _evaluation_section(page: _Page, r: ReportResults) -> None:
 
 
 def _filter_sections(page: _Page, r: ReportResults) -> None:
-    names = list(r.kernels)
-    safe = {n: n.replace("/", "_") for n in names}
-    page.section("Filters", *(page.figure(plots.plot_filters(*filter_grid(k), title=f"{n} kernels"),
-                                          f"filters_{safe[n]}", f"{n}: " + ("RGB kernels" if k.shape[2] == 3 else
-                                                                          "kernels averaged over input channels"))
-                              for n, k in r.kernels.items()) or _p("The network has no conv kernels."))
+    safe = {n: n.replace("/", "_") for n in r.kernels}
+    filters = [page.figure(plots.plot_filters(*filter_grid(k), title=f"{n} kernels"), f"filters_{safe[n]}",
+                           f"{n}: " + ("RGB kernels" if k.shape[2] == 3 else "kernels averaged over input channels"))
+               for n, k in r.kernels.items()]
+    page.section("Filters", *filters or [_p("The network has no conv kernels.")])
     images = r.dataset.images[r.activation_images]
-    page.section("Activation maps", *(page.figure(plots.plot_activation_maps(images, maps, layer=n),
-                                                  f"activations_{safe[n]}", f"Feature maps of {n}, first 8 channels.")
-                                      for n, maps in r.activations.items()) or _p("No conv layers."))
+    maps = [page.figure(plots.plot_activation_maps(images, maps, layer=n), f"activations_{safe[n]}",
+                        f"Feature maps of {n}, first 8 channels.")
+            for n, maps in r.activations.items()]
+    page.section("Activation maps", *maps or [_p("No conv layers.")])
 
 
 def _units_section(page: _Page, r: ReportResults, u: dict) -> None:
