@@ -5,8 +5,12 @@ The package is layered; data flows one way and a layer imports only those before
     data      uint8 image datasets: folders, the embedded sample, CIFAR-10 archives
     models    Network (the one model interface) and its adapters; the built-in CNN,
               its weights and training
-    engine    evaluating a network on many inputs: layer activations, fused occlusion
-    analysis  top-K, unit selectivity, masks, filters, t-SNE, classification metrics
+    engine    evaluating a network on many inputs: layer activations, the perturbation
+              engine (masks made on the device) and occlusion on it
+    attribution  perturbation methods on the engine (RISE, feature ablation) and
+              faithfulness metrics (deletion / insertion curves, MuFidelity)
+    analysis  top-K, unit selectivity, masks, filters, t-SNE, classification metrics,
+              method comparison
     report    figures (the only matplotlib user, imported lazily) and the HTML report
     cli       the ``jaxviz`` command
 
@@ -27,6 +31,7 @@ from jaxviz.analysis.metrics import (
     most_confused_pairs,
 )
 from jaxviz.analysis.topk import TopK, top_k_images, unit_scores
+from jaxviz.analysis.trust import MethodComparison, compare_methods
 from jaxviz.analysis.unit_occlusion import UnitOcclusion, occlude_top_images
 from jaxviz.analysis.units import (
     Selectivity,
@@ -40,6 +45,9 @@ from jaxviz.analysis.units import (
     study_units,
     unit_selectivity,
 )
+from jaxviz.attribution.ablation import Ablation, feature_ablation, grid_segments, slic_segments
+from jaxviz.attribution.faithfulness import Curve, MuFidelity, deletion_curve, insertion_curve, mu_fidelity
+from jaxviz.attribution.rise import Rise, rise, rise_masks
 from jaxviz.data import CIFAR10_CLASSES, Dataset, cache_dir, load_cifar10, load_image_folder, load_sample
 from jaxviz.engine.activations import activation_maps, layer_features
 from jaxviz.engine.occlusion import Occlusion, occlude, occlude_one, unit_indices, window_spans
@@ -66,6 +74,8 @@ from jaxviz.report.settings import check_against as check_report_settings
 __version__ = "0.2.0"
 
 __all__ = [
+    "Ablation", "Curve", "MethodComparison", "MuFidelity", "Rise", "compare_methods", "deletion_curve",
+    "feature_ablation", "grid_segments", "insertion_curve", "mu_fidelity", "rise", "rise_masks", "slic_segments",
     "CIFAR10_CLASSES", "CNN", "ClassificationReport", "PRETRAINED_FILE", "ConfusedPair", "Dataset", "Embedding", "InputSpec", "LayerInfo",
     "Network", "Occlusion", "ReportSettings", "Selectivity", "SimilarUnits", "TopK", "TrainConfig", "TrainingDiverged", "UnitOcclusion",
     "UnitPair", "UnitStudy", "Weights", "activation_maps", "active_in_top_k", "apply_mask", "atomic_path",

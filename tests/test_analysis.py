@@ -122,8 +122,10 @@ def test_unit_scores():
     np.testing.assert_array_equal(unit_scores(dense), dense)
     with pytest.raises(ValueError, match="reduce"):
         unit_scores(maps, reduce="sum")
+    tokens = rng.normal(size=(5, 7, 6)).astype(np.float32)  # (N, tokens, units): mean over the tokens
+    assert_close(unit_scores(tokens), tokens.mean(1))
     with pytest.raises(ValueError, match="features"):
-        unit_scores(maps[0])
+        unit_scores(dense[0])
 
 
 def top_k_reference(scores: np.ndarray, k: int):
@@ -348,7 +350,11 @@ def test_classification_report_of_a_network(tiny_net, tiny_dataset):
         want[label, prediction] += 1
     np.testing.assert_array_equal(report.confusion_matrix, want)
     for c, name in enumerate(names):
-        assert report.per_class_accuracy[name] == (want[c, c] / want[c].sum() if want[c].sum() else 0.0)
+        if want[c].sum():
+            assert report.per_class_accuracy[name] == want[c, c] / want[c].sum()
+        else:  # no images of the class: no accuracy, and never among the easiest or hardest
+            assert np.isnan(report.per_class_accuracy[name])
+            assert name not in report.easiest + report.hardest
 
 
 # --- masks ------------------------------------------------------------------------------

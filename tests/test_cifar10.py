@@ -18,8 +18,8 @@ import pytest
 
 import jaxviz.data.cifar10
 from jaxviz._io import file_digest
-from jaxviz.data.cifar10 import CIFAR10_BASE_URL, DownloadError, cache_dir, load_cifar10
 from jaxviz.data import CIFAR10_CLASSES
+from jaxviz.data.cifar10 import CIFAR10_BASE_URL, DownloadError, cache_dir, load_cifar10
 
 BIN_ARCHIVE, BIN_FOLDER = "cifar-10-binary.tar.gz", "cifar-10-batches-bin"
 PY_ARCHIVE, PY_FOLDER = "cifar-10-python.tar.gz", "cifar-10-batches-py"

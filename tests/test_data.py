@@ -1,4 +1,4 @@
-"""Tests for jaxviz.data: Dataset, to_model_input, image folders, the embedded sample."""
+"""Tests for jaxviz.data: Dataset, image folders, the embedded sample; and how pixels become model input."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxviz.data import CIFAR10_CLASSES, Dataset, load_image_folder, load_sample, to_model_input
+from jaxviz import InputSpec, load_pretrained
+from jaxviz.data import CIFAR10_CLASSES, Dataset, load_image_folder, load_sample
 
 from conftest import make_uint8_images
 
@@ -340,17 +341,34 @@ def test_image_folder_decompression_bomb_is_a_value_error(tmp_path, monkeypatch)
         load_one(path)
 
 
-# --- to_model_input ----------------------------------------------------------------
+# --- pixels -> model input (the network's input spec; the data layer never converts) ---------
+#
+# ``jaxviz.data.to_model_input`` is gone: a network converts its own input with ``network.to_input``
+# (``InputSpec.to_input``); the built-in CNN's is the notebook's ``X.astype('float32') / 255``.
+
+
+def to_model_input(images, height: int = 32, width: int = 32, channels: int = 3):
+    """The default conversion (pixel / 255) of a network taking (height, width, channels) images."""
+    return InputSpec(height, width, channels).to_input(images)
+
 
 def test_to_model_input_values_and_dtype():
     images = np.array([0, 1, 51, 128, 254, 255], np.uint8).reshape(1, 1, 2, 3)
-    x = to_model_input(images)
+    x = to_model_input(images, 1, 2)
     assert x.dtype == np.float32 and x.shape == images.shape
     want = np.array([0.0, 1 / 255, 0.2, 128 / 255, 254 / 255, 1.0]).reshape(1, 1, 2, 3)
     np.testing.assert_allclose(x, want, rtol=1e-7, atol=0)
     assert x.min() == 0.0 and x.max() == 1.0
     images = make_uint8_images(3, seed=5)
     np.testing.assert_array_equal(to_model_input(images), np.float32(images) / np.float32(255))
+
+
+def test_pretrained_network_input_is_pixels_over_255():
+    """The shipped CNN takes the notebook's input: 32x32x3 pixels / 255, exactly."""
+    network = load_pretrained().network
+    images = make_uint8_images(3, seed=6)
+    assert network.input_spec.shape == (32, 32, 3)
+    np.testing.assert_array_equal(network.to_input(images), np.float32(images) / np.float32(255))
 
 
 def test_to_model_input_rejects_bad_input():
@@ -360,27 +378,29 @@ def test_to_model_input_rejects_bad_input():
         to_model_input(np.zeros((1, 32, 32, 3), np.int64))
     with pytest.raises(ValueError, match="shape"):
         to_model_input(np.zeros((32, 32, 3), np.uint8))
-    with pytest.raises(ValueError, match="shape"):
+    with pytest.raises(ValueError, match="3 channels"):
         to_model_input(np.zeros((1, 32, 32, 4), np.uint8))
+    with pytest.raises(ValueError, match=r"32x32 .* got 64x64 .*resize_images"):
+        to_model_input(np.zeros((1, 64, 64, 3), np.uint8))
 
 
 def test_to_model_input_refuses_floats_and_says_how_to_convert():
     model_input = np.random.default_rng(0).random((2, 4, 4, 3), dtype=np.float32)  # already pixel / 255
     with pytest.raises(TypeError) as e:
-        to_model_input(model_input)
+        to_model_input(model_input, 4, 4)
     msg = str(e.value)
-    assert msg.startswith("images: expected uint8 images (N, H, W, 3), got float32")
+    assert msg.startswith("images: expected uint8 images (N, H, W, C), got float32")
     assert "model input already" in msg and "(x * 255).round().astype(np.uint8)" in msg
-    assert "skip to_model_input" in msg
+    assert "converts them with the network's input spec" in msg
     with pytest.raises(TypeError) as e:  # float pixels 0..255: a different conversion
-        to_model_input(np.full((1, 2, 2, 3), 200.0))
+        to_model_input(np.full((1, 2, 2, 3), 200.0), 2, 2)
     msg = str(e.value)
     assert "float64" in msg and "[200, 200]" in msg and "np.clip(x, 0, 255).round().astype(np.uint8)" in msg
     assert "model input already" not in msg
     with pytest.raises(TypeError, match=r"int64; pass uint8 pixels 0\.\.255"):
-        to_model_input(np.zeros((1, 2, 2, 3), np.int64))
-    with pytest.raises(TypeError, match="float64"):  # a nested list becomes float64 too
-        to_model_input([[[[0.5, 0.5, 0.5]]]])
+        to_model_input(np.zeros((1, 2, 2, 3), np.int64), 2, 2)
+    with pytest.raises(TypeError, match="uint8 array .* got list"):  # a nested list is no array of pixels
+        to_model_input([[[[0.5, 0.5, 0.5]]]], 1, 1)
 
 
 # --- Dataset -------------------------------------------------------------------------

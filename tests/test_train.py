@@ -21,20 +21,10 @@ import pytest
 import jaxviz
 from jaxviz.cli import main as cli_main
 from jaxviz.data import Dataset
+from jaxviz.models.adapters import from_cnn
+from jaxviz.models.checkpoint import CHECKPOINT_FILE, load_checkpoint, run_identity, save_checkpoint
 from jaxviz.models.cnn import init_variables
-from jaxviz.models.train import (
-    CHECKPOINT_FILE,
-    TrainConfig,
-    TrainingDiverged,
-    TrainState,
-    _load_checkpoint,
-    _optimizer,
-    _run_identity,
-    _save_checkpoint,
-    augment,
-    predict,
-    train,
-)
+from jaxviz.models.train import TrainConfig, TrainingDiverged, TrainState, _optimizer, augment, train
 
 from conftest import make_easy_dataset
 
@@ -61,6 +51,11 @@ def assert_trees_equal(a, b, *, exact: bool = True) -> None:
 
 def files_in(directory: Path) -> list[str]:
     return sorted(os.listdir(directory))
+
+
+def identity_of(config: TrainConfig, train_set: Dataset, test_set: Dataset | None) -> dict:
+    """The run record ``train`` gives a run of ``config`` on this data."""
+    return run_identity(dataclasses.asdict(config), config.model(len(train_set.class_names)), train_set, test_set)
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +116,8 @@ def test_training_lowers_the_loss(reference_run, easy_dataset):
     assert history[-1]["train_accuracy"] >= 0.9  # chance is 0.5 (training mode: dropout, augmentation)
     assert all(0.0 <= h["test_accuracy"] <= 1.0 for h in history)
     assert history[-1]["test_accuracy"] == 1.0
-    logits = predict(reference_run.model, reference_run.variables, easy_dataset.images, batch_size=24)
+    network = from_cnn(reference_run.model, reference_run.variables, easy_dataset.class_names)
+    logits = jaxviz.layer_features(network, easy_dataset.images, batch_size=24)  # default: the output layer
     assert logits.shape == (64, 2) and logits.dtype == np.float32
     assert np.mean(logits.argmax(-1) == easy_dataset.labels) == 1.0
 
@@ -156,10 +152,10 @@ def test_checkpoint_round_trip(tmp_path, easy_dataset):
         else np.asarray(a) + 5, template)
     history = [{"epoch": 1, "loss": 0.5}, {"epoch": 2, "loss": 0.25}]
     path = tmp_path / "ckpt" / CHECKPOINT_FILE
-    identity = _run_identity(CONFIG, easy_dataset, None)
-    _save_checkpoint(path, state, 2, identity, history)
+    identity = identity_of(CONFIG, easy_dataset, None)
+    save_checkpoint(path, state, 2, identity, history)
     assert files_in(path.parent) == [CHECKPOINT_FILE]
-    loaded, epoch, loaded_history = _load_checkpoint(path, template, identity)
+    loaded, epoch, loaded_history = load_checkpoint(path, template, identity)
     assert epoch == 2 and loaded_history == history
     assert_trees_equal(loaded, state)
 
@@ -169,8 +165,8 @@ def test_checkpoint_from_another_config_is_rejected(tmp_path, easy_dataset):
     model = other.model(2)
     v = init_variables(model, jax.random.key(0))
     tx = _optimizer(other, 4)
-    _save_checkpoint(tmp_path / CHECKPOINT_FILE, TrainState(v["params"], v["batch_stats"], tx.init(v["params"])),
-                     1, _run_identity(other, easy_dataset, None), [{"epoch": 1, "loss": 1.0}])
+    save_checkpoint(tmp_path / CHECKPOINT_FILE, TrainState(v["params"], v["batch_stats"], tx.init(v["params"])),
+                    1, identity_of(other, easy_dataset, None), [{"epoch": 1, "loss": 1.0}])
     with pytest.raises(ValueError, match="different config"):
         train(CONFIG, easy_dataset, checkpoint_dir=tmp_path, progress=False)
 
@@ -341,8 +337,8 @@ def write_checkpoint(directory: Path, config: TrainConfig, train_set: Dataset, t
     """A checkpoint of a run of ``config`` on ``train_set`` (finished unless ``epoch``); returns its bytes."""
     epoch = config.epochs if epoch is None else epoch
     path = directory / CHECKPOINT_FILE
-    _save_checkpoint(path, fresh_state(config, len(train_set.class_names)), epoch,
-                     _run_identity(config, train_set, test_set), [{"epoch": e + 1, "loss": 1.0} for e in range(epoch)])
+    save_checkpoint(path, fresh_state(config, len(train_set.class_names)), epoch,
+                    identity_of(config, train_set, test_set), [{"epoch": e + 1, "loss": 1.0} for e in range(epoch)])
     return path.read_bytes()
 
 
@@ -402,7 +398,7 @@ def test_fresh_run_overwrites_the_checkpoint_of_another_run(tmp_path, easy_datas
                   on_step=lambda *a: steps.append(a))
     assert len(steps) == 4
     payload = flax.serialization.msgpack_restore((tmp_path / CHECKPOINT_FILE).read_bytes())
-    assert json.loads(payload["identity"]) == _run_identity(config, easy_dataset, None)
+    assert json.loads(payload["identity"]) == identity_of(config, easy_dataset, None)
     # the same data from elsewhere (copied arrays, another source) is the same run: resumed, nothing to train
     same = Dataset(easy_dataset.images.copy(), easy_dataset.labels.copy(), easy_dataset.class_names, source="copy")
     again = train(config, same, checkpoint_dir=tmp_path, progress=False,
@@ -443,8 +439,8 @@ def inject_non_finite(monkeypatch, what: str, at_call: int) -> None:
     """Make the ``at_call``-th training step (1-based) return a NaN loss or NaN parameters."""
     real = train_module._make_train_step
 
-    def make(model, tx, config):
-        step, calls = real(model, tx, config), [0]
+    def make(*args):
+        step, calls = real(*args), [0]
 
         def wrapped(state, *args):
             state, loss, correct = step(state, *args)
@@ -475,8 +471,8 @@ def test_non_finite_training_stops_and_keeps_the_last_good_checkpoint(what, at_c
         train(CONFIG, easy_dataset, checkpoint_dir=tmp_path, progress=True, on_step=remember_checkpoint)
     assert issubclass(TrainingDiverged, ValueError)
     assert (tmp_path / CHECKPOINT_FILE).read_bytes() == saved["bytes"]
-    state, epoch, history = _load_checkpoint(tmp_path / CHECKPOINT_FILE, fresh_state(CONFIG, 2),
-                                             _run_identity(CONFIG, easy_dataset, None))
+    state, epoch, history = load_checkpoint(tmp_path / CHECKPOINT_FILE, fresh_state(CONFIG, 2),
+                                            identity_of(CONFIG, easy_dataset, None))
     assert epoch == 1 and len(history) == 1
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves(state)
                if jnp.issubdtype(x.dtype, jnp.inexact))
@@ -490,8 +486,8 @@ def test_huge_learning_rate_diverges(tmp_path):
     with pytest.raises(TrainingDiverged, match="peak_lr=1e\\+06"):
         train(config, data, checkpoint_dir=tmp_path, progress=False)
     if (tmp_path / CHECKPOINT_FILE).exists():  # epochs before the divergence: finite, loadable
-        state, _, history = _load_checkpoint(tmp_path / CHECKPOINT_FILE, fresh_state(config, 2),
-                                             _run_identity(config, data, None))
+        state, _, history = load_checkpoint(tmp_path / CHECKPOINT_FILE, fresh_state(config, 2),
+                                            identity_of(config, data, None))
         strict_json(json.dumps(history))
         assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves(state)
                    if jnp.issubdtype(x.dtype, jnp.inexact))
@@ -510,21 +506,15 @@ def image_folder(root: Path, class_names: tuple[str, ...], per_class: int = 4, s
     return root
 
 
-@dataclasses.dataclass(frozen=True)
-class TinyCLIConfig(TrainConfig):
-    """What `jaxviz train` builds, with a tiny model (the command line has no architecture options)."""
-
-    widths: tuple[int, ...] = (4,)
-    hidden: int = 8
-
-
-@pytest.fixture
-def tiny_cli_model(monkeypatch):
-    monkeypatch.setattr(jaxviz, "TrainConfig", TinyCLIConfig)
+TINY_CLI_MODEL = ["--widths", "4", "--hidden", "8"]  # a tiny CNN through the architecture options
 
 
 def run_cli(capsys, *args) -> tuple[int, str, str]:
-    code = cli_main(["train", *map(str, args)])
+    """``jaxviz train ARGS``: exit code, stdout, stderr (usage errors exit through argparse's SystemExit)."""
+    try:
+        code = cli_main(["train", *map(str, args)])
+    except SystemExit as e:
+        code = e.code
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
@@ -537,12 +527,12 @@ def one_error_line(err: str) -> str:
     return errors[0]
 
 
-def test_cli_refuses_a_checkpoint_of_other_data_and_fresh_starts_over(tmp_path, capsys, monkeypatch, tiny_cli_model):
+def test_cli_refuses_a_checkpoint_of_other_data_and_fresh_starts_over(tmp_path, capsys, monkeypatch):
     """The bug report: a second `jaxviz train` on folder B resumed folder A's run from the default directory."""
     monkeypatch.chdir(tmp_path)  # the default --checkpoint-dir ./jaxviz-checkpoints
     folder_a = image_folder(tmp_path / "A", ("a", "b"))
     folder_b = image_folder(tmp_path / "B", ("x", "y", "z"), seed=1)
-    common = ["--epochs", "1", "--batch-size", "4"]
+    common = ["--epochs", "1", "--batch-size", "4", *TINY_CLI_MODEL]
     code, out, err = run_cli(capsys, "--data", "folder", "--data-dir", folder_a, *common, "--out", "wA.msgpack")
     assert code == 0, err
     assert len(strict_json(out)["history"]) == 1
@@ -560,20 +550,31 @@ def test_cli_refuses_a_checkpoint_of_other_data_and_fresh_starts_over(tmp_path, 
                              "--fresh")
     assert code == 0, err
     assert strict_json(out)["weights"] == "wB.msgpack"
-    assert jaxviz.load_weights(tmp_path / "wB.msgpack").class_names == ("x", "y", "z")
+    weights = jaxviz.load_weights(tmp_path / "wB.msgpack")
+    assert weights.class_names == ("x", "y", "z")
+    assert (weights.model.widths, weights.model.hidden) == ((4,), 8)  # the architecture options were used
 
 
-@pytest.mark.parametrize("args, flag", [
-    (["--batch-size", "0"], "--batch-size"), (["--batch-size", "-1"], "--batch-size"),
-    (["--epochs", "0"], "--epochs"), (["--epochs", "-1"], "--epochs"),
-    (["--lr", "-1"], "--lr"), (["--lr", "0"], "--lr"), (["--lr", "nan"], "--lr"), (["--lr", "inf"], "--lr"),
+@pytest.mark.parametrize("args, flag, given", [
+    # ints are refused by the parser ("argument --epochs: ..."), the rest by TrainConfig, under the option's name;
+    # --lr is an alias of --peak-lr, whose name the message gives
+    (["--batch-size", "0"], "--batch-size", "0"), (["--batch-size", "-1"], "--batch-size", "-1"),
+    (["--epochs", "0"], "--epochs", "0"), (["--epochs", "-1"], "--epochs", "-1"), (["--epochs", "x"], "--epochs", "x"),
+    (["--lr", "-1"], "--peak-lr", "-1.0"), (["--lr", "0"], "--peak-lr", "0.0"), (["--lr", "nan"], "--peak-lr", "nan"),
+    (["--lr", "inf"], "--peak-lr", "inf"), (["--peak-lr", "-1"], "--peak-lr", "-1.0"),
+    (["--momentum", "1"], "--momentum", "1.0"), (["--dropout", "nan"], "--dropout", "nan"),
+    (["--widths", "4,0"], "--widths[1]", "got 0"), (["--widths", "4,4,4,4,4,4"], "--widths", "6 values"),
+    (["--widths", "4.5"], "--widths", "4.5"), (["--hidden", "0"], "--hidden", "0"),
 ])
-def test_cli_rejects_bad_settings_before_any_work(args, flag, tmp_path, capsys):
+def test_cli_rejects_bad_settings_before_any_work(args, flag, given, tmp_path, capsys):
     code, out, err = run_cli(capsys, "--data", "folder", "--data-dir", tmp_path / "no-such-folder", *args,
                              "--checkpoint-dir", tmp_path / "ckpt", "--out", tmp_path / "w.msgpack")
     assert code == 2 and out == ""
-    assert one_error_line(err).startswith(f"jaxviz train: error: {flag}: expected ")
-    assert not (tmp_path / "ckpt").exists()
+    line = one_error_line(err)
+    assert line.startswith((f"jaxviz train: error: {flag}: expected ",
+                            f"jaxviz train: error: argument {flag}: expected ")), line
+    assert given in line, line
+    assert not (tmp_path / "ckpt").exists() and not (tmp_path / "w.msgpack").exists()
 
 
 @pytest.mark.parametrize("case", ["ckpt_is_file", "ckpt_under_file", "out_is_dir", "out_under_file"])
@@ -593,10 +594,11 @@ def test_cli_checks_outputs_before_loading_data(case, tmp_path, capsys):
     assert expected in line and ("is a file" in line or "is a directory" in line)
 
 
-def test_cli_diverging_run_fails_cleanly(tmp_path, capsys, tiny_cli_model):
+def test_cli_diverging_run_fails_cleanly(tmp_path, capsys):
     folder = image_folder(tmp_path / "A", ("a", "b"))
     code, out, err = run_cli(capsys, "--data", "folder", "--data-dir", folder, "--epochs", "2", "--batch-size", "4",
-                             "--lr", "1e6", "--checkpoint-dir", tmp_path / "ckpt", "--out", tmp_path / "w.msgpack")
+                             "--lr", "1e6", *TINY_CLI_MODEL, "--checkpoint-dir", tmp_path / "ckpt",
+                             "--out", tmp_path / "w.msgpack")
     assert code == 2 and out == ""
     assert "training diverged" in one_error_line(err)
     assert not (tmp_path / "w.msgpack").exists()
@@ -606,8 +608,12 @@ def test_cli_diverging_run_fails_cleanly(tmp_path, capsys, tiny_cli_model):
 
 
 def test_predict_refuses_model_input_and_other_sizes(tiny_model, tiny_variables, tiny_images):
+    """Predicting is ``layer_features`` at the output layer (``jaxviz.train.predict`` is gone)."""
+    network = from_cnn(tiny_model, tiny_variables)
     # float input in [0, 1] would be divided by 255 again: accuracy would silently be chance
     with pytest.raises(TypeError, match="images.*uint8"):
-        predict(tiny_model, tiny_variables, tiny_images.astype(np.float32) / 255)
-    with pytest.raises(ValueError, match="32x32 .* got 64x64x3"):
-        predict(tiny_model, tiny_variables, np.zeros((1, 64, 64, 3), np.uint8))
+        jaxviz.layer_features(network, tiny_images.astype(np.float32) / 255)
+    with pytest.raises(ValueError, match="32x32 .* got 64x64 images"):
+        jaxviz.layer_features(network, np.zeros((1, 64, 64, 3), np.uint8))
+    with pytest.raises(ValueError, match="at least one image"):
+        jaxviz.layer_features(network, np.zeros((0, 32, 32, 3), np.uint8))

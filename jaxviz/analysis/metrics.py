@@ -78,8 +78,8 @@ class ClassificationReport:
       images: how many images.
       accuracy: share of images whose top output is their label.
       class_names: one per class.
-      per_class_accuracy: class name -> accuracy on that class's images (0 for a class with none).
-      easiest, hardest: the three best and worst classes by accuracy.
+      per_class_accuracy: class name -> accuracy on that class's images (NaN for a class with none).
+      easiest, hardest: the three best and worst classes by accuracy, among those with images.
       confusion_matrix: int64 (classes, classes), rows true, columns predicted.
       most_confused: the ``ConfusedPair``s most often mistaken for each other.
     """
@@ -110,8 +110,10 @@ def classification_report(labels: np.ndarray, logits: np.ndarray, class_names: t
         raise ValueError(f"logits: expected shape (N, {len(class_names)}), got {logits.shape}")
     predictions = logits.argmax(1)
     cm = confusion_matrix(labels, predictions, len(class_names))
-    per_class = cm.diagonal() / np.maximum(cm.sum(1), 1)
-    order = np.argsort(-per_class, kind="stable")
+    present = cm.sum(1) > 0
+    per_class = np.where(present, cm.diagonal() / np.maximum(cm.sum(1), 1), np.nan)
+    shown = np.flatnonzero(present)  # easiest / hardest among the classes that have images
+    order = shown[np.argsort(-per_class[shown], kind="stable")]
     return ClassificationReport(
         images=int(len(labels)),
         accuracy=float(np.mean(predictions == np.asarray(labels))),

@@ -65,13 +65,20 @@ def add_fields(p: argparse.ArgumentParser, cls, names: typing.Sequence[str], hel
                        help=f"{helps.get(name, name)} (default: {shown})")
 
 
+def as_option(error: Exception, names: typing.Sequence[str]) -> Exception:
+    """``error`` (``ValueError``/``TypeError``) with its leading field name ("k: ...") given as
+    the option ("--k: ..."), when the field is one of ``names``; ``widths[1]`` becomes ``--widths[1]``."""
+    name, _, rest = str(error).partition(": ")
+    field, index = name.partition("[")[0], "".join(name.partition("[")[1:])
+    return type(error)(f"{flag(field)}{index}: {rest}" if rest and field in names else str(error))
+
+
 def settings_from(cls, args, names: typing.Sequence[str]):
     """``cls(**fields)`` from parsed options; a field's error names its option."""
     try:
         return cls(**{n: getattr(args, n) for n in names})
     except (ValueError, TypeError) as e:
-        name, _, rest = str(e).partition(": ")
-        raise type(e)(f"{flag(name)}: {rest}" if name in names else str(e)) from None
+        raise as_option(e, names) from None
 
 
 def add_model(p: argparse.ArgumentParser) -> None:
@@ -119,6 +126,10 @@ def load(args) -> tuple[jaxviz.Dataset, jaxviz.Network]:
     network = load_network(args)
     data = load_data(args)
     if network.is_classifier:
+        unknown = [c for c in data.class_names if c not in network.class_names]
+        if unknown:
+            raise ValueError(f"--data {args.data}: the data has classes {unknown} that the model does not know "
+                             f"(the model's classes: {list(network.class_names)})")
         data = data.with_classes(network.class_names)
     h, w, c = network.input_spec.shape
     if args.resize and data.images.shape[1:3] != (h, w):

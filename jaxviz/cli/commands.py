@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -10,7 +12,7 @@ import numpy as np
 
 import jaxviz
 from jaxviz import plots
-from jaxviz.cli._options import check_writable, load, load_data, load_network, settings_from
+from jaxviz.cli._options import as_option, check_writable, load, load_data, load_network, settings_from
 
 # the ReportSettings fields each command exposes (see build_parser)
 REPORT_FIELDS = ("layer", "units", "num_units", "k", "window", "stride", "anchor", "threshold", "sigma",
@@ -29,10 +31,35 @@ def _study(data, network, settings):
     return layer, study
 
 
-def _checked(args, fields, data, network):
+def _checked(args, fields, data, network, *, uses_k: bool = True):
+    """The settings of ``fields``, checked alone and against the data and the model; errors name the options."""
     settings = settings_from(jaxviz.ReportSettings, args, fields)
-    jaxviz.check_report_settings(settings, network, data)
+    unused = {"window": 1} if "window" not in fields else {}  # checks of settings the command does not use pass
+    if not uses_k:  # k only has to fit the data when the top-K images are looked at
+        unused["k"] = 1
+    try:
+        jaxviz.check_report_settings(dataclasses.replace(settings, **unused), network, data)
+    except (ValueError, TypeError) as e:
+        raise as_option(e, fields) from None
     return settings
+
+
+@contextlib.contextmanager
+def _naming(*fields: str):
+    """Errors of the block that start with one of ``fields`` ("layer: ...") name its option ("--layer: ...")."""
+    try:
+        yield
+    except (ValueError, TypeError) as e:
+        raise as_option(e, fields) from None
+
+
+def _indices(values, data, option: str) -> np.ndarray:
+    """``--images``: dataset indices in [0, N)."""
+    idx = np.asarray(values, np.int64)
+    if idx.min() < 0 or idx.max() >= len(data):
+        raise ValueError(f"{option}: expected indices in [0, {len(data)}) (the dataset has {len(data)} images), "
+                         f"got {list(values)}")
+    return idx
 
 
 def cmd_evaluate(args) -> None:
@@ -80,7 +107,8 @@ def cmd_filters(args) -> None:
     check_writable(args.out, directory=False, option="--out")
     network = load_network(args)
     layer = args.layer or (network.conv_layers() or network.layer_names)[0]
-    cells, filled = jaxviz.filter_grid(network.kernel(layer))
+    with _naming("layer"):
+        cells, filled = jaxviz.filter_grid(network.kernel(layer))
     plots.save_figure(plots.plot_filters(cells, filled, title=f"{layer} kernels"), args.out)
     print(args.out)
 
@@ -89,8 +117,9 @@ def cmd_activations(args) -> None:
     check_writable(args.out, directory=False, option="--out")
     data, network = load(args)
     layer = args.layer or (network.conv_layers() or network.layer_names)[0]
-    images = data.subset(list(args.images)).images
-    maps = jaxviz.activation_maps(network, images, layer=layer)
+    images = data.subset(_indices(args.images, data, "--images")).images
+    with _naming("layer"):
+        maps = jaxviz.activation_maps(network, images, layer=layer)
     channels = args.channels
     if channels is not None and (min(channels) < 0 or max(channels) >= maps.shape[-1]):
         raise ValueError(f"--channels: layer {layer} has {maps.shape[-1]} channels; expected indices in "
@@ -155,7 +184,7 @@ def cmd_occlude(args) -> None:
             raise ValueError(f"--classes: selects classifier outputs; use it with --layer {network.output_layer} "
                              "on a model with class names")
         args.layer, args.units = network.output_layer, _classes(args.classes, network.class_names)
-    settings = _checked(args, OCCLUDE_FIELDS, data, network)
+    settings = _checked(args, OCCLUDE_FIELDS, data, network, uses_k=args.images is None)
     x_fill = _fill(args.fill, network.to_input(data.images[:1]))
     start = time.perf_counter()
     if args.images is None:  # the notebook: the top-K images of each unit, regrouped per unit
@@ -168,7 +197,7 @@ def cmd_occlude(args) -> None:
         targets = study.shown_owner()
     else:  # given images, each with its strongest kept unit
         layer = settings.layer or network.output_layer
-        idx = np.asarray(args.images)
+        idx = _indices(args.images, data, "--images")
         plain = data.subset(idx).images
         occ = jaxviz.occlude(network.score_fn(layer), network.to_input(plain), params=network.variables,
                              window=settings.window, stride=settings.stride, fill=x_fill, anchor=settings.anchor,
@@ -196,12 +225,16 @@ def cmd_tsne(args) -> None:
     check_writable(args.out, directory=False, option="--out")
     data, network = load(args)
     layer = args.layer or network.feature_layer
+    with _naming("layer"):
+        network.check_layer(layer)
     feats = jaxviz.unit_scores(jaxviz.layer_features(network, data.images, layer=layer, progress="features"))
-    emb = jaxviz.tsne(feats, perplexity=args.perplexity, max_iter=args.max_iter, seed=args.seed, subsample=args.points)
+    with _naming("perplexity", "max_iter"):
+        emb = jaxviz.tsne(feats, perplexity=args.perplexity, max_iter=args.max_iter, seed=args.seed,
+                          subsample=args.points)
     labels = data.labels[emb.indices]
     plots.save_figure(plots.plot_tsne(emb.coords, labels, data.class_names,
                                       title=f"t-SNE of {layer} ({emb.seconds:.1f} s)"), args.out)
-    knn = jaxviz.knn_agreement(emb.coords, labels, len(data.class_names))
+    knn = jaxviz.knn_agreement(emb.coords, labels, len(data.class_names), k=min(10, len(labels) - 1))
     agreement = {c: round(float(v), 3) for c, v in zip(data.class_names, knn) if not np.isnan(v)}
     print(json.dumps({"png": args.out, "seconds": round(emb.seconds, 2), "knn_agreement": agreement}))
 

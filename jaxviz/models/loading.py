@@ -51,11 +51,15 @@ def _import(source: str, option: str):
         spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module  # dataclass-based modules (flax linen) look themselves up here
+        folder = str(path.resolve().parent)
+        sys.path.insert(0, folder)  # the file may import modules beside it
         try:
             spec.loader.exec_module(module)
         except Exception as error:  # noqa: BLE001 - the user's file may raise anything
             sys.modules.pop(name, None)
             raise ValueError(f"{option}: importing {source!r} failed with {_one_line(error)}") from error
+        finally:
+            sys.path.remove(folder)
         return module
     try:
         return importlib.import_module(source)
@@ -66,11 +70,18 @@ def _import(source: str, option: str):
         raise ValueError(f"{option}: importing {source!r} failed with {_one_line(error)}") from error
 
 
-def _input_kwargs(module, option: str) -> dict:
+# the module-level constants, by the adapter argument they become (to name them in errors)
+CONSTANTS = {"input_shape": "INPUT_SHAPE", "class_names": "CLASS_NAMES", "scale": "INPUT_SCALE", "mean": "INPUT_MEAN",
+             "std": "INPUT_STD", "apply_kwargs": "APPLY_KWARGS"}
+
+
+def _input_kwargs(module, source: str, option: str) -> dict:
     shape = getattr(module, "INPUT_SHAPE", None)
     if shape is None:
-        raise ValueError(f"{option}: {module.__name__} must define INPUT_SHAPE = (height, width, channels) "
+        raise ValueError(f"{option}: {source!r} must define INPUT_SHAPE = (height, width, channels) "
                          "so jaxviz knows the input size")
+    if isinstance(shape, (str, bytes)) or not hasattr(shape, "__iter__"):
+        raise ValueError(f"{option}: INPUT_SHAPE: expected (height, width, channels) of positive ints, got {shape!r}")
     kwargs = {"input_shape": tuple(shape), "class_names": getattr(module, "CLASS_NAMES", None)}
     for const, key in (("INPUT_SCALE", "scale"), ("INPUT_MEAN", "mean"), ("INPUT_STD", "std")):
         if hasattr(module, const):
@@ -100,9 +111,22 @@ def load_variables(path: str | os.PathLike, template: Any, *, option: str = "wei
         stored = flax.serialization.msgpack_restore(path.read_bytes())
     except Exception as error:  # noqa: BLE001 - msgpack raises several types on corrupt input
         raise ValueError(f"{option}: {str(path)!r} is not a Flax msgpack state dict ({_one_line(error)})") from None
+    if isinstance(stored, dict) and stored.get("format") == "jaxviz-weights":
+        raise ValueError(f"{option}: {str(path)!r} is a jaxviz weights file of the built-in CNN (from `jaxviz "
+                         "train`); a model of your own takes a Flax msgpack state dict of its variables, e.g. "
+                         "flax.serialization.to_bytes(variables)")
+    stored = _str_keys(stored)  # msgpack keeps int keys (nnx lists); flax state dicts have str keys
     expected = flax.serialization.to_state_dict(template)
     _compare(expected, stored, "", option, path)
     return flax.serialization.from_state_dict(template, stored)
+
+
+def _str_keys(tree: Any) -> Any:
+    return {str(k): _str_keys(v) for k, v in tree.items()} if isinstance(tree, dict) else tree
+
+
+def _shape(x: Any) -> str:
+    return "a group" if isinstance(x, dict) else f"shape {tuple(np.shape(x))}"
 
 
 def _compare(expected: Any, got: Any, where: str, option: str, path: Path) -> None:
@@ -112,15 +136,15 @@ def _compare(expected: Any, got: Any, where: str, option: str, path: Path) -> No
         for key in sorted(set(expected) | set(got), key=str):
             here = f"{where}/{key}"
             if key not in got:
-                raise ValueError(f"{option}: {str(path)!r} lacks {here} (the model has shape "
-                                 f"{np.shape(expected[key]) if not isinstance(expected[key], dict) else 'a group'})")
+                raise ValueError(f"{option}: {str(path)!r} lacks {here} (the model has {_shape(expected[key])} "
+                                 "there): the file holds the variables of another model")
             if key not in expected:
-                raise ValueError(f"{option}: {str(path)!r} has {here}, which the model does not have")
+                raise ValueError(f"{option}: {str(path)!r} has {here}, which the model does not have: the file "
+                                 "holds the variables of another model")
             _compare(expected[key], got[key], here, option, path)
     elif isinstance(got, dict) or np.shape(got) != np.shape(expected):
-        shape = "a group" if isinstance(got, dict) else np.shape(got)
-        raise ValueError(f"{option}: {str(path)!r} has {where} of shape {shape}, the model expects "
-                         f"{np.shape(expected)}")
+        raise ValueError(f"{option}: {str(path)!r} has {_shape(got)} at {where}, the model expects "
+                         f"{_shape(expected)}")
 
 
 def load_model(spec: str, *, weights: str | os.PathLike | None = None, option: str = "--model") -> Network:
@@ -149,22 +173,36 @@ def load_model(spec: str, *, weights: str | os.PathLike | None = None, option: s
             raise ValueError("--weights: not supported when the model factory returns a jaxviz.Network; "
                              "load the weights inside the factory")
         return made
-    kwargs = _input_kwargs(module, option)
     if isinstance(made, nnx.Module):
+        kwargs = _input_kwargs(module, source, option)
         if weights is not None:
             state = nnx.state(made)
             pure = load_variables(weights, nnx.to_pure_dict(state), option="--weights")
             nnx.replace_by_pure_dict(state, pure)
             nnx.update(made, state)
-        return from_nnx(made, **kwargs)
+        return _adapt(from_nnx, (made,), kwargs, option)
     if isinstance(made, tuple) and len(made) == 2 and isinstance(made[0], linen.Module):
+        kwargs = _input_kwargs(module, source, option)
         module_, variables = made
         if weights is not None:
             variables = load_variables(weights, variables, option="--weights")
-        return from_linen(module_, variables, apply_kwargs=getattr(module, "APPLY_KWARGS", None), **kwargs)
+        kwargs["apply_kwargs"] = getattr(module, "APPLY_KWARGS", None)
+        return _adapt(from_linen, (module_, variables), kwargs, option)
     if isinstance(made, tuple) and len(made) == 3 and callable(made[0]):
+        kwargs = _input_kwargs(module, source, option)
         apply, variables, layer_names = made
         if weights is not None:
             variables = load_variables(weights, variables, option="--weights")
-        return from_function(apply, variables, layer_names=layer_names, **kwargs)
-    raise TypeError(f"{option}: {attr}() must return {RETURNS}; got {type(made).__name__}")
+        return _adapt(from_function, (apply, variables), {**kwargs, "layer_names": layer_names}, option)
+    got = type(made).__name__ + (f" of {len(made)} items" if isinstance(made, tuple) else "")
+    raise TypeError(f"{option}: {attr}() must return {RETURNS}; got {got}")
+
+
+def _adapt(adapter, args: tuple, kwargs: dict, option: str) -> Network:
+    """``adapter(*args, **kwargs)``; its errors name ``option`` and the module constant they come from."""
+    try:
+        return adapter(*args, **kwargs)
+    except (ValueError, TypeError) as error:
+        name, sep, rest = str(error).partition(": ")
+        raise type(error)(f"{option}: {CONSTANTS.get(name, name)}: {rest}" if sep else f"{option}: {error}") \
+            from error

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 
 __all__ = [
-    "MAX_COLUMNS", "MAX_ROWS", "check_grid", "plot_activation_maps", "plot_confusion", "plot_filters", "plot_heatmaps", "plot_masked",
+    "MAX_COLUMNS", "MAX_ROWS", "check_grid", "plot_activation_maps", "plot_attribution_maps", "plot_confusion", "plot_filters", "plot_heatmaps", "plot_masked",
     "plot_occluded_examples", "plot_selectivity", "plot_top_k", "plot_training", "plot_tsne", "save_figure",
 ]
 
@@ -170,6 +170,41 @@ def plot_heatmaps(images: np.ndarray, heatmaps: np.ndarray, units: Sequence, *, 
         axes[0, j].set_title(_column_title(unit), fontsize=8)
     fig.colorbar(artist, ax=axes, shrink=0.6, label="activation drop when occluded / column maximum")
     fig.suptitle(title or "Occlusion heatmaps (red: hiding this region lowers the unit)")
+    return fig
+
+
+def plot_attribution_maps(images: np.ndarray, maps: dict, *, titles: Sequence[str] | None = None, title: str = "",
+                          fig=None):
+    """Attribution maps of several methods side by side: one row per image, one column per method.
+
+    Each map is scaled by its own largest absolute value (methods differ in
+    scale); red: the region supports the output.
+
+    Args:
+      images: uint8 (N, H, W, C).
+      maps: method name -> float (N, H, W).
+      titles: optional row labels (e.g. the class explained).
+    """
+    names = list(maps)
+    n = len(images)
+    check_grid(n, len(names) + 1, what_rows="images", what_cols="methods")
+    fig = _figure(fig, (1.5 * (len(names) + 1) + 0.8, 1.5 * n + 0.6))
+    axes = _axes_grid(fig, n, len(names) + 1)
+    artist = None
+    for i in range(n):
+        axes[i, 0].imshow(images[i])
+        if titles is not None:
+            axes[i, 0].set_ylabel(str(titles[i]), fontsize=7)
+        for j, name in enumerate(names):
+            m = np.asarray(maps[name][i], np.float32)
+            scale = np.abs(m).max() or 1.0
+            axes[i, j + 1].imshow(images[i], alpha=0.35)
+            artist = axes[i, j + 1].imshow(m / scale, cmap="RdBu_r", alpha=0.75, vmin=-1, vmax=1)
+    axes[0, 0].set_title("image", fontsize=8)
+    for j, name in enumerate(names):
+        axes[0, j + 1].set_title(name, fontsize=8)
+    fig.colorbar(artist, ax=axes, shrink=0.6, label="attribution / its largest absolute value")
+    fig.suptitle(title or "Which map to trust? Attribution maps by method")
     return fig
 
 

@@ -63,7 +63,9 @@ class _Page:
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     def cell(v):
-        return f"{v:.3f}" if isinstance(v, float) else html.escape(str(v))
+        if isinstance(v, float):
+            return "n/a" if v != v else f"{v:.3f}"
+        return html.escape(str(v))
 
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>" for row in rows)
