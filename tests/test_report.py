@@ -81,8 +81,8 @@ def report(small, tmp_path_factory):
 
 
 SECTIONS = ("Model", "Answers to the notebook", "Accuracy and confusions", "Filters", "Activation maps",
-            "Top-K images per unit", "Occlusion", "t-SNE", "Run settings and timings")
-STAGES = {"evaluate", "filters", "activations", "features", "top-k", "occlusion", "t-SNE"}
+            "Top-K images per unit", "Occlusion", "Which map to trust?", "t-SNE", "Run settings and timings")
+STAGES = {"evaluate", "filters", "activations", "features", "top-k", "occlusion", "trust", "t-SNE"}
 
 
 def check_complete(out: Path, results: dict, min_files: int = 10) -> tuple[str, dict]:

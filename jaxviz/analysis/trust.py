@@ -63,13 +63,15 @@ class MethodComparison:
         return sorted(methods, key=lambda m: (ranks[m], m))
 
     def sentence(self) -> str:
-        """One sentence naming the most faithful method, with the numbers behind it."""
-        means, best = self.means(), self.ranking()
-        parts = [f"{metric.replace('_', ' ')} ({BETTER[metric]} is better): "
-                 f"{min(means, key=lambda m: means[m][metric]) if BETTER[metric] == 'lower' else max(means, key=lambda m: means[m][metric])}"
-                 for metric in METRICS]
-        return (f"On this model {best[0]} is the most faithful method over the three metrics "
-                f"(best by {'; '.join(parts)}).")
+        """One sentence naming the most faithful method, with the best method by each metric."""
+        means = self.means()
+        best = []
+        for metric in METRICS:
+            pick = min if BETTER[metric] == "lower" else max
+            winner = pick(sorted(means), key=lambda m: means[m][metric])
+            best.append(f"{metric.replace('_', ' ')}: {winner} ({means[winner][metric]:.3f})")
+        return (f"On this model {self.ranking()[0]} is the most faithful method by mean rank over the three "
+                f"metrics; best by {', '.join(best)}.")
 
 
 @functools.lru_cache(maxsize=16)
@@ -113,8 +115,11 @@ def compare_methods(network: Network, images: np.ndarray, *, targets: np.ndarray
         f = network.score_fn(layer)
         targets = np.zeros(len(images), np.int64) if targets is None else targets
     targets = np.asarray(targets)
-    if targets.shape != (len(images),) or not np.issubdtype(targets.dtype, np.integer):
-        raise ValueError(f"targets: expected {len(images)} int outputs (one per image), got {targets!r}")
+    width = network.output_shape(layer)[-1]
+    if targets.shape != (len(images),) or not np.issubdtype(targets.dtype, np.integer) or (
+            targets.size and (targets.min() < 0 or targets.max() >= width)):
+        raise ValueError(f"targets: expected {len(images)} ints in [0, {width}) (one output of {layer} per image), "
+                         f"got {targets.tolist() if targets.ndim else targets!r}")
     units, position = np.unique(targets, return_inverse=True)  # only the explained outputs are kept
     units = tuple(int(u) for u in units)
     x = network.to_input(images)

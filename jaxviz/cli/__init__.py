@@ -17,6 +17,7 @@ import threading
 
 import jaxviz
 from jaxviz.cli._options import Parser, add_data, add_fields, add_model, int_list, positive_int
+from jaxviz.cli.attribution import add_attribute, add_faithfulness
 from jaxviz.cli.commands import (
     OCCLUDE_FIELDS,
     REPORT_FIELDS,
@@ -129,6 +130,9 @@ def build_parser() -> Parser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="tsne.png")
     p.set_defaults(func=cmd_tsne)
+
+    add_attribute(sub)
+    add_faithfulness(sub)
     return parser
 
 

@@ -16,6 +16,7 @@ from jaxviz._progress import progress_bar
 from jaxviz.analysis.embedding import Embedding, knn_agreement, tsne
 from jaxviz.analysis.metrics import ClassificationReport, classification_report
 from jaxviz.analysis.topk import unit_scores
+from jaxviz.analysis.trust import MethodComparison, compare_methods
 from jaxviz.analysis.unit_occlusion import UnitOcclusion, occlude_top_images
 from jaxviz.analysis.units import SimilarUnits, UnitStudy, similar_units, study_units
 from jaxviz.data.images import Dataset
@@ -25,7 +26,7 @@ from jaxviz.report.settings import ReportSettings, check_against, study_layer
 
 __all__ = ["ReportResults", "analyse"]
 
-STAGES = ("evaluate", "filters", "activations", "features", "top-k", "occlusion", "t-SNE")
+STAGES = ("evaluate", "filters", "activations", "features", "top-k", "occlusion", "trust", "t-SNE")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +44,9 @@ class ReportResults:
       study: top-K, selectivity and the shown units of ``layer``.
       similar: the unit pairs with overlapping top-K sets and correlated activations.
       occlusion: the shown units' top images, occluded.
+      trust_images: dataset indices of the images whose maps ``trust`` compares.
+      trust: occlusion, RISE and feature-ablation maps of those images (their predicted
+        class for a classifier, else the first shown unit of ``layer``) and their faithfulness.
       embedding: t-SNE of ``layer``'s unit scores.
       knn: float (classes,): per class, the share of 10 nearest t-SNE neighbours of the same class.
       timings: seconds per stage.
@@ -59,6 +63,8 @@ class ReportResults:
     study: UnitStudy
     similar: SimilarUnits
     occlusion: UnitOcclusion
+    trust_images: np.ndarray
+    trust: MethodComparison
     embedding: Embedding
     knn: np.ndarray
     timings: dict
@@ -122,6 +128,16 @@ def analyse(network: Network, dataset: Dataset, settings: ReportSettings, *, pro
                                    anchor=s.anchor, threshold=s.threshold, sigma=s.sigma)
     done("occlusion")
 
+    explained = np.asarray(first_of_class[: s.trust_images], np.int64)
+    if network.is_classifier:
+        trust = compare_methods(network, dataset.images[explained], window=s.window, stride=s.stride,
+                                rise_masks=s.rise_masks, seed=s.seed)
+    else:
+        trust = compare_methods(network, dataset.images[explained], layer=layer, window=s.window, stride=s.stride,
+                                targets=np.full(len(explained), study.units[0]), rise_masks=s.rise_masks,
+                                seed=s.seed)
+    done("trust")
+
     points = min(s.tsne_points, len(dataset))
     embedding = tsne(scores, perplexity=min(s.perplexity, (points - 1) / 3), max_iter=s.tsne_iter, seed=s.seed,
                      subsample=s.tsne_points)
@@ -130,4 +146,4 @@ def analyse(network: Network, dataset: Dataset, settings: ReportSettings, *, pro
     done("t-SNE")
     bar.close()
     return ReportResults(s, layer, network, dataset, evaluation, kernels, shown, activations, study, similar,
-                         occlusion, embedding, knn, timings)
+                         occlusion, explained, trust, embedding, knn, timings)

@@ -37,7 +37,7 @@ from jaxviz._io import LockHeldError, path_lock, replace_directory
 __all__ = ["check_output_dir", "check_report_dir", "write_folder"]
 
 _REPORT_FILES = ("index.html", "results.json")
-_REPORT_PNG = re.compile(r"(confusion|topk|selectivity|occlusion_masks|occlusion_heatmaps|tsne|"
+_REPORT_PNG = re.compile(r"(confusion|topk|selectivity|occlusion_masks|occlusion_heatmaps|trust|tsne|"
                          r"filters_\w+|activations_\w+)\.png")
 _WRITE_LEFTOVER = re.compile(r"\..+\.[A-Za-z0-9_]+\.tmp")  # atomic_path's temporary names (killed writes)
 

@@ -177,8 +177,10 @@ def plot_attribution_maps(images: np.ndarray, maps: dict, *, titles: Sequence[st
                           fig=None):
     """Attribution maps of several methods side by side: one row per image, one column per method.
 
-    Each map is scaled by its own largest absolute value (methods differ in
-    scale); red: the region supports the output.
+    Methods differ in scale and offset (RISE's saliency is an expectation, all
+    positive), so each map is shown centred on its median and scaled by its
+    largest deviation from it: red supports the output more than the typical
+    pixel, blue less.
 
     Args:
       images: uint8 (N, H, W, C).
@@ -197,13 +199,14 @@ def plot_attribution_maps(images: np.ndarray, maps: dict, *, titles: Sequence[st
             axes[i, 0].set_ylabel(str(titles[i]), fontsize=7)
         for j, name in enumerate(names):
             m = np.asarray(maps[name][i], np.float32)
+            m = m - np.median(m)
             scale = np.abs(m).max() or 1.0
             axes[i, j + 1].imshow(images[i], alpha=0.35)
             artist = axes[i, j + 1].imshow(m / scale, cmap="RdBu_r", alpha=0.75, vmin=-1, vmax=1)
     axes[0, 0].set_title("image", fontsize=8)
     for j, name in enumerate(names):
         axes[0, j + 1].set_title(name, fontsize=8)
-    fig.colorbar(artist, ax=axes, shrink=0.6, label="attribution / its largest absolute value")
+    fig.colorbar(artist, ax=axes, shrink=0.6, label="(attribution - median) / largest deviation")
     fig.suptitle(title or "Which map to trust? Attribution maps by method")
     return fig
 

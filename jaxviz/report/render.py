@@ -164,6 +164,28 @@ def _units_section(page: _Page, r: ReportResults, u: dict) -> None:
                     "Per-pixel occlusion effect (mean over the windows covering each pixel)."))
 
 
+def _trust_section(page: _Page, r: ReportResults) -> None:
+    t, s = r.trust, r.settings
+    names = r.network.class_names if r.network.is_classifier and t.layer == r.network.output_layer else None
+    what = (f"the predicted class's probability (softmax of {t.layer})" if names is not None
+            else f"unit {int(t.targets[0])} of {t.layer}")
+    rows = [f"{names[int(c)]}" if names is not None else f"unit {int(c)}" for c in t.targets]
+    means = t.means()
+    page.section(
+        "Which map to trust?",
+        _p(f"Each method explains {what} for {len(t.targets)} images: occlusion ({s.window}x{s.window} window, "
+           f"stride {s.stride}), RISE ({s.rise_masks} random masks) and feature ablation over an 8x8 grid of "
+           "segments, all on the fused perturbation engine. Faithfulness: deletion AUC (pixels removed in the "
+           "map's order; lower is better), insertion AUC (pixels revealed; higher is better) and MuFidelity "
+           "(correlation of map sums with output drops over random cell subsets; higher is better)."),
+        page.figure(plots.plot_attribution_maps(r.dataset.images[r.trust_images], t.maps, titles=rows), "trust",
+                    "Attribution maps by method, row label the explained output (each map centred on its median and "
+                    "scaled by its largest deviation; red supports the output more than the typical pixel)."),
+        _table(["method", "deletion AUC (lower better)", "insertion AUC (higher better)", "MuFidelity (higher better)"],
+               [(m, v["deletion_auc"], v["insertion_auc"], v["mu_fidelity"]) for m, v in means.items()]),
+        _p(t.sentence()))
+
+
 def _tsne_section(page: _Page, r: ReportResults, knn: dict) -> None:
     emb, s, names = r.embedding, r.settings, r.dataset.class_names
     accuracy = r.evaluation.per_class_accuracy if r.evaluation is not None else {}
@@ -220,6 +242,7 @@ def render(r: ReportResults, out: Path) -> dict:
     _evaluation_section(page, r)
     _filter_sections(page, r)
     _units_section(page, r, units)
+    _trust_section(page, r)
     _tsne_section(page, r, knn)
     page.sections.insert(1, _answers(r, units, knn))
     settings = {**dataclasses.asdict(r.settings), "layer": r.layer}
@@ -231,6 +254,9 @@ def render(r: ReportResults, out: Path) -> dict:
         "units": units,
         "occlusion": {"positions": list(r.occlusion.occlusion.grid.shape[1:3]),
                       "images": int(r.occlusion.occlusion.grid.shape[0])},
+        "trust": {"images": r.trust_images.tolist(), "layer": r.trust.layer, "targets": r.trust.targets.tolist(),
+                  "means": r.trust.means(), "ranking": r.trust.ranking(), "sentence": r.trust.sentence(),
+                  "per_image": jsonable(r.trust.scores)},
         "tsne": {**r.embedding.settings, "seconds": r.embedding.seconds, "knn_agreement": knn},
         "timings_seconds": dict(r.timings),
         "figures": page.figures,

@@ -19,6 +19,7 @@ MAX_UNITS = 16  # the most units the report's per-unit figures show (one column 
 # name: (smallest, largest or None) of the int settings
 _INT_RANGES = {"num_units": (1, MAX_UNITS), "k": (1, None), "window": (1, None), "stride": (1, None),
                "tsne_points": (2, None), "tsne_iter": (250, None), "activation_images": (1, None),
+               "trust_images": (1, MAX_UNITS), "rise_masks": (1, None),
                "seed": (0, 2**32 - 1)}
 
 
@@ -59,6 +60,8 @@ class ReportSettings:
     tsne_iter: int = 1000  # t-SNE iterations, >= 250
     perplexity: float = 30.0  # t-SNE perplexity, > 0 (capped by the number of points)
     activation_images: int = 4  # images in the activation-map figures, >= 1
+    trust_images: int = 4  # images whose maps the "Which map to trust?" section compares, 1 to MAX_UNITS
+    rise_masks: int = 1000  # RISE masks per image in that section, >= 1
     seed: int = 0  # t-SNE seed, in [0, 2**32)
 
     def __post_init__(self):

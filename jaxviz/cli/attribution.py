@@ -1,0 +1,352 @@
+"""``jaxviz attribute`` and ``jaxviz faithfulness``: attribution maps and which of them to trust.
+
+    jaxviz attribute --method occlusion|rise|ablation --out DIR
+        maps of each image's target (.npz + PNG); a classifier's softmax probability
+        of the predicted class by default
+    jaxviz faithfulness [--methods occlusion,rise,ablation] [--json] [--out DIR]
+        the three maps of each image scored by deletion / insertion AUC and MuFidelity
+
+Every option is checked, against the data and the model too, before any map is computed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import weakref
+from pathlib import Path
+
+import jax
+import numpy as np
+
+import jaxviz
+from jaxviz import plots
+from jaxviz.cli._options import add_data, add_model, check_writable, int_list, load, positive_int
+from jaxviz.cli.commands import _fill, _indices
+
+__all__ = ["METHODS", "add_attribute", "add_faithfulness", "cmd_attribute", "cmd_faithfulness"]
+
+# CLI name -> the name compare_methods (and the figures) use
+METHODS = {"occlusion": "occlusion", "rise": "RISE", "ablation": "feature ablation"}
+METRICS = (("deletion_auc", "deletion AUC", "lower"), ("insertion_auc", "insertion AUC", "higher"),
+           ("mu_fidelity", "MuFidelity", "higher"))
+DEFAULT_IMAGES = 4
+
+
+# --------------------------------------------------------------------------- argparse types
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+    if not 0 < value <= 1:  # False for NaN
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int in [0, 2**32), got {text!r}") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"expected an int in [0, 2**32), got {value}")
+    return value
+
+
+def _at_least_two(text: str) -> int:
+    value = positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"expected an int >= 2, got {value}")
+    return value
+
+
+def _method_list(text: str) -> tuple[str, ...]:
+    names = [t.strip().lower() for t in text.split(",") if t.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated methods from {', '.join(METHODS)}, got {text!r}")
+    unknown = [n for n in names if n not in METHODS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown method {unknown[0]!r}; expected comma-separated methods from "
+                                         f"{', '.join(METHODS)}")
+    return tuple(dict.fromkeys(names))  # in the order given, once each
+
+
+# --------------------------------------------------------------------------- parsers
+
+
+def _add_common(p: argparse.ArgumentParser):
+    """The model, data, what is explained and the options every method shares; returns the methods group."""
+    add_model(p)
+    add_data(p)
+    g = p.add_argument_group("what is explained")
+    g.add_argument("--images", type=int_list,
+                   help=f"dataset indices, e.g. 0,5,9 (default: the first {DEFAULT_IMAGES} images)")
+    g.add_argument("--targets", type=int_list,
+                   help="the output explained for each image, one per image, e.g. 3,3,1 (default: each image's "
+                        "predicted class for a classifier, else unit 0 of --layer)")
+    g.add_argument("--layer", help="explain a unit of this layer (its activations averaged over space) instead of "
+                                   "a classifier's softmax probability (default: the output layer; the layer before "
+                                   "it for a model without class names)")
+    g = p.add_argument_group("methods")
+    g.add_argument("--window", type=positive_int, default=8, help="occlusion: occluder size in pixels (default: 8)")
+    g.add_argument("--stride", type=positive_int, default=4, help="occlusion: occluder step in pixels (default: 4)")
+    g.add_argument("--num-masks", type=positive_int, default=1000, help="RISE: random masks (default: 1000)")
+    g.add_argument("--cells", type=positive_int, default=7, help="RISE: mask grid cells per side (default: 7)")
+    g.add_argument("--seed", type=_seed, default=0, help="seed of RISE's masks (and of MuFidelity's subsets) (default: 0)")
+    return g
+
+
+def add_attribute(sub) -> None:
+    p = sub.add_parser("attribute", help="attribution maps (occlusion, RISE or feature ablation): .npz + PNG")
+    p.add_argument("--method", required=True, choices=tuple(METHODS), help="the attribution method")
+    g = _add_common(p)
+    g.add_argument("--p", type=_probability, default=0.5, help="RISE: probability that a cell is kept (default: 0.5)")
+    seg = g.add_mutually_exclusive_group()
+    seg.add_argument("--segments", type=positive_int, default=8,
+                     help="feature ablation: a SEGMENTS x SEGMENTS grid of segments (default: 8)")
+    seg.add_argument("--slic", type=positive_int, metavar="N",
+                     help="feature ablation: about N SLIC superpixels per image instead of the grid "
+                          "(needs scikit-image)")
+    g.add_argument("--fill", default="0", help="what replaces removed pixels: a value, one per channel (r,g,b), "
+                                               "'mean' or 'blur', in model-input space (default: 0)")
+    p.add_argument("--out", required=True, help="output directory (attribution.npz, attribution.png)")
+    p.set_defaults(func=cmd_attribute)
+
+
+def add_faithfulness(sub) -> None:
+    p = sub.add_parser("faithfulness", help="which map to trust? deletion / insertion AUC and MuFidelity of "
+                                            "occlusion, RISE and feature-ablation maps")
+    g = _add_common(p)
+    g.add_argument("--segments", type=positive_int, default=8,
+                   help="feature ablation: a SEGMENTS x SEGMENTS grid of segments (default: 8)")
+    g = p.add_argument_group("metrics")
+    g.add_argument("--methods", type=_method_list, default=tuple(METHODS),
+                   help=f"methods to report (default: {','.join(METHODS)})")
+    g.add_argument("--steps", type=positive_int, default=50, help="deletion / insertion steps (default: 50)")
+    g.add_argument("--mu-grid", type=positive_int, default=8, help="MuFidelity: cells per side (default: 8)")
+    g.add_argument("--num-subsets", type=_at_least_two, default=128,
+                   help="MuFidelity: random subsets of cells (default: 128)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--out", help="also write faithfulness.json, faithfulness.npz (the maps) and faithfulness.png "
+                                 "in this directory")
+    p.set_defaults(func=cmd_faithfulness)
+
+
+# --------------------------------------------------------------------------- shared checks
+
+
+_PROBABILITIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _probabilities(network: jaxviz.Network):
+    """``f(variables, x) -> (N, classes)`` softmax of the output layer: one object per network, so the
+    compiled programs are reused."""
+    if (f := _PROBABILITIES.get(network)) is None:
+        logits = network.layer_fn(network.output_layer)
+
+        def f(variables, x):
+            return jax.nn.softmax(logits(variables, x).reshape(x.shape[0], -1), axis=-1)
+
+        f.__name__ = f.__qualname__ = f"{network.name or 'network'}:{network.output_layer}:softmax"
+        f = _PROBABILITIES.setdefault(network, f)
+    return f
+
+
+def _explained(args, network: jaxviz.Network) -> tuple[str, bool, int]:
+    """The explained layer, whether it is a classifier's softmax, and its number of outputs."""
+    if network.is_classifier and args.layer in (None, network.output_layer):
+        layer, softmax = network.output_layer, True
+        outputs = int(np.prod(network.output_shape(layer)))
+    else:
+        layer, softmax = args.layer or network.feature_layer, False
+        try:
+            network.check_layer(layer)
+        except (ValueError, TypeError) as e:
+            raise type(e)(f"--{e}") from None
+        shape = network.output_shape(layer)
+        outputs = shape[-1] if len(shape) >= 2 else int(np.prod(shape))  # as network.score_fn reduces it
+    return layer, softmax, outputs
+
+
+def _check_sizes(args, h: int, w: int, n: int) -> None:
+    """Every count that must fit the image size, or the int32 pair indices of the engine."""
+    if args.window > min(h, w):
+        raise ValueError(f"--window: expected 1 <= window <= the image size ({h}x{w}), got {args.window}")
+    for option, value in (("--cells", args.cells), ("--segments", getattr(args, "segments", None)),
+                          ("--mu-grid", getattr(args, "mu_grid", None))):
+        if value is not None and value > min(h, w):
+            raise ValueError(f"{option}: expected at most the image size ({min(h, w)} cells per side on "
+                             f"{h}x{w} images), got {value}")
+    if n * args.num_masks >= 2**31:
+        raise ValueError(f"--num-masks: expected images * num_masks < 2**31, got {n} * {args.num_masks}")
+
+
+def _prepare(args):
+    """Data, network and what to explain, all checked: (data, network, idx, layer, softmax, targets or None)."""
+    data, network = load(args)
+    idx = _indices(args.images, data, "--images") if args.images is not None else \
+        np.arange(min(DEFAULT_IMAGES, len(data)), dtype=np.int64)
+    if len(idx) == 0:
+        raise ValueError("--data: the dataset has no images")
+    layer, softmax, outputs = _explained(args, network)
+    targets = None
+    if args.targets is not None:
+        targets = np.asarray(args.targets, np.int64)
+        if len(targets) != len(idx):
+            raise ValueError(f"--targets: expected one output per image ({len(idx)} images: "
+                             f"{idx.tolist()}), got {len(targets)} values {list(args.targets)}")
+        if targets.min() < 0 or targets.max() >= outputs:
+            what = "classes" if softmax else "units"
+            raise ValueError(f"--targets: expected indices in [0, {outputs}) ({layer} has {outputs} {what}), "
+                             f"got {list(args.targets)}")
+    h, w = network.input_spec.shape[:2]
+    _check_sizes(args, h, w, len(idx))
+    return data, network, idx, layer, softmax, targets
+
+
+def _default_targets(network, images, layer: str, softmax: bool) -> np.ndarray:
+    if softmax:  # the predicted class
+        return jaxviz.layer_features(network, images).reshape(len(images), -1).argmax(-1).astype(np.int64)
+    return np.zeros(len(images), np.int64)
+
+
+def _titles(network, idx, targets, softmax: bool, layer: str) -> list[str]:
+    if softmax:
+        return [f"{i}: {network.class_names[t]}" for i, t in zip(idx, targets)]
+    return [f"{i}: {layer}[{t}]" for i, t in zip(idx, targets)]
+
+
+def _write_npz(path: Path, arrays: dict) -> None:
+    with jaxviz.atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(fh, **arrays)
+
+
+# --------------------------------------------------------------------------- attribute
+
+
+def _check_slic() -> None:
+    try:
+        import skimage.segmentation  # noqa: F401  (jaxviz.slic_segments imports it when it runs)
+    except ImportError:
+        raise ValueError("--slic: needs scikit-image (pip install scikit-image, or pip install jaxviz[slic]); "
+                         "use --segments N for a grid of segments instead") from None
+
+
+def cmd_attribute(args) -> None:
+    """One method's maps of each image's target: attribution.npz and attribution.png."""
+    out = check_writable(args.out, directory=True, option="--out")
+    if args.method == "ablation" and args.slic is not None:
+        _check_slic()
+    data, network, idx, layer, softmax, targets = _prepare(args)
+    images = data.images[idx]
+    x = network.to_input(images)
+    fill = _fill(args.fill, x)
+    if targets is None:
+        targets = _default_targets(network, images, layer, softmax)
+    f = _probabilities(network) if softmax else network.score_fn(layer)
+    units, position = np.unique(targets, return_inverse=True)  # only the explained outputs are computed
+    position = position.reshape(-1)
+    common = {"params": network.variables, "units": tuple(int(u) for u in units), "fill": fill, "progress": True}
+    rows = np.arange(len(idx))
+    settings: dict = {"fill": args.fill}
+    start = time.perf_counter()
+    if args.method == "occlusion":
+        result = jaxviz.occlude(f, x, window=args.window, stride=args.stride, **common)
+        maps = result.pixel_map(position)
+        settings.update(window=args.window, stride=args.stride, anchor="centered")
+    elif args.method == "rise":
+        result = jaxviz.rise(f, x, num_masks=args.num_masks, cells=args.cells, p=args.p, seed=args.seed, **common)
+        maps = result.maps[rows, ..., position]
+        settings.update(num_masks=args.num_masks, cells=args.cells, p=args.p, seed=args.seed)
+    else:
+        h, w = x.shape[1:3]
+        if args.slic is not None:
+            segments = jaxviz.slic_segments(images, n_segments=args.slic)
+            settings.update(slic=args.slic)
+        else:
+            segments = jaxviz.grid_segments(h, w, cells=args.segments)
+            settings.update(segments=args.segments)
+        result = jaxviz.feature_ablation(f, x, segments=segments, **common)
+        maps = result.maps[rows, ..., position]
+    seconds = time.perf_counter() - start
+    maps = np.asarray(maps, np.float32)
+    base = np.asarray(result.base)[rows, position]
+    explained = "softmax probability" if softmax else "mean activation"
+    record = {"method": args.method, "layer": layer, "explained": explained, "images": idx.tolist(),
+              "targets": targets.tolist(), "settings": settings}
+    out.mkdir(parents=True, exist_ok=True)
+    _write_npz(out / "attribution.npz", {
+        "maps": maps, "targets": targets, "images": idx, "base": base.astype(np.float32),
+        "method": np.asarray(args.method), "layer": np.asarray(layer), "settings": np.asarray(json.dumps(record))})
+    fig = plots.plot_attribution_maps(images, {METHODS[args.method]: maps},
+                                      titles=_titles(network, idx, targets, softmax, layer),
+                                      title=f"{METHODS[args.method]}: {explained} of {layer}")
+    plots.save_figure(fig, out / "attribution.png")
+    print(json.dumps({"npz": str(out / "attribution.npz"), "png": str(out / "attribution.png"), **record,
+                      "seconds": round(seconds, 3)}, allow_nan=False))
+
+
+# --------------------------------------------------------------------------- faithfulness
+
+
+def _table(record: dict) -> str:
+    header = ["method", *(f"{label} ({better} better)" for _, label, better in METRICS)]
+    rows = [[METHODS[m], *(f"{record['methods'][m][key]:.4f}" for key, _, _ in METRICS)] for m in record["methods"]]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = [f"{len(record['images'])} images, {record['explained']} of {record['layer']}, "
+             f"{record['settings']['steps']} steps (means over the images)",
+             "  ".join(h.ljust(w) for h, w in zip(header, widths))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    if record["sentence"]:
+        lines.append(record["sentence"])
+    return "\n".join(lines)
+
+
+def cmd_faithfulness(args) -> None:
+    """Occlusion, RISE and feature-ablation maps of the same targets, scored; a table or JSON."""
+    out = check_writable(args.out, directory=True, option="--out") if args.out else None
+    data, network, idx, layer, softmax, targets = _prepare(args)
+    images = data.images[idx]
+    if targets is None:
+        targets = _default_targets(network, images, layer, softmax)
+    start = time.perf_counter()
+    comparison = jaxviz.compare_methods(
+        network, images, targets=targets, layer=layer, window=args.window, stride=args.stride,
+        rise_masks=args.num_masks, rise_cells=args.cells, segments=args.segments, steps=args.steps,
+        mu_grid=args.mu_grid, num_subsets=args.num_subsets, seed=args.seed, progress=True)
+    seconds = time.perf_counter() - start
+    chosen = {METHODS[m]: m for m in args.methods}  # label -> CLI name, in the order asked
+    selected = jaxviz.MethodComparison(comparison.targets, comparison.layer,
+                                       {k: comparison.maps[k] for k in chosen},
+                                       {k: comparison.scores[k] for k in chosen})
+    means = selected.means()
+    record = {
+        "layer": layer, "explained": "softmax probability" if softmax else "mean activation",
+        "images": idx.tolist(), "targets": np.asarray(selected.targets).tolist(),
+        "methods": {chosen[k]: {key: means[k][key] for key, _, _ in METRICS} for k in chosen},
+        "per_image": {chosen[k]: {key: np.asarray(v, np.float64).tolist() for key, v in selected.scores[k].items()}
+                      for k in chosen},
+        "better": {key: better for key, _, better in METRICS},
+        "ranking": [chosen[k] for k in selected.ranking()],
+        "sentence": selected.sentence() if len(chosen) > 1 else None,
+        "settings": {"window": args.window, "stride": args.stride, "anchor": "centered", "fill": 0,
+                     "num_masks": args.num_masks, "cells": args.cells, "segments": args.segments,
+                     "steps": args.steps, "mu_grid": args.mu_grid, "num_subsets": args.num_subsets,
+                     "seed": args.seed},
+        "seconds": round(seconds, 3),
+    }
+    text = json.dumps(record, indent=2, allow_nan=False)  # before anything is written: a NaN fails here
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        jaxviz.atomic_write_bytes(out / "faithfulness.json", text.encode())
+        _write_npz(out / "faithfulness.npz", {
+            "images": idx, "targets": np.asarray(selected.targets, np.int64), "layer": np.asarray(layer),
+            **{f"maps_{chosen[k]}": np.asarray(v, np.float32) for k, v in selected.maps.items()}})
+        fig = plots.plot_attribution_maps(images, selected.maps,
+                                          titles=_titles(network, idx, targets, softmax, layer))
+        plots.save_figure(fig, out / "faithfulness.png")
+    print(text if args.json else _table(record))

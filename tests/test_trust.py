@@ -1,0 +1,69 @@
+"""compare_methods: the maps equal the methods called one by one, and the ranking is the documented one."""
+
+import numpy as np
+import pytest
+from conftest import make_uint8_images
+from numerics import assert_close
+
+import jaxviz
+from jaxviz.analysis.trust import METRICS, MethodComparison
+
+
+@pytest.fixture(scope="module")
+def net(tiny_model, tiny_variables):
+    return jaxviz.from_cnn(tiny_model, tiny_variables, tuple(f"c{i}" for i in range(10)))
+
+
+def test_maps_and_scores_equal_the_methods_called_one_by_one(net):
+    images = make_uint8_images(3, seed=5)
+    options = dict(window=8, stride=8, rise_masks=40, rise_cells=4, segments=4, steps=8, mu_grid=4, num_subsets=12)
+    got = jaxviz.compare_methods(net, images, **options)
+    logits = jaxviz.layer_features(net, images)
+    np.testing.assert_array_equal(got.targets, logits.argmax(-1))  # a classifier explains its prediction
+    assert got.layer == net.output_layer and set(got.maps) == {"occlusion", "RISE", "feature ablation"}
+
+    def probabilities(variables, x):  # written here, independently of the module's
+        import jax
+        return jax.nn.softmax(net.layer_fn(net.output_layer)(variables, x), -1)
+
+    x = net.to_input(images)
+    rows = np.arange(3)
+    occ = jaxviz.occlude(probabilities, x, params=net.variables, window=8, stride=8)
+    assert_close(got.maps["occlusion"], occ.pixel_map(got.targets), scale=occ.base)
+    ris = jaxviz.rise(probabilities, x, params=net.variables, num_masks=40, cells=4)
+    assert_close(got.maps["RISE"], ris.maps[rows, ..., got.targets])
+    abl = jaxviz.feature_ablation(probabilities, x, params=net.variables, segments=jaxviz.grid_segments(32, 32, cells=4))
+    assert_close(got.maps["feature ablation"], abl.maps[rows, ..., got.targets], scale=abl.base)
+    for name, attribution in got.maps.items():
+        deletion = jaxviz.deletion_curve(probabilities, x, attribution, steps=8, params=net.variables,
+                                         targets=got.targets)
+        assert_close(got.scores[name]["deletion_auc"], deletion.auc, rel=1e-4)
+        assert set(got.scores[name]) == set(METRICS)
+        assert all(np.isfinite(v).all() for v in got.scores[name].values())
+    assert got.ranking()[0] in got.sentence()
+
+
+def test_ranking_is_the_mean_rank_over_the_metrics():
+    one = np.ones(2)
+    scores = {  # a: best deletion and insertion; b: best MuFidelity; c: worst everywhere
+        "a": {"deletion_auc": 0.1 * one, "insertion_auc": 0.9 * one, "mu_fidelity": 0.2 * one},
+        "b": {"deletion_auc": 0.2 * one, "insertion_auc": 0.8 * one, "mu_fidelity": 0.9 * one},
+        "c": {"deletion_auc": 0.3 * one, "insertion_auc": 0.1 * one, "mu_fidelity": 0.1 * one},
+    }
+    comparison = MethodComparison(np.zeros(2, np.int64), "out", {}, scores)
+    assert comparison.ranking() == ["a", "b", "c"]
+    assert comparison.means()["b"]["mu_fidelity"] == pytest.approx(0.9)
+    sentence = comparison.sentence()
+    assert sentence.startswith("On this model a is") and "mu fidelity: b (0.900)" in sentence
+
+
+def test_a_unit_of_a_network_without_classes(tiny_model, tiny_variables):
+    net = jaxviz.from_cnn(tiny_model, tiny_variables)  # no class names: explain a unit
+    images = make_uint8_images(2, seed=6)
+    got = jaxviz.compare_methods(net, images, layer="fc1", targets=np.array([3, 5]), window=16, stride=16,
+                                 rise_masks=8, rise_cells=2, segments=2, steps=4, mu_grid=2, num_subsets=4)
+    assert got.layer == "fc1" and got.targets.tolist() == [3, 5]
+    assert all(m.shape == (2, 32, 32) for m in got.maps.values())
+    for bad in (np.array([1]), np.array([1, 16]), np.array([0.5, 1.0])):
+        with pytest.raises(ValueError, match="targets"):
+            jaxviz.compare_methods(net, images, layer="fc1", targets=bad)
