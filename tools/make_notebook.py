@@ -128,6 +128,30 @@ for (name, acc), agree in zip(report.per_class_accuracy.items(), knn):
     print(f"  {name:<11} accuracy {acc:.2f}   same-class t-SNE neighbours {agree:.2f}")
 print("most confused:", [(p.a, p.b, p.count) for p in report.most_confused])"""),
     ("code", """plots.plot_confusion(report.confusion_matrix, class_names)"""),
+    ("md", """## Which map to trust?
+
+Occlusion is one of a family of perturbation methods, all run on the same fused engine (masks made on the
+device, every output at once): RISE averages the output over random masks, feature ablation removes one
+segment at a time. Faithfulness metrics score any map: the deletion curve removes pixels in the map's order
+(a faithful map makes the output drop fast: low AUC), the insertion curve reveals them (high AUC), and
+MuFidelity correlates the map's sums over random cell subsets with the output drop when they are removed."""),
+    ("code", """explained = data.images[[0, 100, 200, 300]]         # one image of each of four classes
+x = net.to_input(explained)
+logits = jaxviz.layer_features(net, explained)
+targets = logits.argmax(-1)                              # explain each image's predicted class
+rows = np.arange(len(targets))
+rise_maps = jaxviz.rise(net.layer_fn("logits"), x, params=net.variables, num_masks=2000, seed=0).maps
+ablation = jaxviz.feature_ablation(net.layer_fn("logits"), x, params=net.variables,
+                                   segments=jaxviz.grid_segments(32, 32, cells=8))
+print(rise_maps.shape, ablation.scores.shape)            # (4, 32, 32, 10): every class at once; (4, 64, 10)
+deletion = jaxviz.deletion_curve(net.layer_fn("logits"), x, rise_maps[rows, ..., targets], steps=50,
+                                 params=net.variables, targets=targets)
+print("RISE deletion AUC per image (logits):", np.round(deletion.auc, 3))"""),
+    ("code", """comparison = jaxviz.compare_methods(net, explained)   # softmax of the predicted class, three methods, three metrics
+for method, means in comparison.means().items():
+    print(f"{method:<17}", {k: round(v, 3) for k, v in means.items()})
+print(comparison.sentence())
+plots.plot_attribution_maps(explained, comparison.maps, titles=[class_names[t] for t in comparison.targets])"""),
     ("md", """## Bring your own model
 
 Every analysis above takes a `jaxviz.Network`, so it runs on your model as well: `jaxviz.from_linen`

@@ -3,6 +3,8 @@
     jaxviz report --out DIR          every analysis as an HTML page (the main job)
     jaxviz evaluate --json           accuracy, per-class accuracy, confusion matrix
     jaxviz occlude --out DIR         occlusion maps (.npz + PNG overlays)
+    jaxviz attribute --method M      occlusion, RISE or feature-ablation maps of chosen images
+    jaxviz faithfulness              deletion / insertion AUC and MuFidelity of the three methods
     jaxviz filters | activations | topk | tsne | summary | train
 
 Every analysis command takes ``--model FILE_OR_MODULE:ATTR`` (your model) or

@@ -299,8 +299,8 @@ def _table(record: dict) -> str:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = [f"{len(record['images'])} images, {record['explained']} of {record['layer']}, "
              f"{record['settings']['steps']} steps (means over the images)",
-             "  ".join(h.ljust(w) for h, w in zip(header, widths))]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+             "  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     if record["sentence"]:
         lines.append(record["sentence"])
     return "\n".join(lines)

@@ -185,10 +185,12 @@ def cmd_occlude(args) -> None:
                              "on a model with class names")
         args.layer, args.units = network.output_layer, _classes(args.classes, network.class_names)
     settings = _checked(args, OCCLUDE_FIELDS, data, network, uses_k=args.images is None)
-    x_fill = _fill(args.fill, network.to_input(data.images[:1]))
+    x_fill = _fill(args.fill, network.to_input(data.images[:1]))  # checks the option before any work
     start = time.perf_counter()
     if args.images is None:  # the notebook: the top-K images of each unit, regrouped per unit
         layer, study = _study(data, network, settings)
+        if args.fill == "mean":  # per-channel mean of the images that are occluded
+            x_fill = _fill("mean", network.to_input(data.images[study.shown_indices()]))
         result = jaxviz.occlude_top_images(network, study, data.images, layer=layer, window=settings.window,
                                            stride=settings.stride, anchor=settings.anchor, fill=x_fill,
                                            threshold=settings.threshold, sigma=settings.sigma, progress=True)
@@ -199,6 +201,8 @@ def cmd_occlude(args) -> None:
         layer = settings.layer or network.output_layer
         idx = _indices(args.images, data, "--images")
         plain = data.subset(idx).images
+        if args.fill == "mean":
+            x_fill = _fill("mean", network.to_input(plain))
         occ = jaxviz.occlude(network.score_fn(layer), network.to_input(plain), params=network.variables,
                              window=settings.window, stride=settings.stride, fill=x_fill, anchor=settings.anchor,
                              units=settings.units, progress=True)

@@ -1,0 +1,219 @@
+"""``jaxviz attribute`` and ``jaxviz faithfulness`` on a tiny weights file and a tiny image folder."""
+
+import json
+import math
+import sys
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+import jaxviz
+from jaxviz.cli import main
+
+from numerics import assert_close
+
+W = 8  # a 32x32 image in 4x4 occlusion positions, RISE / ablation / MuFidelity grids of 4x4 cells
+FAST = ["--window", W, "--stride", W, "--num-masks", 50, "--cells", 4, "--segments", 4]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tiny_model, tiny_variables):
+    """A tiny CIFAR-10-shaped weights file and a folder of 6 images in 3 CIFAR-10 classes."""
+    root = tmp_path_factory.mktemp("cli_attribution")
+    weights = root / "tiny.msgpack"
+    jaxviz.save_weights(weights, tiny_model, tiny_variables, metadata={"dataset": "tiny"})
+    rng = np.random.default_rng(0)
+    folder = root / "images"
+    for name in jaxviz.CIFAR10_CLASSES[:3]:
+        (folder / name).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / name / f"{i}.png")
+    network = jaxviz.load_weights(weights).network
+    data = jaxviz.load_image_folder(folder).with_classes(network.class_names)
+    return {"root": root, "weights": str(weights), "folder": str(folder), "network": network, "images": data.images,
+            "args": ["--weights", str(weights), "--data", "folder", "--data-dir", str(folder)]}
+
+
+def run(capsys, *args):
+    """Exit status, stdout, stderr; a usage error (argparse exits) counts as its exit status."""
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as e:
+        code = e.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _one_line_error(code, err, *words):
+    """Exit 2 and one error line, last on stderr, no traceback."""
+    assert code == 2, err
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert "Traceback" not in err and sum("error:" in line for line in lines) == 1, err
+    assert "error:" in lines[-1], err
+    for word in words:
+        assert word in lines[-1], lines[-1]
+
+
+def _softmax(network):
+    logits = network.layer_fn(network.output_layer)
+    return lambda variables, x: jax.nn.softmax(logits(variables, x).reshape(x.shape[0], -1), axis=-1)
+
+
+def _predicted(network, images):
+    return np.asarray(jaxviz.layer_features(network, images)).argmax(-1)
+
+
+@pytest.mark.parametrize("method,options", [
+    ("occlusion", ["--window", W, "--stride", 4]),
+    ("rise", ["--num-masks", 50, "--cells", 4, "--p", 0.4, "--seed", 3, "--targets", "3,0", "--fill", "0.5"]),
+    ("ablation", ["--segments", 4, "--fill", "blur", "--targets", "1,1"]),
+])
+def test_attribute_maps_equal_the_api(setup, capsys, tmp_path, method, options):
+    out_dir = tmp_path / method
+    images_opt = [] if method == "occlusion" else ["--images", "0,4"]  # occlusion: the default, the first 4
+    code, out, err = run(capsys, "attribute", "--method", method, *setup["args"], *images_opt, *options,
+                         "--out", out_dir)
+    assert code == 0, err
+    idx = np.arange(4) if method == "occlusion" else np.array([0, 4])
+    network, images = setup["network"], setup["images"][idx]
+    x, f = network.to_input(images), _softmax(network)
+    targets = _predicted(network, images) if method == "occlusion" else np.array(options[options.index("--targets")
+                                                                                          + 1].split(","), int)
+    if method == "occlusion":
+        want = jaxviz.occlude(f, x, window=W, stride=4, params=network.variables).pixel_map(targets)
+    elif method == "rise":
+        r = jaxviz.rise(f, x, num_masks=50, cells=4, p=0.4, seed=3, fill=0.5, params=network.variables)
+        want = r.maps[np.arange(2), ..., targets]
+    else:
+        a = jaxviz.feature_ablation(f, x, segments=jaxviz.grid_segments(32, 32, cells=4), fill="blur",
+                                    params=network.variables)
+        want = a.maps[np.arange(2), ..., targets]
+    record = json.loads(out)
+    assert record["method"] == method and record["layer"] == "logits"
+    assert record["images"] == idx.tolist() and record["targets"] == targets.tolist()
+    with np.load(out_dir / "attribution.npz") as z:
+        assert z["maps"].shape == (len(idx), 32, 32) and z["maps"].dtype == np.float32
+        assert z["targets"].tolist() == targets.tolist() and z["images"].tolist() == idx.tolist()
+        assert str(z["method"]) == method and str(z["layer"]) == "logits"
+        assert json.loads(str(z["settings"]))["method"] == method
+        assert np.all((z["base"] > 0) & (z["base"] < 1))  # softmax probabilities of the targets
+        # the CLI computes only the targets' outputs, the API here all ten: another program, so not bitwise
+        assert_close(z["maps"], want, scale=np.abs(want).max() + z["base"].max())
+    assert (out_dir / "attribution.png").read_bytes()[:4] == b"\x89PNG"
+    assert sorted(p.name for p in out_dir.iterdir()) == ["attribution.npz", "attribution.png"]
+
+
+def test_attribute_a_unit_of_a_layer(setup, capsys, tmp_path):
+    """--layer explains a unit's mean activation (network.score_fn), not the softmax."""
+    code, out, err = run(capsys, "attribute", "--method", "occlusion", *setup["args"], "--images", "1,5",
+                         "--layer", "fc1", "--targets", "7,2", "--window", W, "--stride", W, "--out", tmp_path / "u")
+    assert code == 0, err
+    network, images = setup["network"], setup["images"][[1, 5]]
+    want = jaxviz.occlude(network.score_fn("fc1"), network.to_input(images), window=W, stride=W,
+                          params=network.variables).pixel_map(np.array([7, 2]))
+    with np.load(tmp_path / "u" / "attribution.npz") as z:
+        assert_close(z["maps"], want, scale=np.abs(want).max() + np.abs(z["base"]).max())
+    assert json.loads(out)["explained"] == "mean activation"
+
+
+def test_faithfulness_json_matches_deletion_curves(setup, capsys, tmp_path):
+    out_dir = tmp_path / "faith"
+    code, out, err = run(capsys, "faithfulness", *setup["args"], "--images", "0,3", *FAST, "--steps", 10,
+                         "--mu-grid", 4, "--num-subsets", 16, "--json", "--out", out_dir)
+    assert code == 0, err
+    record = json.loads(out)
+    assert json.loads((out_dir / "faithfulness.json").read_text()) == record
+    metrics = {"deletion_auc", "insertion_auc", "mu_fidelity"}
+    assert list(record["methods"]) == ["occlusion", "rise", "ablation"]
+    for method, means in record["methods"].items():
+        assert set(means) == metrics and all(math.isfinite(v) for v in means.values())
+        assert set(record["per_image"][method]) == metrics
+        assert all(len(v) == 2 and all(map(math.isfinite, v)) for v in record["per_image"][method].values())
+    assert sorted(record["ranking"]) == sorted(record["methods"]) and record["sentence"].startswith("On this model")
+    network, images = setup["network"], setup["images"][[0, 3]]
+    targets = _predicted(network, images)
+    assert record["targets"] == targets.tolist()
+    x, f = network.to_input(images), _softmax(network)
+    with np.load(out_dir / "faithfulness.npz") as z:
+        assert z["images"].tolist() == [0, 3] and z["targets"].tolist() == targets.tolist()
+        for method in record["methods"]:
+            maps = z[f"maps_{method}"]
+            assert maps.shape == (2, 32, 32)
+            curve = jaxviz.deletion_curve(f, x, maps, steps=10, targets=targets, params=network.variables)
+            assert_close(record["per_image"][method]["deletion_auc"], curve.auc, scale=1.0)
+            assert record["methods"][method]["deletion_auc"] == pytest.approx(float(np.mean(curve.auc)), abs=1e-5)
+        # the occlusion map is the one `jaxviz attribute` makes with the same settings
+        want = jaxviz.occlude(f, x, window=W, stride=W, params=network.variables).pixel_map(targets)
+        assert_close(z["maps_occlusion"], want, scale=1.0)
+    assert (out_dir / "faithfulness.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_faithfulness_table_of_the_chosen_methods(setup, capsys):
+    code, out, err = run(capsys, "faithfulness", *setup["args"], "--images", "2", *FAST, "--steps", 10,
+                         "--mu-grid", 4, "--num-subsets", 16, "--methods", "rise,occlusion")
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert "deletion AUC (lower better)" in lines[1] and "insertion AUC (higher better)" in lines[1]
+    assert "MuFidelity (higher better)" in lines[1]
+    assert [line.split()[0] for line in lines[2:4]] == ["RISE", "occlusion"]
+    assert "feature ablation" not in out
+    assert lines[-1].startswith("On this model ")
+
+
+@pytest.mark.parametrize("args,words", [
+    (["attribute", "--method", "gradcam"], ["--method", "gradcam"]),
+    (["attribute", "--method", "rise", "--images", "0,1", "--targets", "1,2,3"], ["--targets: ", "2 images", "3"]),
+    (["attribute", "--method", "rise", "--images", "0,1", "--targets", "1,10"], ["--targets: ", "[0, 10)", "10"]),
+    (["attribute", "--method", "occlusion", "--layer", "fc1", "--images", "0", "--targets", "16"],
+     ["--targets: ", "[0, 16)"]),
+    (["attribute", "--method", "occlusion", "--images", "0,6"], ["--images: ", "[0, 6)", "6"]),
+    (["attribute", "--method", "occlusion", "--images", "-1"], ["--images: ", "-1"]),
+    (["attribute", "--method", "rise", "--num-masks", "0"], ["--num-masks", "positive", "0"]),
+    (["attribute", "--method", "rise", "--cells", "-2"], ["--cells", "-2"]),
+    (["attribute", "--method", "rise", "--cells", "33"], ["--cells: ", "33"]),
+    (["attribute", "--method", "rise", "--p", "0"], ["--p", "(0, 1]"]),
+    (["attribute", "--method", "rise", "--p", "1.5"], ["--p", "(0, 1]", "1.5"]),
+    (["attribute", "--method", "rise", "--p", "nan"], ["--p", "(0, 1]"]),
+    (["attribute", "--method", "occlusion", "--window", "0"], ["--window", "0"]),
+    (["attribute", "--method", "occlusion", "--window", "33"], ["--window: ", "33"]),
+    (["attribute", "--method", "occlusion", "--stride", "0"], ["--stride", "0"]),
+    (["attribute", "--method", "ablation", "--segments", "0"], ["--segments", "0"]),
+    (["attribute", "--method", "ablation", "--segments", "40"], ["--segments: ", "40"]),
+    (["attribute", "--method", "ablation", "--slic", "0"], ["--slic", "0"]),
+    (["attribute", "--method", "ablation", "--slic", "20", "--segments", "4"], ["--segments", "--slic"]),
+    (["attribute", "--method", "ablation", "--slic", "20"], ["--slic: ", "scikit-image"]),
+    (["attribute", "--method", "ablation", "--fill", "1,2"], ["--fill: ", "'1,2'"]),
+    (["attribute", "--method", "occlusion", "--layer", "conv9"], ["--layer: unknown layer 'conv9'"]),
+    (["attribute", "--method", "rise", "--seed", "-1"], ["--seed", "-1"]),
+    (["faithfulness", "--methods", "occlusion,gradcam"], ["--methods", "'gradcam'"]),
+    (["faithfulness", "--images", "0,1", "--targets", "3"], ["--targets: ", "2 images"]),
+    (["faithfulness", "--images", "0,1", "--targets", "3,-1"], ["--targets: ", "[0, 10)"]),
+    (["faithfulness", "--images", "7"], ["--images: ", "[0, 6)"]),
+    (["faithfulness", "--steps", "0"], ["--steps", "0"]),
+    (["faithfulness", "--num-subsets", "1"], ["--num-subsets", ">= 2"]),
+    (["faithfulness", "--num-masks", "-5"], ["--num-masks", "-5"]),
+    (["faithfulness", "--mu-grid", "33"], ["--mu-grid: ", "33"]),
+    (["faithfulness", "--segments", "33"], ["--segments: ", "33"]),
+    (["faithfulness", "--p", "0.5"], ["unrecognized arguments: --p"]),  # compare_methods keeps p at 0.5
+])
+def test_user_errors_exit_2_before_any_work(setup, capsys, tmp_path, monkeypatch, args, words):
+    for name in ("occlude", "rise", "feature_ablation", "compare_methods", "layer_features", "slic_segments"):
+        monkeypatch.setattr(jaxviz, name, lambda *a, _name=name, **k: pytest.fail(f"{_name} ran"))
+    for name in ("skimage", "skimage.segmentation"):  # scikit-image missing, whether it is installed or not
+        monkeypatch.setitem(sys.modules, name, None)
+    code, _, err = run(capsys, *args, *setup["args"], "--out", tmp_path / "err")
+    _one_line_error(code, err, *words)
+    assert not (tmp_path / "err").exists()  # nothing is created for a run that cannot start
+
+
+@pytest.mark.parametrize("command", [["attribute", "--method", "occlusion"], ["faithfulness"]])
+def test_unwritable_out_is_refused_first(setup, capsys, tmp_path, command):
+    taken = tmp_path / "a-file"
+    taken.write_bytes(b"keep")
+    code, _, err = run(capsys, *command, *setup["args"], "--out", taken / "sub")
+    _one_line_error(code, err, "--out: ", "is a file")
+    code, _, err = run(capsys, *command, *setup["args"], "--out", taken)
+    _one_line_error(code, err, "--out: ", "expected a directory")
+    assert taken.read_bytes() == b"keep" and sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
