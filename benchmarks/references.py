@@ -11,10 +11,23 @@ Three straightforward implementations of the same computation as
    occludes the whole image batch on the host and calls the jitted ``f``.
 3. ``occlude_pair_loop``: a loop over images and positions, one forward of
    one image each.
+
+Naive perturbation methods (RISE, feature ablation, deletion / insertion
+curves, MuFidelity), the obvious Python loops: one jitted forward of the
+whole image batch per mask (or per step, segment, subset), the perturbed
+batch built on the host with numpy as ``x * (1 - m) + fill * m`` (m = 1 where
+filled), outputs accumulated on the host. Each returns what the matching
+jaxviz function computes, for a numeric ``fill``:
+
+4. ``rise_mask_loop``: ``(base, maps)`` as ``Rise.base`` / ``Rise.maps``, for given keep masks.
+5. ``ablation_segment_loop``: ``(base, scores)`` as ``Ablation.base`` / ``Ablation.scores``.
+6. ``curve_step_loop``: ``curve`` as ``Curve.curve`` with ``targets=None``.
+7. ``mufidelity_subset_loop``: ``(base, drops)`` as ``MuFidelity`` (``drops`` with ``targets=None``).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -25,7 +38,8 @@ import numpy as np
 from jaxviz._batching import map_batches
 from jaxviz.engine.occlusion import window_spans
 
-__all__ = ["occlude_notebook", "occlude_pair_loop", "occlude_position_loop"]
+__all__ = ["ablation_segment_loop", "curve_step_loop", "mufidelity_subset_loop", "occlude_notebook",
+           "occlude_pair_loop", "occlude_position_loop", "rise_mask_loop"]
 
 
 def _starts(dim: int, window: int, stride: int, anchor: str) -> list[int]:
@@ -106,3 +120,101 @@ def occlude_pair_loop(f: Callable, images: np.ndarray, *, window: tuple[int, int
                 grid.append(b - np.asarray(fn(occluded))[0])
     base = np.stack(base)
     return base, np.stack(grid).reshape(len(images), len(rows), len(cols), *base.shape[1:])
+
+
+# --------------------------------------------------------------------------- perturbation loops
+
+
+@functools.lru_cache(maxsize=64)
+def _jit(f: Callable) -> Callable:
+    """``jax.jit(f)``, one object per ``f``, so repeated loops reuse the compiled program."""
+    return jax.jit(f)
+
+
+def _runner(f: Callable, params: Any) -> Callable:
+    """``x -> np.ndarray f(x)`` (or ``f(params, x)``) through a cached jit; params passed as an argument."""
+    fn = _jit(f)
+    return (lambda x: np.asarray(fn(x))) if params is None else (lambda x: np.asarray(fn(params, x)))
+
+
+def _perturb(images: np.ndarray, fills: np.ndarray, filled: np.ndarray) -> np.ndarray:
+    """``images * (1 - m) + fills * m`` for m (N or 1, H, W) in [0, 1], 1 = filled."""
+    m = np.asarray(filled, np.float32)[..., None]
+    return images * (1 - m) + fills * m
+
+
+def rise_mask_loop(f: Callable, images: np.ndarray, masks: np.ndarray, *, p: float | None = None,
+                   fill: Any = 0.0, params: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """RISE with the given keep masks (M, H, W), 1 = kept: one forward of the image batch per mask.
+
+    ``maps[n, y, x] = sum_i f(x_n kept by M_i) * M_i[y, x] / (M * p)``; ``p`` defaults to the
+    masks' mean (as ``jaxviz.rise(masks=...)``); pass the keep probability to match random masks.
+    """
+    images = np.asarray(images, np.float32)
+    masks = np.asarray(masks, np.float32)
+    fills = _fills(fill, images)
+    run = _runner(f, params)
+    base = run(images)
+    n, h, w = images.shape[:3]
+    sums = np.zeros((n, h, w, int(np.prod(base.shape[1:]))), np.float32)
+    for keep in masks:
+        out = run(_perturb(images, fills, (1 - keep)[None]))
+        sums += out.reshape(n, 1, 1, -1) * keep[None, :, :, None]
+    p = float(masks.mean(dtype=np.float64)) if p is None else p
+    return base, (sums / np.float32(len(masks) * p)).reshape(n, h, w, *base.shape[1:])
+
+
+def ablation_segment_loop(f: Callable, images: np.ndarray, segments: np.ndarray, *, fill: Any = 0.0,
+                          params: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """Feature ablation: one forward of the image batch per segment label ``0 .. S - 1``.
+
+    ``segments``: int (H, W) shared, or (N, H, W). ``scores[n, s] = f(x)[n] - f(x without segment s)[n]``.
+    """
+    images = np.asarray(images, np.float32)
+    fills = _fills(fill, images)
+    labels = np.asarray(segments)
+    labels = labels[None] if labels.ndim == 2 else labels
+    run = _runner(f, params)
+    base = run(images)
+    scores = [base - run(_perturb(images, fills, labels == s)) for s in range(int(labels.max()) + 1)]
+    return base, np.stack(scores, axis=1)
+
+
+def curve_step_loop(f: Callable, images: np.ndarray, attribution: np.ndarray, *, mode: str = "deletion",
+                    steps: int = 100, fill: Any = 0.0, params: Any = None) -> np.ndarray:
+    """Deletion / insertion curve: one forward of the image batch per step, (N, steps + 1, *out).
+
+    Pixels ranked by attribution (N, H, W), descending, ties to the lower flat index; step k fills
+    (deletion) or reveals (insertion) the first ``round_half_up(k * H * W / steps)`` pixels.
+    """
+    images = np.asarray(images, np.float32)
+    fills = _fills(fill, images)
+    n, h, w = images.shape[:3]
+    order = np.argsort(-np.asarray(attribution, np.float64).reshape(n, -1), axis=1, kind="stable")
+    ranks = np.empty((n, h * w), np.int64)
+    ranks[np.arange(n)[:, None], order] = np.arange(h * w)[None]
+    ranks = ranks.reshape(n, h, w)
+    run = _runner(f, params)
+    curve = []
+    for k in range(steps + 1):
+        count = (2 * k * h * w + steps) // (2 * steps)
+        filled = ranks >= count if mode == "insertion" else ranks < count
+        curve.append(run(_perturb(images, fills, filled)))
+    return np.stack(curve, axis=1)
+
+
+def mufidelity_subset_loop(f: Callable, images: np.ndarray, subsets: np.ndarray, *, grid: int, fill: Any = 0.0,
+                           params: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """MuFidelity's drops: one forward of the image batch per subset of lattice cells.
+
+    ``subsets``: bool (S, grid * grid); pixel (y, x) is in cell ``(y * grid // H) * grid + x * grid // W``.
+    Returns ``(base, drops)`` with ``drops[n, s] = f(x)[n] - f(x with subset s filled)[n]``.
+    """
+    images = np.asarray(images, np.float32)
+    fills = _fills(fill, images)
+    h, w = images.shape[1:3]
+    cells = (np.arange(h) * grid // h)[:, None] * grid + (np.arange(w) * grid // w)[None, :]
+    run = _runner(f, params)
+    base = run(images)
+    drops = [base - run(_perturb(images, fills, np.asarray(subset, bool)[cells][None])) for subset in subsets]
+    return base, np.stack(drops, axis=1)

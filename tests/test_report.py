@@ -280,7 +280,7 @@ def test_report_of_a_linen_resnet(tmp_path):
     assert saved["units"]["count"] == 64 and len(saved["units"]["shown"]) == 2
     assert saved["occlusion"]["images"] == 2 * 2 and saved["tsne"]["points"] == 6
     assert {"confusion.png", "topk.png", "selectivity.png", "occlusion_masks.png", "occlusion_heatmaps.png",
-            "tsne.png", "filters_stem_conv.png", "filters_stage1_block0_conv1.png", "activations_stem_conv.png",
+            "trust.png", "tsne.png", "filters_stem_conv.png", "filters_stage1_block0_conv1.png", "activations_stem_conv.png",
             "activations_stage1_block0_conv1.png"} == set(saved["figures"])
     assert "stage2/block0/proj" in page and "not evaluated" not in page
 
