@@ -2,11 +2,12 @@
 
 import numpy as np
 import pytest
-from conftest import make_uint8_images
-from numerics import assert_close
 
 import jaxviz
 from jaxviz.analysis.trust import METRICS, MethodComparison
+
+from conftest import make_uint8_images
+from numerics import assert_close
 
 
 @pytest.fixture(scope="module")
