@@ -264,7 +264,7 @@ def render(r: ReportResults, out: Path) -> dict:
     atomic_write_bytes(out / "results.json", (json.dumps(results, indent=2, allow_nan=False) + "\n").encode())
     timing_rows = [(k, f"{v:.1f} s") for k, v in r.timings.items()] + [("total", f"{sum(r.timings.values()):.1f} s")]
     run = _table(["setting", "value"], list(settings.items())) + _table(["stage", "time"], timing_rows)
-    title = "What did this CNN learn?"
+    title = f"What did {r.network.name or 'this network'} learn?"
     atomic_write_bytes(out / "index.html", (
         f"<!doctype html><html><head><meta charset='utf-8'><title>jaxviz report</title>"
         f"<style>{_CSS}</style></head><body><h1>{title}</h1>"
