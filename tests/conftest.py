@@ -102,3 +102,21 @@ def load_example(name: str):
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def write_tiny_cli_setup(root, model, variables, *, per_class: int) -> tuple:
+    """A tiny CIFAR-10-shaped weights file and a folder of random 32x32 PNGs in the first 3 CIFAR-10
+    classes (``per_class`` each), for command-line tests; returns ``(weights_path, folder, rng)``."""
+    from PIL import Image
+
+    import jaxviz
+
+    weights = root / "tiny.msgpack"
+    jaxviz.save_weights(weights, model, variables, metadata={"dataset": "tiny"})
+    rng = np.random.default_rng(0)
+    folder = root / "images"
+    for name in jaxviz.CIFAR10_CLASSES[:3]:
+        (folder / name).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / name / f"{i}.png")
+    return weights, folder, rng

@@ -19,7 +19,7 @@ from PIL import Image
 import jaxviz
 from jaxviz.cli import main
 
-from conftest import make_tiny_model
+from conftest import make_tiny_model, write_tiny_cli_setup
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,14 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def setup(tmp_path_factory, tiny_model, tiny_variables):
     """A tiny CIFAR-10-shaped weights file, an image folder and an official binary-layout folder."""
     root = tmp_path_factory.mktemp("cli")
-    weights = root / "tiny.msgpack"
-    jaxviz.save_weights(weights, tiny_model, tiny_variables, metadata={"dataset": "tiny"})
-    rng = np.random.default_rng(0)
-    folder = root / "images"
-    for name in jaxviz.CIFAR10_CLASSES[:3]:
-        (folder / name).mkdir(parents=True)
-        for i in range(4):
-            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / name / f"{i}.png")
+    weights, folder, rng = write_tiny_cli_setup(root, tiny_model, tiny_variables, per_class=4)
     records = rng.integers(0, 256, size=(20, 3073), dtype=np.uint8)
     records[:, 0] = rng.integers(0, 10, size=20)
     cifar = root / "cifar"

@@ -7,11 +7,11 @@ import sys
 import jax
 import numpy as np
 import pytest
-from PIL import Image
 
 import jaxviz
 from jaxviz.cli import main
 
+from conftest import write_tiny_cli_setup
 from numerics import assert_close
 
 W = 8  # a 32x32 image in 4x4 occlusion positions, RISE / ablation / MuFidelity grids of 4x4 cells
@@ -22,14 +22,7 @@ FAST = ["--window", W, "--stride", W, "--num-masks", 50, "--cells", 4, "--segmen
 def setup(tmp_path_factory, tiny_model, tiny_variables):
     """A tiny CIFAR-10-shaped weights file and a folder of 6 images in 3 CIFAR-10 classes."""
     root = tmp_path_factory.mktemp("cli_attribution")
-    weights = root / "tiny.msgpack"
-    jaxviz.save_weights(weights, tiny_model, tiny_variables, metadata={"dataset": "tiny"})
-    rng = np.random.default_rng(0)
-    folder = root / "images"
-    for name in jaxviz.CIFAR10_CLASSES[:3]:
-        (folder / name).mkdir(parents=True)
-        for i in range(2):
-            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / name / f"{i}.png")
+    weights, folder, _ = write_tiny_cli_setup(root, tiny_model, tiny_variables, per_class=2)
     network = jaxviz.load_weights(weights).network
     data = jaxviz.load_image_folder(folder).with_classes(network.class_names)
     return {"root": root, "weights": str(weights), "folder": str(folder), "network": network, "images": data.images,
