@@ -46,7 +46,9 @@ REPORT_HELP = {
     "k": "top images per unit", "window": "occluder size in pixels", "stride": "occluder step in pixels",
     "anchor": "occluder placement", "threshold": "mask threshold in [0, 1]", "sigma": "mask smoothing in pixels",
     "tsne_points": "t-SNE points", "tsne_iter": "t-SNE iterations (>= 250)", "perplexity": "t-SNE perplexity",
-    "activation_images": "images in the activation-map figures", "seed": "t-SNE seed",
+    "activation_images": "images in the activation-map figures", "seed": "t-SNE, RISE and MuFidelity seed",
+    "trust_images": "images whose occlusion, RISE and ablation maps are compared",
+    "rise_masks": "RISE masks per image in that comparison",
 }
 TRAIN_HELP = {
     "epochs": "epochs", "batch_size": "images per step", "peak_lr": "peak learning rate (also --lr)",
