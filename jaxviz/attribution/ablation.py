@@ -37,9 +37,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxviz.attribution.rise import BLUR_SIGMA, _check_x, _int
+from jaxviz.attribution.rise import BLUR_SIGMA
 from jaxviz.data.images import check_uint8_images
-from jaxviz.engine._inputs import _pair
+from jaxviz.engine._inputs import _pair, check_int, check_x
 from jaxviz.engine.perturb import MaskFamily, perturbed_outputs, prepare
 
 __all__ = ["Ablation", "feature_ablation", "grid_segments", "slic_segments"]
@@ -137,7 +137,7 @@ def grid_segments(height: int, width: int, *, cells: int | tuple[int, int]) -> n
     Returns:
       int32 (height, width) labels ``0 .. rows * cols - 1``.
     """
-    h, w = _int(height, "height", 1), _int(width, "width", 1)
+    h, w = check_int(height, "height", 1), check_int(width, "width", 1)
     rows, cols = _pair(cells, "cells")
     if not (1 <= rows <= h and 1 <= cols <= w):
         raise ValueError(f"cells: expected 1 <= cells <= ({h}, {w}) per axis, got {(rows, cols)}")
@@ -161,7 +161,7 @@ def slic_segments(images_uint8: np.ndarray, *, n_segments: int = 50, compactness
       ImportError: scikit-image is not installed.
     """
     check_uint8_images(images_uint8, "images_uint8")
-    n_segments = _int(n_segments, "n_segments", 1)
+    n_segments = check_int(n_segments, "n_segments", 1)
     if isinstance(compactness, (bool, np.bool_)) or not isinstance(compactness, (int, float, np.integer, np.floating)):
         raise TypeError(f"compactness: expected a positive number, got {compactness!r}")
     if not 0 < compactness < np.inf:
@@ -219,7 +219,7 @@ def feature_ablation(
     Raises:
       TypeError / ValueError naming the argument, before anything is compiled.
     """
-    x = _check_x(x)
+    x = check_x(x)
     if not callable(f):
         raise TypeError(f"f: expected a callable, got {type(f).__name__}")
     n, h, w = x.shape[:3]

@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxviz.engine._inputs import _check_images
+from jaxviz.engine._inputs import check_int, check_x
 from jaxviz.engine.perturb import MaskFamily, perturbed_outputs, prepare
 
 __all__ = ["Curve", "MuFidelity", "deletion_curve", "insertion_curve", "mu_fidelity"]
@@ -100,22 +100,6 @@ class MuFidelity:
 
 
 # --------------------------------------------------------------------------- checks
-
-
-def _check_x(x: Any) -> jax.Array:
-    try:
-        return _check_images(x)
-    except (TypeError, ValueError) as e:  # the engine calls its argument "images"; here it is x
-        raise type(e)(str(e).replace("images:", "x:", 1)) from None
-
-
-def _int(value: Any, name: str, low: int, high: int | None = None, what: str = "") -> int:
-    expected = f"an int >= {low}" if high is None else f"an int in [{low}, {high}]"
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name}: expected {expected}{what}, got {value!r}")
-    if value < low or (high is not None and value > high):
-        raise ValueError(f"{name}: expected {expected}{what}, got {value!r}")
-    return int(value)
 
 
 def _check_attribution(attribution: Any, x: jax.Array) -> np.ndarray:
@@ -248,8 +232,8 @@ def deletion_curve(
     """
     if mode not in MODES:
         raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
-    steps = _int(steps, "steps", 1)
-    x = _check_x(x)
+    steps = check_int(steps, "steps", 1)
+    x = check_x(x)
     ranks = _ranks(_check_attribution(attribution, x))
     targets = _check_targets(targets, x.shape[0])
     p = prepare(f, x, fill=fill, units=units, params=params, blur_sigma=blur_sigma)
@@ -360,14 +344,14 @@ def mu_fidelity(
     Raises:
       TypeError / ValueError naming the argument, before anything is compiled.
     """
-    x = _check_x(x)
+    x = check_x(x)
     n, h, w, _ = x.shape
-    grid = _int(grid, "grid", 1, min(h, w), " (cells per side, at most the image size)")
+    grid = check_int(grid, "grid", 1, min(h, w), " (cells per side, at most the image size)")
     if (isinstance(subset_fraction, (bool, np.bool_)) or not isinstance(subset_fraction, (int, float, np.number))
             or not 0 < subset_fraction <= 1):
         raise ValueError(f"subset_fraction: expected a number in (0, 1], got {subset_fraction!r}")
-    num_subsets = _int(num_subsets, "num_subsets", 2)
-    seed = _int(seed, "seed", 0, 2**32 - 1)
+    num_subsets = check_int(num_subsets, "num_subsets", 2)
+    seed = check_int(seed, "seed", 0, 2**32 - 1)
     values = _check_attribution(attribution, x)
     targets = _check_targets(targets, n)
     p = prepare(f, x, fill=fill, units=units, params=params, blur_sigma=blur_sigma)

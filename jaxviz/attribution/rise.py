@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -36,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxviz.engine._inputs import _check_images
+from jaxviz.engine._inputs import check_int, check_x
 from jaxviz.engine.perturb import MaskFamily, mask_weighted_sum, prepare
 
 __all__ = ["Rise", "rise", "rise_masks"]
@@ -104,23 +103,6 @@ def _keep_program(cells: int, shape: tuple[int, int]) -> Callable:
 # --------------------------------------------------------------------------- checks
 
 
-def _int(value: Any, name: str, low: int, high: float = math.inf) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name}: expected an int, got {value!r}")
-    if not low <= value <= high:
-        bounds = f">= {low}" if high == math.inf else f"in [{low}, {high}]"
-        raise ValueError(f"{name}: expected an int {bounds}, got {value}")
-    return int(value)
-
-
-def _check_x(x: Any) -> jax.Array:
-    """``_check_images``, its errors naming ``x``."""
-    try:
-        return _check_images(x)
-    except (TypeError, ValueError) as e:
-        raise type(e)("x:" + str(e).removeprefix("images:")) from None
-
-
 def _check_p(p: Any) -> float:
     if isinstance(p, (bool, np.bool_)) or not isinstance(p, (int, float, np.integer, np.floating)):
         raise TypeError(f"p: expected a keep probability in (0, 1], got {p!r}")
@@ -164,17 +146,17 @@ def rise_masks(height: int, width: int, *, num_masks: int, cells: int = 7, p: fl
     Returns:
       float32 (num_masks, H, W) in [0, 1], 1 = pixel kept.
     """
-    h, w = _int(height, "height", 1), _int(width, "width", 1)
-    num_masks = _int(num_masks, "num_masks", 1, 2**31 - 1)
-    start = _int(start, "start", 0, 2**31 - num_masks)  # mask indices are int32
-    cells, p = _int(cells, "cells", 1, min(h, w)), _check_p(p)
+    h, w = check_int(height, "height", 1), check_int(width, "width", 1)
+    num_masks = check_int(num_masks, "num_masks", 1, 2**31 - 1)
+    start = check_int(start, "start", 0, 2**31 - num_masks)  # mask indices are int32
+    cells, p = check_int(cells, "cells", 1, min(h, w)), _check_p(p)
     key = _key(seed)
     indices = jnp.arange(start, start + num_masks, dtype=jnp.int32)
     return np.asarray(_keep_program(cells, (h, w))((key, jnp.float32(p)), indices))
 
 
 def _key(seed: Any) -> jax.Array:
-    _int(seed, "seed", -(2**63))
+    check_int(seed, "seed", -(2**63))
     try:
         return jax.random.key(int(seed))
     except (OverflowError, ValueError, TypeError) as e:
@@ -227,16 +209,16 @@ def rise(
     Raises:
       TypeError / ValueError naming the argument, before anything is compiled.
     """
-    x = _check_x(x)
+    x = check_x(x)
     if not callable(f):
         raise TypeError(f"f: expected a callable, got {type(f).__name__}")
     h, w = x.shape[1:3]
     if masks is None:
-        num_masks = _int(num_masks, "num_masks", 1)
+        num_masks = check_int(num_masks, "num_masks", 1)
         if num_masks * x.shape[0] >= 2**31:
             raise ValueError(f"num_masks: expected N * num_masks < 2**31 (pair indices are int32), got "
                              f"{x.shape[0]} * {num_masks}")
-        cells = _int(cells, "cells", 1, min(h, w))
+        cells = check_int(cells, "cells", 1, min(h, w))
         p = _check_p(p)
         family = MaskFamily(_rise_generator(cells, (h, w)), (_key(seed), jnp.float32(p)), num_masks, (cells, (h, w)))
     else:

@@ -113,3 +113,25 @@ def _fill_array(fill: Any, images: jax.Array, blur_sigma: float) -> tuple[jax.Ar
         raise ValueError("fill: contains NaN or infinite values")
     per_image = allowed[arr.shape]
     return (arr if per_image else jnp.broadcast_to(arr, (h, w, c))), per_image
+
+
+def check_int(value: Any, name: str, low: int, high: int | None = None, what: str = "") -> int:
+    """``value`` as an int in ``[low, high]`` (no upper bound when ``high`` is None); bools are refused.
+
+    Raises:
+      TypeError: not an int; ValueError: out of range. Both name ``name``, the range (and ``what``).
+    """
+    expected = f"an int >= {low}" if high is None else f"an int in [{low}, {high}]"
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name}: expected {expected}{what}, got {value!r}")
+    if value < low or (high is not None and value > high):
+        raise ValueError(f"{name}: expected {expected}{what}, got {value!r}")
+    return int(value)
+
+
+def check_x(x: Any) -> jax.Array:
+    """``_check_images`` for a method whose argument is called ``x``: the same checks, errors naming ``x``."""
+    try:
+        return _check_images(x)
+    except (TypeError, ValueError) as e:
+        raise type(e)(str(e).replace("images:", "x:", 1)) from None
