@@ -120,3 +120,14 @@ def write_tiny_cli_setup(root, model, variables, *, per_class: int) -> tuple:
         for i in range(per_class):
             Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / name / f"{i}.png")
     return weights, folder, rng
+
+
+def assert_one_line_error(code, err, *words):
+    """Exit 2 and one error line, last on stderr (progress bars may come before it), no traceback;
+    the error line holds every one of ``words``."""
+    assert code == 2, err
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert "Traceback" not in err and sum("error:" in line for line in lines) == 1, err
+    assert "error:" in lines[-1], err
+    for word in words:
+        assert word in lines[-1], lines[-1]

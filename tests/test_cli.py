@@ -19,7 +19,7 @@ from PIL import Image
 import jaxviz
 from jaxviz.cli import main
 
-from conftest import make_tiny_model, write_tiny_cli_setup
+from conftest import assert_one_line_error, make_tiny_model, write_tiny_cli_setup
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -113,7 +113,7 @@ def test_user_errors_exit_2_with_a_message(setup, capsys, tmp_path, args, words)
     extra = ["--weights", setup["weights"]] + (["--data", "folder", "--data-dir", setup["folder"]]
                                               if args[0] != "filters" else [])
     code, _, err = run(capsys, *args, *extra, "--out", tmp_path / "err")
-    _one_line_error(code, err, *words)
+    assert_one_line_error(code, err, *words)
     assert not (tmp_path / "err").exists()  # nothing is created for a run that cannot start
 
 
@@ -129,7 +129,7 @@ def test_occlude_chosen_images_need_no_k_that_fits_the_data(setup, capsys, tmp_p
     assert json.loads(out)["images"] == 1
     code, _, err = run(capsys, "topk", "--data", "folder", "--data-dir", three, "--weights", setup["weights"],
                        "--out", tmp_path / "t")
-    _one_line_error(code, err, "--k: ", "[1, 3]", "got 10")  # top-K needs K images
+    assert_one_line_error(code, err, "--k: ", "[1, 3]", "got 10")  # top-K needs K images
 
 
 def test_small_commands_write_their_outputs(setup, capsys):
@@ -186,16 +186,6 @@ def test_console_script_entry_point():
 # ------------------------------------------------------------------ bad input: one line, exit 2, nothing written
 
 
-def _one_line_error(code, err, *words):
-    """Exit 2 and one error line, last on stderr (progress bars may come before it), no traceback."""
-    assert code == 2, err
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert "Traceback" not in err and sum("error:" in line for line in lines) == 1, err
-    assert "error:" in lines[-1], err
-    for word in words:
-        assert word in lines[-1], lines[-1]
-
-
 @pytest.mark.parametrize("command", ["topk", "occlude"])
 @pytest.mark.parametrize("count", ["0", "-1"])
 def test_non_positive_num_units_is_refused(setup, capsys, tmp_path, command, count):
@@ -203,7 +193,7 @@ def test_non_positive_num_units_is_refused(setup, capsys, tmp_path, command, cou
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--data", "folder", "--data-dir", str(setup["folder"]), "--weights", str(setup["weights"]),
               "--num-units", count, "--out", str(out)])
-    _one_line_error(exit_info.value.code, capsys.readouterr().err, "--num-units", "positive int")
+    assert_one_line_error(exit_info.value.code, capsys.readouterr().err, "--num-units", "positive int")
     assert not out.exists()
 
 
@@ -212,13 +202,13 @@ def test_too_many_units_for_a_figure_is_refused(setup, capsys, tmp_path):
                        setup["weights"], "--layer", "flatten", "--units", ",".join(str(u) for u in range(17)),
                        "--k", "2",
                        "--out", tmp_path / "t")
-    _one_line_error(code, err, "--units", "1 to 16", "got 17")
+    assert_one_line_error(code, err, "--units", "1 to 16", "got 17")
 
 
 def test_activation_channels_out_of_range(setup, capsys, tmp_path):
     code, _, err = run(capsys, "activations", "--data", "folder", "--data-dir", setup["folder"], "--weights",
                        setup["weights"], "--channels", "999", "--out", tmp_path / "a.png")
-    _one_line_error(code, err, "--channels", "999")
+    assert_one_line_error(code, err, "--channels", "999")
     assert not (tmp_path / "a.png").exists()
 
 
@@ -239,7 +229,7 @@ def test_images_of_another_size_give_one_line(setup, folder_64, capsys, tmp_path
     extra = [] if command[0] == "evaluate" else ["--out", tmp_path / "out"]
     code, _, err = run(capsys, *command, "--data", "folder", "--data-dir", folder_64, "--weights", setup["weights"],
                        *extra)
-    _one_line_error(code, err, "32x32", "64x64")
+    assert_one_line_error(code, err, "32x32", "64x64")
     assert not (tmp_path / "out").exists()
 
 
@@ -247,7 +237,7 @@ def test_images_of_another_size_give_one_line(setup, folder_64, capsys, tmp_path
 def test_bad_fill_names_the_option(setup, capsys, tmp_path, fill):
     code, _, err = run(capsys, "occlude", "--data", "folder", "--data-dir", setup["folder"], "--weights",
                        setup["weights"], "--images", "0", "--fill", fill, "--out", tmp_path / "o")
-    _one_line_error(code, err, "--fill")
+    assert_one_line_error(code, err, "--fill")
     assert not (tmp_path / "o").exists()
 
 
@@ -255,10 +245,10 @@ def test_a_file_where_the_output_directory_should_be(setup, capsys, tmp_path):
     (tmp_path / "taken").write_text("x")
     code, _, err = run(capsys, "topk", "--data", "folder", "--data-dir", setup["folder"], "--weights",
                        setup["weights"], "--units", "1", "--k", "2", "--out", tmp_path / "taken")
-    _one_line_error(code, err, "--out", "is a file")
+    assert_one_line_error(code, err, "--out", "is a file")
     code, _, err = run(capsys, "topk", "--data", "folder", "--data-dir", setup["folder"], "--weights",
                        setup["weights"], "--units", "1", "--k", "2", "--out", tmp_path / "taken" / "sub")
-    _one_line_error(code, err, "--out", "is a file")
+    assert_one_line_error(code, err, "--out", "is a file")
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")  # the next test covers root
@@ -269,7 +259,7 @@ def test_unwritable_outputs_fail_before_the_work(setup, capsys, tmp_path):
     try:
         code, _, err = run(capsys, "evaluate", "--data", "folder", "--data-dir", setup["folder"], "--weights",
                            setup["weights"], "--confusion-png", locked / "cm.png")
-        _one_line_error(code, err, "--confusion-png", "not writable")
+        assert_one_line_error(code, err, "--confusion-png", "not writable")
     finally:
         locked.chmod(0o700)
 
@@ -281,7 +271,7 @@ def test_unwritable_confusion_png_fails_before_evaluating(setup, capsys, tmp_pat
     (tmp_path / "cm.png").mkdir()
     code, _, err = run(capsys, "evaluate", "--data", "folder", "--data-dir", setup["folder"], "--weights",
                        setup["weights"], "--confusion-png", tmp_path / "cm.png")
-    _one_line_error(code, err, "--confusion-png", "is a directory")
+    assert_one_line_error(code, err, "--confusion-png", "is a directory")
     assert calls == []
 
 
@@ -443,7 +433,7 @@ def test_model_resize(pets, capsys, tmp_path, command):
     extra = [] if command[0] == "evaluate" else ["--out", tmp_path / "out"]
     args = [*command, "--model", LINEN, "--data", "folder", "--data-dir", pets["32"], *extra]
     code, _, err = run(capsys, *args)
-    _one_line_error(code, err, "--data folder", "64x64", "32x32", "--resize")
+    assert_one_line_error(code, err, "--data folder", "64x64", "32x32", "--resize")
     assert not (tmp_path / "out").exists()
     code, out, err = run(capsys, *args, "--resize")
     assert code == 0, err
@@ -461,7 +451,7 @@ def test_model_data_with_classes_the_model_does_not_know(capsys, tmp_path):
         (folder / name).mkdir(parents=True)
         Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(folder / name / "0.png")
     code, _, err = run(capsys, "evaluate", "--model", LINEN, "--data", "folder", "--data-dir", folder)
-    _one_line_error(code, err, "--data folder", "['zebra']", "'truck'")
+    assert_one_line_error(code, err, "--data folder", "['zebra']", "'truck'")
 
 
 def test_model_without_class_names(pets, capsys, tmp_path):
@@ -473,7 +463,7 @@ def test_model_without_class_names(pets, capsys, tmp_path):
     assert code == 0, err
     assert {v["class"] for v in json.loads(out).values()} <= set(PETS)
     code, _, err = run(capsys, "evaluate", "--model", f"{source}:build", *data)
-    _one_line_error(code, err, "--model", "no class names", "CLASS_NAMES")
+    assert_one_line_error(code, err, "--model", "no class names", "CLASS_NAMES")
 
 
 # --- --weights: a Flax msgpack state dict of the model's variables
@@ -660,15 +650,15 @@ def test_bad_model_or_weights_is_one_line(pets, capsys, tmp_path, case):
     args, words = bad_model(tmp_path, case)
     out_dir = tmp_path / "out"
     code, _, err = run(capsys, "topk", *args, "--data", "folder", "--data-dir", pets["64"], "--out", out_dir)
-    _one_line_error(code, err, *words)
+    assert_one_line_error(code, err, *words)
     assert not out_dir.exists()
 
 
 @pytest.mark.parametrize("case", ["no_file", "factory_raises", "no_input_shape", "weights_of_another_model"])
 def test_bad_model_in_summary_and_evaluate(pets, capsys, tmp_path, case):
     args, words = bad_model(tmp_path, case)
-    _one_line_error(*run(capsys, "summary", *args)[::2], *words)
-    _one_line_error(*run(capsys, "evaluate", *args, "--data", "folder", "--data-dir", pets["64"])[::2], *words)
+    assert_one_line_error(*run(capsys, "summary", *args)[::2], *words)
+    assert_one_line_error(*run(capsys, "evaluate", *args, "--data", "folder", "--data-dir", pets["64"])[::2], *words)
 
 
 def test_load_model_api_errors_name_the_option(tmp_path):

@@ -11,7 +11,7 @@ import pytest
 import jaxviz
 from jaxviz.cli import main
 
-from conftest import write_tiny_cli_setup
+from conftest import assert_one_line_error, write_tiny_cli_setup
 from numerics import assert_close
 
 W = 8  # a 32x32 image in 4x4 occlusion positions, RISE / ablation / MuFidelity grids of 4x4 cells
@@ -37,16 +37,6 @@ def run(capsys, *args):
         code = e.code
     captured = capsys.readouterr()
     return code, captured.out, captured.err
-
-
-def _one_line_error(code, err, *words):
-    """Exit 2 and one error line, last on stderr, no traceback."""
-    assert code == 2, err
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert "Traceback" not in err and sum("error:" in line for line in lines) == 1, err
-    assert "error:" in lines[-1], err
-    for word in words:
-        assert word in lines[-1], lines[-1]
 
 
 def _softmax(network):
@@ -197,7 +187,7 @@ def test_user_errors_exit_2_before_any_work(setup, capsys, tmp_path, monkeypatch
     for name in ("skimage", "skimage.segmentation"):  # scikit-image missing, whether it is installed or not
         monkeypatch.setitem(sys.modules, name, None)
     code, _, err = run(capsys, *args, *setup["args"], "--out", tmp_path / "err")
-    _one_line_error(code, err, *words)
+    assert_one_line_error(code, err, *words)
     assert not (tmp_path / "err").exists()  # nothing is created for a run that cannot start
 
 
@@ -206,7 +196,7 @@ def test_unwritable_out_is_refused_first(setup, capsys, tmp_path, command):
     taken = tmp_path / "a-file"
     taken.write_bytes(b"keep")
     code, _, err = run(capsys, *command, *setup["args"], "--out", taken / "sub")
-    _one_line_error(code, err, "--out: ", "is a file")
+    assert_one_line_error(code, err, "--out: ", "is a file")
     code, _, err = run(capsys, *command, *setup["args"], "--out", taken)
-    _one_line_error(code, err, "--out: ", "expected a directory")
+    assert_one_line_error(code, err, "--out: ", "expected a directory")
     assert taken.read_bytes() == b"keep" and sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
