@@ -85,13 +85,13 @@ def _check_images(images: Any) -> jax.Array:
     return jnp.asarray(images)
 
 
-def _fill_array(fill: Any, images: jax.Array, blur_sigma: float) -> tuple[jax.Array, bool]:
-    """The fill as (H, W, C)-broadcastable shared array, or (N, H, W, C) per image."""
+def _fill_array(fill: Any, images: jax.Array, blur_sigma: float, name: str = "fill") -> tuple[jax.Array, bool]:
+    """The fill as (H, W, C)-broadcastable shared array, or (N, H, W, C) per image; errors name ``name``."""
     n, h, w, c = images.shape
     expected = f"a number, per-channel ({c},), image ({h}, {w}, {c}) or per-image ({n}, {h}, {w}, {c}) values, or 'blur'"
     if isinstance(fill, str):
         if fill != "blur":
-            raise ValueError(f"fill: expected {expected}; got the string {fill!r}")
+            raise ValueError(f"{name}: expected {expected}; got the string {fill!r}")
         if not isinstance(blur_sigma, (int, float, np.integer, np.floating)) or not 0 < blur_sigma < np.inf:
             raise ValueError(f"blur_sigma: expected a positive number of pixels, got {blur_sigma!r}")
         from scipy.ndimage import gaussian_filter
@@ -100,17 +100,17 @@ def _fill_array(fill: Any, images: jax.Array, blur_sigma: float) -> tuple[jax.Ar
     if fill is None or isinstance(fill, (bool, np.bool_)) or not (
             isinstance(fill, (int, float, np.number, np.ndarray, jax.Array, list, tuple))):
         hint = " (convert it with .numpy() first)" if type(fill).__module__.startswith("torch") else ""
-        raise TypeError(f"fill: expected {expected}; got {type(fill).__name__}{hint}")
+        raise TypeError(f"{name}: expected {expected}; got {type(fill).__name__}{hint}")
     try:
         arr = jnp.asarray(fill, images.dtype)
     except (TypeError, ValueError) as e:
-        raise TypeError(f"fill: expected {expected}; got {fill!r} ({e})") from None
+        raise TypeError(f"{name}: expected {expected}; got {fill!r} ({e})") from None
     allowed = {(): False, (c,): False, (h, w, c): False, (n, h, w, c): True}
     if arr.shape not in allowed:
-        raise ValueError(f"fill: expected a scalar, shape ({c},), ({h}, {w}, {c}) or ({n}, {h}, {w}, {c}), "
+        raise ValueError(f"{name}: expected a scalar, shape ({c},), ({h}, {w}, {c}) or ({n}, {h}, {w}, {c}), "
                          f"or 'blur'; got shape {tuple(arr.shape)}")
     if not bool(jnp.isfinite(arr).all()):
-        raise ValueError("fill: contains NaN or infinite values")
+        raise ValueError(f"{name}: contains NaN or infinite values")
     per_image = allowed[arr.shape]
     return (arr if per_image else jnp.broadcast_to(arr, (h, w, c))), per_image
 

@@ -80,7 +80,8 @@ def _record(found: dict, path: tuple, kind: str, out: Any) -> None:
 
 
 def _module_network(apply: Callable, variables: Any, found: dict, paths: dict, layers: Any, spec: InputSpec,
-                    class_names: Any, output: Any, prefixes: tuple[Path, ...], name: str) -> Network:
+                    class_names: Any, output: Any, prefixes: tuple[Path, ...], name: str,
+                    apply_perturbed: Callable, init: Callable | None) -> Network:
     """The ``Network`` of a linen or nnx module from its discovered layers; ``prefixes``: collections."""
     if layers is not None and (isinstance(layers, str) or not isinstance(layers, Sequence) or not layers or
                                len(set(layers)) != len(layers) or any(n not in paths for n in layers)):
@@ -96,7 +97,7 @@ def _module_network(apply: Callable, variables: Any, found: dict, paths: dict, l
                    for n in names}
     net = Network(apply, variables, names, spec, _check_classes(class_names, tuple(getattr(output, "shape", "N?")[1:]),
                                                                 "the model output"),
-                  kernels, param_paths, {n: found[paths[n]][0] for n in names}, name)
+                  kernels, param_paths, {n: found[paths[n]][0] for n in names}, name, apply_perturbed, init)
     for n in names:
         net._cache[("shape", n)] = found[paths[n]][1].shape[1:]
     return net
@@ -118,13 +119,19 @@ def from_cnn(model: Any, variables: Any, class_names: Sequence[str] | None = Non
     def apply(variables, x, layer):
         return cnn.forward(model, variables, x, layer=layer)
 
+    def apply_perturbed(variables, x, layer, delta, output_layer):
+        return cnn.forward_perturbed(model, variables, x, layer, delta, output_layer)
+
+    def init(key):
+        return cnn.init_variables(model, key)
+
     names = model.layer_names()
     paths = {n: (("params", n), ("params", f"{n}_bn"), ("batch_stats", f"{n}_bn")) for n in names}
     net = Network(apply, variables, names, InputSpec(*cnn.IMAGE_SHAPE),
                   _check_classes(class_names, rows[-1].output_shape, f"layer {names[-1]!r}"),
                   {n: ("params", n, "kernel") for n in names if _find(variables, ("params", n, "kernel")) is not None},
                   {n: tuple(p for p in ps if _find(variables, p) is not None) for n, ps in paths.items()},
-                  {r.name: r.kind for r in rows}, "CNN")
+                  {r.name: r.kind for r in rows}, "CNN", apply_perturbed, init)
     net._cache.update({("shape", r.name): r.output_shape for r in rows})
     return net
 
@@ -179,28 +186,52 @@ def from_linen(module: Any, variables: Any, *, input_shape: Sequence[int], class
                                 capture_intermediates=lambda m, method: method == "__call__" and m.path == path)
         return _find(state["intermediates"], path)["__call__"][0]
 
+    def apply_perturbed(variables, x, layer, delta, output_layer):
+        target, out_path, seen = paths[layer], paths[output_layer], {}
+
+        def perturb(next_fun, args, kw, context):
+            out = next_fun(*args, **kw)
+            if context.method_name == "__call__":
+                path = tuple(context.module.path)
+                if path == target and "layer" not in seen:
+                    seen["layer"], out = out, out + delta
+                elif path == out_path and "output" not in seen:
+                    seen["output"] = out
+            return out
+
+        with nn.intercept_methods(perturb):
+            module.apply(variables, x, **kwargs)
+        return seen["layer"], seen["output"]
+
+    def init(key):
+        import jax.numpy as jnp
+
+        return module.init({"params": key, "dropout": key}, jnp.zeros((1, *spec.shape), spec.dtype), **kwargs)
+
     collections = sorted(variables, key=lambda c: c != "params") if isinstance(variables, Mapping) else ()
     return _module_network(apply, variables, found, paths, layers, spec, class_names, output,
-                           tuple((c,) for c in collections), type(module).__name__)
+                           tuple((c,) for c in collections), type(module).__name__, apply_perturbed, init)
 
 
 class _Tap:
     """Stands in for a submodule of a throwaway nnx copy: calls it, records its first output."""
 
-    def __init__(self, inner: Any, path: tuple, sink: list):
-        self.__dict__.update(_tap_inner=inner, _tap_path=path, _tap_sink=sink)
+    def __init__(self, inner: Any, path: tuple, sink: list, add: Any = None):
+        self.__dict__.update(_tap_inner=inner, _tap_path=path, _tap_sink=sink, _tap_add=add)
 
     def __call__(self, *args, **kwargs):
         out = self._tap_inner(*args, **kwargs)
+        first = all(path != self._tap_path for path, _ in self._tap_sink)
         self._tap_sink.append((self._tap_path, out))
-        return out
+        return out + self._tap_add if first and self._tap_add is not None else out
 
     def __getattr__(self, name):  # the parent may read the submodule's attributes
         return getattr(self.__dict__["_tap_inner"], name)
 
 
-def _tap(root: Any, path: tuple, sink: list) -> bool:
-    """Replace the submodule at ``path`` of ``root`` by a ``_Tap``; ``False`` if it sits in a tuple."""
+def _tap(root: Any, path: tuple, sink: list, add: Any = None) -> bool:
+    """Replace the submodule at ``path`` of ``root`` by a ``_Tap`` (adding ``add`` to its first output);
+    ``False`` if it sits in a tuple."""
     from flax import nnx
 
     def get(node, key):
@@ -210,7 +241,7 @@ def _tap(root: Any, path: tuple, sink: list) -> bool:
     parent = root
     for key in path[:-1]:
         parent = get(parent, key)
-    tap = _Tap(get(parent, path[-1]), path, sink)
+    tap = _Tap(get(parent, path[-1]), path, sink, add)
     if isinstance(parent, nnx.Module) and isinstance(path[-1], str):
         object.__setattr__(parent, path[-1], tap)  # skip nnx's attribute checks: the copy is thrown away
     elif isinstance(parent, tuple):
@@ -222,7 +253,7 @@ def _tap(root: Any, path: tuple, sink: list) -> bool:
 
 def from_nnx(module: Any, *, input_shape: Sequence[int], class_names: Sequence[str] | None = None,
              scale: float = 1 / 255, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-             layers: Sequence[str] | None = None) -> Network:
+             layers: Sequence[str] | None = None, init: Callable[[jax.Array], Any] | None = None) -> Network:
     """Any ``flax.nnx.Module``, analysed in eval mode without touching the user's module.
 
     ``variables`` is the ``nnx.State`` of a copy put in eval mode
@@ -238,11 +269,17 @@ def from_nnx(module: Any, *, input_shape: Sequence[int], class_names: Sequence[s
       class_names: names of the model output's (N, classes).
       scale, mean, std: see ``InputSpec``.
       layers: expose only these layers, in this order.
+      init: optional ``init(key) -> a fresh module`` of the same structure (e.g.
+        ``lambda key: MyNet(rngs=nnx.Rngs(key))``): the model's own initializers, for
+        the randomization sanity check (without it, that check draws scale-matched
+        Gaussians).
     """
     from flax import nnx
 
     if not isinstance(module, nnx.Module):
         raise TypeError(f"module: expected a flax.nnx.Module, got {type(module).__name__}")
+    if init is not None and not callable(init):
+        raise TypeError(f"init: expected a callable init(key) -> module, got {type(init).__name__}")
     spec, found = _input_spec(input_shape, scale, mean, std), {}
     copy = nnx.merge(*nnx.split(module))
     copy.eval()
@@ -268,14 +305,33 @@ def from_nnx(module: Any, *, input_shape: Sequence[int], class_names: Sequence[s
         model(x)
         return sink[0][1]
 
+    def apply_perturbed(state, x, layer, delta, output_layer):
+        model, sink = nnx.merge(graphdef, state), []
+        _tap(model, paths[layer], sink, delta)
+        _tap(model, paths[output_layer], sink)
+        model(x)
+        first: dict = {}
+        for path, value in sink:
+            first.setdefault(path, value)
+        return first[paths[layer]], first[paths[output_layer]]
+
+    def fresh_state(key):
+        fresh = init(key)
+        if not isinstance(fresh, nnx.Module):
+            raise TypeError(f"init: expected init(key) to return an nnx.Module, got {type(fresh).__name__}")
+        fresh = nnx.merge(*nnx.split(fresh))
+        fresh.eval()
+        return nnx.split(fresh)[1]
+
     return _module_network(apply, state, found, paths, layers, spec, class_names, output, ((),),
-                           type(module).__name__)
+                           type(module).__name__, apply_perturbed, None if init is None else fresh_state)
 
 
 def from_function(apply: Callable[[Any, jax.Array, str], jax.Array], variables: Any, *, layer_names: Sequence[str],
                   input_shape: Sequence[int], class_names: Sequence[str] | None = None, scale: float = 1 / 255,
                   mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                  kernel_paths: Mapping[str, Path] | None = None) -> Network:
+                  kernel_paths: Mapping[str, Path] | None = None, apply_perturbed: Callable | None = None,
+                  init: Callable[[jax.Array], Any] | None = None) -> Network:
     """Anything else (Equinox, Haiku, plain JAX): a pure ``apply(variables, x, layer) -> (N, ...)``.
 
     Each layer is run once abstractly (``jax.eval_shape``) to check it.
@@ -288,6 +344,10 @@ def from_function(apply: Callable[[Any, jax.Array, str], jax.Array], variables: 
       class_names: names of the last layer's (N, classes).
       scale, mean, std: see ``InputSpec``.
       kernel_paths: layer -> keys of its kernel in ``variables``.
+      apply_perturbed: optional ``(variables, x, layer, delta, output_layer) -> (activations
+        of layer, activations of output_layer)`` with ``delta`` added to ``layer`` (for Grad-CAM).
+      init: optional ``init(key) -> variables`` from the model's initializers (for the
+        randomization sanity check).
     """
     if not callable(apply):
         raise TypeError(f"apply: expected a callable apply(variables, x, layer), got {type(apply).__name__}")
@@ -301,6 +361,7 @@ def from_function(apply: Callable[[Any, jax.Array, str], jax.Array], variables: 
                              f"{getattr(out, 'shape', type(out).__name__)} for N={_BATCH}")
         shapes[("shape", layer)] = out.shape[1:]
     net = Network(apply, variables, names, spec, _check_classes(class_names, out.shape[1:], f"layer {names[-1]!r}"),
-                  {k: tuple(v) for k, v in (kernel_paths or {}).items()}, name=getattr(apply, "__name__", ""))
+                  {k: tuple(v) for k, v in (kernel_paths or {}).items()}, name=getattr(apply, "__name__", ""),
+                  apply_perturbed=apply_perturbed, init=init)
     net._cache.update(shapes)
     return net

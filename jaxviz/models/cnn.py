@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["CNN", "CNNLayer", "IMAGE_SHAPE", "check_layer", "forward", "init_variables", "layers"]
+__all__ = ["CNN", "CNNLayer", "IMAGE_SHAPE", "check_layer", "forward", "forward_perturbed", "init_variables", "layers"]
 
 Variables = Any  # a Flax variables dict: {"params": ..., "batch_stats": ...}
 
@@ -66,17 +66,27 @@ class CNN(nn.Module):
         return tuple(names)
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool = False, stop_at: str | None = None) -> jax.Array:
+    def __call__(self, x: jax.Array, *, train: bool = False, stop_at: str | None = None,
+                 perturb: tuple[str, jax.Array] | None = None) -> jax.Array:
         """Forward pass.
 
         Args:
           x: float32 images, shape (N, 32, 32, 3), as made by ``from_cnn(...).to_input`` (pixels / 255).
           train: use batch statistics and dropout (needs a ``"dropout"`` rng).
           stop_at: return this layer's output instead of the logits.
+          perturb: ``(layer, delta)``: add ``delta`` to that layer's activations (which are
+            sown, before the addition, as ``intermediates/perturbed``); see ``forward_perturbed``.
 
         Returns:
           The activations of ``stop_at`` (default: logits, shape (N, num_classes)).
         """
+
+        def at(name: str, x: jax.Array) -> jax.Array:
+            if perturb is not None and perturb[0] == name:
+                self.sow("intermediates", "perturbed", x)
+                x = x + perturb[1]
+            return x
+
         conv = 0
         for block, width in enumerate(self.widths):
             for _ in range(self.convs_per_block):
@@ -84,21 +94,21 @@ class CNN(nn.Module):
                 name = f"conv{conv}"
                 x = nn.Conv(width, (3, 3), padding="SAME", use_bias=False, name=name)(x)
                 x = nn.BatchNorm(use_running_average=not train, momentum=0.9, name=f"{name}_bn")(x)
-                x = nn.relu(x)
+                x = at(name, nn.relu(x))
                 if stop_at == name:
                     return x
-            x = nn.max_pool(x, (2, 2), strides=(2, 2))
+            x = at(f"pool{block + 1}", nn.max_pool(x, (2, 2), strides=(2, 2)))
             if stop_at == f"pool{block + 1}":
                 return x
-        x = x.reshape((x.shape[0], -1))
+        x = at("flatten", x.reshape((x.shape[0], -1)))
         if stop_at == "flatten":
             return x
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
-        x = nn.relu(nn.Dense(self.hidden, name="fc1")(x))
+        x = at("fc1", nn.relu(nn.Dense(self.hidden, name="fc1")(x)))
         if stop_at == "fc1":
             return x
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
-        return nn.Dense(self.num_classes, name="logits")(x)
+        return at("logits", nn.Dense(self.num_classes, name="logits")(x))
 
 
 def check_layer(model: CNN, layer: str | None) -> None:
@@ -135,6 +145,21 @@ def forward(model: CNN, variables: Variables, x: jax.Array, *, layer: str | None
     """
     check_layer(model, layer)
     return model.apply(variables, x, train=False, stop_at=layer)
+
+
+def forward_perturbed(model: CNN, variables: Variables, x: jax.Array, layer: str, delta: jax.Array,
+                      output_layer: str | None = None) -> tuple[jax.Array, jax.Array]:
+    """``forward`` to ``output_layer`` with ``delta`` added to ``layer``'s activations.
+
+    Returns:
+      ``(activations of layer (before adding delta), activations of output_layer)``; the gradient
+      of the second with respect to ``delta`` at 0 is its gradient with respect to the first.
+    """
+    check_layer(model, layer)
+    check_layer(model, output_layer)
+    out, state = model.apply(variables, x, train=False, stop_at=output_layer, perturb=(layer, delta),
+                             mutable=["intermediates"])
+    return state["intermediates"]["perturbed"][0], out
 
 
 @dataclasses.dataclass(frozen=True)

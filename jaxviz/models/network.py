@@ -219,6 +219,13 @@ class Network:
         for the "/"-separated parts of its name.
       layer_kinds: layer -> the type name ``summary`` shows.
       name: a display name.
+      apply_perturbed: optional ``apply_perturbed(variables, x, layer, delta, output_layer) ->
+        (activations of layer, activations of output_layer)`` with ``delta`` (shaped like the
+        first) added to ``layer``'s activations on the way: the gradient with respect to a
+        layer (Grad-CAM) exists through it. The adapters provide it.
+      init: optional ``init(key) -> variables``: fresh variables from the model's own
+        initializers (the randomization sanity check); the adapters of the CNN and of linen
+        modules provide it.
     """
 
     apply: Callable[[Any, jax.Array, str], jax.Array] = dataclasses.field(repr=False)
@@ -230,6 +237,9 @@ class Network:
     param_paths: Mapping[str, tuple[Path, ...]] = dataclasses.field(default_factory=dict, repr=False)
     layer_kinds: Mapping[str, str] = dataclasses.field(default_factory=dict, repr=False)
     name: str = ""
+    apply_perturbed: Callable[[Any, jax.Array, str, jax.Array, str], tuple[jax.Array, jax.Array]] | None = \
+        dataclasses.field(default=None, repr=False)
+    init: Callable[[jax.Array], Any] | None = dataclasses.field(default=None, repr=False)
     _cache: dict = dataclasses.field(default_factory=dict, init=False, repr=False)  # per-layer functions, shapes
 
     def __post_init__(self):
@@ -240,6 +250,9 @@ class Network:
             raise TypeError(f"input_spec: expected an InputSpec, got {type(self.input_spec).__name__}")
         if self.class_names is not None:
             object.__setattr__(self, "class_names", _class_names(self.class_names))
+        for field in ("apply_perturbed", "init"):
+            if getattr(self, field) is not None and not callable(getattr(self, field)):
+                raise TypeError(f"{field}: expected a callable or None, got {type(getattr(self, field)).__name__}")
         for field in ("kernel_paths", "param_paths", "layer_kinds"):
             if unknown := [k for k in getattr(self, field) if k not in self.layer_names]:
                 raise ValueError(f"{field}: expected keys from layer_names, got unknown layers {unknown}")
@@ -312,6 +325,37 @@ class Network:
         fn, to_input = self.layer_fn(layer), self.input_spec.to_input
         return self._cached(("uint8_fn", layer), lambda: jax.jit(lambda v, images: fn(v, to_input(images))))
 
+    def perturbed_fn(self, layer: str, output_layer: str | None = None) -> Callable:
+        """``f(variables, x, delta) -> (activations of layer, activations of output_layer)``, with
+        ``delta`` added to ``layer``'s activations; cached per pair of layers.
+
+        Raises:
+          ValueError: unknown layers, ``output_layer`` not after ``layer``, or a network without
+            ``apply_perturbed`` (``from_function`` without it).
+        """
+        self.check_layer(layer)
+        output_layer = self.output_layer if output_layer is None else output_layer
+        try:
+            self.check_layer(output_layer)
+        except (TypeError, ValueError) as e:
+            raise type(e)(str(e).replace("layer:", "output_layer:", 1)) from None
+        if self.layer_names.index(output_layer) <= self.layer_names.index(layer):
+            raise ValueError(f"output_layer: expected a layer after {layer!r}, got {output_layer!r}")
+        if self.apply_perturbed is None:
+            raise ValueError(f"network: {self.name or 'this network'} has no apply_perturbed, so no gradient with "
+                             "respect to a layer; pass apply_perturbed= to jaxviz.from_function")
+        apply = self.apply_perturbed
+
+        def fn(variables, x, delta):
+            return apply(variables, x, layer, delta, output_layer)
+
+        fn.__name__ = fn.__qualname__ = f"{self.name or 'network'}:{layer}+delta:{output_layer}"
+        return self._cached(("perturbed_fn", layer, output_layer), lambda: fn)
+
+    def spatial_layers(self) -> tuple[str, ...]:
+        """The layers with (h, w, channels) maps, in forward order."""
+        return tuple(n for n in self.layer_names if len(self.output_shape(n)) == 3)
+
     def output_shape(self, layer: str) -> tuple[int, ...]:
         """The layer's activation shape without the batch axis, by ``jax.eval_shape`` (no compute)."""
         fn, x = self.layer_fn(layer), jax.ShapeDtypeStruct((1, *self.input_spec.shape), self.input_spec.dtype)
@@ -339,11 +383,16 @@ class Network:
         """Elements of all the variables (params, batch statistics...)."""
         return _count(self.variables)
 
-    def _params(self, layer: str) -> int:
+    def variable_paths(self, layer: str) -> tuple[Path, ...]:
+        """The keys of the subtrees of ``variables`` that belong to ``layer`` (its sublayers' included)."""
+        self.check_layer(layer)
         parts = tuple(layer.split("/"))
         paths = self.param_paths.get(layer, [parts, *((c, *parts) for c in (
             self.variables if isinstance(self.variables, Mapping) else ()))])
-        return sum(_count(_find(self.variables, tuple(p))) for p in paths)
+        return tuple(tuple(p) for p in paths if _find(self.variables, tuple(p)) is not None)
+
+    def _params(self, layer: str) -> int:
+        return sum(_count(_find(self.variables, p)) for p in self.variable_paths(layer))
 
     def summary(self) -> list[LayerInfo]:
         """One ``LayerInfo`` per layer, in forward order, counted from the variables' shapes."""

@@ -1,0 +1,218 @@
+"""Grad-CAM (Selvaraju et al. 2017) on any layer with spatial maps, through the model interface.
+
+For an explained output ``y_u`` and a layer with activations ``A`` (h, w, c)::
+
+    alpha_u[c] = mean over (h, w) of dy_u / dA[:, :, c]
+    cam_u = ReLU(sum_c alpha_u[c] * A[:, :, c])            (h, w)
+
+then upsampled to the input size. This is Captum's ``LayerGradCam`` with
+``relu_attributions=True`` followed by ``LayerAttribution.interpolate``:
+``"bilinear"`` is PyTorch's bilinear upsampling with ``align_corners=False``
+(half-pixel centres, clamped at the borders), ``"nearest"`` takes the layer
+pixel ``floor(o * h / H)`` for output pixel ``o``, as PyTorch does.
+
+The gradient with respect to a layer comes from ``Network.perturbed_fn``:
+the model run with a ``delta`` added at the layer, differentiated at
+``delta = 0`` (for linen through ``nn.intercept_methods``, for nnx by the
+adapter, for the built-in CNN directly). Several units are one forward and a
+vmapped backward pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+from jaxviz._batching import batch_sharding, to_host
+from jaxviz._progress import progress_bar
+from jaxviz.engine._inputs import check_x, unit_indices
+from jaxviz.engine._plan import peak_live_bytes
+from jaxviz.engine.gradients import _check_targets, _cotangents, chunk_size_for
+from jaxviz.models.network import Network
+
+__all__ = ["GradCam", "INTERPOLATIONS", "default_cam_layer", "grad_cam"]
+
+INTERPOLATIONS = ("bilinear", "nearest")
+MIN_CAM_SIZE = 7  # the default layer is the last whose maps are at least this big (7x7, VGG's last conv)
+
+
+@dataclasses.dataclass(frozen=True)
+class GradCam:
+    """The result of ``grad_cam``.
+
+    Attributes:
+      attributions: float32 (N, H, W), or (N, H, W, U) when several outputs are kept: the maps
+        upsampled to the input size.
+      layer_maps: float32 (N, h, w[, U]): the maps at the layer's resolution.
+      layer: the layer the maps are computed at.
+      output_layer: the layer whose (scored) outputs are explained.
+      targets: int (N,) the explained output of each image, or ``None``.
+      units: the kept outputs (the trailing axis), or ``None``.
+      chunk_size: images per compiled call.
+    """
+
+    attributions: np.ndarray
+    layer_maps: np.ndarray
+    layer: str
+    output_layer: str
+    targets: np.ndarray | None
+    units: tuple[int, ...] | None
+    chunk_size: int
+
+
+def default_cam_layer(network: Network) -> str:
+    """The last layer with spatial maps at least 7x7 (else the last with spatial maps)."""
+    spatial = network.spatial_layers()
+    if not spatial:
+        raise ValueError(f"network: no layer has spatial (h, w, channels) maps, so there is no Grad-CAM; layers: "
+                         f"{', '.join(network.layer_names)}")
+    big = [n for n in spatial if min(network.output_shape(n)[:2]) >= MIN_CAM_SIZE]
+    return (big or spatial)[-1]
+
+
+def _mean_score(out: jax.Array) -> jax.Array:
+    """An output layer's (N, ...) activations as (N, units): conv maps averaged over (h, w)."""
+    return out.mean(axis=tuple(range(1, out.ndim - 1))) if out.ndim > 2 else out.reshape(out.shape[0], -1)
+
+
+def _upsample(cam: jax.Array, size: tuple[int, int], mode: str) -> jax.Array:
+    """(B, h, w, U) -> (B, H, W, U), as ``torch.nn.functional.interpolate(align_corners=False)``."""
+    b, h, w, u = cam.shape
+    if mode == "bilinear":
+        return jax.image.resize(cam, (b, *size, u), "linear", antialias=False)
+    rows = jnp.floor(jnp.arange(size[0]) * (h / size[0])).astype(jnp.int32)
+    cols = jnp.floor(jnp.arange(size[1]) * (w / size[1])).astype(jnp.int32)
+    return cam[:, rows][:, :, cols]
+
+
+def _cams(fn, score, mode, units, relu, interpolation, variables, x, targets):
+    """Grad-CAM maps of one parameter set for a batch: ((B, H, W, U), (B, h, w, U))."""
+    acts_shape = jax.eval_shape(lambda v, x: fn(v, x, 0.0)[0], variables, x).shape
+
+    def explained(delta):
+        acts, out = fn(variables, x, delta)
+        return score(out), acts
+
+    scores, pullback, acts = jax.vjp(explained, jnp.zeros(acts_shape, x.dtype), has_aux=True)
+    grads = jax.vmap(lambda ct: pullback(ct)[0])(_cotangents(mode, units, scores, targets))  # (U, B, h, w, c)
+    cam = jnp.einsum("ubc,bhwc->bhwu", grads.mean(axis=(2, 3)), acts)
+    cam = jax.nn.relu(cam) if relu else cam
+    return _upsample(cam, x.shape[1:3], interpolation), cam
+
+
+@functools.lru_cache(maxsize=64)
+def _program(fn, score, mode, units, relu, interpolation, stacked):
+    cams = functools.partial(_cams, fn, score, mode, units, relu, interpolation)
+    if stacked:
+        cams = jax.vmap(cams, in_axes=(0, None, None))
+    return jax.jit(cams)
+
+
+def grad_cam_maps(network: Network, x: jax.Array, *, layer: str, output_layer: str, score: Callable, mode: str,
+                  units: tuple[int, ...] | None, targets: np.ndarray | None, relu: bool, interpolation: str,
+                  variables: Any, stacked: int = 0, chunk_size: Any = None, memory_budget: Any = None,
+                  devices: Any = None, progress: bool | str = False) -> tuple[np.ndarray, np.ndarray, int]:
+    """Checked-argument core of ``grad_cam``; ``variables`` may stack ``stacked`` sets on a leading axis.
+
+    Returns:
+      ``(maps (..., N, H, W, U), layer_maps (..., N, h, w, U), chunk_size)``, with a leading (sets,)
+      axis when ``stacked``.
+    """
+    fn = network.perturbed_fn(layer, output_layer)
+    n = x.shape[0]
+    sharding = batch_sharding(None if devices is None else tuple(devices))
+    one = jax.tree_util.tree_map(lambda v: v[0], variables) if stacked else variables
+    closed = jax.make_jaxpr(lambda v, x: fn(v, x, 0.0))(one, jax.ShapeDtypeStruct((2, *x.shape[1:]), x.dtype))
+    per_image = (3 * peak_live_bytes(closed.jaxpr) // 2 + 4 * x[0].nbytes) * (2 + len(units or (0,)))
+    size = chunk_size_for(per_image * max(1, stacked), n, sharding.mesh.size, chunk_size, memory_budget, "images")
+    program = _program(fn, score, mode, units, relu, interpolation, bool(stacked))
+    all_targets = jnp.zeros(n, jnp.int32) if targets is None else jnp.asarray(targets)
+    replicated = NamedSharding(sharding.mesh, PartitionSpec())
+    variables = jax.device_put(variables, replicated)
+    maps, small = [], []
+    label = progress if isinstance(progress, str) else "Grad-CAM"
+    with progress_bar(total=n, desc=label, disable=not progress, unit="img") as bar:
+        for start in range(0, n, size):
+            rows = np.minimum(np.arange(start, start + size), n - 1)  # the last chunk repeats a row: one shape
+            up, cam = program(variables, jax.device_put(x[rows], sharding), jax.device_put(all_targets[rows], sharding))
+            keep = min(size, n - start)
+            maps.append(to_host(up)[..., :keep, :, :, :])
+            small.append(to_host(cam)[..., :keep, :, :, :])
+            bar.update(keep)
+    return np.concatenate(maps, axis=-4), np.concatenate(small, axis=-4), size
+
+
+def grad_cam(network: Network, x: Any, *, layer: str | None = None, output_layer: str | None = None,
+             score: Callable | None = None, targets: Any = None, units: Sequence[int] | None = None,
+             relu: bool = True, interpolation: str = "bilinear", chunk_size: int | None = None,
+             memory_budget: int | None = None, devices: Sequence[jax.Device] | None = None,
+             progress: bool = False) -> GradCam:
+    """Grad-CAM maps of ``network``'s outputs at ``layer``, upsampled to the input size.
+
+    Args:
+      network: the model (any adapter; ``from_function`` needs ``apply_perturbed``).
+      x: float (N, H, W, C) model input (``network.to_input(images)``).
+      layer: a layer with (h, w, channels) maps; default ``default_cam_layer(network)``.
+      output_layer: the layer whose outputs are explained, after ``layer`` (default the output).
+      score: ``score(activations of output_layer) -> (N, K)``, e.g. ``jax.nn.softmax``; default:
+        the activations themselves, conv maps averaged over (h, w). The same function object
+        across calls reuses the compiled program.
+      targets: an int or int (N,): one output per image (Captum's ``target``).
+      units: indices (or a boolean mask) of the outputs to keep for every image; with neither,
+        every output is kept.
+      relu: rectify the maps (the paper's Grad-CAM; Captum's ``relu_attributions=True``).
+      interpolation: ``"bilinear"`` or ``"nearest"`` (see the module docstring).
+      chunk_size, memory_budget, devices, progress: as in ``jaxviz.occlude`` (chunks of images).
+
+    Returns:
+      ``GradCam``: ``attributions`` (N, H, W) with ``targets``, else (N, H, W, U).
+
+    Raises:
+      TypeError / ValueError naming the argument (a layer without spatial maps, an unknown
+      interpolation, targets out of range...) before anything is compiled.
+    """
+    if not isinstance(network, Network):
+        raise TypeError(f"network: expected a jaxviz.Network, got {type(network).__name__}")
+    x = check_x(x)
+    if x.shape[1:] != network.input_spec.shape:
+        raise ValueError(f"x: expected the network's input shape (N, {', '.join(map(str, network.input_spec.shape))})"
+                         f", got {tuple(x.shape)}")
+    layer = default_cam_layer(network) if layer is None else layer
+    network.check_layer(layer)
+    if len(network.output_shape(layer)) != 3:
+        raise ValueError(f"layer: {layer!r} has activations of shape (N, {', '.join(map(str, network.output_shape(layer)))}),"
+                         f" not (N, h, w, channels) maps; layers with spatial maps: "
+                         f"{', '.join(network.spatial_layers()) or 'none'}")
+    output_layer = network.output_layer if output_layer is None else output_layer
+    network.perturbed_fn(layer, output_layer)  # checks the pair and that the network supports it
+    if not isinstance(interpolation, str) or interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation: expected one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
+    if not isinstance(relu, (bool, np.bool_)):
+        raise TypeError(f"relu: expected True or False, got {relu!r}")
+    if score is not None and not callable(score):
+        raise TypeError(f"score: expected a callable or None, got {type(score).__name__}")
+    score = _mean_score if score is None else score
+    out = jax.eval_shape(lambda v, x: score(network.apply(v, x, output_layer)), network.variables,
+                         jax.ShapeDtypeStruct((2, *x.shape[1:]), x.dtype))
+    if out.ndim != 2 or out.shape[0] != 2:
+        raise ValueError(f"score: expected (N, K) scores of the output layer, got shape {tuple(out.shape)} for N = 2")
+    width, n = out.shape[1], x.shape[0]
+    if targets is not None and units is not None:
+        raise ValueError("targets, units: expected at most one of them")
+    targets = None if targets is None else _check_targets(targets, n, width)
+    units = None if targets is not None else tuple(range(width)) if units is None else unit_indices(units, width)
+    mode = "targets" if targets is not None else "units"
+    maps, small, size = grad_cam_maps(
+        network, x, layer=layer, output_layer=output_layer, score=score, mode=mode, units=units, targets=targets,
+        relu=bool(relu), interpolation=interpolation, variables=network.variables, chunk_size=chunk_size,
+        memory_budget=memory_budget, devices=devices, progress=progress and "Grad-CAM")
+    if targets is not None:
+        maps, small = maps[..., 0], small[..., 0]
+    return GradCam(maps.astype(np.float32), small.astype(np.float32), layer, output_layer, targets, units, size)
