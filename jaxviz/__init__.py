@@ -7,8 +7,9 @@ The package is layered; data flows one way and a layer imports only those before
               its weights and training
     engine    evaluating a network on many inputs: layer activations, the perturbation
               engine (masks made on the device) and occlusion on it
-    attribution  perturbation methods on the engine (RISE, feature ablation) and
-              faithfulness metrics (deletion / insertion curves, MuFidelity)
+    attribution  perturbation methods on the engine (RISE, feature ablation),
+              gradient methods (saliency, integrated gradients, SmoothGrad, Grad-CAM),
+              the randomization sanity check and faithfulness metrics
     analysis  top-K, unit selectivity, masks, filters, t-SNE, classification metrics,
               method comparison
     report    figures (the only matplotlib user, imported lazily) and the HTML report
@@ -47,7 +48,16 @@ from jaxviz.analysis.units import (
 )
 from jaxviz.attribution.ablation import Ablation, feature_ablation, grid_segments, slic_segments
 from jaxviz.attribution.faithfulness import Curve, MuFidelity, deletion_curve, insertion_curve, mu_fidelity
+from jaxviz.attribution.gradcam import GradCam, grad_cam
+from jaxviz.attribution.gradients import (
+    Gradients,
+    input_x_gradient,
+    integrated_gradients,
+    saliency,
+    smoothgrad,
+)
 from jaxviz.attribution.rise import Rise, rise, rise_masks
+from jaxviz.attribution.sanity import GRADIENT_METHODS, SanityCheck, randomization_test
 from jaxviz.data import CIFAR10_CLASSES, Dataset, cache_dir, load_cifar10, load_image_folder, load_sample
 from jaxviz.engine.activations import activation_maps, layer_features
 from jaxviz.engine.occlusion import Occlusion, occlude, occlude_one, unit_indices, window_spans
@@ -74,6 +84,8 @@ from jaxviz.report.settings import check_against as check_report_settings
 __version__ = "0.2.0"
 
 __all__ = [
+    "GRADIENT_METHODS", "GradCam", "Gradients", "SanityCheck", "grad_cam", "input_x_gradient",
+    "integrated_gradients", "randomization_test", "saliency", "smoothgrad",
     "Ablation", "Curve", "MethodComparison", "MuFidelity", "Rise", "compare_methods", "deletion_curve",
     "feature_ablation", "grid_segments", "insertion_curve", "mu_fidelity", "rise", "rise_masks", "slic_segments",
     "CIFAR10_CLASSES", "CNN", "ClassificationReport", "PRETRAINED_FILE", "ConfusedPair", "Dataset", "Embedding", "InputSpec", "LayerInfo",

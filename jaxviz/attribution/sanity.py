@@ -1,0 +1,261 @@
+"""The model-randomization sanity check (Adebayo et al., "Sanity Checks for Saliency Maps", NeurIPS 2018).
+
+Does a map depend on what the model learned? Re-initialise the model's
+layers and compare each method's map on the trained model with its map on
+the randomized one:
+
+* ``"cascading"``: randomize the top layer, then the top two, ... down to the
+  first (set ``j`` randomizes ``layers[:j + 1]``);
+* ``"independent"``: randomize one layer at a time (set ``j`` randomizes ``layers[j]``).
+
+Randomized variables come from the model's own initializers
+(``Network.init``, with ``key(seed)``: one fresh draw, so a layer keeps the
+same random weights in every set); a network without ``init`` gets
+scale-matched Gaussians instead (each array replaced by draws with its own
+mean and standard deviation), and the result says so. Every randomized set
+and the trained one are stacked and evaluated in one ``vmap`` per method.
+
+The similarity is the Spearman rank correlation, per image, between the
+absolute maps (summed over channels; Grad-CAM unrectified, so that a map
+rectified to all zeros leaves nothing undefined). A method passes where the
+correlation falls towards 0 as layers are randomized; a map that does not
+change when the model is destroyed explains the input, not the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy.stats import rankdata
+
+from jaxviz.attribution.gradcam import _mean_score, default_cam_layer, grad_cam_maps
+from jaxviz.attribution.gradients import _at_image, _check_stdevs, _noisy, _path_generator, ig_coefficients
+from jaxviz.attribution.rise import _key
+from jaxviz.engine._inputs import check_int
+from jaxviz.engine._plan import signature
+from jaxviz.engine.gradients import PathFamily, gradient_sums, plan_gradients
+from jaxviz.models.network import Network
+
+__all__ = ["GRADIENT_METHODS", "MODES", "SanityCheck", "randomization_layers", "randomization_test",
+           "randomized_variables"]
+
+GRADIENT_METHODS = {"saliency": "saliency", "ixg": "input × gradient", "ig": "integrated gradients",
+                    "smoothgrad": "SmoothGrad", "gradcam": "Grad-CAM"}
+MODES = ("cascading", "independent")
+PASS_THRESHOLD = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class SanityCheck:
+    """The result of ``randomization_test``.
+
+    Attributes:
+      methods: the methods' short names (keys of ``GRADIENT_METHODS``).
+      layers: the randomized layers, top first.
+      mode: ``"cascading"`` or ``"independent"``.
+      correlations: method -> float (len(layers), N): Spearman correlation of each image's map on
+        the trained model with its map on randomized set ``j`` (NaN where a map is constant).
+      targets: int (N,): the explained output of each image (the trained model's prediction).
+      initializer: ``"model"`` (``Network.init``) or ``"gaussian"`` (scale-matched draws).
+    """
+
+    methods: tuple[str, ...]
+    layers: tuple[str, ...]
+    mode: str
+    correlations: dict
+    targets: np.ndarray
+    initializer: str
+
+    def mean(self) -> dict:
+        """method -> float (len(layers),): the mean correlation over the images (NaNs left out)."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return {m: np.nanmean(c, axis=1) for m, c in self.correlations.items()}
+
+    def final(self) -> dict:
+        """method -> the mean correlation once every layer is randomized (cascading), or the mean over
+        the layers (independent)."""
+        return {m: float(v[-1] if self.mode == "cascading" else np.nanmean(v)) for m, v in self.mean().items()}
+
+    def passes(self, threshold: float = PASS_THRESHOLD) -> dict:
+        """method -> whether ``final`` correlation is below ``threshold``."""
+        return {m: bool(v < threshold) for m, v in self.final().items()}
+
+    def sentence(self, threshold: float = PASS_THRESHOLD) -> str:
+        """Which methods pass, with the numbers."""
+        final, ok = self.final(), self.passes(threshold)
+        where = "with every layer randomized" if self.mode == "cascading" else "averaged over single-layer randomizations"
+        parts = [f"{GRADIENT_METHODS.get(m, m)} {final[m]:.2f} ({'passes' if ok[m] else 'fails'})" for m in self.methods]
+        return (f"Mean Spearman correlation with the trained model's map {where} (pass: below {threshold:g}): "
+                f"{', '.join(parts)}.")
+
+
+def randomization_layers(network: Network) -> tuple[str, ...]:
+    """The layers with variables and no sublayer that has some, top first (the cascade's order)."""
+    owners = [n for n in network.layer_names if network.variable_paths(n)]
+    leaves = [n for n in owners if not any(o.startswith(n + "/") for o in owners)]
+    return tuple(reversed(leaves))
+
+
+def _key_path(path: tuple) -> tuple:
+    return tuple(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))) for k in path)
+
+
+def _gaussian_like(variables: Any, key: jax.Array) -> Any:
+    leaves, treedef = jax.tree_util.tree_flatten(variables)
+    out = []
+    for i, leaf in enumerate(leaves):
+        arr = np.asarray(leaf)
+        if np.issubdtype(arr.dtype, np.floating) and arr.size > 1:
+            noise = np.asarray(jax.random.normal(jax.random.fold_in(key, i), arr.shape, jnp.float32))
+            arr = (arr.mean() + arr.std() * noise).astype(arr.dtype)
+        out.append(arr)
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def randomized_variables(network: Network, layers: Sequence[str], *, mode: str = "cascading",
+                         seed: int = 0) -> tuple[Any, str]:
+    """The trained variables and one randomized set per step, stacked on a leading axis.
+
+    Returns:
+      ``(stacked variables with len(layers) + 1 sets, set 0 the trained one; initializer)``.
+    """
+    key = _key(seed)
+    if network.init is not None:
+        fresh, initializer = network.init(key), "model"
+        if jax.tree_util.tree_structure(fresh) != jax.tree_util.tree_structure(network.variables) or any(
+                np.shape(a) != np.shape(b) for a, b in zip(jax.tree_util.tree_leaves(fresh),
+                                                            jax.tree_util.tree_leaves(network.variables))):
+            raise ValueError("network: its init(key) returns variables of another structure than network.variables")
+    else:
+        fresh, initializer = _gaussian_like(network.variables, key), "gaussian"
+    trained, treedef = jax.tree_util.tree_flatten_with_path(network.variables)
+    fresh_leaves = jax.tree_util.tree_leaves(fresh)
+    owned = {n: network.variable_paths(n) for n in layers}
+
+    def belongs(path: tuple, chosen: Sequence[str]) -> bool:
+        keys = _key_path(path)
+        return any(keys[:len(p)] == p for n in chosen for p in owned[n])
+
+    sets = [[np.asarray(leaf) for _, leaf in trained]]
+    for j in range(len(layers)):
+        chosen = layers[:j + 1] if mode == "cascading" else [layers[j]]
+        sets.append([np.asarray(f, np.asarray(t).dtype) if belongs(p, chosen) else np.asarray(t)
+                     for (p, t), f in zip(trained, fresh_leaves)])
+    stacked = [np.stack(column) for column in zip(*sets)]
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(network.variables), stacked), initializer
+
+
+def _absolute_maps(maps: np.ndarray, channels: bool) -> np.ndarray:
+    """(P, N, H, W[, C]) -> (P, N, H * W) absolute values (channels summed)."""
+    maps = np.abs(maps)
+    if channels:
+        maps = maps.sum(axis=-1)
+    return maps.reshape(*maps.shape[:2], -1)
+
+
+def spearman(reference: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """Spearman correlation of ``reference`` (N, D) with each ``others[j]`` (P, N, D) row by row: (P, N);
+    ties share their average rank; NaN where a row is constant."""
+    ranks = rankdata(np.concatenate([reference[None], others]), axis=-1).astype(np.float64)
+    ranks -= ranks.mean(axis=-1, keepdims=True)
+    ref, rest = ranks[0], ranks[1:]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (rest * ref).sum(-1) / np.sqrt((rest * rest).sum(-1) * (ref * ref).sum(-1))
+
+
+def randomization_test(network: Network, images: np.ndarray, *,
+                       methods: Sequence[str] = ("saliency", "ig", "gradcam"), mode: str = "cascading",
+                       layers: Sequence[str] | None = None, targets: Any = None, seed: int = 0, n_steps: int = 16,
+                       nt_samples: int = 8, stdevs: float = 0.15, cam_layer: str | None = None,
+                       chunk_size: int | None = None, memory_budget: int | None = None,
+                       vmap_sets: bool | None = None, devices: Sequence[jax.Device] | None = None,
+                       progress: bool = False) -> SanityCheck:
+    """Adebayo et al.'s model-randomization test for gradient methods (see the module docstring).
+
+    Args:
+      network: the trained model.
+      images: uint8 (N, H, W, C) of the network's input size.
+      methods: short names from ``GRADIENT_METHODS`` (``saliency``, ``ixg``, ``ig``, ``smoothgrad``,
+        ``gradcam``).
+      mode: ``"cascading"`` (from the top layer down) or ``"independent"`` (one layer at a time).
+      layers: the layers to randomize, in that order; default ``randomization_layers(network)``.
+      targets: int (N,) outputs of the output layer to explain; default the trained model's argmax.
+      seed: the randomized weights' (and SmoothGrad's noise) seed.
+      n_steps: integrated gradients' steps (Gauss-Legendre, zero baseline).
+      nt_samples, stdevs: SmoothGrad's samples and noise.
+      cam_layer: Grad-CAM's layer (default ``default_cam_layer``).
+      vmap_sets: evaluate the trained and every randomized set in one ``vmap`` over the stacked
+        variables (default on accelerators), or one after the other through the same compiled
+        program (default on CPU, where XLA runs convolutions vmapped over their kernels as
+        grouped convolutions about 5x slower: benchmarks/results/gradients_cpu.json).
+      chunk_size, memory_budget, devices, progress: as in ``jaxviz.saliency``.
+
+    Returns:
+      ``SanityCheck`` with each method's correlations per randomized set and image.
+    """
+    if not isinstance(network, Network):
+        raise TypeError(f"network: expected a jaxviz.Network, got {type(network).__name__}")
+    network.input_spec.check_images(images)
+    if isinstance(methods, str) or not methods or any(m not in GRADIENT_METHODS for m in methods):
+        raise ValueError(f"methods: expected names from {', '.join(GRADIENT_METHODS)}, got {methods!r}")
+    if not isinstance(mode, str) or mode not in MODES:
+        raise ValueError(f"mode: expected one of {', '.join(MODES)}, got {mode!r}")
+    every = randomization_layers(network)
+    if layers is None:
+        layers = every
+    elif isinstance(layers, str) or not layers or any(n not in every for n in layers) or len(set(layers)) < len(layers):
+        raise ValueError(f"layers: expected distinct layers with variables from {', '.join(every)}, got {layers!r}")
+    layers = tuple(layers)
+    n_steps, nt_samples = check_int(n_steps, "n_steps", 1), check_int(nt_samples, "nt_samples", 1)
+    stdev = _check_stdevs(stdevs)
+    cam_layer = default_cam_layer(network) if cam_layer is None and "gradcam" in methods else cam_layer
+    if cam_layer is not None and len(network.output_shape(cam_layer)) != 3:
+        raise ValueError(f"cam_layer: expected a layer with (h, w, channels) maps, from "
+                         f"{', '.join(network.spatial_layers())}; got {cam_layer!r}")
+    output = network.output_layer
+    f = network.score_fn(output)  # the output layer's scores, as _mean_score makes them for Grad-CAM
+    x = network.to_input(images)
+    if targets is None:
+        targets = np.asarray(network.uint8_fn(output)(network.variables, images)).reshape(len(images), -1).argmax(-1)
+    stacked, initializer = randomized_variables(network, layers, mode=mode, seed=seed)
+    sets = len(layers) + 1
+    if vmap_sets is None:
+        vmap_sets = jax.default_backend() != "cpu"
+    per_set = [stacked] if vmap_sets else [jax.tree_util.tree_map(lambda a, j=j: a[j], stacked) for j in range(sets)]
+    stack = sets if vmap_sets else 0
+    plans = [plan_gradients(f, x, params=v, targets=targets, units=None, params_sig=signature(network.variables))
+             for v in per_set]
+    alphas, weights = ig_coefficients(n_steps, "gausslegendre")
+    zero = jnp.zeros(x.shape[1:], x.dtype)
+    families = {
+        "saliency": (PathFamily(_at_image, (), 1), {"absolute": True}, False),
+        "ixg": (PathFamily(_at_image, (), 1), {}, True),
+        "ig": (PathFamily(_path_generator(False), (zero, jnp.asarray(alphas), jnp.asarray(weights)), n_steps), {},
+               True),
+        "smoothgrad": (PathFamily(_noisy, (_key(seed), jnp.float32(stdev), jnp.float32(1 / nt_samples)), nt_samples),
+                       {"absolute": True}, False),
+    }
+    engine = {"chunk_size": chunk_size, "memory_budget": memory_budget, "devices": devices, "stacked": stack}
+    correlations = {}
+    for method in methods:
+        if method == "gradcam":
+            maps = np.stack([grad_cam_maps(
+                network, jnp.asarray(x), layer=cam_layer, output_layer=output, score=_mean_score,
+                mode="targets", units=None, targets=plans[0].targets, relu=False, interpolation="bilinear",
+                variables=v, stacked=stack, chunk_size=chunk_size, memory_budget=memory_budget, devices=devices,
+                progress=progress and "Grad-CAM")[0][..., 0] for v in per_set]).reshape(sets, *x.shape[:3])
+            flat = _absolute_maps(maps, channels=False)
+        else:
+            family, options, times_input = families[method]
+            sums = np.stack([gradient_sums(plan, family, **options, **engine, progress=progress and method)[0]
+                             for plan in plans]).reshape(sets, *x.shape, 1)
+            flat = _absolute_maps(sums[..., 0] * (np.asarray(x) if times_input else 1), channels=True)
+        correlations[method] = spearman(flat[0], flat[1:]).astype(np.float32)
+    return SanityCheck(tuple(methods), layers, mode, correlations, np.asarray(plans[0].targets), initializer)
