@@ -42,7 +42,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxviz._batching import batch_sharding, round_up, to_host
 from jaxviz._progress import progress_bar
-from jaxviz.engine._inputs import _check_images, _positive_count, unit_indices
+from jaxviz.engine._inputs import _positive_count, check_x, unit_indices
 from jaxviz.engine._plan import default_memory_budget, probe, signature
 from jaxviz.engine.perturb import _with_params
 
@@ -125,7 +125,7 @@ def plan_gradients(f: Callable, x: Any, *, params: Any, targets: Any, units: Any
     Returns:
       ``GradientPlan``; without ``targets`` and ``units``, a vector ``f`` keeps every unit.
     """
-    images = _check_images(x)
+    images = check_x(x)
     if not callable(f):
         raise TypeError(f"f: expected a callable, got {type(f).__name__}")
     fn = f if params is not None else _with_params(f)
