@@ -17,11 +17,14 @@ def net(tiny_model, tiny_variables):
 
 def test_maps_and_scores_equal_the_methods_called_one_by_one(net):
     images = make_uint8_images(3, seed=5)
-    options = dict(window=8, stride=8, rise_masks=40, rise_cells=4, segments=4, steps=8, mu_grid=4, num_subsets=12)
+    options = dict(window=8, stride=8, rise_masks=40, rise_cells=4, segments=4, steps=8, mu_grid=4, num_subsets=12,
+                   ig_steps=4, nt_samples=3)
     got = jaxviz.compare_methods(net, images, **options)
     logits = jaxviz.layer_features(net, images)
     np.testing.assert_array_equal(got.targets, logits.argmax(-1))  # a classifier explains its prediction
-    assert got.layer == net.output_layer and set(got.maps) == {"occlusion", "RISE", "feature ablation"}
+    assert got.layer == net.output_layer and list(got.maps) == [
+        "occlusion", "RISE", "feature ablation", "saliency", "input × gradient", "integrated gradients",
+        "SmoothGrad", "Grad-CAM"]
 
     def probabilities(variables, x):  # written here, independently of the module's
         import jax
@@ -35,6 +38,15 @@ def test_maps_and_scores_equal_the_methods_called_one_by_one(net):
     assert_close(got.maps["RISE"], ris.maps[rows, ..., got.targets])
     abl = jaxviz.feature_ablation(probabilities, x, params=net.variables, segments=jaxviz.grid_segments(32, 32, cells=4))
     assert_close(got.maps["feature ablation"], abl.maps[rows, ..., got.targets], scale=abl.base)
+    common = {"params": net.variables, "targets": got.targets}
+    assert_close(got.maps["saliency"], jaxviz.saliency(probabilities, x, **common).attributions.sum(-1))
+    ig = jaxviz.integrated_gradients(probabilities, x, n_steps=4, **common)
+    assert_close(got.maps["integrated gradients"], ig.attributions.sum(-1))
+    sg = jaxviz.smoothgrad(probabilities, x, nt_samples=3, **common)
+    assert_close(got.maps["SmoothGrad"], sg.attributions.sum(-1))
+    cam = jaxviz.grad_cam(net, x, layer="pool2", targets=got.targets,
+                          score=lambda out: __import__("jax").nn.softmax(out, -1))
+    assert_close(got.maps["Grad-CAM"], cam.attributions)
     for name, attribution in got.maps.items():
         deletion = jaxviz.deletion_curve(probabilities, x, attribution, steps=8, params=net.variables,
                                          targets=got.targets)
@@ -62,9 +74,15 @@ def test_a_unit_of_a_network_without_classes(tiny_model, tiny_variables):
     net = jaxviz.from_cnn(tiny_model, tiny_variables)  # no class names: explain a unit
     images = make_uint8_images(2, seed=6)
     got = jaxviz.compare_methods(net, images, layer="fc1", targets=np.array([3, 5]), window=16, stride=16,
-                                 rise_masks=8, rise_cells=2, segments=2, steps=4, mu_grid=2, num_subsets=4)
+                                 rise_masks=8, rise_cells=2, segments=2, steps=4, mu_grid=2, num_subsets=4,
+                                 methods=("occlusion", "gradcam", "ig"), ig_steps=2)
     assert got.layer == "fc1" and got.targets.tolist() == [3, 5]
+    assert list(got.maps) == ["occlusion", "Grad-CAM", "integrated gradients"]
     assert all(m.shape == (2, 32, 32) for m in got.maps.values())
     for bad in (np.array([1]), np.array([1, 16]), np.array([0.5, 1.0])):
         with pytest.raises(ValueError, match="targets"):
             jaxviz.compare_methods(net, images, layer="fc1", targets=bad)
+    with pytest.raises(ValueError, match="methods"):
+        jaxviz.compare_methods(net, images, layer="fc1", methods=("lime",))
+    with pytest.raises(ValueError, match="spatial maps before 'conv1'"):
+        jaxviz.compare_methods(net, images, layer="conv1", methods=("gradcam",))

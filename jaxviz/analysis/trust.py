@@ -1,11 +1,14 @@
-"""Which map to trust? Perturbation methods side by side, scored by faithfulness metrics.
+"""Which map to trust? Perturbation and gradient methods side by side, scored by faithfulness metrics.
 
 ``compare_methods(network, images)`` explains each image's target output
-(the predicted class of a classifier, by default) with occlusion, RISE and
-feature ablation over a grid of segments, all on the fused perturbation
-engine, then scores every map with the deletion and insertion AUCs
-(Petsiuk et al. 2018: lower deletion, higher insertion is better) and
-MuFidelity (Bhatt et al. 2020: higher is better).
+(the predicted class of a classifier, by default: its softmax probability)
+with the chosen methods — occlusion, RISE and feature ablation over a grid
+of segments on the fused perturbation engine; saliency, input x gradient,
+integrated gradients, SmoothGrad and Grad-CAM on the gradient engine — then
+scores every map with the deletion and insertion AUCs (Petsiuk et al. 2018:
+lower deletion, higher insertion is better) and MuFidelity (Bhatt et al.
+2020: higher is better). ``method_map`` is the one place that runs a method
+by name, for the report and the CLI.
 """
 
 from __future__ import annotations
@@ -18,12 +21,20 @@ import numpy as np
 
 from jaxviz.attribution.ablation import feature_ablation, grid_segments
 from jaxviz.attribution.faithfulness import deletion_curve, mu_fidelity
+from jaxviz.attribution.gradcam import default_cam_layer, grad_cam
+from jaxviz.attribution.gradients import input_x_gradient, integrated_gradients, saliency, smoothgrad
 from jaxviz.attribution.rise import rise
 from jaxviz.engine.activations import layer_features
 from jaxviz.engine.occlusion import occlude
 from jaxviz.models.network import Network
 
-__all__ = ["MethodComparison", "compare_methods"]
+__all__ = ["METHODS", "MethodComparison", "compare_methods", "method_map"]
+
+# short name (CLI, JSON) -> display name (figures, MethodComparison's keys)
+METHODS = {"occlusion": "occlusion", "rise": "RISE", "ablation": "feature ablation", "saliency": "saliency",
+           "ixg": "input × gradient", "ig": "integrated gradients", "smoothgrad": "SmoothGrad",
+           "gradcam": "Grad-CAM"}
+PERTURBATION_METHODS = ("occlusion", "rise", "ablation")
 
 METRICS = ("deletion_auc", "insertion_auc", "mu_fidelity")
 BETTER = {"deletion_auc": "lower", "insertion_auc": "higher", "mu_fidelity": "higher"}
@@ -80,11 +91,104 @@ def _probabilities(network: Network):
     return lambda variables, x: jax.nn.softmax(fn(variables, x).reshape(x.shape[0], -1), axis=-1)
 
 
+def _softmax_score(out: jax.Array) -> jax.Array:
+    """Grad-CAM's score of a classifier's output layer: its softmax, as ``_probabilities``."""
+    return jax.nn.softmax(out.reshape(out.shape[0], -1), axis=-1)
+
+
+def explained_function(network: Network, layer: str | None):
+    """``(layer, f, softmax)``: the explained layer and ``f(variables, x) -> (N, outputs)``: a classifier's
+    softmax for its output layer (the default), else the layer's units averaged over space."""
+    if network.is_classifier and layer in (None, network.output_layer):
+        return network.output_layer, _probabilities(network), True
+    layer = layer or network.feature_layer
+    network.check_layer(layer)
+    return layer, network.score_fn(layer), False
+
+
+def cam_layer_for(network: Network, layer: str, cam_layer: str | None) -> str:
+    """Grad-CAM's layer for explaining ``layer``: ``cam_layer``, else the default one if it comes
+    before ``layer``, else the last layer with spatial maps before it."""
+    if cam_layer is not None:
+        return cam_layer
+    position = network.layer_names.index(layer)
+    default = default_cam_layer(network)
+    if network.layer_names.index(default) < position:
+        return default
+    before = [n for n in network.spatial_layers() if network.layer_names.index(n) < position]
+    if not before:
+        raise ValueError(f"layer: Grad-CAM needs a layer with spatial maps before {layer!r}; there is none")
+    return before[-1]
+
+
+def method_map(network: Network, x: np.ndarray, method: str, *, layer: str | None = None,
+               targets: np.ndarray, window: int = 8, stride: int = 4, fill=0.0, rise_masks: int = 1000,
+               rise_cells: int = 7, rise_p: float = 0.5, segments=8, ig_steps: int = 50,
+               ig_method: str = "gausslegendre", nt_type: str = "smoothgrad", nt_samples: int = 25,
+               stdevs: float = 0.15, cam_layer: str | None = None, seed: int = 0,
+               progress: bool = False) -> np.ndarray:
+    """One method's map of each image's target, by short name (a key of ``METHODS``).
+
+    Args:
+      network: the model; x: float (n, H, W, C) model input.
+      method: "occlusion", "rise", "ablation", "saliency", "ixg", "ig", "smoothgrad" or "gradcam".
+      layer: the explained layer (see ``explained_function``).
+      targets: int (n,) the explained output of each image.
+      window, stride, fill: occlusion (``fill`` also RISE's and ablation's, and integrated
+        gradients' baseline).
+      rise_masks, rise_cells, rise_p: RISE.
+      segments: feature ablation: cells per side of a grid, or (H, W) / (n, H, W) segment ids.
+      ig_steps, ig_method: integrated gradients.
+      nt_type, nt_samples, stdevs: SmoothGrad.
+      cam_layer: Grad-CAM's layer (default ``cam_layer_for``).
+      seed: RISE's masks and SmoothGrad's noise.
+
+    Returns:
+      float32 (n, H, W): positive where the pixel supports the target (gradient maps summed over
+      channels; Grad-CAM upsampled).
+    """
+    if method not in METHODS:
+        raise ValueError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
+    layer, f, softmax = explained_function(network, layer)
+    targets = np.asarray(targets)
+    rows = np.arange(len(x))
+    common = {"params": network.variables, "progress": progress}
+    if method in PERTURBATION_METHODS:
+        units, position = np.unique(targets, return_inverse=True)  # only the explained outputs are kept
+        common.update(units=tuple(int(u) for u in units), fill=fill)
+        position = position.reshape(-1)
+        if method == "occlusion":
+            return occlude(f, x, window=window, stride=stride, **common).pixel_map(position).astype(np.float32)
+        if method == "rise":
+            maps = rise(f, x, num_masks=rise_masks, cells=rise_cells, p=rise_p, seed=seed, **common).maps
+        else:
+            if isinstance(segments, (int, np.integer)):
+                segments = grid_segments(*x.shape[1:3], cells=int(segments))
+            maps = feature_ablation(f, x, segments=segments, **common).maps
+        return maps[rows, ..., position].astype(np.float32)
+    common["targets"] = targets
+    if method == "saliency":
+        result = saliency(f, x, **common)
+    elif method == "ixg":
+        result = input_x_gradient(f, x, **common)
+    elif method == "ig":
+        result = integrated_gradients(f, x, baselines=fill, n_steps=ig_steps, method=ig_method, **common)
+    elif method == "smoothgrad":
+        result = smoothgrad(f, x, nt_type=nt_type, nt_samples=nt_samples, stdevs=stdevs, seed=seed, **common)
+    else:
+        cam_layer = cam_layer_for(network, layer, cam_layer)
+        return grad_cam(network, x, layer=cam_layer, output_layer=layer, score=_softmax_score if softmax else None,
+                        targets=targets, progress=progress).attributions.astype(np.float32)
+    return result.pixel_map().astype(np.float32)
+
+
 def compare_methods(network: Network, images: np.ndarray, *, targets: np.ndarray | None = None,
-                    layer: str | None = None, window: int = 8, stride: int = 4, rise_masks: int = 1000,
-                    rise_cells: int = 7, segments: int = 8, steps: int = 50, mu_grid: int = 8,
-                    num_subsets: int = 128, seed: int = 0, progress: bool = False) -> MethodComparison:
-    """Occlusion, RISE and feature-ablation maps of each image's target, with their faithfulness.
+                    layer: str | None = None, methods=tuple(METHODS), window: int = 8, stride: int = 4,
+                    rise_masks: int = 1000, rise_cells: int = 7, segments: int = 8, ig_steps: int = 50,
+                    nt_samples: int = 25, stdevs: float = 0.15, cam_layer: str | None = None, steps: int = 50,
+                    mu_grid: int = 8, num_subsets: int = 128, seed: int = 0,
+                    progress: bool = False) -> MethodComparison:
+    """The chosen methods' maps of each image's target, with their faithfulness.
 
     Args:
       network: the model.
@@ -93,49 +197,47 @@ def compare_methods(network: Network, images: np.ndarray, *, targets: np.ndarray
         classifier (explaining its softmax), or unit 0 of ``layer`` otherwise.
       layer: for a network without class names, the layer whose unit is explained
         (default ``network.feature_layer``); a classifier's output layer by default.
+      methods: short names from ``METHODS`` (default all eight).
       window, stride: the occluder.
       rise_masks, rise_cells: RISE's number of masks and grid size.
       segments: feature ablation over a ``segments x segments`` grid.
+      ig_steps: integrated gradients' steps (Gauss-Legendre, zero baseline).
+      nt_samples, stdevs: SmoothGrad's samples and noise.
+      cam_layer: Grad-CAM's layer (default ``cam_layer_for``).
       steps: deletion / insertion steps.
       mu_grid, num_subsets: MuFidelity's grid of cells and number of random subsets.
-      seed: RISE's and MuFidelity's seed.
+      seed: RISE's, SmoothGrad's and MuFidelity's seed.
       progress: progress bars.
 
     Returns:
-      ``MethodComparison``.
+      ``MethodComparison`` keyed by the methods' display names, in the order given.
     """
     network.input_spec.check_images(images)
-    if network.is_classifier and layer in (None, network.output_layer):
-        layer, f = network.output_layer, _probabilities(network)
-        if targets is None:
-            targets = layer_features(network, images).argmax(-1)
-    else:
-        layer = layer or network.feature_layer
-        network.check_layer(layer)
-        f = network.score_fn(layer)
-        targets = np.zeros(len(images), np.int64) if targets is None else targets
+    if isinstance(methods, str) or not methods or any(m not in METHODS for m in methods):
+        raise ValueError(f"methods: expected short names from {', '.join(METHODS)}, got {methods!r}")
+    layer, f, softmax = explained_function(network, layer)
+    if targets is None:
+        targets = layer_features(network, images).argmax(-1) if softmax else np.zeros(len(images), np.int64)
     targets = np.asarray(targets)
     width = network.output_shape(layer)[-1]
     if targets.shape != (len(images),) or not np.issubdtype(targets.dtype, np.integer) or (
             targets.size and (targets.min() < 0 or targets.max() >= width)):
         raise ValueError(f"targets: expected {len(images)} ints in [0, {width}) (one output of {layer} per image), "
                          f"got {targets.tolist() if targets.ndim else targets!r}")
-    units, position = np.unique(targets, return_inverse=True)  # only the explained outputs are kept
-    units = tuple(int(u) for u in units)
+    units, position = np.unique(targets, return_inverse=True)  # the metrics keep only the explained outputs
+    common = {"params": network.variables, "units": tuple(int(u) for u in units)}
+    position = position.reshape(-1)
     x = network.to_input(images)
-    h, w = x.shape[1:3]
-    rows = np.arange(len(images))
-    common = {"params": network.variables, "units": units}
-    occ = occlude(f, x, window=window, stride=stride, progress=progress, **common)
-    ris = rise(f, x, num_masks=rise_masks, cells=rise_cells, seed=seed, progress=progress, **common)
-    abl = feature_ablation(f, x, segments=grid_segments(h, w, cells=segments), progress=progress, **common)
-    maps = {"occlusion": occ.pixel_map(position), "RISE": ris.maps[rows, ..., position],
-            "feature ablation": abl.maps[rows, ..., position]}
-    scores = {}
-    for name, attribution in maps.items():
+    options = {"window": window, "stride": stride, "rise_masks": rise_masks, "rise_cells": rise_cells,
+               "segments": segments, "ig_steps": ig_steps, "nt_samples": nt_samples, "stdevs": stdevs,
+               "cam_layer": cam_layer, "seed": seed, "progress": progress}
+    maps, scores = {}, {}
+    for method in dict.fromkeys(methods):
+        name = METHODS[method]
+        maps[name] = attribution = method_map(network, x, method, layer=layer, targets=targets, **options)
         curves = {mode: deletion_curve(f, x, attribution, mode=mode, steps=steps, targets=position,
                                        progress=progress, **common).auc for mode in ("deletion", "insertion")}
         mu = mu_fidelity(f, x, attribution, grid=mu_grid, num_subsets=num_subsets, seed=seed, targets=position,
                          progress=progress, **common).score
         scores[name] = {"deletion_auc": curves["deletion"], "insertion_auc": curves["insertion"], "mu_fidelity": mu}
-    return MethodComparison(targets, layer, {k: np.asarray(v, np.float32) for k, v in maps.items()}, scores)
+    return MethodComparison(targets, layer, maps, scores)

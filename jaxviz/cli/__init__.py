@@ -3,8 +3,10 @@
     jaxviz report --out DIR          every analysis as an HTML page (the main job)
     jaxviz evaluate --json           accuracy, per-class accuracy, confusion matrix
     jaxviz occlude --out DIR         occlusion maps (.npz + PNG overlays)
-    jaxviz attribute --method M      occlusion, RISE or feature-ablation maps of chosen images
-    jaxviz faithfulness              deletion / insertion AUC and MuFidelity of the three methods
+    jaxviz attribute --method M      perturbation (occlusion, RISE, feature ablation) or gradient
+                                     (saliency, ixg, ig, smoothgrad, gradcam) maps of chosen images
+    jaxviz faithfulness              deletion / insertion AUC and MuFidelity of the methods' maps
+    jaxviz sanity                    the model-randomization sanity check of the gradient methods
     jaxviz filters | activations | topk | tsne | summary | train
 
 Every analysis command takes ``--model FILE_OR_MODULE:ATTR`` (your model) or
@@ -19,7 +21,7 @@ import threading
 
 import jaxviz
 from jaxviz.cli._options import Parser, add_data, add_fields, add_model, int_list, positive_int
-from jaxviz.cli.attribution import add_attribute, add_faithfulness
+from jaxviz.cli.attribution import add_attribute, add_faithfulness, add_sanity
 from jaxviz.cli.commands import (
     OCCLUDE_FIELDS,
     REPORT_FIELDS,
@@ -137,6 +139,7 @@ def build_parser() -> Parser:
 
     add_attribute(sub)
     add_faithfulness(sub)
+    add_sanity(sub)
     return parser
 
 

@@ -1,10 +1,12 @@
-"""``jaxviz attribute`` and ``jaxviz faithfulness``: attribution maps and which of them to trust.
+"""``jaxviz attribute``, ``jaxviz faithfulness`` and ``jaxviz sanity``: attribution maps and which to trust.
 
-    jaxviz attribute --method occlusion|rise|ablation --out DIR
+    jaxviz attribute --method occlusion|rise|ablation|saliency|ixg|ig|smoothgrad|gradcam --out DIR
         maps of each image's target (.npz + PNG); a classifier's softmax probability
         of the predicted class by default
-    jaxviz faithfulness [--methods occlusion,rise,ablation] [--json] [--out DIR]
-        the three maps of each image scored by deletion / insertion AUC and MuFidelity
+    jaxviz faithfulness [--methods occlusion,rise,...] [--json] [--out DIR]
+        the methods' maps of each image scored by deletion / insertion AUC and MuFidelity
+    jaxviz sanity [--methods saliency,ig,gradcam] [--mode cascading|independent] [--json] [--out DIR]
+        the model-randomization sanity check of the gradient methods
 
 Every option is checked, against the data and the model too, before any map is computed.
 """
@@ -14,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-import weakref
 from pathlib import Path
 
 import jax
@@ -22,16 +23,20 @@ import numpy as np
 
 import jaxviz
 from jaxviz import plots
+from jaxviz.analysis.trust import METHODS, cam_layer_for, explained_function, method_map
+from jaxviz.attribution.gradients import IG_METHODS, NT_TYPES
+from jaxviz.attribution.sanity import GRADIENT_METHODS, MODES, PASS_THRESHOLD
 from jaxviz.cli._options import add_data, add_model, check_writable, int_list, load, positive_int
 from jaxviz.cli.commands import _fill, _indices
 
-__all__ = ["METHODS", "add_attribute", "add_faithfulness", "cmd_attribute", "cmd_faithfulness"]
+__all__ = ["METHODS", "add_attribute", "add_faithfulness", "add_sanity", "cmd_attribute", "cmd_faithfulness",
+           "cmd_sanity"]
 
-# CLI name -> the name compare_methods (and the figures) use
-METHODS = {"occlusion": "occlusion", "rise": "RISE", "ablation": "feature ablation"}
+# METHODS: CLI name -> the name compare_methods (and the figures) use
 METRICS = (("deletion_auc", "deletion AUC", "lower"), ("insertion_auc", "insertion AUC", "higher"),
            ("mu_fidelity", "MuFidelity", "higher"))
 DEFAULT_IMAGES = 4
+DEFAULT_SANITY_IMAGES = 16
 
 
 # --------------------------------------------------------------------------- argparse types
@@ -64,15 +69,31 @@ def _at_least_two(text: str) -> int:
     return value
 
 
-def _method_list(text: str) -> tuple[str, ...]:
-    names = [t.strip().lower() for t in text.split(",") if t.strip()]
-    if not names:
-        raise argparse.ArgumentTypeError(f"expected comma-separated methods from {', '.join(METHODS)}, got {text!r}")
-    unknown = [n for n in names if n not in METHODS]
-    if unknown:
-        raise argparse.ArgumentTypeError(f"unknown method {unknown[0]!r}; expected comma-separated methods from "
-                                         f"{', '.join(METHODS)}")
-    return tuple(dict.fromkeys(names))  # in the order given, once each
+def _stdev(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text!r}") from None
+    if not 0 <= value < float("inf"):  # False for NaN
+        raise argparse.ArgumentTypeError(f"expected a non-negative finite number, got {text!r}")
+    return value
+
+
+def _methods_from(known) -> callable:
+    def parse(text: str) -> tuple[str, ...]:
+        names = [t.strip().lower() for t in text.split(",") if t.strip()]
+        if not names:
+            raise argparse.ArgumentTypeError(f"expected comma-separated methods from {', '.join(known)}, got {text!r}")
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise argparse.ArgumentTypeError(f"unknown method {unknown[0]!r}; expected comma-separated methods from "
+                                             f"{', '.join(known)}")
+        return tuple(dict.fromkeys(names))  # in the order given, once each
+
+    return parse
+
+
+_method_list = _methods_from(METHODS)
 
 
 # --------------------------------------------------------------------------- parsers
@@ -96,12 +117,25 @@ def _add_common(p: argparse.ArgumentParser):
     g.add_argument("--stride", type=positive_int, default=4, help="occlusion: occluder step in pixels (default: 4)")
     g.add_argument("--num-masks", type=positive_int, default=1000, help="RISE: random masks (default: 1000)")
     g.add_argument("--cells", type=positive_int, default=7, help="RISE: mask grid cells per side (default: 7)")
-    g.add_argument("--seed", type=_seed, default=0, help="seed of RISE's masks (and of MuFidelity's subsets) (default: 0)")
+    g.add_argument("--seed", type=_seed, default=0,
+                   help="seed of RISE's masks, SmoothGrad's noise (and MuFidelity's subsets) (default: 0)")
+    _add_gradient_options(g)
     return g
 
 
+def _add_gradient_options(g, n_steps: int = 50) -> None:
+    g.add_argument("--n-steps", type=positive_int, default=n_steps,
+                   help=f"integrated gradients: points on the path (default: {n_steps})")
+    g.add_argument("--nt-samples", type=positive_int, default=25, help="SmoothGrad: noisy samples (default: 25)")
+    g.add_argument("--stdevs", type=_stdev, default=0.15,
+                   help="SmoothGrad: the noise's standard deviation in model-input units (default: 0.15)")
+    g.add_argument("--cam-layer", help="Grad-CAM: the layer with spatial maps (default: the last one at least 7x7 "
+                                       "before the explained layer)")
+
+
 def add_attribute(sub) -> None:
-    p = sub.add_parser("attribute", help="attribution maps (occlusion, RISE or feature ablation): .npz + PNG")
+    p = sub.add_parser("attribute", help="attribution maps (occlusion, RISE, feature ablation, saliency, input x "
+                                         "gradient, integrated gradients, SmoothGrad or Grad-CAM): .npz + PNG")
     p.add_argument("--method", required=True, choices=tuple(METHODS), help="the attribution method")
     g = _add_common(p)
     g.add_argument("--p", type=_probability, default=0.5, help="RISE: probability that a cell is kept (default: 0.5)")
@@ -111,15 +145,39 @@ def add_attribute(sub) -> None:
     seg.add_argument("--slic", type=positive_int, metavar="N",
                      help="feature ablation: about N SLIC superpixels per image instead of the grid "
                           "(needs scikit-image)")
-    g.add_argument("--fill", default="0", help="what replaces removed pixels: a value, one per channel (r,g,b), "
-                                               "'mean' or 'blur', in model-input space (default: 0)")
+    g.add_argument("--fill", default="0", help="what replaces removed pixels (and integrated gradients' baseline): a "
+                                               "value, one per channel (r,g,b), 'mean' or 'blur', in model-input space "
+                                               "(default: 0)")
+    g.add_argument("--ig-method", choices=IG_METHODS, default="gausslegendre",
+                   help="integrated gradients: the integration rule (default: gausslegendre)")
+    g.add_argument("--nt-type", choices=NT_TYPES, default="smoothgrad",
+                   help="SmoothGrad: mean, mean of squares or variance of the saliency (default: smoothgrad)")
     p.add_argument("--out", required=True, help="output directory (attribution.npz, attribution.png)")
     p.set_defaults(func=cmd_attribute)
 
 
+def add_sanity(sub) -> None:
+    p = sub.add_parser("sanity", help="the model-randomization sanity check of the gradient methods (Adebayo et al. "
+                                      "2018): do the maps change when the weights are randomized?")
+    add_model(p)
+    add_data(p)
+    g = p.add_argument_group("the check")
+    g.add_argument("--images", type=int_list, help=f"dataset indices, e.g. 0,5,9 (default: the first "
+                                                   f"{DEFAULT_SANITY_IMAGES} images)")
+    g.add_argument("--methods", type=_methods_from(GRADIENT_METHODS), default=("saliency", "ig", "gradcam"),
+                   help=f"gradient methods from {','.join(GRADIENT_METHODS)} (default: saliency,ig,gradcam)")
+    g.add_argument("--mode", choices=MODES, default="cascading",
+                   help="randomize from the top layer down (cascading) or one layer at a time (default: cascading)")
+    g.add_argument("--seed", type=_seed, default=0, help="seed of the random weights and SmoothGrad's noise")
+    _add_gradient_options(g, n_steps=16)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--out", help="also write sanity.json and sanity.png in this directory")
+    p.set_defaults(func=cmd_sanity)
+
+
 def add_faithfulness(sub) -> None:
     p = sub.add_parser("faithfulness", help="which map to trust? deletion / insertion AUC and MuFidelity of "
-                                            "occlusion, RISE and feature-ablation maps")
+                                            "the perturbation and gradient methods' maps")
     g = _add_common(p)
     g.add_argument("--segments", type=positive_int, default=8,
                    help="feature ablation: a SEGMENTS x SEGMENTS grid of segments (default: 8)")
@@ -137,23 +195,6 @@ def add_faithfulness(sub) -> None:
 
 
 # --------------------------------------------------------------------------- shared checks
-
-
-_PROBABILITIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _probabilities(network: jaxviz.Network):
-    """``f(variables, x) -> (N, classes)`` softmax of the output layer: one object per network, so the
-    compiled programs are reused."""
-    if (f := _PROBABILITIES.get(network)) is None:
-        logits = network.layer_fn(network.output_layer)
-
-        def f(variables, x):
-            return jax.nn.softmax(logits(variables, x).reshape(x.shape[0], -1), axis=-1)
-
-        f.__name__ = f.__qualname__ = f"{network.name or 'network'}:{network.output_layer}:softmax"
-        f = _PROBABILITIES.setdefault(network, f)
-    return f
 
 
 def _explained(args, network: jaxviz.Network) -> tuple[str, bool, int]:
@@ -205,7 +246,31 @@ def _prepare(args):
                              f"got {list(args.targets)}")
     h, w = network.input_spec.shape[:2]
     _check_sizes(args, h, w, len(idx))
+    _check_cam_layer(args, network, layer)
     return data, network, idx, layer, softmax, targets
+
+
+def _check_cam_layer(args, network: jaxviz.Network, layer: str) -> None:
+    """--cam-layer: a layer with spatial maps before the explained one (or a default exists), when Grad-CAM runs."""
+    methods = getattr(args, "methods", None) or (getattr(args, "method", None),)
+    if "gradcam" not in methods:
+        return
+    if args.cam_layer is not None:
+        try:
+            network.check_layer(args.cam_layer)
+        except (ValueError, TypeError) as e:
+            raise type(e)(f"--cam-{e}") from None
+        if args.cam_layer not in network.spatial_layers() or \
+                network.layer_names.index(args.cam_layer) >= network.layer_names.index(layer):
+            before = [n for n in network.spatial_layers()
+                      if network.layer_names.index(n) < network.layer_names.index(layer)]
+            raise ValueError(f"--cam-layer: expected a layer with (h, w, channels) maps before {layer!r}: "
+                             f"{', '.join(before) or 'there is none'}; got {args.cam_layer!r}")
+    else:
+        try:
+            cam_layer_for(network, layer, None)
+        except ValueError as e:
+            raise ValueError(f"--layer: {e}".replace("layer: ", "", 1)) from None
 
 
 def _default_targets(network, images, layer: str, softmax: bool) -> np.ndarray:
@@ -247,34 +312,36 @@ def cmd_attribute(args) -> None:
     fill = _fill(args.fill, x)
     if targets is None:
         targets = _default_targets(network, images, layer, softmax)
-    f = _probabilities(network) if softmax else network.score_fn(layer)
-    units, position = np.unique(targets, return_inverse=True)  # only the explained outputs are computed
-    position = position.reshape(-1)
-    common = {"params": network.variables, "units": tuple(int(u) for u in units), "fill": fill, "progress": True}
-    rows = np.arange(len(idx))
+    f = explained_function(network, layer)[1]
     settings: dict = {"fill": args.fill}
-    start = time.perf_counter()
+    options = {"window": args.window, "stride": args.stride, "fill": fill, "rise_masks": args.num_masks,
+               "rise_cells": args.cells, "rise_p": args.p, "seed": args.seed, "ig_steps": args.n_steps,
+               "ig_method": args.ig_method, "nt_type": args.nt_type, "nt_samples": args.nt_samples,
+               "stdevs": args.stdevs, "cam_layer": args.cam_layer}
     if args.method == "occlusion":
-        result = jaxviz.occlude(f, x, window=args.window, stride=args.stride, **common)
-        maps = result.pixel_map(position)
         settings.update(window=args.window, stride=args.stride, anchor="centered")
     elif args.method == "rise":
-        result = jaxviz.rise(f, x, num_masks=args.num_masks, cells=args.cells, p=args.p, seed=args.seed, **common)
-        maps = result.maps[rows, ..., position]
         settings.update(num_masks=args.num_masks, cells=args.cells, p=args.p, seed=args.seed)
-    else:
-        h, w = x.shape[1:3]
+    elif args.method == "ablation":
         if args.slic is not None:
-            segments = jaxviz.slic_segments(images, n_segments=args.slic)
+            options["segments"] = jaxviz.slic_segments(images, n_segments=args.slic)
             settings.update(slic=args.slic)
         else:
-            segments = jaxviz.grid_segments(h, w, cells=args.segments)
+            options["segments"] = args.segments
             settings.update(segments=args.segments)
-        result = jaxviz.feature_ablation(f, x, segments=segments, **common)
-        maps = result.maps[rows, ..., position]
+    elif args.method == "ig":
+        settings = {"baselines": args.fill, "n_steps": args.n_steps, "method": args.ig_method}
+    elif args.method == "smoothgrad":
+        settings = {"nt_type": args.nt_type, "nt_samples": args.nt_samples, "stdevs": args.stdevs, "seed": args.seed}
+    elif args.method == "gradcam":
+        settings = {"layer": cam_layer_for(network, layer, args.cam_layer), "relu": True, "interpolation": "bilinear"}
+    else:
+        settings = {"abs": True} if args.method == "saliency" else {}
+    start = time.perf_counter()
+    maps = method_map(network, x, args.method, layer=layer, targets=targets, progress=True, **options)
     seconds = time.perf_counter() - start
     maps = np.asarray(maps, np.float32)
-    base = np.asarray(result.base)[rows, position]
+    base = np.asarray(jax.jit(f)(network.variables, x))[np.arange(len(idx)), targets]
     explained = "softmax probability" if softmax else "mean activation"
     record = {"method": args.method, "layer": layer, "explained": explained, "images": idx.tolist(),
               "targets": targets.tolist(), "settings": settings}
@@ -307,22 +374,20 @@ def _table(record: dict) -> str:
 
 
 def cmd_faithfulness(args) -> None:
-    """Occlusion, RISE and feature-ablation maps of the same targets, scored; a table or JSON."""
+    """The chosen methods' maps of the same targets, scored; a table or JSON."""
     out = check_writable(args.out, directory=True, option="--out") if args.out else None
     data, network, idx, layer, softmax, targets = _prepare(args)
     images = data.images[idx]
     if targets is None:
         targets = _default_targets(network, images, layer, softmax)
     start = time.perf_counter()
-    comparison = jaxviz.compare_methods(
-        network, images, targets=targets, layer=layer, window=args.window, stride=args.stride,
-        rise_masks=args.num_masks, rise_cells=args.cells, segments=args.segments, steps=args.steps,
+    selected = jaxviz.compare_methods(
+        network, images, targets=targets, layer=layer, methods=args.methods, window=args.window, stride=args.stride,
+        rise_masks=args.num_masks, rise_cells=args.cells, segments=args.segments, ig_steps=args.n_steps,
+        nt_samples=args.nt_samples, stdevs=args.stdevs, cam_layer=args.cam_layer, steps=args.steps,
         mu_grid=args.mu_grid, num_subsets=args.num_subsets, seed=args.seed, progress=True)
     seconds = time.perf_counter() - start
     chosen = {METHODS[m]: m for m in args.methods}  # label -> CLI name, in the order asked
-    selected = jaxviz.MethodComparison(comparison.targets, comparison.layer,
-                                       {k: comparison.maps[k] for k in chosen},
-                                       {k: comparison.scores[k] for k in chosen})
     means = selected.means()
     record = {
         "layer": layer, "explained": "softmax probability" if softmax else "mean activation",
@@ -335,6 +400,8 @@ def cmd_faithfulness(args) -> None:
         "sentence": selected.sentence() if len(chosen) > 1 else None,
         "settings": {"window": args.window, "stride": args.stride, "anchor": "centered", "fill": 0,
                      "num_masks": args.num_masks, "cells": args.cells, "segments": args.segments,
+                     "n_steps": args.n_steps, "nt_samples": args.nt_samples, "stdevs": args.stdevs,
+                     "cam_layer": cam_layer_for(network, layer, args.cam_layer) if "gradcam" in args.methods else None,
                      "steps": args.steps, "mu_grid": args.mu_grid, "num_subsets": args.num_subsets,
                      "seed": args.seed},
         "seconds": round(seconds, 3),
@@ -350,3 +417,56 @@ def cmd_faithfulness(args) -> None:
                                           titles=_titles(network, idx, targets, softmax, layer))
         plots.save_figure(fig, out / "faithfulness.png")
     print(text if args.json else _table(record))
+
+
+# --------------------------------------------------------------------------- sanity
+
+
+def cmd_sanity(args) -> None:
+    """The randomization test of the chosen gradient methods: a table or JSON, and sanity.json / sanity.png."""
+    out = check_writable(args.out, directory=True, option="--out") if args.out else None
+    data, network = load(args)
+    idx = _indices(args.images, data, "--images") if args.images is not None else \
+        np.arange(min(DEFAULT_SANITY_IMAGES, len(data)), dtype=np.int64)
+    if len(idx) == 0:
+        raise ValueError("--data: the dataset has no images")
+    if "gradcam" in args.methods:
+        if args.cam_layer is not None and args.cam_layer not in network.spatial_layers():
+            raise ValueError(f"--cam-layer: expected a layer with (h, w, channels) maps: "
+                             f"{', '.join(network.spatial_layers()) or 'there is none'}; got {args.cam_layer!r}")
+        if not network.spatial_layers():
+            raise ValueError("--methods: gradcam needs a layer with spatial maps; this network has none")
+    start = time.perf_counter()
+    check = jaxviz.randomization_test(network, data.images[idx], methods=args.methods, mode=args.mode,
+                                      seed=args.seed, n_steps=args.n_steps, nt_samples=args.nt_samples,
+                                      stdevs=args.stdevs, cam_layer=args.cam_layer, progress=True)
+    seconds = time.perf_counter() - start
+    means = check.mean()
+    record = {
+        "mode": check.mode, "layers": list(check.layers), "initializer": check.initializer,
+        "explained": f"{network.output_layer} (the trained model's predicted output)", "images": idx.tolist(),
+        "targets": check.targets.tolist(), "threshold": PASS_THRESHOLD, "passes": check.passes(),
+        "final": check.final(), "mean": {m: [None if np.isnan(v) else float(v) for v in means[m]] for m in means},
+        "per_image": {m: [[None if np.isnan(v) else float(v) for v in row] for row in c]
+                      for m, c in check.correlations.items()},
+        "sentence": check.sentence(),
+        "settings": {"methods": list(args.methods), "n_steps": args.n_steps, "nt_samples": args.nt_samples,
+                     "stdevs": args.stdevs, "cam_layer": args.cam_layer, "seed": args.seed},
+        "seconds": round(seconds, 3),
+    }
+    text = json.dumps(record, indent=2, allow_nan=False)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        jaxviz.atomic_write_bytes(out / "sanity.json", text.encode())
+        fig = plots.plot_sanity(check.layers, {GRADIENT_METHODS[m]: v for m, v in means.items()}, mode=check.mode,
+                                threshold=PASS_THRESHOLD)
+        plots.save_figure(fig, out / "sanity.png")
+    if args.json:
+        print(text)
+    else:
+        width = max(len(GRADIENT_METHODS[m]) for m in check.methods)
+        lines = [f"{len(idx)} images, {check.mode} randomization of {', '.join(check.layers)} "
+                 f"({check.initializer} initializer); mean Spearman correlation with the trained model's map:"]
+        lines += [f"  {GRADIENT_METHODS[m]:<{width}}  " + " ".join(f"{v:5.2f}" for v in means[m]) for m in check.methods]
+        lines.append(check.sentence())
+        print("\n".join(lines))

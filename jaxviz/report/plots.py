@@ -15,7 +15,7 @@ import numpy as np
 
 __all__ = [
     "MAX_COLUMNS", "MAX_ROWS", "check_grid", "plot_activation_maps", "plot_attribution_maps", "plot_confusion", "plot_filters", "plot_heatmaps", "plot_masked",
-    "plot_occluded_examples", "plot_selectivity", "plot_top_k", "plot_training", "plot_tsne", "save_figure",
+    "plot_occluded_examples", "plot_sanity", "plot_selectivity", "plot_top_k", "plot_training", "plot_tsne", "save_figure",
 ]
 
 
@@ -294,4 +294,32 @@ def plot_training(history: Sequence[dict], *, ax=None):
     ax.set_ylabel("accuracy")
     ax.legend()
     ax.set_title("Training")
+    return fig
+
+
+def plot_sanity(layers: Sequence[str], means: dict, *, mode: str = "cascading", threshold: float | None = None,
+                title: str = "", ax=None):
+    """The randomization sanity check: mean Spearman correlation vs randomized layers, one line per method.
+
+    Args:
+      layers: the randomized layers, top first (the x axis: cascading, after randomizing down to
+        that layer; independent, that layer alone).
+      means: method label -> float (len(layers),) mean correlation with the trained model's map.
+      mode: "cascading" or "independent" (the axis label).
+      threshold: draw the pass line at this correlation.
+    """
+    fig, ax = _single(ax, (6.5, 3.8))
+    steps = np.arange(len(layers) + 1)  # step 0: the trained model, its own map (correlation 1)
+    ax.axhline(0, color="0.6", lw=0.8)
+    if threshold is not None:
+        ax.axhline(threshold, color="0.4", lw=0.8, ls="--", label=f"pass below {threshold:g}")
+    for name, values in means.items():
+        ax.plot(steps, np.concatenate([[1.0], np.asarray(values, np.float64)]), marker="o", ms=3, label=name)
+    ax.set_xticks(steps, ["trained", *(("→ " if mode == "cascading" else "") + n for n in layers)], rotation=45,
+                  ha="right", fontsize=7)
+    ax.set_xlabel("randomized down to layer (cascading)" if mode == "cascading" else "randomized layer (alone)")
+    ax.set_ylabel("Spearman ρ with trained map")
+    ax.set_ylim(min(-0.2, ax.get_ylim()[0]), 1.05)
+    ax.legend(fontsize=7)
+    ax.set_title(title or "Sanity check: do the maps change when the model is randomized?")
     return fig
