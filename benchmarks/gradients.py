@@ -25,20 +25,21 @@ Captum, ``benchmarks.torch_port``; every ratio reported whichever way it falls):
 
 Counting: ``work`` is the gradients the output needs, one per (input, explained output): IG N x
 steps x outputs, saliency and Grad-CAM N x units (Grad-CAM's with respect to the layer), the test
-sets x N x (1 + steps + 1) (the last a layer gradient); rates are work per second. The roof runs one
-device-resident batch of the workload's inputs, called ceil(rows / batch) times, each result copied
-to the host, so its work is the workload's rounded up to whole batches. Captum runs a subset of
-images (IG, the test) or of units (saliency, Grad-CAM), recorded per row. Each timing: one warm-up
-call (its time is the first-call / compile time), then the median of ``--repeats`` calls (1 for
-Captum, and for ``vmap_sets=True`` on a CPU), each ended by ``jax.block_until_ready``; results are
-numpy. Agreement: the max relative error of jaxviz's attributions vs Captum's on Captum's subset (IG's
-differ most at the smallest alphas, where near-equal activations make ReLU / max-pool ties that XLA
-and PyTorch route differently), and for the test the max absolute difference of the correlations.
+sets x N x (1 + steps + 1) (the last a layer gradient); rates are work per second. The roof runs
+one device-resident batch of the workload's inputs, called ceil(rows / batch) times, each call
+waited for (the gradients stay on the device), so its work is the workload's rounded up to whole
+batches. Captum runs a subset of images (IG, the test) or of units (saliency, Grad-CAM), recorded
+per row. Each timing: one warm-up call (its time is the first-call / compile time), then the median
+of ``--repeats`` calls (1 for Captum, and for ``vmap_sets=True`` on a CPU), each ended by
+``jax.block_until_ready``; jaxviz's results are numpy. Agreement: the max relative error of
+jaxviz's attributions vs Captum's on Captum's subset (IG's comes from the smallest alphas, whose
+nearly black inputs give gradients that differ between XLA and PyTorch; the other steps agree to
+~3e-7), and for the test the max absolute difference of the Spearman correlations.
 
 Sizes (``SIZES`` / ``CAPTUM`` below, recorded in the JSON): on a CPU the all-classes IG runs 10
 images (100 x 50 x 10 gradients would take minutes per call on 2 cores) and ``vmap_sets=True`` 10
-images (its grouped convolutions are several times slower on a CPU); about 12 minutes on a quiet
-2-core CPU. Writes benchmarks/results/gradients_<backend>.json and .md.
+images (its grouped convolutions are several times slower on a CPU); meant to fit about 12 minutes
+on a quiet 2-core CPU. Writes benchmarks/results/gradients_<backend>.json and .md.
 """
 
 from __future__ import annotations
@@ -66,8 +67,7 @@ CAM_LAYER, CAM_MODULE = "conv6", 19  # conv6's ReLU in torch_cnn's Sequential: (
 BAR = 0.85
 
 SIZES = {
-    "cpu": dict(ig_images=100, steps=50, all_images=10, unit_images=10, test_images=50, vmap_images=10,
-                test_steps=16),
+    "cpu": dict(ig_images=100, steps=50, all_images=10, unit_images=10, test_images=50, vmap_images=10, test_steps=16),
     "gpu": dict(ig_images=1000, steps=50, all_images=1000, unit_images=100, test_images=500, vmap_images=500,
                 test_steps=16),
     "quick": dict(ig_images=4, steps=8, all_images=2, unit_images=2, test_images=3, vmap_images=2, test_steps=4),
@@ -81,8 +81,7 @@ CAPTUM["gpu"] = CAPTUM["cpu"]
 # Roof batch sizes tried (rows per call: (image, step) inputs for IG, images otherwise), jaxviz's chunk added.
 ROOF = {
     "cpu": dict(ig=(128, 256), all=(16, 32), units=(1, 2), cam=(5, 10), test_cam=(50, 100)),
-    "gpu": dict(ig=(1024, 4096, 16384), all=(256, 1024, 4096), units=(8, 32), cam=(25, 100),
-                test_cam=(500, 2000)),
+    "gpu": dict(ig=(1024, 4096, 16384), all=(256, 1024, 4096), units=(8, 32), cam=(25, 100), test_cam=(500, 2000)),
     "quick": dict(ig=(), all=(), units=(), cam=(), test_cam=(4,)),
 }
 
@@ -116,13 +115,14 @@ def all_cots(width: int):
 
 
 def roof_loop(program, variables, pool, cots, batch: int, rows: int):
-    """``ceil(rows / batch)`` calls on one device-resident batch, each result copied to the host."""
+    """``ceil(rows / batch)`` calls on one device-resident batch, each waited for (its result, as big as
+    the inputs times U, stays on the device, as jaxviz's running sums do)."""
     xb, cb = jax.device_put(pool[:batch]), cots(batch)
     calls = -(-rows // batch)
 
     def run():
         for _ in range(calls):
-            out = np.asarray(program(variables, xb, cb))
+            out = jax.block_until_ready(program(variables, xb, cb))
         return out
 
     return run, calls * batch * cb.shape[0], calls
@@ -371,8 +371,7 @@ def main() -> None:
     parser.add_argument("--gpu", action="store_true", help="bigger sizes, for an accelerator")
     parser.add_argument("--no-captum", action="store_true")
     parser.add_argument("--repeats", type=int, default=None, help="timed calls per row (default 3; 1 with --quick)")
-    parser.add_argument("--out", default=None, help="result file stem, or a path without suffix "
-                                                    "(default gradients_<backend>)")
+    parser.add_argument("--out", default=None, help="file stem or path, no suffix (default gradients_<backend>)")
     args = parser.parse_args()
     profile = "quick" if args.quick else "gpu" if args.gpu else "cpu"
     args.repeats = args.repeats or (1 if args.quick else 3)
@@ -386,9 +385,7 @@ def main() -> None:
                  "saliency and Grad-CAM for all fc1 units and the cascading randomization test; vs Captum at its "
                  "best internal_batch_size on the same weights (the measured ratios, whichever way they fall)",
         "environment": environment(),
-        "repeats": args.repeats,
-        "slow_repeats": 1,
-        "profile": profile,
+        "repeats": args.repeats, "slow_repeats": 1, "profile": profile,
         "command": " ".join(["python -m benchmarks.gradients", *sys.argv[1:]]),
         "sizes": SIZES[profile], "captum_subsets": CAPTUM[profile], "roof_batches": ROOF[profile],
         "images": "jaxviz.load_sample() (1,000 CIFAR-10 test images), repeated when more are needed",

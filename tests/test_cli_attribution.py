@@ -9,13 +9,15 @@ import numpy as np
 import pytest
 
 import jaxviz
+from jaxviz.analysis import trust
 from jaxviz.cli import main
 
 from conftest import assert_one_line_error, write_tiny_cli_setup
 from numerics import assert_close
 
 W = 8  # a 32x32 image in 4x4 occlusion positions, RISE / ablation / MuFidelity grids of 4x4 cells
-FAST = ["--window", W, "--stride", W, "--num-masks", 50, "--cells", 4, "--segments", 4]
+FAST = ["--window", W, "--stride", W, "--num-masks", 50, "--cells", 4, "--segments", 4, "--n-steps", 4,
+        "--nt-samples", 2]
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +90,66 @@ def test_attribute_maps_equal_the_api(setup, capsys, tmp_path, method, options):
     assert sorted(p.name for p in out_dir.iterdir()) == ["attribution.npz", "attribution.png"]
 
 
+@pytest.mark.parametrize("method,options", [
+    ("saliency", []),
+    ("ixg", ["--targets", "2,0"]),
+    ("ig", ["--n-steps", 4, "--ig-method", "riemann_trapezoid", "--fill", "0.5"]),
+    ("smoothgrad", ["--nt-samples", 3, "--stdevs", 0.2, "--nt-type", "vargrad", "--seed", 2]),
+    ("gradcam", ["--cam-layer", "conv3"]),
+])
+def test_attribute_gradient_maps_equal_the_api(setup, capsys, tmp_path, method, options):
+    code, out, err = run(capsys, "attribute", "--method", method, *setup["args"], "--images", "1,5", *options,
+                         "--out", tmp_path / method)
+    assert code == 0, err
+    network, images = setup["network"], setup["images"][[1, 5]]
+    x, f = network.to_input(images), _softmax(network)
+    targets = np.array([2, 0]) if method == "ixg" else _predicted(network, images)
+    common = {"params": network.variables, "targets": targets}
+    if method == "saliency":
+        want = jaxviz.saliency(f, x, **common).attributions.sum(-1)
+    elif method == "ixg":
+        want = jaxviz.input_x_gradient(f, x, **common).attributions.sum(-1)
+    elif method == "ig":
+        want = jaxviz.integrated_gradients(f, x, n_steps=4, method="riemann_trapezoid", baselines=0.5,
+                                           **common).attributions.sum(-1)
+    elif method == "smoothgrad":
+        want = jaxviz.smoothgrad(f, x, nt_samples=3, stdevs=0.2, nt_type="vargrad", seed=2,
+                                 **common).attributions.sum(-1)
+    else:
+        want = jaxviz.grad_cam(network, x, layer="conv3", targets=targets,
+                               score=lambda out: jax.nn.softmax(out, -1)).attributions
+    record = json.loads(out)
+    assert record["method"] == method and record["targets"] == targets.tolist()
+    with np.load(tmp_path / method / "attribution.npz") as z:
+        assert z["maps"].shape == (2, 32, 32)
+        assert_close(z["maps"], want)
+    if method == "gradcam":
+        assert record["settings"]["layer"] == "conv3"
+
+
+def test_sanity_json_matches_the_api(setup, capsys, tmp_path):
+    out_dir = tmp_path / "sanity"
+    code, out, err = run(capsys, "sanity", *setup["args"], "--images", "0,2,4", "--methods", "saliency,gradcam",
+                         "--mode", "independent", "--seed", 4, "--json", "--out", out_dir)
+    assert code == 0, err
+    record = json.loads(out)
+    assert json.loads((out_dir / "sanity.json").read_text()) == record
+    network = setup["network"]
+    want = jaxviz.randomization_test(network, setup["images"][[0, 2, 4]], methods=("saliency", "gradcam"),
+                                     mode="independent", seed=4)
+    assert record["layers"] == list(want.layers) and record["mode"] == "independent"
+    assert record["initializer"] == "model" and record["targets"] == want.targets.tolist()
+    for method in ("saliency", "gradcam"):
+        np.testing.assert_allclose(np.array(record["per_image"][method], float), want.correlations[method],
+                                   atol=1e-3)
+        assert record["passes"][method] == want.passes()[method]
+    assert record["sentence"] == want.sentence() or record["sentence"].split(":")[0] == want.sentence().split(":")[0]
+    assert (out_dir / "sanity.png").read_bytes()[:4] == b"\x89PNG"
+    code, out, err = run(capsys, "sanity", *setup["args"], "--images", "1", "--methods", "ixg")
+    assert code == 0, err
+    assert "input × gradient" in out and "cascading randomization of logits, fc1" in out
+
+
 def test_attribute_a_unit_of_a_layer(setup, capsys, tmp_path):
     """--layer explains a unit's mean activation (network.score_fn), not the softmax."""
     code, out, err = run(capsys, "attribute", "--method", "occlusion", *setup["args"], "--images", "1,5",
@@ -109,7 +171,9 @@ def test_faithfulness_json_matches_deletion_curves(setup, capsys, tmp_path):
     record = json.loads(out)
     assert json.loads((out_dir / "faithfulness.json").read_text()) == record
     metrics = {"deletion_auc", "insertion_auc", "mu_fidelity"}
-    assert list(record["methods"]) == ["occlusion", "rise", "ablation"]
+    assert list(record["methods"]) == ["occlusion", "rise", "ablation", "saliency", "ixg", "ig", "smoothgrad",
+                                       "gradcam"]
+    assert record["settings"]["cam_layer"] == "pool2" and record["settings"]["n_steps"] == 4
     for method, means in record["methods"].items():
         assert set(means) == metrics and all(math.isfinite(v) for v in means.values())
         assert set(record["per_image"][method]) == metrics
@@ -146,7 +210,21 @@ def test_faithfulness_table_of_the_chosen_methods(setup, capsys):
 
 
 @pytest.mark.parametrize("args,words", [
-    (["attribute", "--method", "gradcam"], ["--method", "gradcam"]),
+    (["attribute", "--method", "lime"], ["--method", "lime"]),
+    (["attribute", "--method", "ig", "--n-steps", "0"], ["--n-steps", "0"]),
+    (["attribute", "--method", "ig", "--ig-method", "simpson"], ["--ig-method", "simpson"]),
+    (["attribute", "--method", "smoothgrad", "--stdevs", "-1"], ["--stdevs", "non-negative"]),
+    (["attribute", "--method", "smoothgrad", "--stdevs", "nan"], ["--stdevs", "non-negative"]),
+    (["attribute", "--method", "smoothgrad", "--nt-type", "mean"], ["--nt-type", "mean"]),
+    (["attribute", "--method", "gradcam", "--cam-layer", "fc1"], ["--cam-layer: ", "before 'logits'", "conv1"]),
+    (["attribute", "--method", "gradcam", "--cam-layer", "conv9"], ["--cam-layer: unknown layer 'conv9'"]),
+    (["attribute", "--method", "gradcam", "--layer", "conv1", "--images", "0", "--targets", "0"],
+     ["spatial maps before 'conv1'"]),
+    (["faithfulness", "--methods", "gradcam", "--cam-layer", "fc1"], ["--cam-layer: "]),
+    (["sanity", "--methods", "saliency,occlusion"], ["--methods", "'occlusion'", "gradcam"]),
+    (["sanity", "--mode", "all"], ["--mode", "all"]),
+    (["sanity", "--images", "9"], ["--images: ", "[0, 6)"]),
+    (["sanity", "--cam-layer", "fc1"], ["--cam-layer: ", "conv1"]),
     (["attribute", "--method", "rise", "--images", "0,1", "--targets", "1,2,3"], ["--targets: ", "2 images", "3"]),
     (["attribute", "--method", "rise", "--images", "0,1", "--targets", "1,10"], ["--targets: ", "[0, 10)", "10"]),
     (["attribute", "--method", "occlusion", "--layer", "fc1", "--images", "0", "--targets", "16"],
@@ -170,7 +248,7 @@ def test_faithfulness_table_of_the_chosen_methods(setup, capsys):
     (["attribute", "--method", "ablation", "--fill", "1,2"], ["--fill: ", "'1,2'"]),
     (["attribute", "--method", "occlusion", "--layer", "conv9"], ["--layer: unknown layer 'conv9'"]),
     (["attribute", "--method", "rise", "--seed", "-1"], ["--seed", "-1"]),
-    (["faithfulness", "--methods", "occlusion,gradcam"], ["--methods", "'gradcam'"]),
+    (["faithfulness", "--methods", "occlusion,lime"], ["--methods", "'lime'"]),
     (["faithfulness", "--images", "0,1", "--targets", "3"], ["--targets: ", "2 images"]),
     (["faithfulness", "--images", "0,1", "--targets", "3,-1"], ["--targets: ", "[0, 10)"]),
     (["faithfulness", "--images", "7"], ["--images: ", "[0, 6)"]),
@@ -182,8 +260,12 @@ def test_faithfulness_table_of_the_chosen_methods(setup, capsys):
     (["faithfulness", "--p", "0.5"], ["unrecognized arguments: --p"]),  # compare_methods keeps p at 0.5
 ])
 def test_user_errors_exit_2_before_any_work(setup, capsys, tmp_path, monkeypatch, args, words):
-    for name in ("occlude", "rise", "feature_ablation", "compare_methods", "layer_features", "slic_segments"):
+    for name in ("occlude", "rise", "feature_ablation", "compare_methods", "layer_features", "slic_segments",
+                 "randomization_test"):
         monkeypatch.setattr(jaxviz, name, lambda *a, _name=name, **k: pytest.fail(f"{_name} ran"))
+    for name in ("occlude", "rise", "feature_ablation", "saliency", "input_x_gradient", "integrated_gradients",
+                 "smoothgrad", "grad_cam"):  # what the CLI's method_map calls
+        monkeypatch.setattr(trust, name, lambda *a, _name=name, **k: pytest.fail(f"{_name} ran"))
     for name in ("skimage", "skimage.segmentation"):  # scikit-image missing, whether it is installed or not
         monkeypatch.setitem(sys.modules, name, None)
     code, _, err = run(capsys, *args, *setup["args"], "--out", tmp_path / "err")
@@ -191,7 +273,7 @@ def test_user_errors_exit_2_before_any_work(setup, capsys, tmp_path, monkeypatch
     assert not (tmp_path / "err").exists()  # nothing is created for a run that cannot start
 
 
-@pytest.mark.parametrize("command", [["attribute", "--method", "occlusion"], ["faithfulness"]])
+@pytest.mark.parametrize("command", [["attribute", "--method", "occlusion"], ["faithfulness"], ["sanity"]])
 def test_unwritable_out_is_refused_first(setup, capsys, tmp_path, command):
     taken = tmp_path / "a-file"
     taken.write_bytes(b"keep")
