@@ -30,7 +30,10 @@ from jaxviz.report import settings as settings_module
 
 from conftest import EXAMPLES, load_example, make_uint8_images
 
-SETTINGS = jaxviz.ReportSettings(k=3, num_units=3, window=11, stride=8, tsne_points=40, tsne_iter=300)
+# most tests run three of the comparison's methods (one per engine, and Grad-CAM); the default (every method)
+# runs in the tests of the ResNet and the unlabelled network
+SETTINGS = jaxviz.ReportSettings(k=3, num_units=3, window=11, stride=8, tsne_points=40, tsne_iter=300,
+                                 trust_methods=("occlusion", "saliency", "gradcam"), sanity_methods=("saliency", "gradcam"))
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +84,9 @@ def report(small, tmp_path_factory):
 
 
 SECTIONS = ("Model", "Answers to the notebook", "Accuracy and confusions", "Filters", "Activation maps",
-            "Top-K images per unit", "Occlusion", "Which map to trust?", "t-SNE", "Run settings and timings")
-STAGES = {"evaluate", "filters", "activations", "features", "top-k", "occlusion", "trust", "t-SNE"}
+            "Top-K images per unit", "Occlusion", "Which map to trust?", "Sanity check: do the maps depend on the weights?",
+            "t-SNE", "Run settings and timings")
+STAGES = {"evaluate", "filters", "activations", "features", "top-k", "occlusion", "trust", "sanity", "t-SNE"}
 
 
 def check_complete(out: Path, results: dict, min_files: int = 10) -> tuple[str, dict]:
@@ -167,6 +171,12 @@ BAD_SETTINGS = [
     ({"units": (1.5,)}, TypeError, "units"),
     ({"units": (True,)}, TypeError, "units"),
     ({"units": "1,2"}, TypeError, "units"),
+    ({"trust_methods": ()}, ValueError, "trust_methods: expected None or a tuple of distinct names from occlusion"),
+    ({"trust_methods": ("rise", "lime")}, ValueError, "trust_methods"),
+    ({"trust_methods": "rise"}, TypeError, "trust_methods"),
+    ({"sanity_methods": ("rise",)}, ValueError, r"sanity_methods: .* from saliency, ixg, ig, smoothgrad, gradcam"),
+    ({"sanity_methods": ("ig", "ig")}, ValueError, "sanity_methods"),
+    ({"sanity_images": 0}, ValueError, "sanity_images"),
     ({"units": 3}, TypeError, "units"),
 ]
 
@@ -280,7 +290,7 @@ def test_report_of_a_linen_resnet(tmp_path):
     assert saved["units"]["count"] == 64 and len(saved["units"]["shown"]) == 2
     assert saved["occlusion"]["images"] == 2 * 2 and saved["tsne"]["points"] == 6
     assert {"confusion.png", "topk.png", "selectivity.png", "occlusion_masks.png", "occlusion_heatmaps.png",
-            "trust.png", "tsne.png", "filters_stem_conv.png", "filters_stage1_block0_conv1.png", "activations_stem_conv.png",
+            "trust.png", "sanity.png", "tsne.png", "filters_stem_conv.png", "filters_stage1_block0_conv1.png", "activations_stem_conv.png",
             "activations_stage1_block0_conv1.png"} == set(saved["figures"])
     assert "stage2/block0/proj" in page and "not evaluated" not in page
 
@@ -309,6 +319,13 @@ def test_report_of_a_network_without_class_names(tmp_path):
     assert "The network has no conv kernels." in page and "No conv layers." in page
     assert "confusion.png" not in saved["figures"] and "topk.png" in saved["figures"]
     assert saved["units"]["count"] == 6 and len(saved["units"]["shown"]) == 2
+    # no apply_perturbed: no Grad-CAM; no layer owns variables: no sanity check, and the page says why
+    assert "Grad-CAM" not in saved["trust"]["means"] and "saliency" in saved["trust"]["means"]
+    assert saved["sanity"] is None and "Not run: the network has no layer with its own variables" in page
+    with pytest.raises(ValueError, match="trust_methods: gradcam: the network has no apply_perturbed"):
+        jaxviz.make_report(tmp_path / "r2", network=net, dataset=data, progress=False,
+                           settings=dataclasses.replace(settings, trust_methods=("gradcam",)))
+    assert not (tmp_path / "r2").exists()
 
 
 def test_report_through_the_cli_with_an_nnx_model(tmp_path, capsys):

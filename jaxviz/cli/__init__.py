@@ -49,8 +49,12 @@ REPORT_HELP = {
     "anchor": "occluder placement", "threshold": "mask threshold in [0, 1]", "sigma": "mask smoothing in pixels",
     "tsne_points": "t-SNE points", "tsne_iter": "t-SNE iterations (>= 250)", "perplexity": "t-SNE perplexity",
     "activation_images": "images in the activation-map figures", "seed": "t-SNE, RISE and MuFidelity seed",
-    "trust_images": "images whose occlusion, RISE and ablation maps are compared",
+    "trust_images": "images whose attribution maps are compared",
     "rise_masks": "RISE masks per image in that comparison",
+    "trust_methods": "methods compared, from occlusion,rise,ablation,saliency,ixg,ig,smoothgrad,gradcam",
+    "sanity_methods": "gradient methods of the randomization sanity check, from saliency,ixg,ig,smoothgrad,gradcam, "
+                      "or none",
+    "sanity_images": "images of the sanity check (the first of each class)",
 }
 TRAIN_HELP = {
     "epochs": "epochs", "batch_size": "images per step", "peak_lr": "peak learning rate (also --lr)",

@@ -46,6 +46,14 @@ def int_list(text: str) -> tuple[int, ...]:
     return values
 
 
+def name_list(text: str) -> tuple[str, ...]:
+    """argparse type: comma-separated names, e.g. ``saliency,ig``; ``none`` for no names."""
+    names = tuple(t.strip() for t in text.split(",") if t.strip())
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated names (or none), got {text!r}")
+    return () if names == ("none",) else names
+
+
 def flag(field: str) -> str:
     return "--" + field.replace("_", "-")
 
@@ -57,10 +65,12 @@ def add_fields(p: argparse.ArgumentParser, cls, names: typing.Sequence[str], hel
     hints = typing.get_type_hints(cls)
     for name in names:
         default, hint = fields[name].default, hints[name]
-        kind = int_list if "tuple" in str(hint) else float if hint is float else str if "str" in str(hint) else int
+        kind = (name_list if "tuple[str" in str(hint) else int_list if "tuple" in str(hint) else float if hint is float
+                else str if "str" in str(hint) else int)
         if kind is int and name != "seed":
             kind = positive_int
-        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        shown = (",".join(map(str, default)) or "none") if isinstance(default, tuple) else \
+            "all the network supports" if default is None and "tuple[str" in str(hint) else default
         p.add_argument(flag(name), dest=name, type=kind, default=default, choices=choices.get(name),
                        help=f"{helps.get(name, name)} (default: {shown})")
 

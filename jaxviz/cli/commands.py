@@ -16,7 +16,8 @@ from jaxviz.cli._options import as_option, check_writable, load, load_data, load
 
 # the ReportSettings fields each command exposes (see build_parser)
 REPORT_FIELDS = ("layer", "units", "num_units", "k", "window", "stride", "anchor", "threshold", "sigma",
-                 "tsne_points", "tsne_iter", "perplexity", "activation_images", "trust_images", "rise_masks", "seed")
+                 "tsne_points", "tsne_iter", "perplexity", "activation_images", "trust_images", "rise_masks", "trust_methods",
+                 "sanity_methods", "sanity_images", "seed")
 STUDY_FIELDS = ("layer", "units", "num_units", "k")
 OCCLUDE_FIELDS = (*STUDY_FIELDS, "window", "stride", "anchor", "threshold", "sigma")
 TRAIN_FIELDS = tuple(f for f in jaxviz.TrainConfig.__dataclass_fields__)

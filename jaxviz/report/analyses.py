@@ -19,14 +19,15 @@ from jaxviz.analysis.topk import unit_scores
 from jaxviz.analysis.trust import MethodComparison, compare_methods
 from jaxviz.analysis.unit_occlusion import UnitOcclusion, occlude_top_images
 from jaxviz.analysis.units import SimilarUnits, UnitStudy, similar_units, study_units
+from jaxviz.attribution.sanity import SanityCheck, randomization_test
 from jaxviz.data.images import Dataset
 from jaxviz.engine.activations import layer_features
 from jaxviz.models.network import Network
-from jaxviz.report.settings import ReportSettings, check_against, study_layer
+from jaxviz.report.settings import ReportSettings, check_against, sanity_methods, study_layer, trust_methods
 
 __all__ = ["ReportResults", "analyse"]
 
-STAGES = ("evaluate", "filters", "activations", "features", "top-k", "occlusion", "trust", "t-SNE")
+STAGES = ("evaluate", "filters", "activations", "features", "top-k", "occlusion", "trust", "sanity", "t-SNE")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,8 +46,10 @@ class ReportResults:
       similar: the unit pairs with overlapping top-K sets and correlated activations.
       occlusion: the shown units' top images, occluded.
       trust_images: dataset indices of the images whose maps ``trust`` compares.
-      trust: occlusion, RISE and feature-ablation maps of those images (their predicted
-        class for a classifier, else the first shown unit of ``layer``) and their faithfulness.
+      trust: the ``trust_methods``' maps of those images (their predicted class for a
+        classifier, else the first shown unit of ``layer``) and their faithfulness.
+      sanity_images: dataset indices of the randomization test's images.
+      sanity: the randomization test of the ``sanity_methods`` (``None`` when there are none).
       embedding: t-SNE of ``layer``'s unit scores.
       knn: float (classes,): per class, the share of 10 nearest t-SNE neighbours of the same class.
       timings: seconds per stage.
@@ -65,6 +68,8 @@ class ReportResults:
     occlusion: UnitOcclusion
     trust_images: np.ndarray
     trust: MethodComparison
+    sanity_images: np.ndarray
+    sanity: SanityCheck | None
     embedding: Embedding
     knn: np.ndarray
     timings: dict
@@ -129,14 +134,20 @@ def analyse(network: Network, dataset: Dataset, settings: ReportSettings, *, pro
     done("occlusion")
 
     explained = np.asarray(first_of_class[: s.trust_images], np.int64)
+    common = {"methods": trust_methods(s, network), "window": s.window, "stride": s.stride, "rise_masks": s.rise_masks,
+              "seed": s.seed}
     if network.is_classifier:
-        trust = compare_methods(network, dataset.images[explained], window=s.window, stride=s.stride,
-                                rise_masks=s.rise_masks, seed=s.seed)
+        trust = compare_methods(network, dataset.images[explained], **common)
     else:
-        trust = compare_methods(network, dataset.images[explained], layer=layer, window=s.window, stride=s.stride,
-                                targets=np.full(len(explained), study.units[0]), rise_masks=s.rise_masks,
-                                seed=s.seed)
+        trust = compare_methods(network, dataset.images[explained], layer=layer,
+                                targets=np.full(len(explained), study.units[0]), **common)
     done("trust")
+
+    sanity_images = np.asarray(first_of_class[: s.sanity_images], np.int64)
+    checked = sanity_methods(s, network)
+    sanity = randomization_test(network, dataset.images[sanity_images], methods=checked,
+                                seed=s.seed) if checked else None
+    done("sanity")
 
     points = min(s.tsne_points, len(dataset))
     embedding = tsne(scores, perplexity=min(s.perplexity, (points - 1) / 3), max_iter=s.tsne_iter, seed=s.seed,
@@ -146,4 +157,4 @@ def analyse(network: Network, dataset: Dataset, settings: ReportSettings, *, pro
     done("t-SNE")
     bar.close()
     return ReportResults(s, layer, network, dataset, evaluation, kernels, shown, activations, study, similar,
-                         occlusion, explained, trust, embedding, knn, timings)
+                         occlusion, explained, trust, sanity_images, sanity, embedding, knn, timings)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import html
+import inspect
 import json
 import time
 from collections.abc import Sequence
@@ -19,6 +20,8 @@ import numpy as np
 
 from jaxviz._io import atomic_write_bytes
 from jaxviz.analysis.filters import filter_grid
+from jaxviz.analysis.trust import METHODS, compare_methods
+from jaxviz.attribution.sanity import GRADIENT_METHODS, PASS_THRESHOLD
 from jaxviz.report import plots
 from jaxviz.report.analyses import ReportResults
 
@@ -173,17 +176,48 @@ def _trust_section(page: _Page, r: ReportResults) -> None:
     means = t.means()
     page.section(
         "Which map to trust?",
-        _p(f"Each method explains {what} for {len(t.targets)} images: occlusion ({s.window}x{s.window} window, "
-           f"stride {s.stride}), RISE ({s.rise_masks} random masks) and feature ablation over an 8x8 grid of "
-           "segments, all on the fused perturbation engine. Faithfulness: deletion AUC (pixels removed in the "
-           "map's order; lower is better), insertion AUC (pixels revealed; higher is better) and MuFidelity "
-           "(correlation of map sums with output drops over random cell subsets; higher is better)."),
+        _p(f"Each method explains {what} for {len(t.targets)} images: {_methods_text(s, t.maps)}. Faithfulness: "
+           "deletion AUC (pixels removed in the map's order; lower is better), insertion AUC (pixels revealed; "
+           "higher is better) and MuFidelity (correlation of map sums with output drops over random cell "
+           "subsets; higher is better)."),
         page.figure(plots.plot_attribution_maps(r.dataset.images[r.trust_images], t.maps, titles=rows), "trust",
                     "Attribution maps by method, row label the explained output (each map centred on its median and "
                     "scaled by its largest deviation; red supports the output more than the typical pixel)."),
         _table(["method", "deletion AUC (lower better)", "insertion AUC (higher better)", "MuFidelity (higher better)"],
                [(m, v["deletion_auc"], v["insertion_auc"], v["mu_fidelity"]) for m, v in means.items()]),
         _p(t.sentence()))
+
+
+def _methods_text(s, shown) -> str:
+    defaults = {k: v.default for k, v in inspect.signature(compare_methods).parameters.items()}
+    described = {"occlusion": f"occlusion ({s.window}x{s.window} window, stride {s.stride})",
+                 "rise": f"RISE ({s.rise_masks} random masks)", "ablation": "feature ablation over an 8x8 grid",
+                 "saliency": "saliency (|gradient|)", "ixg": "input × gradient",
+                 "ig": f"integrated gradients ({defaults['ig_steps']} Gauss-Legendre steps from a black image)",
+                 "smoothgrad": f"SmoothGrad ({defaults['nt_samples']} samples, noise {defaults['stdevs']})",
+                 "gradcam": "Grad-CAM (at the last layer with maps of at least 7x7)"}
+    return ", ".join(described[m] for m, label in METHODS.items() if label in shown)
+
+
+def _sanity_section(page: _Page, r: ReportResults) -> None:
+    c = r.sanity
+    if c is None:
+        why = ("sanity_methods is empty" if r.settings.sanity_methods == () else
+               "the network has no layer with its own variables to randomize")
+        page.section("Sanity check: do the maps depend on the weights?", _p(f"Not run: {why}."))
+        return
+    labels = {m: GRADIENT_METHODS[m] for m in c.methods}
+    page.section(
+        "Sanity check: do the maps depend on the weights?",
+        _p(f"Adebayo et al.'s model-randomization test on {len(r.sanity_images)} images: the layers are "
+           f"re-initialised from the top down ({', '.join(c.layers)}; {'the model’s own initializers' if c.initializer == 'model' else 'scale-matched Gaussian draws'}"
+           f", seed {r.settings.seed}) and each gradient method's map of the trained model's predicted output is "
+           "compared with its map on the randomized model (Spearman rank correlation of the absolute maps). "
+           "A map that stays the same when the model is destroyed explains the image, not the model."),
+        page.figure(plots.plot_sanity(c.layers, {labels[m]: v for m, v in c.mean().items()}, mode=c.mode,
+                                      threshold=PASS_THRESHOLD), "sanity",
+                    "Mean Spearman correlation with the trained model's map as more layers are randomized."),
+        _p(c.sentence()))
 
 
 def _tsne_section(page: _Page, r: ReportResults, knn: dict) -> None:
@@ -243,6 +277,7 @@ def render(r: ReportResults, out: Path) -> dict:
     _filter_sections(page, r)
     _units_section(page, r, units)
     _trust_section(page, r)
+    _sanity_section(page, r)
     _tsne_section(page, r, knn)
     page.sections.insert(1, _answers(r, units, knn))
     settings = {**dataclasses.asdict(r.settings), "layer": r.layer}
@@ -257,6 +292,11 @@ def render(r: ReportResults, out: Path) -> dict:
         "trust": {"images": r.trust_images.tolist(), "layer": r.trust.layer, "targets": r.trust.targets.tolist(),
                   "means": r.trust.means(), "ranking": r.trust.ranking(), "sentence": r.trust.sentence(),
                   "per_image": jsonable(r.trust.scores)},
+        "sanity": None if r.sanity is None else {
+            "images": r.sanity_images.tolist(), "mode": r.sanity.mode, "layers": list(r.sanity.layers),
+            "initializer": r.sanity.initializer, "targets": r.sanity.targets.tolist(),
+            "mean": jsonable({m: np.where(np.isnan(v), None, v).tolist() for m, v in r.sanity.mean().items()}),
+            "final": r.sanity.final(), "passes": r.sanity.passes(), "sentence": r.sanity.sentence()},
         "tsne": {**r.embedding.settings, "seconds": r.embedding.seconds, "knn_agreement": knn},
         "timings_seconds": dict(r.timings),
         "figures": page.figures,

@@ -8,18 +8,21 @@ import numbers
 
 import numpy as np
 
+from jaxviz.analysis.trust import METHODS, cam_layer_for
+from jaxviz.attribution.sanity import GRADIENT_METHODS, randomization_layers
 from jaxviz.data.images import Dataset
 from jaxviz.engine.occlusion import ANCHORS
 from jaxviz.models.network import Network
 
-__all__ = ["MAX_UNITS", "ReportSettings", "check_against"]
+__all__ = ["MAX_UNITS", "ReportSettings", "check_against", "sanity_methods", "trust_methods"]
 
+DEFAULT_SANITY = ("saliency", "ig", "gradcam")
 MAX_UNITS = 16  # the most units the report's per-unit figures show (one column each)
 
 # name: (smallest, largest or None) of the int settings
 _INT_RANGES = {"num_units": (1, MAX_UNITS), "k": (1, None), "window": (1, None), "stride": (1, None),
                "tsne_points": (2, None), "tsne_iter": (250, None), "activation_images": (1, None),
-               "trust_images": (1, MAX_UNITS), "rise_masks": (1, None),
+               "trust_images": (1, MAX_UNITS), "rise_masks": (1, None), "sanity_images": (1, MAX_UNITS),
                "seed": (0, 2**32 - 1)}
 
 
@@ -62,6 +65,10 @@ class ReportSettings:
     activation_images: int = 4  # images in the activation-map figures, >= 1
     trust_images: int = 4  # images whose maps the "Which map to trust?" section compares, 1 to MAX_UNITS
     rise_masks: int = 1000  # RISE masks per image in that section, >= 1
+    trust_methods: tuple[str, ...] | None = None  # methods that section compares; None: all the network supports
+    sanity_methods: tuple[str, ...] | None = None  # of the randomization test; None: saliency, ig, gradcam
+    # (those the network supports); () skips the test
+    sanity_images: int = 8  # images of the randomization test (the first of each class), 1 to MAX_UNITS
     seed: int = 0  # t-SNE seed, in [0, 2**32)
 
     def __post_init__(self):
@@ -91,6 +98,16 @@ class ReportSettings:
             if not (math.isfinite(v) and ok(v)):
                 raise ValueError(f"{name}: expected {want}, got {v}")
             object.__setattr__(self, name, float(v))
+        for name, known, empty in (("trust_methods", METHODS, False), ("sanity_methods", GRADIENT_METHODS, True)):
+            v = getattr(self, name)
+            if v is None:
+                continue
+            want = f"None or a tuple of distinct names from {', '.join(known)}" + (" (or () for none)" if empty else "")
+            if isinstance(v, str) or not isinstance(v, (tuple, list)) or not all(isinstance(m, str) for m in v):
+                raise TypeError(f"{name}: expected {want}, got {v!r}")
+            if (not v and not empty) or len(set(v)) < len(v) or any(m not in known for m in v):
+                raise ValueError(f"{name}: expected {want}, got {tuple(v)!r}")
+            object.__setattr__(self, name, tuple(v))
         if self.units is not None:
             units = self.units
             want = f"None or a tuple of 1 to {MAX_UNITS} unit indices (ints >= 0)"
@@ -104,6 +121,37 @@ class ReportSettings:
                 more = f" (the most the figures show; got {len(units)})" if len(units) > MAX_UNITS else ""
                 raise ValueError(f"units: expected {want}{more}, got {[int(u) for u in units]}")
             object.__setattr__(self, "units", tuple(int(u) for u in units))
+
+
+def _grad_cam_problem(network: Network, explained: str) -> str | None:
+    """Why Grad-CAM cannot explain ``explained`` on this network, or ``None``."""
+    if network.apply_perturbed is None:
+        return "the network has no apply_perturbed (from_function without it), so no gradient at a layer"
+    try:
+        cam_layer_for(network, explained, None)
+    except ValueError as e:
+        return str(e).split(": ", 1)[1]
+    return None
+
+
+def trust_methods(settings: ReportSettings, network: Network) -> tuple[str, ...]:
+    """The methods the "Which map to trust?" section compares: ``settings.trust_methods``, or every
+    method the network supports."""
+    if settings.trust_methods is not None:
+        return settings.trust_methods
+    explained = network.output_layer if network.is_classifier else study_layer(settings, network)
+    return tuple(m for m in METHODS if m != "gradcam" or _grad_cam_problem(network, explained) is None)
+
+
+def sanity_methods(settings: ReportSettings, network: Network) -> tuple[str, ...]:
+    """The randomization test's methods: ``settings.sanity_methods``, or saliency, integrated gradients
+    and Grad-CAM where the network supports them (none without layers to randomize)."""
+    if settings.sanity_methods is not None:
+        return settings.sanity_methods
+    if not randomization_layers(network):
+        return ()
+    return tuple(m for m in DEFAULT_SANITY if m != "gradcam" or _grad_cam_problem(network, network.output_layer)
+                 is None)
 
 
 def study_layer(settings: ReportSettings, network: Network) -> str:
@@ -127,6 +175,13 @@ def check_against(settings: ReportSettings, network: Network, dataset: Dataset) 
     if len(shape) not in (1, 3):
         raise ValueError(f"layer: expected a layer with (units,) or (h, w, channels) outputs, {layer!r} has {shape}")
     width = shape[-1]
+    explained = network.output_layer if network.is_classifier else layer
+    if "gradcam" in (settings.trust_methods or ()) and (problem := _grad_cam_problem(network, explained)):
+        raise ValueError(f"trust_methods: gradcam: {problem}")
+    if settings.sanity_methods and not randomization_layers(network):
+        raise ValueError("sanity_methods: the network has no layer with variables to randomize; pass ()")
+    if "gradcam" in (settings.sanity_methods or ()) and (problem := _grad_cam_problem(network, network.output_layer)):
+        raise ValueError(f"sanity_methods: gradcam: {problem}")
     if settings.units is not None and max(settings.units) >= width:
         raise ValueError(f"units: expected indices in [0, {width}) for layer {layer}, got {list(settings.units)}")
     if settings.units is None and settings.num_units > width:
