@@ -128,7 +128,11 @@ def randomized_variables(network: Network, layers: Sequence[str], *, mode: str =
     """
     key = _key(seed)
     if network.init is not None:
-        fresh, initializer = network.init(key), "model"
+        try:  # compiled: eagerly, every initializer op compiles on its own (12 s instead of 6 s for the CNN)
+            fresh = jax.jit(network.init)(key)
+        except jax.errors.JAXTypeError:  # an init that is not traceable (reads concrete values) runs eagerly
+            fresh = network.init(key)
+        initializer = "model"
         if jax.tree_util.tree_structure(fresh) != jax.tree_util.tree_structure(network.variables) or any(
                 np.shape(a) != np.shape(b) for a, b in zip(jax.tree_util.tree_leaves(fresh),
                                                             jax.tree_util.tree_leaves(network.variables))):
