@@ -55,3 +55,15 @@ def environment() -> dict:
         "devices": [str(getattr(d, "device_kind", d)) for d in devices],
         "versions": {p: _version(p) for p in ("jax", "jaxlib", "flax", "optax", "numpy", "torch", "captum")},
     }
+
+
+def benchmark_parser(description: str):
+    """The options every benchmark of the method families shares: --quick, --gpu, --no-captum, --repeats."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, to check the script runs")
+    parser.add_argument("--gpu", action="store_true", help="bigger sizes, for an accelerator")
+    parser.add_argument("--no-captum", action="store_true")
+    parser.add_argument("--repeats", type=int, default=None, help="timed calls per row (default 3; 1 with --quick)")
+    return parser

@@ -44,7 +44,6 @@ on a quiet 2-core CPU. Writes benchmarks/results/gradients_<backend>.json and .m
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import sys
@@ -55,7 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxviz
-from benchmarks._env import environment
+from benchmarks._env import benchmark_parser, environment
 from benchmarks.occlusion import RESULTS, take, timed
 from benchmarks.perturbation import port_to_torch, rel_error, timed_keep
 from benchmarks.torch_port import torch_cnn
@@ -366,11 +365,7 @@ def run_all(args, profile: str) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, to check the script runs")
-    parser.add_argument("--gpu", action="store_true", help="bigger sizes, for an accelerator")
-    parser.add_argument("--no-captum", action="store_true")
-    parser.add_argument("--repeats", type=int, default=None, help="timed calls per row (default 3; 1 with --quick)")
+    parser = benchmark_parser(__doc__.split("\n")[0])
     parser.add_argument("--out", default=None, help="file stem or path, no suffix (default gradients_<backend>)")
     args = parser.parse_args()
     profile = "quick" if args.quick else "gpu" if args.gpu else "cpu"

@@ -65,7 +65,7 @@ import jax
 import numpy as np
 
 import jaxviz
-from benchmarks._env import ROOT, environment
+from benchmarks._env import ROOT, benchmark_parser, environment
 from benchmarks.occlusion import PLAIN_BATCH, RESULTS, PeakRSS, device_peak_bytes, matmul_peak, take, timed
 from benchmarks.references import ablation_segment_loop, curve_step_loop, mufidelity_subset_loop, rise_mask_loop
 
@@ -485,11 +485,7 @@ def rise_memory(images: int, masks_list: tuple[int, ...]) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, to check the script runs")
-    parser.add_argument("--gpu", action="store_true", help="bigger sizes, for an accelerator")
-    parser.add_argument("--no-captum", action="store_true")
-    parser.add_argument("--repeats", type=int, default=None, help="timed calls per row (default 3; 1 with --quick)")
+    parser = benchmark_parser(__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", default=["cnn", "resnet"], choices=["cnn", "resnet"])
     parser.add_argument("--memory-images", type=int, default=None,
                         help="images for the RISE memory runs (default 20 on a CPU, 100 with --gpu)")
