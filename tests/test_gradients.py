@@ -360,6 +360,26 @@ def test_second_call_does_not_retrace():
     assert not np.allclose(other.attributions, first.attributions)
 
 
+def test_second_grad_cam_call_does_not_retrace():
+    traces = []
+
+    def apply(variables, x, layer):
+        return _apply(variables, x, layer)
+
+    def apply_perturbed(variables, x, layer, delta, output_layer):
+        traces.append(x.shape)
+        return _apply_perturbed(variables, x, layer, delta, output_layer)
+
+    net = jaxviz.from_function(apply, {}, layer_names=("tanh", "pool", "logits"), input_shape=(6, 7, 2),
+                               apply_perturbed=apply_perturbed)
+    first = jaxviz.grad_cam(net, FIXTURE["x"], layer="pool", targets=[0, 1, 2])
+    after = len(traces)
+    jaxviz.grad_cam(net, FIXTURE["x"] * 0.5, layer="pool", targets=[3, 3, 3])
+    again = jaxviz.grad_cam(net, FIXTURE["x"], layer="pool", targets=[0, 1, 2])
+    assert after > 0 and len(traces) == after, f"retraced: {traces[after:]}"
+    np.testing.assert_array_equal(first.attributions, again.attributions)
+
+
 # ------------------------------------------------------------------ (e) bad input, before compiling
 
 

@@ -33,7 +33,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from jaxviz._batching import batch_sharding, to_host
 from jaxviz._progress import progress_bar
 from jaxviz.engine._inputs import check_x, unit_indices
-from jaxviz.engine._plan import peak_live_bytes
+from jaxviz.engine._plan import probe, signature
 from jaxviz.engine.gradients import _check_targets, _cotangents, chunk_size_for
 from jaxviz.models.network import Network
 
@@ -108,6 +108,13 @@ def _cams(fn, score, mode, units, relu, interpolation, variables, x, targets):
 
 
 @functools.lru_cache(maxsize=64)
+def _unperturbed(fn: Callable) -> Callable:
+    """``(variables, x) -> output`` of a perturbed function at delta 0: for planning (cached per ``fn``, so
+    ``probe``'s cache hits and a second call does not trace again)."""
+    return lambda variables, x: fn(variables, x, 0.0)[1]
+
+
+@functools.lru_cache(maxsize=64)
 def _program(fn, score, mode, units, relu, interpolation, stacked):
     cams = functools.partial(_cams, fn, score, mode, units, relu, interpolation)
     if stacked:
@@ -129,8 +136,8 @@ def grad_cam_maps(network: Network, x: jax.Array, *, layer: str, output_layer: s
     n = x.shape[0]
     sharding = batch_sharding(None if devices is None else tuple(devices))
     one = jax.tree_util.tree_map(lambda v: v[0], variables) if stacked else variables
-    closed = jax.make_jaxpr(lambda v, x: fn(v, x, 0.0))(one, jax.ShapeDtypeStruct((2, *x.shape[1:]), x.dtype))
-    per_image = (3 * peak_live_bytes(closed.jaxpr) // 2 + 4 * x[0].nbytes) * (2 + len(units or (0,)))
+    _, forward_bytes = probe(_unperturbed(fn), True, signature(one), tuple(x.shape[1:]), x.dtype)
+    per_image = (3 * forward_bytes + 4 * x[0].nbytes) * (2 + len(units or (0,)))
     size = chunk_size_for(per_image * max(1, stacked), n, sharding.mesh.size, chunk_size, memory_budget, "images")
     program = _program(fn, score, mode, units, relu, interpolation, bool(stacked))
     all_targets = jnp.zeros(n, jnp.int32) if targets is None else jnp.asarray(targets)
@@ -199,8 +206,7 @@ def grad_cam(network: Network, x: Any, *, layer: str | None = None, output_layer
     if score is not None and not callable(score):
         raise TypeError(f"score: expected a callable or None, got {type(score).__name__}")
     score = _mean_score if score is None else score
-    out = jax.eval_shape(lambda v, x: score(network.apply(v, x, output_layer)), network.variables,
-                         jax.ShapeDtypeStruct((2, *x.shape[1:]), x.dtype))
+    out = jax.eval_shape(score, jax.ShapeDtypeStruct((2, *network.output_shape(output_layer)), x.dtype))
     if out.ndim != 2 or out.shape[0] != 2:
         raise ValueError(f"score: expected (N, K) scores of the output layer, got shape {tuple(out.shape)} for N = 2")
     width, n = out.shape[1], x.shape[0]
