@@ -147,11 +147,52 @@ print(rise_maps.shape, ablation.scores.shape)            # (4, 32, 32, 10): ever
 deletion = jaxviz.deletion_curve(net.layer_fn("logits"), x, rise_maps[rows, ..., targets], steps=50,
                                  params=net.variables, targets=targets)
 print("RISE deletion AUC per image (logits):", np.round(deletion.auc, 3))"""),
-    ("code", """comparison = jaxviz.compare_methods(net, explained)   # softmax of the predicted class, three methods, three metrics
+    ("code", """comparison = jaxviz.compare_methods(net, explained)   # softmax of the predicted class, all eight methods, three metrics
 for method, means in comparison.means().items():
     print(f"{method:<17}", {k: round(v, 3) for k, v in means.items()})
 print(comparison.sentence())
 plots.plot_attribution_maps(explained, comparison.maps, titles=[class_names[t] for t in comparison.targets])"""),
+    ("md", """## Gradient attributions
+
+Perturbation methods run the model forward many times per image (RISE above: once per mask). Gradient methods
+explain with one backward pass: **saliency** is |d output / d pixel|, **integrated gradients** averages the
+gradient along the straight path from a black baseline to the image and multiplies by the difference, so
+its attributions sum to `f(x) - f(baseline)` (the convergence `delta` measures how far off they are),
+**SmoothGrad** averages saliency over noisy copies, and **Grad-CAM** weighs the channels of the last conv
+layer by their mean gradient. Here each image's predicted class (its logit) is explained."""),
+    ("code", """f = net.layer_fn("logits")                              # f(variables, x)
+x = net.to_input(explained)                              # the four images above; targets: their predictions
+sal = jaxviz.saliency(f, x, params=net.variables, targets=targets)
+ig = jaxviz.integrated_gradients(f, x, baselines=0.0, n_steps=50, params=net.variables, targets=targets)
+sg = jaxviz.smoothgrad(f, x, nt_samples=25, stdevs=0.15, seed=0, params=net.variables, targets=targets)
+cam = jaxviz.grad_cam(net, x, targets=targets)          # at net's last conv layer by default
+print(sal.attributions.shape, cam.attributions.shape, "Grad-CAM layer:", cam.layer)
+gap = ig.attributions.sum(axis=(1, 2, 3)) - ig.delta    # f(x) - f(baseline)
+print("integrated gradients: f(x) - f(baseline)", np.round(gap, 3), " delta", np.round(ig.delta, 3))
+plots.plot_attribution_maps(explained, {"saliency": sal.pixel_map(), "integrated gradients": ig.pixel_map(),
+                                        "SmoothGrad": sg.pixel_map(), "Grad-CAM": cam.attributions},
+                            titles=[class_names[t] for t in targets], title="Gradient attributions")"""),
+    ("md", """Without `targets` (or `units`), every output is kept: one forward pass and a vmapped backward pass per
+output, all in one compiled program. Here Grad-CAM of every `fc1` unit for two images, and the maps of
+the units that respond most to both."""),
+    ("code", """cams = jaxviz.grad_cam(net, x[:2], output_layer="fc1")
+print(cams.attributions.shape)                           # (images, H, W, every fc1 unit)
+fc1 = jaxviz.layer_features(net, explained[:2], layer="fc1")
+strong = np.argsort(-fc1.min(axis=0))[:4]                # the units most active on both images
+plots.plot_attribution_maps(explained[:2], {f"unit {u}": cams.attributions[..., u] for u in strong},
+                            titles=[class_names[t] for t in targets[:2]], title="Grad-CAM of fc1 units")"""),
+    ("md", """## Sanity check: do the maps depend on what the model learned?
+
+Adebayo et al. (2018, "Sanity Checks for Saliency Maps") randomize the model's layers, from the top down
+(cascading), and compare each method's map on the trained model with its map on the randomized one. A map
+that barely changes when the weights are destroyed explains the input (edges, say), not the model: a
+method passes when the Spearman correlation falls towards 0."""),
+    ("code", """images8 = data.images[::100][:8]                         # one image of each of eight classes
+check = jaxviz.randomization_test(net, images8, methods=("saliency", "ig", "gradcam"), mode="cascading", seed=0)
+print("randomized, top first:", check.layers)
+print(check.sentence())"""),
+    ("code", """plots.plot_sanity(check.layers, {jaxviz.GRADIENT_METHODS[m]: v for m, v in check.mean().items()},
+                  mode=check.mode, threshold=0.5)"""),
     ("md", """## Bring your own model
 
 Every analysis above takes a `jaxviz.Network`, so it runs on your model as well: `jaxviz.from_linen`
