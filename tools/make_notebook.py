@@ -21,9 +21,11 @@ CELLS = [
 The teaching session in JAX with **jaxviz**: we load a CNN trained on CIFAR-10, look at its first- and
 second-layer filters and their activation maps, build a feature extractor at the fully connected layer,
 find the images each unit likes most, measure how class-selective units are, slide an occluder over those
-images to see which parts drive each unit, and embed the features with t-SNE.
+images to see which parts drive each unit, and embed the features with t-SNE. Then we ask which
+attribution map to trust, perturbation and gradient methods side by side, and whether the maps pass the
+randomization sanity check.
 
-Everything runs on the CPU in a minute or two, on the 1,000 CIFAR-10 test images shipped with jaxviz."""),
+Everything runs on the CPU in a few minutes, on the 1,000 CIFAR-10 test images shipped with jaxviz."""),
     ("code", """%matplotlib inline
 import matplotlib.pyplot as plt  # registers the inline display of figures
 import numpy as np
@@ -134,7 +136,8 @@ Occlusion is one of a family of perturbation methods, all run on the same fused 
 device, every output at once): RISE averages the output over random masks, feature ablation removes one
 segment at a time. Faithfulness metrics score any map: the deletion curve removes pixels in the map's order
 (a faithful map makes the output drop fast: low AUC), the insertion curve reveals them (high AUC), and
-MuFidelity correlates the map's sums over random cell subsets with the output drop when they are removed."""),
+MuFidelity correlates the map's sums over random cell subsets with the output drop when they are removed.
+`compare_methods` scores the gradient methods of the next section too."""),
     ("code", """explained = data.images[[0, 100, 200, 300]]         # one image of each of four classes
 x = net.to_input(explained)
 logits = jaxviz.layer_features(net, explained)
