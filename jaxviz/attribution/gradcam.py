@@ -33,8 +33,8 @@ from jax.sharding import NamedSharding, PartitionSpec
 from jaxviz._batching import batch_sharding, to_host
 from jaxviz._progress import progress_bar
 from jaxviz.engine._inputs import check_x, unit_indices
-from jaxviz.engine._plan import probe, signature
-from jaxviz.engine.gradients import _check_targets, _cotangents, chunk_size_for
+from jaxviz.engine._plan import chunk_size_for, probe, signature
+from jaxviz.engine.gradients import _check_targets, _cotangents
 from jaxviz.models.network import Network
 
 __all__ = ["GradCam", "INTERPOLATIONS", "default_cam_layer", "grad_cam"]

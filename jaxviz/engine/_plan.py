@@ -23,7 +23,10 @@ import jax.extend.core as jex
 import numpy as np
 from jax.sharding import Sharding
 
-__all__ = ["abstract", "default_memory_budget", "peak_live_bytes", "probe", "signature"]
+from jaxviz._batching import round_up
+from jaxviz.engine._inputs import _positive_count
+
+__all__ = ["abstract", "chunk_size_for", "default_memory_budget", "peak_live_bytes", "probe", "signature"]
 
 
 def signature(tree: Any) -> tuple:
@@ -103,6 +106,19 @@ def probe(f: Callable, with_params: bool, params_sig: tuple, image_shape: tuple[
         raise ValueError(f"f: expected an output of shape (N, ...) for an input batch of N = 2 images, "
                          f"got shape {tuple(out.shape)}")
     return tuple(out.shape[1:]), -(-peak_live_bytes(closed.jaxpr) // 2)
+
+
+def chunk_size_for(per_pair: int, pairs: int, shards: int, chunk_size: Any, memory_budget: Any,
+                   what: str = "pairs") -> int:
+    """Pairs per compiled call: ``chunk_size``, or as many as ``memory_budget`` holds at ``per_pair``
+    bytes each, spread evenly over the chunks and rounded to a multiple of the device count."""
+    chunk_size = _positive_count(chunk_size, "chunk_size", what)
+    memory_budget = _positive_count(memory_budget, "memory_budget", "bytes")
+    if chunk_size is None:
+        budget = default_memory_budget(jax.default_backend()) if memory_budget is None else memory_budget
+        chunk_size = max(1, budget // per_pair) * shards
+    chunks = -(-pairs // chunk_size)
+    return round_up(-(-pairs // chunks), shards)
 
 
 def default_memory_budget(backend: str) -> int:

@@ -40,13 +40,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from jaxviz._batching import batch_sharding, round_up, to_host
+from jaxviz._batching import batch_sharding, to_host
 from jaxviz._progress import progress_bar
-from jaxviz.engine._inputs import _positive_count, check_x, unit_indices
-from jaxviz.engine._plan import default_memory_budget, probe, signature
+from jaxviz.engine._inputs import check_x, unit_indices
+from jaxviz.engine._plan import chunk_size_for, probe, signature
 from jaxviz.engine.perturb import _with_params
 
-__all__ = ["GradientPlan", "PathFamily", "chunk_size_for", "gradient_sums", "plan_gradients", "readout"]
+__all__ = ["GradientPlan", "PathFamily", "gradient_sums", "plan_gradients", "readout"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,19 +199,6 @@ def _sum_program(f, generate, count, mode, units, absolute, squares, stacked, sh
 
     return jax.jit(chunk, in_shardings=(replicated,) * 7, out_shardings=(replicated, replicated),
                    donate_argnums=(4, 5))
-
-
-def chunk_size_for(per_pair: int, pairs: int, shards: int, chunk_size: Any, memory_budget: Any,
-                   what: str = "(image, sample) pairs") -> int:
-    """Pairs per compiled call: ``chunk_size``, or as many as ``memory_budget`` holds at ``per_pair``
-    bytes each, spread evenly over the chunks and rounded to a multiple of the device count."""
-    chunk_size = _positive_count(chunk_size, "chunk_size", what)
-    memory_budget = _positive_count(memory_budget, "memory_budget", "bytes")
-    if chunk_size is None:
-        budget = default_memory_budget(jax.default_backend()) if memory_budget is None else memory_budget
-        chunk_size = max(1, budget // per_pair) * shards
-    chunks = -(-pairs // chunk_size)
-    return round_up(-(-pairs // chunks), shards)
 
 
 def gradient_sums(plan: GradientPlan, family: PathFamily, *, absolute: bool = False, squares: bool = False,

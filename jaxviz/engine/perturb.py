@@ -31,10 +31,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from jaxviz._batching import batch_sharding, map_batches, round_up, to_host
+from jaxviz._batching import batch_sharding, map_batches, to_host
 from jaxviz._progress import progress_bar
-from jaxviz.engine._inputs import _check_images, _fill_array, _positive_count, unit_indices
-from jaxviz.engine._plan import default_memory_budget, probe, signature
+from jaxviz.engine._inputs import _check_images, _fill_array, unit_indices
+from jaxviz.engine._plan import chunk_size_for, probe, signature
 
 __all__ = ["MaskFamily", "Prepared", "mask_weighted_sum", "perturbed_outputs", "prepare"]
 
@@ -154,18 +154,11 @@ def _base_program(f, units):
 
 
 def _chunk_size(p: Prepared, pairs: int, shards: int, chunk_size: Any, memory_budget: Any) -> int:
-    """Pairs per compiled call: ``chunk_size`` or what the memory budget allows, spread evenly over the
-    chunks so the padded last one wastes little, rounded to a multiple of the device count."""
-    chunk_size = _positive_count(chunk_size, "chunk_size", "(image, mask) pairs")
-    memory_budget = _positive_count(memory_budget, "memory_budget", "bytes")
-    if chunk_size is None:
-        budget = default_memory_budget(jax.default_backend()) if memory_budget is None else memory_budget
-        # f's working set, plus the gathered and the perturbed image, the mask and the kept output
-        h, w = p.images.shape[1:3]
-        per_pair = p.example_bytes + 2 * p.images[0].nbytes + 4 * h * w + 4 * math.prod(p.kept)
-        chunk_size = max(1, budget // per_pair) * shards
-    chunks = -(-pairs // chunk_size)
-    return round_up(-(-pairs // chunks), shards)
+    """Pairs per compiled call (``chunk_size_for``): f's working set, plus the gathered and the perturbed
+    image, the mask and the kept output, per pair."""
+    h, w = p.images.shape[1:3]
+    per_pair = p.example_bytes + 2 * p.images[0].nbytes + 4 * h * w + 4 * math.prod(p.kept)
+    return chunk_size_for(per_pair, pairs, shards, chunk_size, memory_budget, "(image, mask) pairs")
 
 
 def base_outputs(p: Prepared, batch_size: int, sharding: NamedSharding) -> np.ndarray:
