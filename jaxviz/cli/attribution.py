@@ -42,14 +42,22 @@ DEFAULT_SANITY_IMAGES = 16
 # --------------------------------------------------------------------------- argparse types
 
 
-def _probability(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
-    if not 0 < value <= 1:  # False for NaN
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
-    return value
+def _number(ok, want: str):
+    """argparse type: a float for which ``ok`` holds (NaN never does)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}")
+        return value
+
+    return parse
+
+
+_probability = _number(lambda v: 0 < v <= 1, "a number in (0, 1]")
+_stdev = _number(lambda v: 0 <= v < float("inf"), "a non-negative finite number")
 
 
 def _seed(text: str) -> int:
@@ -66,16 +74,6 @@ def _at_least_two(text: str) -> int:
     value = positive_int(text)
     if value < 2:
         raise argparse.ArgumentTypeError(f"expected an int >= 2, got {value}")
-    return value
-
-
-def _stdev(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text!r}") from None
-    if not 0 <= value < float("inf"):  # False for NaN
-        raise argparse.ArgumentTypeError(f"expected a non-negative finite number, got {text!r}")
     return value
 
 
