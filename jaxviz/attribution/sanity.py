@@ -198,7 +198,7 @@ def randomization_test(network: Network, images: np.ndarray, *,
       vmap_sets: evaluate the trained and every randomized set in one ``vmap`` over the stacked
         variables (default on accelerators), or one after the other through the same compiled
         program (default on CPU, where XLA runs convolutions vmapped over their kernels as
-        grouped convolutions about 5x slower: benchmarks/results/gradients_cpu.json).
+        grouped convolutions, 3.8x slower in benchmarks/results/gradients_cpu.json).
       chunk_size, memory_budget, devices, progress: as in ``jaxviz.saliency``.
 
     Returns:
@@ -220,14 +220,14 @@ def randomization_test(network: Network, images: np.ndarray, *,
     n_steps, nt_samples = check_int(n_steps, "n_steps", 1), check_int(nt_samples, "nt_samples", 1)
     stdev = _check_stdevs(stdevs)
     cam_layer = default_cam_layer(network) if cam_layer is None and "gradcam" in methods else cam_layer
-    if cam_layer is not None and len(network.output_shape(cam_layer)) != 3:
+    if cam_layer is not None and (cam_layer not in network.layer_names or len(network.output_shape(cam_layer)) != 3):
         raise ValueError(f"cam_layer: expected a layer with (h, w, channels) maps, from "
                          f"{', '.join(network.spatial_layers())}; got {cam_layer!r}")
     output = network.output_layer
     f = network.score_fn(output)  # the output layer's scores, as _mean_score makes them for Grad-CAM
     x = network.to_input(images)
-    if targets is None:
-        targets = np.asarray(network.uint8_fn(output)(network.variables, images)).reshape(len(images), -1).argmax(-1)
+    if targets is None:  # the scores the gradients explain: conv maps averaged over (h, w)
+        targets = np.asarray(jax.jit(f)(network.variables, x)).argmax(-1)
     stacked, initializer = randomized_variables(network, layers, mode=mode, seed=seed)
     sets = len(layers) + 1
     if vmap_sets is None:
