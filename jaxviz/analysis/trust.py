@@ -85,15 +85,15 @@ class MethodComparison:
                 f"metrics; best by {', '.join(best)}.")
 
 
+def _softmax_score(out: jax.Array) -> jax.Array:
+    """A classifier's output layer (N, ...) as its softmax probabilities (N, classes)."""
+    return jax.nn.softmax(out.reshape(out.shape[0], -1), axis=-1)
+
+
 @functools.lru_cache(maxsize=16)
 def _probabilities(network: Network):
     fn = network.layer_fn(network.output_layer)
-    return lambda variables, x: jax.nn.softmax(fn(variables, x).reshape(x.shape[0], -1), axis=-1)
-
-
-def _softmax_score(out: jax.Array) -> jax.Array:
-    """Grad-CAM's score of a classifier's output layer: its softmax, as ``_probabilities``."""
-    return jax.nn.softmax(out.reshape(out.shape[0], -1), axis=-1)
+    return lambda variables, x: _softmax_score(fn(variables, x))
 
 
 def explained_function(network: Network, layer: str | None):

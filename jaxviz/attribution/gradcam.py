@@ -32,10 +32,10 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxviz._batching import batch_sharding, to_host
 from jaxviz._progress import progress_bar
-from jaxviz.engine._inputs import check_x, unit_indices
+from jaxviz.engine._inputs import _check_bool, check_x, unit_indices
 from jaxviz.engine._plan import chunk_size_for, probe, signature
 from jaxviz.engine.gradients import _check_targets, _cotangents
-from jaxviz.models.network import Network
+from jaxviz.models.network import Network, unit_scores_of
 
 __all__ = ["GradCam", "INTERPOLATIONS", "default_cam_layer", "grad_cam"]
 
@@ -75,11 +75,6 @@ def default_cam_layer(network: Network) -> str:
                          f"{', '.join(network.layer_names)}")
     big = [n for n in spatial if min(network.output_shape(n)[:2]) >= MIN_CAM_SIZE]
     return (big or spatial)[-1]
-
-
-def _mean_score(out: jax.Array) -> jax.Array:
-    """An output layer's (N, ...) activations as (N, units): conv maps averaged over (h, w)."""
-    return out.mean(axis=tuple(range(1, out.ndim - 1))) if out.ndim > 2 else out.reshape(out.shape[0], -1)
 
 
 def _upsample(cam: jax.Array, size: tuple[int, int], mode: str) -> jax.Array:
@@ -201,11 +196,10 @@ def grad_cam(network: Network, x: Any, *, layer: str | None = None, output_layer
     network.perturbed_fn(layer, output_layer)  # checks the pair and that the network supports it
     if not isinstance(interpolation, str) or interpolation not in INTERPOLATIONS:
         raise ValueError(f"interpolation: expected one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
-    if not isinstance(relu, (bool, np.bool_)):
-        raise TypeError(f"relu: expected True or False, got {relu!r}")
+    relu = _check_bool(relu, "relu")
     if score is not None and not callable(score):
         raise TypeError(f"score: expected a callable or None, got {type(score).__name__}")
-    score = _mean_score if score is None else score
+    score = unit_scores_of if score is None else score
     out = jax.eval_shape(score, jax.ShapeDtypeStruct((2, *network.output_shape(output_layer)), x.dtype))
     if out.ndim != 2 or out.shape[0] != 2:
         raise ValueError(f"score: expected (N, K) scores of the output layer, got shape {tuple(out.shape)} for N = 2")
@@ -217,7 +211,7 @@ def grad_cam(network: Network, x: Any, *, layer: str | None = None, output_layer
     mode = "targets" if targets is not None else "units"
     maps, small, size = grad_cam_maps(
         network, x, layer=layer, output_layer=output_layer, score=score, mode=mode, units=units, targets=targets,
-        relu=bool(relu), interpolation=interpolation, variables=network.variables, chunk_size=chunk_size,
+        relu=relu, interpolation=interpolation, variables=network.variables, chunk_size=chunk_size,
         memory_budget=memory_budget, devices=devices, progress=progress and "Grad-CAM")
     if targets is not None:
         maps, small = maps[..., 0], small[..., 0]

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxviz.attribution.rise import BLUR_SIGMA, _key
-from jaxviz.engine._inputs import _fill_array, check_int
+from jaxviz.engine._inputs import _check_bool, _fill_array, check_int
 from jaxviz.engine.gradients import GradientPlan, PathFamily, gradient_sums, plan_gradients, readout
 
 __all__ = ["Gradients", "IG_METHODS", "NT_TYPES", "input_x_gradient", "integrated_gradients", "ig_coefficients",
@@ -117,12 +117,6 @@ def _run(plan: GradientPlan, family: PathFamily, engine: dict, **kwargs):
 
 def _engine_options(chunk_size, memory_budget, devices, progress) -> dict:
     return {"chunk_size": chunk_size, "memory_budget": memory_budget, "devices": devices, "progress": progress}
-
-
-def _check_bool(value: Any, name: str) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name}: expected True or False, got {value!r}")
-    return bool(value)
 
 
 # --------------------------------------------------------------------------- methods

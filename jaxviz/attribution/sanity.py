@@ -34,13 +34,13 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.stats import rankdata
 
-from jaxviz.attribution.gradcam import _mean_score, default_cam_layer, grad_cam_maps
+from jaxviz.attribution.gradcam import default_cam_layer, grad_cam_maps
 from jaxviz.attribution.gradients import _at_image, _check_stdevs, _noisy, _path_generator, ig_coefficients
 from jaxviz.attribution.rise import _key
 from jaxviz.engine._inputs import check_int
 from jaxviz.engine._plan import signature
 from jaxviz.engine.gradients import PathFamily, gradient_sums, plan_gradients
-from jaxviz.models.network import Network
+from jaxviz.models.network import Network, unit_scores_of
 
 __all__ = ["GRADIENT_METHODS", "MODES", "SanityCheck", "randomization_layers", "randomization_test",
            "randomized_variables"]
@@ -224,7 +224,7 @@ def randomization_test(network: Network, images: np.ndarray, *,
         raise ValueError(f"cam_layer: expected a layer with (h, w, channels) maps, from "
                          f"{', '.join(network.spatial_layers())}; got {cam_layer!r}")
     output = network.output_layer
-    f = network.score_fn(output)  # the output layer's scores, as _mean_score makes them for Grad-CAM
+    f = network.score_fn(output)  # the output layer's scores (unit_scores_of), Grad-CAM's too
     x = network.to_input(images)
     if targets is None:  # the scores the gradients explain: conv maps averaged over (h, w)
         targets = np.asarray(jax.jit(f)(network.variables, x)).argmax(-1)
@@ -251,7 +251,7 @@ def randomization_test(network: Network, images: np.ndarray, *,
     for method in methods:
         if method == "gradcam":
             maps = np.stack([grad_cam_maps(
-                network, jnp.asarray(x), layer=cam_layer, output_layer=output, score=_mean_score,
+                network, jnp.asarray(x), layer=cam_layer, output_layer=output, score=unit_scores_of,
                 mode="targets", units=None, targets=plans[0].targets, relu=False, interpolation="bilinear",
                 variables=v, stacked=stack, chunk_size=chunk_size, memory_budget=memory_budget, devices=devices,
                 progress=progress and "Grad-CAM")[0][..., 0] for v in per_set]).reshape(sets, *x.shape[:3])

@@ -129,6 +129,13 @@ def check_int(value: Any, name: str, low: int, high: int | None = None, what: st
     return int(value)
 
 
+def _check_bool(value: Any, name: str) -> bool:
+    """``value`` as a bool; ``TypeError`` naming ``name`` unless it is True or False."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected True or False, got {value!r}")
+    return bool(value)
+
+
 def check_x(x: Any) -> jax.Array:
     """``_check_images`` for a method whose argument is called ``x``: the same checks, errors naming ``x``."""
     try:

@@ -191,6 +191,12 @@ def _class_names(names: Any) -> tuple[str, ...]:
     return tuple(names)
 
 
+def unit_scores_of(out: jax.Array) -> jax.Array:
+    """A layer's (N, ...) activations as (N, units): averaged over every axis between the batch and
+    the last ((h, w) for conv maps); (N,) and (N, units) reshaped to (N, -1)."""
+    return out.mean(axis=tuple(range(1, out.ndim - 1))) if out.ndim > 2 else out.reshape(out.shape[0], -1)
+
+
 @dataclasses.dataclass(frozen=True)
 class LayerInfo:
     """One row of ``Network.summary``: the output shape without the batch axis, the elements of
@@ -313,8 +319,7 @@ class Network:
         fn = self.layer_fn(layer)
 
         def scores(variables, x):
-            out = fn(variables, x)
-            return out.mean(axis=tuple(range(1, out.ndim - 1))) if out.ndim > 2 else out.reshape(out.shape[0], -1)
+            return unit_scores_of(fn(variables, x))
 
         scores.__name__ = scores.__qualname__ = f"{self.name or 'network'}:{layer}:scores"
         return self._cached(("score_fn", layer), lambda: scores)
