@@ -10,6 +10,8 @@ The package is layered; data flows one way and a layer imports only those before
     attribution  perturbation methods on the engine (RISE, feature ablation),
               gradient methods (saliency, integrated gradients, SmoothGrad, Grad-CAM),
               the randomization sanity check and faithfulness metrics
+    runs      a perturbation method over a whole dataset: streamed to a zarr store,
+              resumable, across processes with jax.distributed
     analysis  top-K, unit selectivity, masks, filters, t-SNE, classification metrics,
               method comparison
     report    figures (the only matplotlib user, imported lazily) and the HTML report
@@ -80,10 +82,16 @@ from jaxviz.report.folder import check_report_dir
 from jaxviz.report.page import ReportSettings, make_report
 from jaxviz.report.render import jsonable
 from jaxviz.report.settings import check_against as check_report_settings
+from jaxviz.runs.dataset_run import run_dataset
+from jaxviz.runs.distributed import initialize_distributed
+from jaxviz.runs.methods import RUN_METHODS
+from jaxviz.runs.reader import Run, open_run
+from jaxviz.runs.store import RunStoreError
 
 __version__ = "0.2.0"
 
 __all__ = [
+    "RUN_METHODS", "Run", "RunStoreError", "initialize_distributed", "open_run", "run_dataset",
     "GRADIENT_METHODS", "GradCam", "Gradients", "SanityCheck", "grad_cam", "input_x_gradient",
     "integrated_gradients", "randomization_test", "saliency", "smoothgrad",
     "Ablation", "Curve", "MethodComparison", "MuFidelity", "Rise", "compare_methods", "deletion_curve",

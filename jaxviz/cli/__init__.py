@@ -2,7 +2,8 @@
 
     jaxviz report --out DIR          every analysis as an HTML page (the main job)
     jaxviz evaluate --json           accuracy, per-class accuracy, confusion matrix
-    jaxviz occlude --out DIR         occlusion maps (.npz + PNG overlays)
+    jaxviz occlude --out DIR         occlusion maps (.npz + PNG overlays); with --all, every image of the
+                                     dataset into a resumable store, on one process or many
     jaxviz attribute --method M      perturbation (occlusion, RISE, feature ablation) or gradient
                                      (saliency, ixg, ig, smoothgrad, gradcam) maps of chosen images
     jaxviz faithfulness              deletion / insertion AUC and MuFidelity of the methods' maps
@@ -37,6 +38,7 @@ from jaxviz.cli.commands import (
     cmd_train,
     cmd_tsne,
 )
+from jaxviz.cli.runs import add_run_options
 from jaxviz.engine.occlusion import ANCHORS
 
 __all__ = ["build_parser", "main"]
@@ -128,6 +130,7 @@ def build_parser() -> Parser:
             p.add_argument("--classes", help="class names or indices to keep at the output layer")
             p.add_argument("--fill", default="0", help="a value, one per channel (r,g,b), 'mean' or 'blur', "
                                                        "in model-input space")
+            add_run_options(p)
         p.set_defaults(func=func)
 
     p = sub.add_parser("tsne", help="t-SNE scatter of a layer's features")

@@ -28,6 +28,8 @@ from jaxviz.attribution.gradients import IG_METHODS, NT_TYPES
 from jaxviz.attribution.sanity import GRADIENT_METHODS, MODES, PASS_THRESHOLD
 from jaxviz.cli._options import add_data, add_model, check_writable, int_list, load, positive_int
 from jaxviz.cli.commands import _fill, _indices
+from jaxviz.cli.runs import add_run_options, check_run_options, run_all
+from jaxviz.runs.methods import RUN_METHODS
 
 __all__ = ["METHODS", "add_attribute", "add_faithfulness", "add_sanity", "cmd_attribute", "cmd_faithfulness",
            "cmd_sanity"]
@@ -150,7 +152,10 @@ def add_attribute(sub) -> None:
                    help="integrated gradients: the integration rule (default: gausslegendre)")
     g.add_argument("--nt-type", choices=NT_TYPES, default="smoothgrad",
                    help="SmoothGrad: mean, mean of squares or variance of the saliency (default: smoothgrad)")
-    p.add_argument("--out", required=True, help="output directory (attribution.npz, attribution.png)")
+    p.add_argument("--out", required=True, help="output directory (attribution.npz, attribution.png), or the run's "
+                                                "store with --all")
+    add_run_options(p)
+    p.add_argument("--units", type=int_list, help="with --all: the units of --layer to keep (default: all)")
     p.set_defaults(func=cmd_attribute)
 
 
@@ -299,8 +304,38 @@ def _check_slic() -> None:
                          "use --segments N for a grid of segments instead") from None
 
 
+def _attribute_all(args) -> None:
+    """``--all``: a perturbation method over every image into a resumable store (the layer's raw scores)."""
+    if args.method not in RUN_METHODS:
+        raise ValueError(f"--method: with --all, one of {', '.join(RUN_METHODS)} (the perturbation methods), "
+                         f"got {args.method}")
+    for option, value in (("--images", args.images), ("--targets", args.targets), ("--slic", args.slic)):
+        if value is not None:
+            raise ValueError(f"{option}: not with --all (every image and every kept unit is explained)")
+
+    def choose(data, network):
+        layer = args.layer or network.output_layer
+        try:
+            network.check_layer(layer)
+        except (ValueError, TypeError) as e:
+            raise type(e)(f"--{e}") from None
+        h, w = network.input_spec.shape[:2]
+        _check_sizes(args, h, w, 1)
+        return {"layer": layer, "units": args.units, "fill": _fill(args.fill, network.to_input(data.images[:1])),
+                "window": args.window, "stride": args.stride, "segments": args.segments,
+                "num_masks": args.num_masks, "cells": args.cells, "p": args.p, "seed": args.seed}
+
+    run_all(args, args.method, choose)
+
+
 def cmd_attribute(args) -> None:
-    """One method's maps of each image's target: attribution.npz and attribution.png."""
+    """One method's maps of each image's target: attribution.npz and attribution.png; with --all, a
+    perturbation method over every image of the dataset into a resumable store."""
+    check_run_options(args)
+    if args.all:
+        return _attribute_all(args)
+    if args.units is not None:
+        raise ValueError("--units: only with --all (without it, --targets chooses the explained output)")
     out = check_writable(args.out, directory=True, option="--out")
     if args.method == "ablation" and args.slic is not None:
         _check_slic()

@@ -13,6 +13,7 @@ import numpy as np
 import jaxviz
 from jaxviz import plots
 from jaxviz.cli._options import as_option, check_writable, load, load_data, load_network, settings_from
+from jaxviz.cli.runs import check_run_options, run_all
 
 # the ReportSettings fields each command exposes (see build_parser)
 REPORT_FIELDS = ("layer", "units", "num_units", "k", "window", "stride", "anchor", "threshold", "sigma",
@@ -176,8 +177,35 @@ def _classes(text: str, class_names: tuple[str, ...]) -> tuple[int, ...]:
     return tuple(out)
 
 
+def _occlude_all(args) -> None:
+    """``--all``: every image of the dataset, every kept unit of the layer, into a resumable store."""
+    if args.images is not None:
+        raise ValueError("--images: not with --all (which occludes every image of --data)")
+
+    def choose(data, network):
+        if args.classes is not None:
+            if not network.is_classifier or args.layer not in (None, network.output_layer):
+                raise ValueError(f"--classes: selects classifier outputs; use it with --layer "
+                                 f"{network.output_layer} on a model with class names")
+            args.layer, args.units = network.output_layer, _classes(args.classes, network.class_names)
+        settings = _checked(args, OCCLUDE_FIELDS, data, network, uses_k=False)
+        x_fill = _fill(args.fill, network.to_input(data.images[:1]))
+        if args.fill == "mean":  # per-channel mean of the dataset, accumulated over blocks
+            total = sum(network.to_input(data.images[i:i + 1024]).sum((0, 1, 2), dtype=np.float64)
+                        for i in range(0, len(data), 1024))
+            x_fill = (total / (data.images[..., 0].size)).astype(np.float32)
+        return {"layer": settings.layer or network.feature_layer, "units": settings.units, "fill": x_fill,
+                "window": settings.window, "stride": settings.stride, "anchor": settings.anchor, "k": settings.k}
+
+    run_all(args, "occlusion", choose)
+
+
 def cmd_occlude(args) -> None:
-    """Occlude each chosen unit's top-K images (default) or the images given by --images."""
+    """Occlude each chosen unit's top-K images (default) or the images given by --images; with --all, every
+    image of the dataset into a resumable store."""
+    check_run_options(args)
+    if args.all:
+        return _occlude_all(args)
     out = check_writable(args.out, directory=True, option="--out")
     data, network = load(args)
     if args.classes is not None:

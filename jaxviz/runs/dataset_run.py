@@ -124,9 +124,15 @@ def _replicate(sharding: NamedSharding, tree: Any) -> Any:
     """A pytree of host values as arrays replicated on every device of every process."""
     if jax.process_count() == 1:
         return jax.device_put(tree, sharding)
-    return jax.tree_util.tree_map(
-        lambda x: jax.device_put(x, sharding) if jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key)
-        else jax.make_array_from_process_local_data(sharding, np.asarray(x), np.shape(x)), tree)
+
+    def put(x):
+        if jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key):  # a typed PRNG key (RISE)
+            data = put(np.asarray(jax.random.key_data(x)))
+            return jax.jit(functools.partial(jax.random.wrap_key_data, impl=jax.random.key_impl(x)),
+                           out_shardings=sharding)(data)
+        return jax.make_array_from_process_local_data(sharding, np.asarray(x), np.shape(x))
+
+    return jax.tree_util.tree_map(put, tree)
 
 
 def _host(x: jax.Array) -> np.ndarray:

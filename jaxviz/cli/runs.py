@@ -1,0 +1,79 @@
+"""``--all``: ``jaxviz occlude --all`` and ``jaxviz attribute --all`` run a method over the whole dataset into a
+resumable store (``jaxviz.run_dataset``), as one process or as many (``jax.distributed``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+
+import jax
+import numpy as np
+
+import jaxviz
+from jaxviz.cli._options import check_writable, load, positive_int
+
+__all__ = ["add_run_options", "check_run_options", "run_all"]
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("whole dataset (--all)")
+    g.add_argument("--all", action="store_true",
+                   help="run over every image of --data into the store --out (resumable: start the same command "
+                        "again after a kill); read it back with jaxviz.open_run(OUT)")
+    g.add_argument("--keep-grid", action="store_true",
+                   help="with --all: also write every map (N x positions x units floats), not only the aggregates")
+    g.add_argument("--images-per-step", type=positive_int, default=64,
+                   help="with --all: images per step and per completion record (default: 64)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="with --all: replace a run in --out made with other settings instead of refusing")
+    d = p.add_argument_group("many processes (with --all; every process runs the same command)")
+    d.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0, which listens there")
+    d.add_argument("--num-processes", type=positive_int, help="how many processes take part")
+    d.add_argument("--process-id", type=int, help="this process's index, 0 .. N-1")
+    d.add_argument("--distributed", action="store_true",
+                   help="take the process layout from the cluster (SLURM, Open MPI, Kubernetes, TPU pod) instead")
+    d.add_argument("--heartbeat-timeout", type=positive_int, default=100,
+                   help="seconds after which a silent process counts as dead and the others stop (default: 100)")
+
+
+def check_run_options(args) -> None:
+    """Run options without ``--all`` are mistakes: refuse them before any work."""
+    if args.all:
+        return
+    for option, value in (("--keep-grid", args.keep_grid), ("--overwrite", args.overwrite),
+                          ("--coordinator", args.coordinator), ("--num-processes", args.num_processes),
+                          ("--process-id", args.process_id), ("--distributed", args.distributed)):
+        if value not in (None, False):
+            raise ValueError(f"{option}: only with --all (a run over the whole dataset)")
+
+
+def run_all(args, method: str, choose) -> None:
+    """Start (or join) the processes, load the model and data, and run ``method`` over every image.
+
+    ``choose(data, network)`` checks the command's own options once the model is loaded and returns
+    ``run_dataset``'s keyword arguments (layer, units, fill, the method's options).
+    """
+    try:
+        multi = jaxviz.initialize_distributed(args.coordinator, args.num_processes, args.process_id,
+                                              auto=args.distributed, heartbeat_timeout=args.heartbeat_timeout)
+    except ValueError as e:  # name the options, not the arguments
+        message = re.sub(r"\b(coordinator|num_processes|process_id|heartbeat_timeout)\b",
+                         lambda m: "--" + m.group(1).replace("_", "-"), str(e))
+        raise ValueError(message.replace("auto:", "--distributed:", 1)) from None
+    if jax.process_index() == 0:
+        check_writable(args.out, directory=True, option="--out")
+    data, network = load(args)
+    options = choose(data, network)
+    run = jaxviz.run_dataset(network, data.images, args.out, method=method, keep_grid=args.keep_grid,
+                             images_per_step=args.images_per_step, overwrite=args.overwrite, progress=True,
+                             **options)
+    layer = options.get("layer") or network.output_layer
+    if jax.process_index() == 0:
+        print(json.dumps({"run": str(run.path), "complete": run.complete, "method": method, "layer": layer,
+                          "images": run.settings["images"], "processes": jax.process_count(),
+                          "multi_process": multi, "summary": run.summary}, allow_nan=False, default=_plain))
+
+
+def _plain(value):
+    return value.item() if isinstance(value, np.generic) else str(value)
