@@ -242,7 +242,8 @@ def run_dataset(network: Network, images: Any, out: str | Path, *, method: str =
     k = min(check_int(k, "k", 1), n)
     batch = check_int(images_per_step, "images_per_step", 1)
     keep_grid, overwrite = _check_bool(keep_grid, "keep_grid"), _check_bool(overwrite, "overwrite")
-    first = network.to_input(np.asarray(images[:1]))
+    head, tail = np.asarray(images[0:1]), np.asarray(images[n - 1:n])  # the only reads before the passes
+    first = network.to_input(head)
     if isinstance(fill, np.ndarray) and fill.ndim == 4:
         raise ValueError("fill: per-image fills are not supported over a dataset; give a number, per-channel (C,) "
                          "or image (H, W, C) values, or 'blur'")
@@ -257,7 +258,7 @@ def run_dataset(network: Network, images: Any, out: str | Path, *, method: str =
                 "images_per_step": batch, "images": n, "image_shape": [h, w, c], "map_shape": list(map_shape),
                 "masks_per_image": family.count, "classes": list(network.class_names or ()),
                 "model": network.name or "", "model_fingerprint": _fingerprint(network.variables),
-                "data_fingerprint": _fingerprint(np.asarray(images[:1]), np.asarray(images[n - 1:n]))}
+                "data_fingerprint": _fingerprint(head, tail)}
     settings = json.loads(json.dumps(settings))  # as read back from settings.json
     mesh_sharding = batch_sharding()
     mesh = mesh_sharding.mesh
@@ -301,6 +302,9 @@ def run_dataset(network: Network, images: Any, out: str | Path, *, method: str =
                   "topk_values": np.full((0, kept), -np.inf, np.float32), "topk_index": np.zeros((0, kept), np.int64),
                   "class_counts": np.zeros(max(classes, 1), np.int64)}
     phase, resumed_at = int(record["phase"]), (int(record["phase"]), int(record["step"]))
+    if phase == 3:  # a finished run started again: nothing to do
+        _barrier("jaxviz-run-finished")
+        return open_run(out)
     blocks = _Blocks(images, padded, mesh_sharding)
     replicate = functools.partial(_replicate, NamedSharding(mesh, PartitionSpec()))
     params = replicate(network.variables)
@@ -408,7 +412,7 @@ def run_dataset(network: Network, images: Any, out: str | Path, *, method: str =
         record = {**record, "unit_sum": unit_sum, "class_sum": class_sum}
 
     # -- the aggregates and the summary (process 0)
-    if lead and phase < 3:
+    if lead:
         t = time.perf_counter()
         u_sum = record["unit_sum"].reshape(kept, *map_shape)
         finals = {"unit_mean_map": u_sum, "topk_images": topk_index.T.copy(),
@@ -422,7 +426,7 @@ def run_dataset(network: Network, images: Any, out: str | Path, *, method: str =
         store.save_record(out, 2 * steps + 1, {"phase": np.int32(3), "step": np.int32(0)})
         timing["write"] += time.perf_counter() - t
     _barrier("jaxviz-run-done")
-    if lead and resumed_at[0] != 3:  # a finished run started again changes nothing
+    if lead:
         _summarize(out, settings, timing, started, resumed_at, steps, batch, n, family.count, kept, map_shape,
                    keep_grid, mesh)
     _barrier("jaxviz-run-summary")

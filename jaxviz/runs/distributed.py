@@ -54,6 +54,8 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
       ValueError naming the argument (a missing or malformed one), or
       RuntimeError from JAX when the processes cannot connect.
     """
+    if coordinator is not None:
+        coordinator = _check_address(coordinator)
     given = [v is not None for v in (coordinator, num_processes, process_id)]
     if auto:
         if any(given):
@@ -68,7 +70,6 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
     heartbeat_timeout = check_int(heartbeat_timeout, "heartbeat_timeout", 1)
     initialization_timeout = check_int(initialization_timeout, "initialization_timeout", 1)
     if not auto:
-        coordinator = _check_address(coordinator)
         num_processes = check_int(num_processes, "num_processes", 1)
         process_id = check_int(process_id, "process_id", 0, num_processes - 1, f" (num_processes = {num_processes})")
         if num_processes == 1:
