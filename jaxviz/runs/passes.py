@@ -238,6 +238,7 @@ def execute(job: Job, record: dict) -> None:
             "jaxviz": jaxviz.__version__, "jax": jax.__version__, "backend": jax.default_backend(),
             "processes": jax.process_count(), "devices": job.mesh.size, "images": job.n, "steps": job.steps,
             "method": job.spec.method, "masks_per_image": job.family.count,
+            "images_per_step": job.batch, "pairs_per_call": job.spec.sub_chunk,
             "resumed_at": None if resumed == (1, 0) else {"pass": phase, "step": step},
             "images_this_run": done, "forwards": forwards,
             "forwards_per_s": forwards / pass2 if forwards else None,
