@@ -57,6 +57,14 @@ def environment() -> dict:
     }
 
 
+def machine_line(env: dict, packages: tuple[str, ...] = ("jax",)) -> str:
+    """``CPU (n cores), backend B DEVICE, jax X, commit C, DATE``: the first line of a results page."""
+    versions = ", ".join(f"{p} {env['versions'][p]}" for p in packages)
+    commit = env["git_commit"]
+    return (f"{env['cpu']} ({env['cpu_count']} cores), backend {env['jax_backend']} {env['devices'][0]}, {versions}, "
+            f"commit {commit[:12]}{'-dirty' if commit.endswith('-dirty') else ''}, {env['date']}")
+
+
 def benchmark_parser(description: str):
     """The options every benchmark of the method families shares: --quick, --gpu, --no-captum, --repeats."""
     import argparse

@@ -46,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks._env import ROOT, environment
+from benchmarks._env import ROOT, environment, machine_line
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LAYER = "fc1"
@@ -186,8 +186,7 @@ def _number(value, spec: str) -> str:
 
 def markdown(record: dict) -> str:
     env = record["environment"]
-    lines = [f"Dataset runs: {env['cpu']} ({env['cpu_count']} cores), backend {env['jax_backend']}, jax "
-             f"{env['versions']['jax']}, commit {env['git_commit'][:12]}, {env['date']}.",
+    lines = [f"Dataset runs: {machine_line(env)}.",
              f"Data: {record['data']}. f = the pretrained CNN up to {LAYER}, all 512 units; "
              f"one fresh process per row.", "",
              "| row | images | positions | grid kept | processes | forwards | whole run s | forwards/s (whole run) "

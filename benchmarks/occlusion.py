@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxviz
-from benchmarks._env import environment
+from benchmarks._env import environment, machine_line
 from benchmarks.references import occlude_notebook, occlude_pair_loop, occlude_position_loop
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -309,8 +309,7 @@ def main() -> None:
 
 def markdown(record: dict) -> str:
     env = record["environment"]
-    lines = [f"Occlusion benchmark: {env['cpu']} ({env['cpu_count']} cores), backend {env['jax_backend']} "
-             f"{env['devices'][0]}, jax {env['versions']['jax']}, commit {env['git_commit'][:12]}, {env['date']}.",
+    lines = [f"Occlusion benchmark: {machine_line(env)}.",
              f"f = CNN up to fc1 ({record['flops_per_forward'] / 1e6:.1f} MFLOP/forward); matmul peak "
              f"{record['matmul_peak_gflops']:.0f} GFLOP/s; median of {record['repeats']} runs after a warm-up.", "",
              "Peak RSS +MB: growth of this process's resident memory while the method ran; memory that earlier "
