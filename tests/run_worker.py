@@ -8,7 +8,7 @@ slow disk, so a kill lands mid-run); ``limit_at_step`` / ``limit_bytes``: set
 RLIMIT_FSIZE (what ``ulimit -f`` sets) when that block is read, a disk that
 fills up mid-run; ``coordinator``, ``num_processes``, ``process_id``:
 ``initialize_distributed``; ``die_at_step``: this process kills itself with
-SIGKILL when it reads that block.
+SIGKILL when it reads that block; ``raise_at_step``: an exception there.
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ class Source:
                 resource.setrlimit(resource.RLIMIT_FSIZE, (self.options["limit_bytes"],) * 2)
             if step == self.options.get("die_at_step"):
                 os.kill(os.getpid(), signal.SIGKILL)
+            if step == self.options.get("raise_at_step"):
+                raise RuntimeError("the disk went away")
             time.sleep(self.options.get("delay", 0.0))
         return self.data[index]
 

@@ -294,6 +294,17 @@ def test_a_dead_process_stops_the_others_and_the_rerun_resumes(two_processes, tm
     assert_same_store(two_processes, out)
 
 
+def test_an_exception_in_one_process_stops_the_others(tmp_path):
+    """A process that raises leaves; the others, waiting in a collective, stop after the timeouts, not never."""
+    start = time.monotonic()
+    results = [_finish(p, timeout=120) for p in _processes(tmp_path / "run", per_process={1: {"raise_at_step": 3}},
+                                                           heartbeat_timeout=5)]
+    assert time.monotonic() - start < 100
+    (code0, _, err0), (code1, _, err1) = results
+    assert "RuntimeError: the disk went away" in err1
+    assert code0 != 0 and ("another task died" in err0 or "unhealthy" in err0), err0[-2000:]
+
+
 def test_a_full_disk_fails_clearly_and_keeps_the_completed_steps(one_process, tmp_path):
     out = tmp_path / "run"
     code, _, err = _finish(_worker(out, limit_at_step=3, limit_bytes=600))  # ulimit -f, mid-run
@@ -395,6 +406,7 @@ def test_cli_file_size_limit_gives_one_line_error(cli_setup, tmp_path):
     (dict(fill=np.zeros((4, 32, 32, 3))), ValueError, "per-image"),
     (dict(fill="mean"), ValueError, "fill"),
     (dict(keep_grid="yes"), TypeError, "keep_grid"),
+    (dict(out=3), TypeError, "out"),
 ])
 def test_bad_input_is_refused_before_any_work(network, tmp_path, kwargs, error, words):
     args = {"network": network, "images": make_uint8_images(4, seed=0), "out": tmp_path / "run", "layer": "fc1"}
@@ -421,6 +433,12 @@ def test_initialize_distributed_checks_its_arguments(kwargs, words):
 def test_one_process_needs_no_runtime():
     assert jaxviz.initialize_distributed() is False
     assert jaxviz.initialize_distributed("127.0.0.1:1234", 1, 0) is False
+
+
+def test_out_must_be_a_directory(network, tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError, match="out: expected a directory"):
+        jaxviz.run_dataset(network, make_uint8_images(4, seed=0), tmp_path / "file", layer="fc1", progress=False)
 
 
 def test_open_run_without_a_run(tmp_path):

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
+import sys
 
 import jax
 import numpy as np
@@ -63,11 +65,20 @@ def run_all(args, method: str, choose) -> None:
         raise ValueError(message.replace("auto:", "--distributed:", 1)) from None
     if jax.process_index() == 0:
         check_writable(args.out, directory=True, option="--out")
-    data, network = load(args)
-    options = choose(data, network)
-    run = jaxviz.run_dataset(network, data.images, args.out, method=method, keep_grid=args.keep_grid,
-                             images_per_step=args.images_per_step, overwrite=args.overwrite, progress=True,
-                             **options)
+    try:
+        data, network = load(args)
+        options = choose(data, network)
+        run = jaxviz.run_dataset(network, data.images, args.out, method=method, keep_grid=args.keep_grid,
+                                 images_per_step=args.images_per_step, overwrite=args.overwrite, progress=True,
+                                 **options)
+    except BaseException as e:
+        if not multi:
+            raise
+        # leave at once: the others then stop within --heartbeat-timeout instead of waiting in a collective
+        user = isinstance(e, (ValueError, TypeError, OSError))
+        print(f"jaxviz {args.command}: error: process {jax.process_index()}: "
+              f"{e if user else f'{type(e).__name__}: {e}'}", file=sys.stderr, flush=True)
+        os._exit(2 if user else 1)
     layer = options.get("layer") or network.output_layer
     if jax.process_index() == 0:
         print(json.dumps({"run": str(run.path), "complete": run.complete, "method": method, "layer": layer,

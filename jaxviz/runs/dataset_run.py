@@ -173,6 +173,10 @@ def _job(network, images, out, *, method, layer, units, window, stride, anchor, 
     """Check every argument (errors name it) and plan the run, before any work."""
     if not isinstance(network, Network):
         raise TypeError(f"network: expected a jaxviz.Network, got {type(network).__name__}")
+    if not isinstance(out, (str, Path)):
+        raise TypeError(f"out: expected a directory path, got {type(out).__name__}")
+    if Path(out).exists() and not Path(out).is_dir():
+        raise NotADirectoryError(f"out: expected a directory, but {str(out)!r} is a file")
     images = _check_source(images, network)
     n, h, w, c = (int(d) for d in images.shape)
     layer = network.output_layer if layer is None else layer

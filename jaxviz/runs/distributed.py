@@ -43,7 +43,9 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
       auto: let JAX detect the cluster (SLURM, Open MPI, Kubernetes, TPU pod)
         instead of the three arguments above.
       heartbeat_timeout: seconds without a heartbeat after which a process
-        counts as dead and the others stop with an error.
+        counts as dead and the others stop with an error; also how long a
+        process that leaves (after an exception) waits for the others at
+        shutdown before it, and so they, stop.
       initialization_timeout: seconds to wait for every process to connect.
 
     Returns:
@@ -75,5 +77,6 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
         if num_processes == 1:
             return False
     jax.distributed.initialize(coordinator, num_processes, process_id, heartbeat_timeout_seconds=heartbeat_timeout,
-                               initialization_timeout=initialization_timeout)
+                               initialization_timeout=initialization_timeout,
+                               shutdown_timeout_seconds=heartbeat_timeout)
     return True

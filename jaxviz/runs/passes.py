@@ -133,20 +133,22 @@ class _Runner:
         return record
 
     # -- pass 2: the maps and their aggregates, one program per step, the next step computing while one is written
-    def _weights(self, step: int, record: dict) -> tuple[np.ndarray, np.ndarray]:
-        """Per-image weights of block ``step``: 1/k where the image is among a unit's top k, and 1/count of its
-        predicted class."""
+    def _block_inputs(self, step: int, record: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Block ``step``'s scores from pass 1 (padded to the block) and per-image weights: 1/k where the image
+        is among a unit's top k, and 1/count of its predicted class."""
         job = self.job
         start, stop = step * job.batch, min((step + 1) * job.batch, job.n)
         topk = record["topk_index"]
         unit_weight = np.zeros((job.padded, job.kept), np.float32)
         hit = (topk >= start) & (topk < stop)  # (k, U)
         unit_weight[topk[hit] - start, np.nonzero(hit)[1]] = np.float32(1 / job.k)
+        base = np.zeros((job.padded, job.kept), np.float32)
+        base[:stop - start] = np.asarray(self.arrays["base"][start:stop].read().result())
         class_weight = np.zeros((job.padded, max(job.classes, 1)), np.float32)
         if job.classes:
             predicted = np.asarray(self.arrays["predicted"][start:stop].read().result())
             class_weight[np.arange(stop - start), predicted] = (1 / np.maximum(record["class_counts"], 1))[predicted]
-        return unit_weight, class_weight
+        return base, unit_weight, class_weight
 
     def _launch(self, program, step: int, record: dict, sums: tuple):
         job, blocks, t = self.job, self.blocks, time.perf_counter()
@@ -155,15 +157,14 @@ class _Runner:
             fills = blocks.put(np.asarray(_fill_array("blur", job.network.to_input(local), BLUR_SIGMA)[0]))
         else:
             fills = self.shared_fill
-        unit_weight, class_weight = self._weights(step, record)
+        base, unit_weight, class_weight = (blocks.put(blocks.local(step, a)) for a in self._block_inputs(step, record))
         self.timing["read_and_prepare"] += time.perf_counter() - t
-        return program(self.params, blocks.put(local), fills, self.mask_data, blocks.put(blocks.local(step, unit_weight)),
-                       blocks.put(blocks.local(step, class_weight)), *sums)
+        return program(self.params, blocks.put(local), base, fills, self.mask_data, unit_weight, class_weight, *sums)
 
     def _store_step(self, step: int, outs: tuple, record: dict) -> dict:
         job = self.job
         t = time.perf_counter()
-        unit_sum, class_sum, _, peak, where = (host(a) for a in outs[:5])
+        unit_sum, class_sum, peak, where = (host(a) for a in outs[:4])
         self.timing["waiting_for_compute"] += time.perf_counter() - t
         t = time.perf_counter()
         start, stop = step * job.batch, min((step + 1) * job.batch, job.n)
@@ -172,7 +173,7 @@ class _Runner:
             position = np.stack(np.unravel_index(where[:stop - start], job.spec.map_shape), -1).astype(np.int32)
             self.writes.add(self.arrays["max_drop_position"], slice(start, stop), position)
         if job.keep_grid:  # each process writes its own rows, whole storage chunks (one image each)
-            for shard in outs[5].addressable_shards:
+            for shard in outs[4].addressable_shards:
                 a = start + (shard.index[0].start or 0)
                 b = min(a + shard.data.shape[0], job.n)
                 if b > a:

@@ -59,12 +59,11 @@ class MapSpec:
     materialize: bool = True
 
 
-def _local_maps(spec: MapSpec, f, units, per_image_fill, params, x, fills, data):
-    """Base outputs (b, U) and maps (b, R, C, U) of one device's images ``x`` (b, H, W, C)."""
+def _local_maps(spec: MapSpec, f, units, per_image_fill, params, x, fills, data, base):
+    """Maps (b, R, C, U) of one device's images ``x`` (b, H, W, C) whose unperturbed outputs are ``base`` (b, U)."""
     b, h, w = x.shape[:3]
     count, size = spec.count, spec.sub_chunk
     pairs = b * count
-    base = _kept(f(params, x), units)
     ks = jnp.arange(-(-pairs // size) * size, dtype=jnp.int32).reshape(-1, size)
 
     def outputs(k):
@@ -81,43 +80,44 @@ def _local_maps(spec: MapSpec, f, units, per_image_fill, params, x, fills, data)
             return acc + jnp.einsum("chw,cu,cs->shwu", keep, out, slot, precision="highest"), None
 
         acc, _ = jax.lax.scan(accumulate, jnp.zeros((b, h, w, base.shape[-1]), jnp.float32), ks)
-        return base, acc * jnp.float32(spec.scale)
+        return acc * jnp.float32(spec.scale)
     out = jax.lax.map(lambda k: outputs(k)[0], ks).reshape(-1, base.shape[-1])[:pairs]
     maps = base[:, None] - out.reshape(b, count, -1)  # positive where the mask lowers f
-    return base, maps.reshape(b, *spec.map_shape, -1)
+    return maps.reshape(b, *spec.map_shape, -1)
 
 
 @functools.lru_cache(maxsize=32)
 def step_program(spec: MapSpec, f: Callable, units: tuple[int, ...] | None, to_input: Callable, mesh: Mesh,
                  per_image_fill: bool, keep_maps: bool) -> Callable:
-    """``step(params, images, fills, data, unit_weight, class_weight, unit_sum, class_sum)``.
+    """``step(params, images, base, fills, data, unit_weight, class_weight, unit_sum, class_sum)``.
 
     Args (global shapes; B is a multiple of the device count):
-      images: uint8 (B, H, W, C), sharded; fills: (B, H, W, C) sharded when
+      images: uint8 (B, H, W, C), sharded; base: f of the images (B, U) from
+      the first pass, sharded; fills: (B, H, W, C) sharded when
       ``per_image_fill``, else (H, W, C) replicated; unit_weight (B, U) and
       class_weight (B, K) sharded; unit_sum (U, R * C) and class_sum
       (K, U, R * C) replicated.
 
     Returns:
-      ``(unit_sum, class_sum, base (B, U), max (B, U), argmax (B, U) int32)``,
-      replicated, plus ``maps`` (B, R, C, U) sharded when ``keep_maps``.
+      ``(unit_sum, class_sum, max (B, U), argmax (B, U) int32)``, replicated,
+      plus ``maps`` (B, R, C, U) sharded when ``keep_maps``.
     """
     fill_spec = P("batch") if per_image_fill else P()
 
-    def local(params, images, fills, data, unit_weight, class_weight, unit_sum, class_sum):
-        base, maps = _local_maps(spec, f, units, per_image_fill, params, to_input(images), fills, data)
+    def local(params, images, base, fills, data, unit_weight, class_weight, unit_sum, class_sum):
+        maps = _local_maps(spec, f, units, per_image_fill, params, to_input(images), fills, data, base)
         flat = maps.reshape(maps.shape[0], -1, maps.shape[-1])  # (b, positions, U)
         peak, where = flat.max(axis=1), flat.argmax(axis=1).astype(jnp.int32)
         unit_sum = unit_sum + jax.lax.psum(
             jnp.einsum("bu,bpu->up", unit_weight, flat, precision="highest"), "batch")
         class_sum = class_sum + jax.lax.psum(
             jnp.einsum("bk,bpu->kup", class_weight, flat, precision="highest"), "batch")
-        rows = [jax.lax.all_gather(a, "batch", tiled=True) for a in (base, peak, where)]
+        rows = [jax.lax.all_gather(a, "batch", tiled=True) for a in (peak, where)]
         return (unit_sum, class_sum, *rows, *((maps,) if keep_maps else ()))
 
-    out_specs = (P(), P(), P(), P(), P(), *((P("batch"),) if keep_maps else ()))
+    out_specs = (P(), P(), P(), P(), *((P("batch"),) if keep_maps else ()))
     return jax.jit(jax.shard_map(local, mesh=mesh, out_specs=out_specs,
-                                 in_specs=(P(), P("batch"), fill_spec, P(), P("batch"), P("batch"), P(), P()),
+                                 in_specs=(P(), P("batch"), P("batch"), fill_spec, P(), P("batch"), P("batch"), P(), P()),
                                  check_vma=False))
 
 

@@ -37,6 +37,9 @@ class Blocks:
     def local(self, step: int, values: np.ndarray | None = None) -> np.ndarray:
         """This process's rows of block ``step`` of ``values`` (default: the images), zero-padded."""
         a, b = self.rows(step)
+        if b <= a:  # this process's rows are all padding: read nothing
+            like = self.images[0:1] if values is None else values[:1]
+            return np.zeros((self.hi - self.lo, *np.shape(like)[1:]), np.asarray(like).dtype)
         chunk = np.asarray(self.images[a:b] if values is None else values[a - step * self.batch:b - step * self.batch])
         pad = (self.hi - self.lo) - chunk.shape[0]
         return np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)]) if pad else chunk
