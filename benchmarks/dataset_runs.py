@@ -215,6 +215,8 @@ def main() -> None:
     parser.add_argument("--sizes", default="1000,2000,5000,10000", help="dataset sizes of claim 1")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to check the script runs")
     parser.add_argument("--gpu", action="store_true", help="the moonshot workload, for an accelerator")
+    parser.add_argument("--processes-only", action="store_true",
+                        help="only claim 5 (1 vs 2 processes, the second size), into dataset_runs_processes_<backend>")
     parser.add_argument("--out", help="output stem (default: results/dataset_runs_<backend>)")
     args = parser.parse_args()
     if args.row:
@@ -232,7 +234,12 @@ def main() -> None:
         base = {"npy": str(npy), "work": str(Path(tmp) / "work"), "keep_grid": False, "backend": backend,
                 "images_per_step": 256 if args.gpu else 64}
         rows = []
-        if args.gpu:
+        two = {**base, "name": "window 8 stride 4, 2 processes", "images": sizes[min(1, len(sizes) - 1)],
+               "window": 8, "stride": 4, "plain": False}
+        if args.processes_only:
+            rows.append(launch({**two, "name": "window 8 stride 4, 1 process"}))
+            rows.append(launch(two, processes=2))
+        elif args.gpu:
             rows.append(launch({**base, "name": "moonshot: window 5 stride 1", "images": 10000, "window": 5,
                                 "stride": 1, "images_per_step": 128}))
             rows.append(launch({**base, "name": "window 8 stride 4", "images": 10000, "window": 8, "stride": 4}))
@@ -243,12 +250,11 @@ def main() -> None:
             rows.append(launch({**base, "name": "window 5 stride 2", "images": n, "window": 5, "stride": 2}))
             rows.append(launch({**base, "name": "window 8 stride 4, grid kept", "images": n, "window": 8,
                                 "stride": 4, "keep_grid": True}))
-            two = {**base, "name": "window 8 stride 4, 2 processes", "images": sizes[min(1, len(sizes) - 1)],
-                   "window": 8, "stride": 4, "plain": False}
             rows.append(launch(two, processes=2))
         record = {"claims": __doc__, "environment": environment(), "data": data, "rows": rows,
                   "ratio_bar": RATIO_BAR, "jax_backend": jax.default_backend()}
-    stem = Path(args.out) if args.out else RESULTS / f"dataset_runs_{backend}{'_quick' if args.quick else ''}"
+    kind = "dataset_runs_processes" if args.processes_only else "dataset_runs"
+    stem = Path(args.out) if args.out else RESULTS / f"{kind}_{backend}{'_quick' if args.quick else ''}"
     stem.parent.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
     stem.with_suffix(".md").write_text(markdown(record))

@@ -91,13 +91,20 @@ class _Runner:
                        for name in ("base", "predicted", "max_drop", "max_drop_position")}
         self.grid = store.open_array(job.out, "grid") if job.keep_grid else None
         self.writes = Writes()
-        self.timing = {"pass1_scores": 0.0, "read_and_prepare": 0.0, "waiting_for_compute": 0.0, "writing": 0.0}
+        self.timing = {"pass1_scores": 0.0, "read_and_prepare": 0.0, "waiting_for_compute": 0.0, "writing": 0.0,
+                       "waiting_for_other_processes": 0.0}
 
-    def save(self, seq: int, state: dict) -> None:
-        """Wait for this step's writes on every process, then record the step (process 0)."""
+    def save(self, seq: int, state: dict, *, everyone: bool = False) -> None:
+        """Wait for this step's writes, then record the step (process 0). With ``everyone`` (the other processes
+        wrote rows of the grid) process 0 first waits for theirs too."""
         t = time.perf_counter()
         self.writes.wait()
-        barrier(f"jaxviz-run-record-{seq}")
+        self.timing["writing"] += time.perf_counter() - t
+        if everyone:
+            t = time.perf_counter()
+            barrier(f"jaxviz-run-record-{seq}")
+            self.timing["waiting_for_other_processes"] += time.perf_counter() - t
+        t = time.perf_counter()
         if self.job.lead:
             store.save_record(self.job.out, seq, state)
         self.timing["writing"] += time.perf_counter() - t
@@ -128,7 +135,7 @@ class _Runner:
         record = {"phase": np.int32(2), "step": np.int32(0), **state,
                   "unit_sum": np.zeros((job.kept, job.positions), np.float32),
                   "class_sum": np.zeros((max(job.classes, 1), job.kept, job.positions), np.float32)}
-        self.save(job.steps, record)
+        self.save(job.steps, record, everyone=True)  # pass 2 reads pass 1's rows on every process
         self.timing["pass1_scores"] = time.perf_counter() - t1
         return record
 
@@ -181,7 +188,7 @@ class _Runner:
         self.timing["writing"] += time.perf_counter() - t
         record = {**record, "phase": np.int32(2), "step": np.int32(step + 1), "unit_sum": unit_sum,
                   "class_sum": class_sum}
-        self.save(job.steps + step + 1, record)
+        self.save(job.steps + step + 1, record, everyone=job.keep_grid and jax.process_count() > 1)
         return record
 
     def pass2(self, record: dict) -> dict:
@@ -192,7 +199,8 @@ class _Runner:
         self.shared_fill = None if job.per_image_fill else self.replicate(job.fills)
         first = int(record["step"])
         pending = None
-        with self.bar(f"{job.spec.method} ({jax.process_count()} processes)", first) as bar:
+        processes = jax.process_count()
+        with self.bar(job.spec.method + (f" ({processes} processes)" if processes > 1 else ""), first) as bar:
             for step in [*range(first, job.steps), None]:
                 if step is not None:
                     sums = pending[1][:2] if pending else (self.replicate(record["unit_sum"]),
