@@ -112,7 +112,9 @@ def row(spec: dict) -> dict:
     images = NpyRows(Path(spec["npy"]), spec["images"])
     options = dict(layer=LAYER, window=spec["window"], stride=spec["stride"], keep_grid=spec["keep_grid"],
                    images_per_step=spec["images_per_step"], progress=False)
-    work = Path(spec["work"])
+    # a directory per row: a finished run with equal settings would be resumed, i.e. not run at all
+    work = Path(spec["work"]) / "".join(c if c.isalnum() else "-" for c in
+                                        f"{spec['name']}-{spec['images']}-{spec.get('num_processes', 1)}")
     warm = NpyRows(Path(spec["npy"]), 2 * spec["images_per_step"])
     warm_run = jaxviz.run_dataset(network, warm, work / "warm-up", overwrite=True, **options)
     batch = warm_run.summary["pairs_per_call"]
