@@ -5,7 +5,8 @@
     jaxviz occlude --out DIR         occlusion maps (.npz + PNG overlays); with --all, every image of the
                                      dataset into a resumable store, on one process or many
     jaxviz attribute --method M      perturbation (occlusion, RISE, feature ablation) or gradient
-                                     (saliency, ixg, ig, smoothgrad, gradcam) maps of chosen images
+                                     (saliency, ixg, ig, smoothgrad, gradcam) maps of chosen images;
+                                     with --all, a perturbation method over the whole dataset
     jaxviz faithfulness              deletion / insertion AUC and MuFidelity of the methods' maps
     jaxviz sanity                    the model-randomization sanity check of the gradient methods
     jaxviz filters | activations | topk | tsne | summary | train

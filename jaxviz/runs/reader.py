@@ -24,7 +24,9 @@ class Run:
     Attributes:
       path: the run directory.
       settings: what was run (``settings.json``): method and options, layer,
-        units, ``map_shape`` (R, C), ``images`` N, ``images_per_step``, ...
+        units, ``map_shape`` (R, C), ``images`` N, ``images_per_step``, the
+        model's fingerprint (a hash of every variable) and the data's (a hash
+        of the first and the last image: a cheap check, not a full one), ...
       complete: whether every step and the aggregates are written.
       summary: ``summary.json`` (throughput, where the time went), or None
         before the run has finished.
