@@ -150,7 +150,10 @@ def run_dataset(network: Network, images: Any, out: str | Path, *, method: str =
                          f"choose another directory or pass overwrite=True (--overwrite) to replace it")
     try:
         if job.lead:
-            out.mkdir(parents=True, exist_ok=True)
+            try:
+                out.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise store.RunStoreError(f"could not create {out}: {e}") from None
             if previous != job.settings:
                 _create(job)
         barrier("jaxviz-run-store")
@@ -161,7 +164,7 @@ def run_dataset(network: Network, images: Any, out: str | Path, *, method: str =
         record = first_record(job) if record is None else record
         if int(record["phase"]) < 3:  # else finished: nothing to do
             execute(job, record)
-    except OSError as e:
+    except store.RunStoreError as e:  # only failures to write: a reading error of the images is not one
         raise store.RunStoreError(f"{e}. The steps recorded so far stay valid: make room (or fix the permissions) "
                                   f"and run the same command again to resume") from None
     barrier("jaxviz-run-done")

@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -141,11 +140,8 @@ def latest_record(root: Path) -> tuple[int, dict[str, np.ndarray] | None, list[P
 
 
 def clear(root: Path) -> None:
-    """Remove a previous run's contents from ``root`` (used with ``overwrite=True``)."""
+    """Remove what a run writes from ``root`` (a previous run's, or a start killed before its settings)."""
     for name in ("arrays", "records"):
         shutil.rmtree(Path(root) / name, ignore_errors=True)
     for name in ("settings.json", "summary.json"):
-        try:
-            os.unlink(Path(root) / name)
-        except FileNotFoundError:
-            pass
+        (Path(root) / name).unlink(missing_ok=True)

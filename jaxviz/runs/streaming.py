@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Any
 
@@ -68,29 +69,30 @@ def host(x: jax.Array) -> np.ndarray:
     return np.asarray(x if x.is_fully_addressable else x.addressable_data(0))
 
 
-def _write(array, index: Any, values: np.ndarray):
-    try:
-        return (array if index is None else array[index]).write(values)
-    except Exception as e:
-        raise store.RunStoreError(f"could not write the run's arrays: {e}") from None
-
-
 class Writes:
-    """Pending tensorstore writes, awaited together; I/O errors become ``RunStoreError``."""
+    """Pending tensorstore writes, awaited together; I/O errors (when a write starts or ends) become
+    ``RunStoreError``."""
 
     def __init__(self):
         self.futures = []
 
     def add(self, array, index: Any, values: np.ndarray) -> None:
-        self.futures.append(_write(array, index, values))
+        with _as_store_error():
+            self.futures.append((array if index is None else array[index]).write(values))
 
     def wait(self) -> None:
         futures, self.futures = self.futures, []
-        for f in futures:
-            try:
+        with _as_store_error():
+            for f in futures:
                 f.result()
-            except Exception as e:
-                raise store.RunStoreError(f"could not write the run's arrays: {e}") from None
+
+
+@contextlib.contextmanager
+def _as_store_error():
+    try:
+        yield
+    except Exception as e:  # tensorstore reports I/O failures as ValueError
+        raise store.RunStoreError(f"could not write the run's arrays: {e}") from None
 
 
 def top_k_merge(values: np.ndarray, index: np.ndarray, block: np.ndarray, start: int, k: int):
