@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxviz.engine._inputs import check_int, check_x
+from jaxviz.engine._inputs import check_int, check_seed, check_x
 from jaxviz.engine.perturb import MaskFamily, perturbed_outputs, prepare
 
 __all__ = ["Curve", "MuFidelity", "deletion_curve", "insertion_curve", "mu_fidelity"]
@@ -351,7 +351,7 @@ def mu_fidelity(
             or not 0 < subset_fraction <= 1):
         raise ValueError(f"subset_fraction: expected a number in (0, 1], got {subset_fraction!r}")
     num_subsets = check_int(num_subsets, "num_subsets", 2)
-    seed = check_int(seed, "seed", 0, 2**32 - 1)
+    seed = check_seed(seed)
     values = _check_attribution(attribution, x)
     targets = _check_targets(targets, n)
     p = prepare(f, x, fill=fill, units=units, params=params, blur_sigma=blur_sigma)

@@ -9,7 +9,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["unit_indices"]
+__all__ = ["SEED_LIMIT", "check_seed", "unit_indices"]
+
+SEED_LIMIT = 2**32  # seeds are uint32: a larger one would wrap around to a smaller seed silently
 
 
 def _pair(value: Any, name: str) -> tuple[int, int]:
@@ -127,6 +129,12 @@ def check_int(value: Any, name: str, low: int, high: int | None = None, what: st
     if value < low or (high is not None and value > high):
         raise ValueError(f"{name}: expected {expected}{what}, got {value!r}")
     return int(value)
+
+
+def check_seed(value: Any, name: str = "seed") -> int:
+    """``value`` as a seed in ``[0, 2**32)``: the one rule for every seed (a larger or negative one would wrap
+    around silently to another seed's stream)."""
+    return check_int(value, name, 0, SEED_LIMIT - 1)
 
 
 def _check_bool(value: Any, name: str) -> bool:
