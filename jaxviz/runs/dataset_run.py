@@ -27,8 +27,11 @@ collectives combine the sums; process 0 writes the rest.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -37,6 +40,7 @@ import jax
 import numpy as np
 
 from jaxviz._batching import batch_sharding
+from jaxviz._io import LockHeldError, path_lock
 from jaxviz.engine._inputs import _check_bool, _fill_array, check_int, unit_indices
 from jaxviz.engine._plan import chunk_size_for, probe, signature
 from jaxviz.models.network import Network
@@ -44,7 +48,7 @@ from jaxviz.runs import store
 from jaxviz.runs.methods import RUN_METHODS, method_family
 from jaxviz.runs.passes import BLUR_SIGMA, Job, execute, first_record
 from jaxviz.runs.program import MapSpec
-from jaxviz.runs.reader import Run, open_run
+from jaxviz.runs.reader import Run, expected_arrays, open_run, read_settings
 from jaxviz.runs.streaming import barrier
 
 __all__ = ["run_dataset"]
@@ -85,6 +89,7 @@ def _fill_setting(fill: Any, fills: Any) -> Any:
 def _create(job: Job) -> None:
     """A fresh store: the per-image arrays (chunked by step; the grid by image), then the settings."""
     out, n, kept, shape = job.out, job.n, job.kept, job.spec.map_shape
+    store.mark(out)  # first: what is cleared now or later is a run's
     store.clear(out)
     store.create_array(out, "base", (n, kept), np.float32, (job.batch, kept))
     store.create_array(out, "predicted", (n,), np.int32, (job.batch,))
@@ -109,7 +114,10 @@ def run_dataset(network: Network, images: Any, out: str | Path, *, method: str =
         map, a zarr / tensorstore / h5py array, or a ``jaxviz.Dataset``. Only
         blocks of ``images_per_step`` rows are read at a time.
       out: the run directory (created; a run already there with the same
-        settings is resumed).
+        settings is resumed; a store that lacks an array it should hold is
+        recomputed from scratch). It must be absent, empty or a run: a
+        folder holding anything else is refused, never emptied. One run at a
+        time writes a folder (a lock beside it, ``.<name>.lock``).
       method: ``"occlusion"``, ``"ablation"`` or ``"rise"`` (``jaxviz.runs.methods``).
       layer: the explained layer (default: the output layer); conv maps are
         averaged over space (``Network.score_fn``).
@@ -122,11 +130,13 @@ def run_dataset(network: Network, images: Any, out: str | Path, *, method: str =
       k: images per unit in the top-K mean maps (at most N).
       keep_grid: also write every map, (N, R, C, U) float32, one storage
         chunk per image.
-      images_per_step: B, images per step (a padded multiple of the device
-        count); a setting of the run (it fixes the order of the sums).
+      images_per_step: B, images per step (at most N; a padded multiple of
+        the device count); a setting of the run (it fixes the order of the
+        sums).
       chunk_size, memory_budget: (image, mask) pairs per device per call, as
         in ``occlude``.
-      overwrite: replace a run made with other settings instead of refusing.
+      overwrite: start afresh: replace a run made with other settings (or
+        a damaged one) instead of refusing or resuming.
       progress: show a progress bar and the ETA (process 0 only).
 
     Returns:
@@ -134,41 +144,88 @@ def run_dataset(network: Network, images: Any, out: str | Path, *, method: str =
 
     Raises:
       TypeError / ValueError naming the argument, before any work; ValueError
-      when ``out`` holds a run with other settings; ``RunStoreError`` (an
-      ``OSError``) when writing fails: the steps already recorded stay valid.
+      when ``out`` holds a run with other settings or damaged settings;
+      FileExistsError when ``out`` holds something that is not a run;
+      BlockingIOError when another run is writing ``out``; ``RunStoreError``
+      (an ``OSError``) when writing fails: the steps already recorded stay
+      valid.
     """
     job = _job(network, images, out, method=method, layer=layer, units=units, window=window, stride=stride,
                anchor=anchor, segments=segments, num_masks=num_masks, cells=cells, p=p, seed=seed, fill=fill, k=k,
                keep_grid=keep_grid, images_per_step=images_per_step, chunk_size=chunk_size,
                memory_budget=memory_budget, progress=progress)
-    out = job.out
+    out, shown = job.out, os.fsdecode(out)
     overwrite = _check_bool(overwrite, "overwrite")
-    previous = store.read_json(out / "settings.json")
-    if previous is not None and previous != job.settings and not overwrite:
-        differ = sorted(key for key in set(previous) | set(job.settings) if previous.get(key) != job.settings.get(key))
-        raise ValueError(f"out: {out} holds a run with other settings ({', '.join(differ)} differ); "
-                         f"choose another directory or pass overwrite=True (--overwrite) to replace it")
+    _check_folder(job, shown, overwrite)
     try:
-        if job.lead:
-            try:
-                out.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise store.RunStoreError(f"could not create {out}: {e}") from None
-            if previous != job.settings:
-                _create(job)
-        barrier("jaxviz-run-store")
-        _, record, corrupt = store.latest_record(out)
-        if corrupt and job.lead:
-            print(f"jaxviz: ignored corrupt completion record(s) {', '.join(p.name for p in corrupt)}; the steps "
-                  f"they covered are recomputed", file=sys.stderr)
-        record = first_record(job) if record is None else record
-        if int(record["phase"]) < 3:  # else finished: nothing to do
-            execute(job, record)
+        lock = path_lock(out) if job.lead else contextlib.nullcontext()  # one writer per run folder: process 0
+        with lock:
+            if job.lead:
+                _prepare_store(job, shown, overwrite)
+            barrier("jaxviz-run-store")
+            _, record, corrupt = store.latest_record(out)
+            if corrupt and job.lead:
+                print(f"jaxviz: ignored corrupt completion record(s) {', '.join(p.name for p in corrupt)}; the "
+                      f"steps they covered are recomputed", file=sys.stderr)
+            record = first_record(job) if record is None else record
+            if int(record["phase"]) < 3:  # else finished: nothing to do
+                execute(job, record)
+            barrier("jaxviz-run-done")
+            return open_run(out)
+    except LockHeldError as e:
+        raise BlockingIOError(f"out: a jaxviz run is in progress in {shown!r} (lock file {str(e.lock)!r} held by "
+                              f"pid {e.pid if e.pid is not None else 'unknown'}); wait for it to end or choose "
+                              f"another directory") from None
     except store.RunStoreError as e:  # only failures to write: a reading error of the images is not one
         raise store.RunStoreError(f"{e}. The steps recorded so far stay valid: make room (or fix the permissions) "
                                   f"and run the same command again to resume") from None
-    barrier("jaxviz-run-done")
-    return open_run(out)
+
+
+def _check_folder(job: Job, shown: str, overwrite: bool) -> dict | None:
+    """``out`` may be written (absent, empty or a run); the settings of the run there (None: start afresh).
+
+    A run with other settings, or damaged settings, is refused unless ``overwrite`` (then: afresh)."""
+    why = store.not_a_run(job.out)
+    if why is not None:
+        raise FileExistsError(f"out: refusing to write into {shown!r}: {why}; choose another directory or empty it")
+    try:
+        previous = read_settings(job.out)
+    except ValueError as e:
+        if overwrite:
+            return None
+        raise ValueError(f"out: {e}") from None
+    if previous is not None and previous != job.settings and not overwrite:
+        differ = sorted(key for key in set(previous) | set(job.settings) if previous.get(key) != job.settings.get(key))
+        raise ValueError(f"out: {shown!r} holds a run with other settings ({', '.join(differ)} differ); "
+                         f"choose another directory or pass overwrite=True to replace it")
+    return None if overwrite else previous
+
+
+def _prepare_store(job: Job, shown: str, overwrite: bool) -> None:
+    """Process 0, holding the lock: check the folder again (it may have changed), then resume the run there
+    or start afresh: with ``overwrite``, other settings, or a store that lacks an array it should hold."""
+    out = job.out
+    previous = _check_folder(job, shown, overwrite)
+    created = not out.exists()
+    try:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise store.RunStoreError(f"could not create {out}: {e}") from None
+        if previous == job.settings:
+            _, record, _ = store.latest_record(out)
+            complete = record is not None and int(record["phase"]) == 3
+            missing = [name for name in expected_arrays(job.settings, complete) if not store.array_opens(out, name)]
+            if not missing:
+                store.mark(out)  # a run made before the marker existed
+                return
+            print(f"jaxviz: the run in {shown} lacks the array(s) {', '.join(missing)} (deleted or damaged); it is "
+                  f"recomputed from scratch", file=sys.stderr)
+        _create(job)
+    except BaseException:
+        if created and not (out / "settings.json").exists():  # nothing usable was written: leave no folder
+            shutil.rmtree(out, ignore_errors=True)
+        raise
 
 
 def _job(network, images, out, *, method, layer, units, window, stride, anchor, segments, num_masks, cells, p, seed,
@@ -178,6 +235,8 @@ def _job(network, images, out, *, method, layer, units, window, stride, anchor, 
         raise TypeError(f"network: expected a jaxviz.Network, got {type(network).__name__}")
     if not isinstance(out, (str, Path)):
         raise TypeError(f"out: expected a directory path, got {type(out).__name__}")
+    if not os.fspath(out):
+        raise ValueError("out: expected a directory path, got ''")
     if Path(out).exists() and not Path(out).is_dir():
         raise NotADirectoryError(f"out: expected a directory, but {str(out)!r} is a file")
     images = _check_source(images, network)
@@ -196,7 +255,7 @@ def _job(network, images, out, *, method, layer, units, window, stride, anchor, 
                                                       anchor=anchor, segments=segments, num_masks=num_masks,
                                                       cells=cells, p=p, seed=seed)
     k = min(check_int(k, "k", 1), n)
-    batch = check_int(images_per_step, "images_per_step", 1)
+    batch = min(check_int(images_per_step, "images_per_step", 1), n)  # a larger step would only pad
     keep_grid = _check_bool(keep_grid, "keep_grid")
     if isinstance(fill, np.ndarray) and fill.ndim == 4:
         raise ValueError("fill: per-image fills are not supported over a dataset; give a number, per-channel (C,) "
@@ -213,7 +272,7 @@ def _job(network, images, out, *, method, layer, units, window, stride, anchor, 
                 "image_shape": [h, w, c], "map_shape": list(map_shape), "masks_per_image": family.count,
                 "classes": list(network.class_names or ()), "model": network.name or "",
                 "model_fingerprint": _fingerprint(network.variables), "data_fingerprint": _fingerprint(head, tail)}
-    return Job(network, images, Path(out), f, units, kept,
+    return Job(network, images, store.resolve(out), f, units, kept,
                network.score_fn(network.output_layer) if network.is_classifier else None,
                len(network.class_names) if network.is_classifier else 0, family,
                MapSpec(method, family.generate, family.count, tuple(map_shape), scale, sub_chunk), fills,

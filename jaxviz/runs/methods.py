@@ -21,7 +21,7 @@ import numpy as np
 
 from jaxviz.attribution.ablation import _segment_generator, grid_segments
 from jaxviz.attribution.rise import _check_p, _key, _rise_generator
-from jaxviz.engine._inputs import check_int
+from jaxviz.engine._inputs import check_int, check_seed
 from jaxviz.engine.occlusion import _check_windows, window_masks
 from jaxviz.engine.perturb import MaskFamily
 
@@ -54,8 +54,9 @@ def method_family(method: Any, image_shape: tuple[int, int, int], *, window: Any
         num_masks = check_int(num_masks, "num_masks", 1)
         cells = check_int(cells, "cells", 1, min(h, w))
         p = _check_p(p)
+        seed = check_seed(seed)
         family = MaskFamily(_rise_generator(cells, (h, w)), (_key(seed), jnp.float32(p)), num_masks,
                             (cells, (h, w)))
         return family, (h, w), 1.0 / (num_masks * p), {"num_masks": num_masks, "cells": cells, "p": p,
-                                                       "seed": int(seed)}
+                                                       "seed": seed}
     raise ValueError(f"method: expected one of {', '.join(RUN_METHODS)}, got {method!r}")

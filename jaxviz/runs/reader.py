@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +13,33 @@ import numpy as np
 
 from jaxviz.runs import store
 
-__all__ = ["Run", "open_run"]
+__all__ = ["Run", "damaged", "expected_arrays", "open_run", "read_settings"]
 
 PER_IMAGE = ("base", "predicted", "max_drop", "max_drop_position")
 FINAL = ("unit_mean_map", "topk_images", "topk_scores", "class_mean_map", "class_counts")
+CLASS_ARRAYS = ("class_mean_map", "class_counts")
+
+
+def expected_arrays(settings: dict, complete: bool) -> tuple[str, ...]:
+    """The arrays a run with ``settings`` holds: the per-image ones (and the grid), and once ``complete``
+    the aggregates (the class ones only for a model with classes)."""
+    names = PER_IMAGE + (("grid",) if settings.get("keep_grid") else ())
+    if complete:
+        names += tuple(n for n in FINAL if settings.get("classes") or n not in CLASS_ARRAYS)
+    return names
+
+
+def damaged(what: str) -> str:
+    """The advice on a damaged run: what is damaged, and how to recompute it."""
+    return f"{what}; run it again with overwrite=True to recompute the run from scratch"
+
+
+def read_settings(path: Path) -> dict | None:
+    """``settings.json`` of the run in ``path`` (None when absent); ValueError naming the file when damaged."""
+    try:
+        return store.read_json(Path(path) / "settings.json")
+    except ValueError as e:
+        raise ValueError(damaged(str(e))) from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,9 +52,12 @@ class Run:
         units, ``map_shape`` (R, C), ``images`` N, ``images_per_step``, the
         model's fingerprint (a hash of every variable) and the data's (a hash
         of the first and the last image: a cheap check, not a full one), ...
-      complete: whether every step and the aggregates are written.
+      complete: whether every step is recorded and every array is there
+        (each one's metadata opens; a run with a missing array is not
+        complete, and ``run_dataset`` recomputes it).
       summary: ``summary.json`` (throughput, where the time went), or None
-        before the run has finished.
+        before the run has finished (or when the file is damaged: a warning
+        says so, and the arrays stay readable).
 
     ``aggregates`` maps names to numpy arrays (U = kept units, K = classes):
 
@@ -46,7 +74,8 @@ class Run:
       ``class_mean_map[c, c]`` is the mean map of the predicted class.
 
     Before the run is complete only the per-image arrays exist (rows not yet
-    computed read as 0).
+    computed read as 0). An array that cannot be read (a garbled chunk)
+    raises ``ValueError`` naming it and saying to rerun with ``overwrite``.
     """
 
     path: Path
@@ -57,8 +86,14 @@ class Run:
     @functools.cached_property
     def aggregates(self) -> dict[str, np.ndarray]:
         names = PER_IMAGE + (FINAL if self.complete else ())
-        return {name: np.asarray(store.open_array(self.path, name).read().result())
-                for name in names if (self.path / "arrays" / name).is_dir()}
+        return {name: self._read(name) for name in names if (self.path / "arrays" / name).is_dir()}
+
+    def _read(self, name: str) -> np.ndarray:
+        try:
+            return np.asarray(store.open_array(self.path, name).read().result())
+        except Exception as e:  # tensorstore: ValueError for a garbled chunk; RunStoreError for bad metadata
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ValueError(damaged(f"{self.path / 'arrays' / name} cannot be read ({first[:120]})")) from None
 
     @property
     def grid(self) -> Any | None:
@@ -67,16 +102,33 @@ class Run:
         return store.open_array(self.path, "grid") if self.settings.get("keep_grid") else None
 
 
-def open_run(path: str | Path) -> Run:
-    """Open the run in directory ``path``.
+def open_run(path: str | os.PathLike) -> Run:
+    """Open the run in directory ``path`` (``run.path`` is absolute).
 
     Raises:
-      FileNotFoundError: no run there (no ``settings.json``).
+      TypeError: ``path`` is not a path. NotADirectoryError: it is a file.
+      FileNotFoundError: no run there (no ``settings.json``). ValueError:
+      ``settings.json`` is damaged (rerun with ``overwrite=True``).
     """
-    path = Path(path)
-    settings = store.read_json(path / "settings.json")
+    if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
+        raise TypeError(f"path: expected a run directory (str or os.PathLike), got {path!r}"[:200])
+    shown = os.fsdecode(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise NotADirectoryError(f"path: expected a run directory, but {shown!r} is a file")
+    path = store.resolve(path)
+    try:
+        settings = read_settings(path)
+    except ValueError as e:
+        raise ValueError(f"path: {e}") from None
     if settings is None:
-        raise FileNotFoundError(f"path: no jaxviz run in {path} (settings.json is missing)")
+        raise FileNotFoundError(f"path: no jaxviz run in {shown!r} (settings.json is missing)")
     _, record, _ = store.latest_record(path)
-    complete = record is not None and int(record["phase"]) == 3
-    return Run(path, settings, complete, store.read_json(path / "summary.json") if complete else None)
+    complete = record is not None and int(record["phase"]) == 3 and all(
+        store.array_opens(path, name) for name in expected_arrays(settings, True))
+    summary = None
+    if complete:
+        try:
+            summary = store.read_json(path / "summary.json")
+        except ValueError as e:
+            warnings.warn(f"{e}; it only holds timings: the run's arrays are intact", stacklevel=2)
+    return Run(path, settings, complete, summary)

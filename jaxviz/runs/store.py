@@ -2,6 +2,7 @@
 
 Layout of a run directory::
 
+    .jaxviz-run           the marker: this folder is a jaxviz run (written first, before anything else)
     settings.json         what was run (method, layer, units, model and data fingerprints, step size)
     arrays/NAME/          one zarr v3 array per result (per-image rows, the optional grid, the aggregates)
     records/record-S.npz  completion records: "steps before S are done", with the running aggregates
@@ -17,6 +18,12 @@ to a temporary name and renamed, so a kill never leaves a half-written chunk.
 A completion record is one ``.npz`` written atomically (temporary name, then
 rename) with a SHA-256 of its contents inside; a record that fails the check
 is ignored and the run resumes from the one before (the last two are kept).
+
+Only an absent or empty folder, or a run (the marker, or the settings of a
+run), is ever written: ``not_a_run`` says why another folder is refused, so
+that ``clear`` never empties a folder that is not a run. Paths are made
+absolute and normalized (``resolve``) before tensorstore sees them: its file
+driver refuses ``..``.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -32,19 +40,26 @@ import numpy as np
 
 from jaxviz._io import atomic_write_bytes
 
-__all__ = ["FORMAT", "RunStoreError", "create_array", "latest_record", "open_array", "read_json", "save_record",
-           "write_json"]
+__all__ = ["FORMAT", "MARKER", "RunStoreError", "array_opens", "clear", "create_array", "latest_record", "mark",
+           "not_a_run", "open_array", "read_json", "resolve", "save_record", "write_json"]
 
 FORMAT = 1
 KEEP_RECORDS = 2
+MARKER = ".jaxviz-run"  # written first into a run's folder: what may be cleared is a run's
+RUN_ENTRIES = ("arrays", "records", "settings.json", "summary.json")
 
 
 class RunStoreError(OSError):
     """The run directory could not be written (permissions, a full disk, a file-size limit)."""
 
 
+def resolve(path: str | os.PathLike) -> Path:
+    """``path`` absolute and normalized (``..`` and symbolic links resolved): tensorstore refuses ``..``."""
+    return Path(os.path.realpath(os.fspath(path)))
+
+
 def _spec(root: Path, name: str) -> dict:
-    return {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(Path(root) / "arrays" / name)}}
+    return {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(resolve(root) / "arrays" / name)}}
 
 
 def create_array(root: Path, name: str, shape: tuple[int, ...], dtype: Any, chunks: tuple[int, ...],
@@ -73,12 +88,30 @@ def open_array(root: Path, name: str):
         raise RunStoreError(f"could not open {Path(root) / 'arrays' / name}: {e}") from None
 
 
-def read_json(path: Path) -> dict | None:
-    """A JSON object, or None when the file is absent."""
+def array_opens(root: Path, name: str) -> bool:
+    """Whether the zarr array ``root/arrays/name`` is there and its metadata reads."""
     try:
-        return json.loads(Path(path).read_text())
+        open_array(root, name)
+    except RunStoreError:
+        return False
+    return True
+
+
+def read_json(path: Path) -> dict | None:
+    """A JSON object, or None when the file is absent.
+
+    Raises:
+      ValueError naming the file when it is not a JSON object (garbled, truncated, another value).
+    """
+    try:
+        value = json.loads(Path(path).read_bytes())
     except FileNotFoundError:
         return None
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+        raise ValueError(f"{path} is damaged (not JSON: {str(e).splitlines()[0][:80]})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} is damaged (a JSON {type(value).__name__}, not an object)")
+    return value
 
 
 def write_json(path: Path, value: dict) -> None:
@@ -139,9 +172,33 @@ def latest_record(root: Path) -> tuple[int, dict[str, np.ndarray] | None, list[P
     return 0, None, corrupt
 
 
+def not_a_run(root: Path) -> str | None:
+    """None if ``root`` is absent, an empty directory or a run (its marker, or the settings of a run made
+    before the marker existed); else why it is not a run."""
+    root = Path(root)
+    if not root.is_dir() or not any(os.scandir(root)) or (root / MARKER).is_file():
+        return None
+    try:
+        settings = read_json(root / "settings.json")
+    except (OSError, ValueError):
+        settings = None
+    if isinstance(settings, dict) and settings.get("format") == FORMAT and "method" in settings:
+        return None
+    return f"it is not empty and holds no jaxviz run (no {MARKER} marker or settings.json of a run)"
+
+
+def mark(root: Path) -> None:
+    """Mark ``root`` as a run's folder (before anything else is written into it)."""
+    if not (Path(root) / MARKER).is_file():
+        write_json(Path(root) / MARKER, {"jaxviz_run": FORMAT})
+
+
 def clear(root: Path) -> None:
-    """Remove what a run writes from ``root`` (a previous run's, or a start killed before its settings)."""
-    for name in ("arrays", "records"):
-        shutil.rmtree(Path(root) / name, ignore_errors=True)
-    for name in ("settings.json", "summary.json"):
-        (Path(root) / name).unlink(missing_ok=True)
+    """Remove what a run writes from ``root`` (a previous run's, or a start killed before its settings); the
+    caller has checked that ``root`` is a run (``not_a_run``). The marker stays."""
+    for name in RUN_ENTRIES:
+        path = Path(root) / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
