@@ -27,7 +27,7 @@ from jaxviz.analysis.trust import METHODS, cam_layer_for, explained_function, me
 from jaxviz.attribution.gradients import IG_METHODS, NT_TYPES
 from jaxviz.attribution.sanity import GRADIENT_METHODS, MODES, PASS_THRESHOLD
 from jaxviz.cli._options import add_data, add_model, check_writable, int_list, load, positive_int
-from jaxviz.cli.commands import _fill, _indices
+from jaxviz.cli.commands import _dataset_fill, _fill, _indices
 from jaxviz.cli.runs import add_run_options, check_run_options, run_all
 from jaxviz.runs.methods import RUN_METHODS
 
@@ -321,7 +321,7 @@ def _attribute_all(args) -> None:
             raise type(e)(f"--{e}") from None
         h, w = network.input_spec.shape[:2]
         _check_sizes(args, h, w, 1)
-        return {"layer": layer, "units": args.units, "fill": _fill(args.fill, network.to_input(data.images[:1])),
+        return {"layer": layer, "units": args.units, "fill": _dataset_fill(args.fill, data, network),
                 "window": args.window, "stride": args.stride, "segments": args.segments,
                 "num_masks": args.num_masks, "cells": args.cells, "p": args.p, "seed": args.seed}
 

@@ -164,6 +164,17 @@ def _fill(text: str, x: np.ndarray):
     return values[0] if len(values) == 1 else np.asarray(values, np.float32)
 
 
+def _dataset_fill(text: str, data, network):
+    """``--fill`` of a run over the whole dataset (``--all``): 'mean' is the per-channel mean of every image
+    (accumulated over blocks, in float64), the rest as ``_fill``."""
+    x_fill = _fill(text, network.to_input(data.images[:1]))  # checks the option
+    if text == "mean":
+        total = sum(np.asarray(network.to_input(data.images[i:i + 1024]), np.float64).sum((0, 1, 2))
+                    for i in range(0, len(data), 1024))
+        x_fill = (total / data.images[..., 0].size).astype(np.float32)
+    return x_fill
+
+
 def _classes(text: str, class_names: tuple[str, ...]) -> tuple[int, ...]:
     out = []
     for c in text.split(","):
@@ -181,6 +192,11 @@ def _occlude_all(args) -> None:
     """``--all``: every image of the dataset, every kept unit of the layer, into a resumable store."""
     if args.images is not None:
         raise ValueError("--images: not with --all (which occludes every image of --data)")
+    defaults = {f.name: f.default for f in dataclasses.fields(jaxviz.ReportSettings)}
+    for name, why in (("num_units", "every unit of --layer, or --units, is kept"),
+                      ("threshold", "no masks are drawn"), ("sigma", "no masks are drawn")):
+        if getattr(args, name) != defaults[name]:
+            raise ValueError(f"--{name.replace('_', '-')}: not with --all ({why}), got {getattr(args, name)}")
 
     def choose(data, network):
         if args.classes is not None:
@@ -189,12 +205,8 @@ def _occlude_all(args) -> None:
                                  f"{network.output_layer} on a model with class names")
             args.layer, args.units = network.output_layer, _classes(args.classes, network.class_names)
         settings = _checked(args, OCCLUDE_FIELDS, data, network, uses_k=False)
-        x_fill = _fill(args.fill, network.to_input(data.images[:1]))
-        if args.fill == "mean":  # per-channel mean of the dataset, accumulated over blocks
-            total = sum(network.to_input(data.images[i:i + 1024]).sum((0, 1, 2), dtype=np.float64)
-                        for i in range(0, len(data), 1024))
-            x_fill = (total / (data.images[..., 0].size)).astype(np.float32)
-        return {"layer": settings.layer or network.feature_layer, "units": settings.units, "fill": x_fill,
+        return {"layer": settings.layer or network.feature_layer, "units": settings.units,
+                "fill": _dataset_fill(args.fill, data, network),
                 "window": settings.window, "stride": settings.stride, "anchor": settings.anchor, "k": settings.k}
 
     run_all(args, "occlusion", choose)

@@ -4,6 +4,7 @@ resumable store (``jaxviz.run_dataset``), as one process or as many (``jax.distr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -13,7 +14,7 @@ import jax
 import numpy as np
 
 import jaxviz
-from jaxviz.cli._options import check_writable, load, positive_int
+from jaxviz.cli._options import as_option, check_writable, load, positive_int
 
 __all__ = ["add_run_options", "check_run_options", "run_all"]
 
@@ -28,7 +29,8 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--images-per-step", type=positive_int, default=64,
                    help="with --all: images per step and per completion record (default: 64)")
     g.add_argument("--overwrite", action="store_true",
-                   help="with --all: replace a run in --out made with other settings instead of refusing")
+                   help="with --all: start afresh: replace a run in --out made with other settings (or a damaged "
+                        "one) instead of refusing or resuming")
     d = p.add_argument_group("many processes (with --all; every process runs the same command)")
     d.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0, which listens there")
     d.add_argument("--num-processes", type=positive_int, help="how many processes take part")
@@ -50,27 +52,60 @@ def check_run_options(args) -> None:
             raise ValueError(f"{option}: only with --all (a run over the whole dataset)")
 
 
+def _as_options(e: Exception) -> Exception:
+    """An error of ``initialize_distributed`` or ``run_dataset`` naming the options, not the arguments."""
+    e = as_option(e, ("out", "images_per_step", "keep_grid", "overwrite"))
+    message = re.sub(r"\b(coordinator|num_processes|process_id|heartbeat_timeout)\b",
+                     lambda m: "--" + m.group(1).replace("_", "-"), str(e))
+    message = message.replace("auto:", "--distributed:", 1).replace("overwrite=True", "--overwrite")
+    return type(e)(message)
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr():
+    """Everything written to stdout (fd 1: JAX's and Gloo's connection messages too) goes to stderr meanwhile,
+    so that stdout holds only the result."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def run_all(args, method: str, choose) -> None:
-    """Start (or join) the processes, load the model and data, and run ``method`` over every image.
+    """Start (or join) the processes, load the model and data, and run ``method`` over every image; print the
+    result (JSON, process 0) on stdout, where nothing else is written.
 
     ``choose(data, network)`` checks the command's own options once the model is loaded and returns
     ``run_dataset``'s keyword arguments (layer, units, fill, the method's options).
     """
+    with _stdout_to_stderr():
+        result = _run(args, method, choose)
+    if result is not None:
+        print(json.dumps(result, allow_nan=False, default=_plain), flush=True)
+
+
+def _run(args, method: str, choose) -> dict | None:
     try:
         multi = jaxviz.initialize_distributed(args.coordinator, args.num_processes, args.process_id,
                                               auto=args.distributed, heartbeat_timeout=args.heartbeat_timeout)
-    except ValueError as e:  # name the options, not the arguments
-        message = re.sub(r"\b(coordinator|num_processes|process_id|heartbeat_timeout)\b",
-                         lambda m: "--" + m.group(1).replace("_", "-"), str(e))
-        raise ValueError(message.replace("auto:", "--distributed:", 1)) from None
+    except ValueError as e:
+        raise _as_options(e) from None
     if jax.process_index() == 0:
         check_writable(args.out, directory=True, option="--out")
     try:
         data, network = load(args)
         options = choose(data, network)
-        run = jaxviz.run_dataset(network, data.images, args.out, method=method, keep_grid=args.keep_grid,
-                                 images_per_step=args.images_per_step, overwrite=args.overwrite, progress=True,
-                                 **options)
+        try:
+            run = jaxviz.run_dataset(network, data.images, args.out, method=method, keep_grid=args.keep_grid,
+                                     images_per_step=args.images_per_step, overwrite=args.overwrite, progress=True,
+                                     **options)
+        except (ValueError, TypeError, OSError) as e:
+            raise _as_options(e) from None
     except BaseException as e:
         if not multi:
             raise
@@ -80,10 +115,11 @@ def run_all(args, method: str, choose) -> None:
               f"{e if user else f'{type(e).__name__}: {e}'}", file=sys.stderr, flush=True)
         os._exit(2 if user else 1)
     layer = options.get("layer") or network.output_layer
-    if jax.process_index() == 0:
-        print(json.dumps({"run": str(run.path), "complete": run.complete, "method": method, "layer": layer,
-                          "images": run.settings["images"], "processes": jax.process_count(),
-                          "multi_process": multi, "summary": run.summary}, allow_nan=False, default=_plain))
+    if jax.process_index() != 0:
+        return None
+    return {"run": str(run.path), "complete": run.complete, "method": method, "layer": layer,
+            "images": run.settings["images"], "processes": jax.process_count(), "multi_process": multi,
+            "summary": run.summary}
 
 
 def _plain(value):

@@ -53,8 +53,9 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
       (no arguments, or ``num_processes == 1``).
 
     Raises:
-      ValueError naming the argument (a missing or malformed one), or
-      RuntimeError from JAX when the processes cannot connect.
+      ValueError naming the argument (a missing or malformed one; ``auto``
+      when no cluster is detected), or RuntimeError from JAX when the
+      processes cannot connect.
     """
     if coordinator is not None:
         coordinator = _check_address(coordinator)
@@ -76,7 +77,14 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
         process_id = check_int(process_id, "process_id", 0, num_processes - 1, f" (num_processes = {num_processes})")
         if num_processes == 1:
             return False
-    jax.distributed.initialize(coordinator, num_processes, process_id, heartbeat_timeout_seconds=heartbeat_timeout,
-                               initialization_timeout=initialization_timeout,
-                               shutdown_timeout_seconds=heartbeat_timeout)
+    try:
+        jax.distributed.initialize(coordinator, num_processes, process_id,
+                                   heartbeat_timeout_seconds=heartbeat_timeout,
+                                   initialization_timeout=initialization_timeout,
+                                   shutdown_timeout_seconds=heartbeat_timeout)
+    except ValueError as e:  # JAX: "coordinator_address should be defined." when it detects no cluster
+        if auto and "defined" in str(e):
+            raise ValueError("auto: no cluster was detected (SLURM, Open MPI, Kubernetes, TPU pod) in the "
+                             "environment; give coordinator, num_processes and process_id instead") from None
+        raise
     return True
