@@ -50,9 +50,16 @@ def _same_arrays(run, reference) -> None:
         np.testing.assert_array_equal(arrays[name], value, err_msg=name)
 
 
-def _complete_run(network, images, out, **options):
+def _complete_run(network, images, out: Path) -> Path:
+    assert jaxviz.run_dataset(network, images, out, **OPTIONS).complete
+    return out
+
+
+def _rerun(network, images, out: Path, reference, **options):
+    """Run again into ``out``: complete, with the undisturbed run's arrays."""
     run = jaxviz.run_dataset(network, images, out, **{**OPTIONS, **options})
     assert run.complete
+    _same_arrays(run, reference)
     return run
 
 
@@ -98,8 +105,7 @@ def test_a_folder_that_is_not_a_run_is_never_emptied(network, images, tmp_path, 
 
 
 def test_a_second_writer_is_refused_while_a_run_holds_the_folder(network, images, reference, tmp_path):
-    out = tmp_path / "run"
-    _complete_run(network, images, out)
+    out = _complete_run(network, images, tmp_path / "run")
     settings = jaxviz.open_run(out).settings
     with path_lock(out):  # another run writing there
         for options in (dict(overwrite=True), dict(stride=4, overwrite=True), {}):
@@ -118,29 +124,22 @@ def test_a_second_writer_is_refused_while_a_run_holds_the_folder(network, images
 @pytest.mark.parametrize("lost", ["unit_mean_map", "base"])
 def test_a_missing_array_makes_the_run_incomplete_and_the_same_command_recomputes_it(
         network, images, reference, tmp_path, lost):
-    out = tmp_path / "run"
-    _complete_run(network, images, out)
+    out = _complete_run(network, images, tmp_path / "run")
     shutil.rmtree(out / "arrays" / lost)
     assert not jaxviz.open_run(out).complete
-    run = jaxviz.run_dataset(network, images, out, **OPTIONS)
-    assert run.complete and run.summary["images_this_run"] == len(images)
-    _same_arrays(run, reference)
+    assert _rerun(network, images, out, reference).summary["images_this_run"] == len(images)
 
 
 @pytest.mark.parametrize("overwrite", [False, True])
 def test_settings_without_arrays_or_records_can_be_run_again(network, images, reference, tmp_path, overwrite):
-    out = tmp_path / "run"
-    _complete_run(network, images, out)
+    out = _complete_run(network, images, tmp_path / "run")
     shutil.rmtree(out / "arrays")
     shutil.rmtree(out / "records")
-    run = jaxviz.run_dataset(network, images, out, overwrite=overwrite, **OPTIONS)
-    assert run.complete
-    _same_arrays(run, reference)
+    _rerun(network, images, out, reference, overwrite=overwrite)
 
 
 def test_a_garbled_chunk_is_named_and_overwrite_repairs_it(network, images, reference, tmp_path):
-    out = tmp_path / "run"
-    _complete_run(network, images, out)
+    out = _complete_run(network, images, tmp_path / "run")
     chunks = sorted(p for p in (out / "arrays" / "base").rglob("*") if p.is_file() and p.name != "zarr.json")
     assert chunks
     chunks[0].write_bytes(b"\x00garbage" * 3)
@@ -149,8 +148,7 @@ def test_a_garbled_chunk_is_named_and_overwrite_repairs_it(network, images, refe
     message = str(error.value)
     assert "\n" not in message and len(message) < 400, message
     assert "arrays/base" in message and "overwrite=True" in message, message
-    run = jaxviz.run_dataset(network, images, out, overwrite=True, **OPTIONS)
-    _same_arrays(run, reference)
+    _rerun(network, images, out, reference, overwrite=True)
 
 
 # ------------------------------------------------------------------ 8. a step larger than the dataset
@@ -171,21 +169,17 @@ def test_a_step_larger_than_the_dataset_is_capped(network, images, tmp_path):
 
 @pytest.mark.parametrize("content", [b'{"format": 1, "method": ', b"[1, 2]", b"\xff\xfe"])
 def test_damaged_settings_are_named_and_overwrite_recovers(network, images, reference, tmp_path, content):
-    out = tmp_path / "run"
-    _complete_run(network, images, out)
+    out = _complete_run(network, images, tmp_path / "run")
     (out / "settings.json").write_bytes(content)
     with pytest.raises(ValueError, match=r"^path: .*settings\.json is damaged.*overwrite=True"):
         jaxviz.open_run(out)
     with pytest.raises(ValueError, match=r"^out: .*settings\.json is damaged.*overwrite=True"):
         jaxviz.run_dataset(network, images, out, **OPTIONS)
-    run = jaxviz.run_dataset(network, images, out, overwrite=True, **OPTIONS)
-    assert run.complete
-    _same_arrays(run, reference)
+    _rerun(network, images, out, reference, overwrite=True)
 
 
 def test_a_damaged_summary_does_not_hide_the_arrays(network, images, reference, tmp_path):
-    out = tmp_path / "run"
-    _complete_run(network, images, out)
+    out = _complete_run(network, images, tmp_path / "run")
     (out / "summary.json").write_text('{"seconds": ')
     with pytest.warns(UserWarning, match=r"summary\.json is damaged"):
         run = jaxviz.open_run(out)
