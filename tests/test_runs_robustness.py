@@ -75,8 +75,9 @@ def test_paths_with_dotdot_are_resolved(network, images, reference, tmp_path, mo
     again = jaxviz.open_run("../run")
     assert again.complete and again.path.is_absolute()
     _same_arrays(again, reference)
-    relative = jaxviz.run_dataset(network, images, "../relative", **OPTIONS)
-    assert relative.complete and relative.path == (tmp_path / "relative").resolve()
+    relative = jaxviz.run_dataset(network, images, "../new/../deep/er/run", **OPTIONS)  # parents created
+    assert relative.complete and relative.path == (tmp_path / "deep" / "er" / "run").resolve()
+    assert not (tmp_path / "new").exists()
 
 
 # ------------------------------------------------------------------ 3. a folder that is not a run

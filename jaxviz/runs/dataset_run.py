@@ -158,6 +158,11 @@ def run_dataset(network: Network, images: Any, out: str | Path, *, method: str =
     overwrite = _check_bool(overwrite, "overwrite")
     _check_folder(job, shown, overwrite)
     try:
+        if job.lead:  # the lock file lies beside the folder
+            try:
+                out.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise store.RunStoreError(f"could not create {out.parent}: {e}") from None
         lock = path_lock(out) if job.lead else contextlib.nullcontext()  # one writer per run folder: process 0
         with lock:
             if job.lead:
@@ -171,7 +176,10 @@ def run_dataset(network: Network, images: Any, out: str | Path, *, method: str =
             if int(record["phase"]) < 3:  # else finished: nothing to do
                 execute(job, record)
             barrier("jaxviz-run-done")
-            return open_run(out)
+            try:
+                return open_run(out)
+            except (ValueError, OSError) as e:  # the argument here is out
+                raise type(e)(str(e).replace("path:", "out:", 1)) from None
     except LockHeldError as e:
         raise BlockingIOError(f"out: a jaxviz run is in progress in {shown!r} (lock file {str(e.lock)!r} held by "
                               f"pid {e.pid if e.pid is not None else 'unknown'}); wait for it to end or choose "
