@@ -27,7 +27,8 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--keep-grid", action="store_true",
                    help="with --all: also write every map (N x positions x units floats), not only the aggregates")
     g.add_argument("--images-per-step", type=positive_int, default=64,
-                   help="with --all: images per step and per completion record (default: 64)")
+                   help="with --all: images per step and per completion record (default: 64; at most the "
+                        "number of images)")
     g.add_argument("--overwrite", action="store_true",
                    help="with --all: start afresh: replace a run in --out made with other settings (or a damaged "
                         "one) instead of refusing or resuming")

@@ -19,6 +19,11 @@ with the same arguments continues after the last recorded step and ends
 with the same store, bit for bit. Only blocks of images (never the dataset)
 and the fixed-size state are held in memory.
 
+One run at a time writes a folder (process 0 holds ``jaxviz._io.path_lock``
+beside it for the whole run), and only an absent or empty folder or a run
+(``store.not_a_run``) is written. A store that lacks an array it should hold
+is recomputed from scratch; ``overwrite`` always starts afresh.
+
 With ``jax.distributed`` initialized (``initialize_distributed``), the
 devices of every process form one mesh: each process reads and computes its
 share of every block, writes its rows of the grid, and the program's

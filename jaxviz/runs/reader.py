@@ -47,7 +47,7 @@ class Run:
     """A dataset run on disk (``run_dataset`` / ``jaxviz occlude --all``).
 
     Attributes:
-      path: the run directory.
+      path: the run directory (absolute, normalized).
       settings: what was run (``settings.json``): method and options, layer,
         units, ``map_shape`` (R, C), ``images`` N, ``images_per_step``, the
         model's fingerprint (a hash of every variable) and the data's (a hash
