@@ -80,6 +80,16 @@ def test_paths_with_dotdot_are_resolved(network, images, reference, tmp_path, mo
     assert not (tmp_path / "new").exists()
 
 
+def test_a_start_that_fails_to_write_leaves_no_folder(network, images, tmp_path, monkeypatch):
+    def full_disk(root, name, *args, **kwargs):
+        raise jaxviz.RunStoreError(f"could not create {root}/arrays/{name}: No space left on device")
+
+    monkeypatch.setattr(jaxviz.runs.store, "create_array", full_disk)
+    with pytest.raises(jaxviz.RunStoreError, match="No space left.*make room"):
+        jaxviz.run_dataset(network, images, tmp_path / "run", **OPTIONS)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # neither the folder nor its lock
+
+
 # ------------------------------------------------------------------ 3. a folder that is not a run
 
 
