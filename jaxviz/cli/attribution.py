@@ -25,7 +25,7 @@ import jaxviz
 from jaxviz import plots
 from jaxviz.analysis.trust import METHODS, cam_layer_for, explained_function, method_map
 from jaxviz.attribution.gradients import IG_METHODS, NT_TYPES
-from jaxviz.attribution.sanity import GRADIENT_METHODS, MODES, PASS_THRESHOLD
+from jaxviz.attribution.sanity import GRADIENT_METHODS, MODES, PASS_THRESHOLD, format_correlation
 from jaxviz.cli._options import add_data, add_model, check_writable, int_list, load, positive_int
 from jaxviz.cli.commands import _fill, _indices
 from jaxviz.cli.runs import add_run_options, check_run_options, run_all
@@ -479,15 +479,13 @@ def cmd_sanity(args) -> None:
         "mode": check.mode, "layers": list(check.layers), "initializer": check.initializer,
         "explained": f"{network.output_layer} (the trained model's predicted output)", "images": idx.tolist(),
         "targets": check.targets.tolist(), "threshold": PASS_THRESHOLD, "passes": check.passes(),
-        "final": check.final(), "mean": {m: [None if np.isnan(v) else float(v) for v in means[m]] for m in means},
-        "per_image": {m: [[None if np.isnan(v) else float(v) for v in row] for row in c]
-                      for m, c in check.correlations.items()},
+        "final": check.final(), "mean": means, "per_image": check.correlations,
         "sentence": check.sentence(),
         "settings": {"methods": list(args.methods), "n_steps": args.n_steps, "nt_samples": args.nt_samples,
                      "stdevs": args.stdevs, "cam_layer": args.cam_layer, "seed": args.seed},
         "seconds": round(seconds, 3),
     }
-    text = json.dumps(record, indent=2, allow_nan=False)
+    text = json.dumps(jaxviz.jsonable(record), indent=2, allow_nan=False)  # undefined correlations (NaN): null
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         jaxviz.atomic_write_bytes(out / "sanity.json", text.encode())
@@ -500,6 +498,7 @@ def cmd_sanity(args) -> None:
         width = max(len(GRADIENT_METHODS[m]) for m in check.methods)
         lines = [f"{len(idx)} images, {check.mode} randomization of {', '.join(check.layers)} "
                  f"({check.initializer} initializer); mean Spearman correlation with the trained model's map:"]
-        lines += [f"  {GRADIENT_METHODS[m]:<{width}}  " + " ".join(f"{v:5.2f}" for v in means[m]) for m in check.methods]
+        lines += [f"  {GRADIENT_METHODS[m]:<{width}}  " + " ".join(f"{format_correlation(v):>5}" for v in means[m])
+                  for m in check.methods]
         lines.append(check.sentence())
         print("\n".join(lines))
