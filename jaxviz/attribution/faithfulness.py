@@ -48,6 +48,7 @@ from jaxviz.engine.perturb import MaskFamily, perturbed_outputs, prepare
 __all__ = ["Curve", "MuFidelity", "check_steps", "deletion_curve", "insertion_curve", "mu_fidelity"]
 
 MODES = ("deletion", "insertion")
+STEPS = 100  # deletion / insertion steps by default (at most the pixels of an image)
 _F32_RESOLUTION = 8 * float(np.finfo(np.float32).eps)  # spread below this * scale: constant (see _pearson)
 _F64_RESOLUTION = 1e-9
 
@@ -199,7 +200,7 @@ def deletion_curve(
     attribution: Any,
     *,
     mode: str = "deletion",
-    steps: int = 100,
+    steps: int | None = None,
     fill: Any = 0.0,
     params: Any = None,
     targets: Sequence[int] | np.ndarray | None = None,
@@ -219,7 +220,8 @@ def deletion_curve(
       attribution: real (N, H, W), one map per image (higher = more important).
       mode: ``"deletion"`` (fill the top pixels) or ``"insertion"`` (start from
         the fill and reveal the top pixels).
-      steps: number of steps, in [1, H * W]; step k fills / reveals ``count(k) =
+      steps: number of steps, in [1, H * W] (default ``STEPS``, 100, or H * W on smaller
+        images); step k fills / reveals ``count(k) =
         floor(k * H * W / steps + 1/2)`` pixels.
       fill: as in ``occlude``: a number, per-channel (C,), image (H, W, C) or
         per-image (N, H, W, C) values, or ``"blur"`` (Petsiuk's insertion canvas).
@@ -239,7 +241,8 @@ def deletion_curve(
     if mode not in MODES:
         raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
     x = check_x(x)
-    steps = check_steps(steps, x.shape[1] * x.shape[2])
+    pixels = x.shape[1] * x.shape[2]
+    steps = min(STEPS, pixels) if steps is None else check_steps(steps, pixels)
     ranks = _ranks(_check_attribution(attribution, x))
     targets = _check_targets(targets, x.shape[0])
     p = prepare(f, x, fill=fill, units=units, params=params, blur_sigma=blur_sigma)

@@ -260,6 +260,11 @@ def randomization_test(network: Network, images: np.ndarray, *,
         raise ValueError(f"cam_layer: expected a layer with (h, w, channels) maps, from "
                          f"{', '.join(network.spatial_layers())}; got {cam_layer!r}")
     output = network.output_layer
+    if "gradcam" in methods:
+        try:  # Grad-CAM's gradient at a layer: before any method runs
+            network.perturbed_fn(cam_layer, output)
+        except ValueError as e:
+            raise ValueError(f"methods: gradcam: {e}") from None
     f = network.score_fn(output)  # the output layer's scores (unit_scores_of), Grad-CAM's too
     x = network.to_input(images)
     if targets is None:  # the scores the gradients explain: conv maps averaged over (h, w)
