@@ -253,6 +253,10 @@ def test_faithfulness_table_of_the_chosen_methods(setup, capsys):
     (["faithfulness", "--images", "0,1", "--targets", "3,-1"], ["--targets: ", "[0, 10)"]),
     (["faithfulness", "--images", "7"], ["--images: ", "[0, 6)"]),
     (["faithfulness", "--steps", "0"], ["--steps", "0"]),
+    (["faithfulness", "--steps", "1025"], ["--steps: expected an int in [1, 1024]", "pixels", "1025"]),
+    (["faithfulness", "--methods", "occlusion,ig", "--n-steps", "1", "--steps", "100000"], ["--steps: "]),
+    (["attribute", "--method", "ig", "--ig-method", "riemann_left", "--n-steps", "1"],
+     ["--n-steps: expected an int >= 2", "two steps", "got 1"]),
     (["faithfulness", "--num-subsets", "1"], ["--num-subsets", ">= 2"]),
     (["faithfulness", "--num-masks", "-5"], ["--num-masks", "-5"]),
     (["faithfulness", "--mu-grid", "33"], ["--mu-grid: ", "33"]),
@@ -282,3 +286,30 @@ def test_unwritable_out_is_refused_first(setup, capsys, tmp_path, command):
     code, _, err = run(capsys, *command, *setup["args"], "--out", taken)
     assert_one_line_error(code, err, "--out: ", "expected a directory")
     assert taken.read_bytes() == b"keep" and sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
+def test_sanity_of_constant_maps_reports_undefined_not_a_crash(setup, capsys, tmp_path):
+    """Input x gradient of black images is 0 everywhere: no correlation (null in JSON, "undefined" in the
+    table), no verdict; sanity.json and sanity.png are written."""
+    from PIL import Image
+
+    folder = tmp_path / "black"
+    for name in jaxviz.CIFAR10_CLASSES[:2]:
+        (folder / name).mkdir(parents=True)
+        Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(folder / name / "0.png")
+    args = ["--weights", setup["weights"], "--data", "folder", "--data-dir", folder, "--methods", "ixg,saliency"]
+    code, out, err = run(capsys, "sanity", *args, "--json", "--out", tmp_path / "out")
+    assert code == 0, err
+    record = json.loads(out)
+    assert json.loads((tmp_path / "out" / "sanity.json").read_text()) == record
+    assert (tmp_path / "out" / "sanity.png").read_bytes()[:4] == b"\x89PNG"
+    assert record["final"]["ixg"] is None and record["passes"]["ixg"] is None
+    assert all(v is None for row in record["per_image"]["ixg"] for v in row)
+    assert all(v is None for v in record["mean"]["ixg"])
+    assert any(isinstance(v, float) for row in record["per_image"]["saliency"] for v in row)  # defined somewhere
+    assert "input × gradient undefined" in record["sentence"]
+    code, out, err = run(capsys, "sanity", *args)
+    assert code == 0, err
+    table = out.splitlines()
+    ixg_row = next(line for line in table if line.strip().startswith("input × gradient"))
+    assert ixg_row.split()[3:] == ["undefined"] * (len(ixg_row.split()) - 3) and "nan" not in out

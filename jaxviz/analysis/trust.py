@@ -207,10 +207,11 @@ def method_map(network: Network, x: np.ndarray, method: str, *, layer: str | Non
 
 
 def check_methods(network: Network, methods, *, layer: str, cam_layer: str | None = None, segments=8,
-                  ig_steps: int = 50, steps: int = 50, seed: int = 0) -> None:
+                  ig_steps: int = 50, ig_method: str = "gausslegendre", steps: int | None = None,
+                  seed: int = 0) -> None:
     """Every chosen method's requirements, before any of them runs: Grad-CAM's layer and its gradient at a
     layer (``apply_perturbed``), feature ablation's grid, integrated gradients' steps, the deletion /
-    insertion ``steps`` and the ``seed``; each rule is checked by its owner.
+    insertion ``steps`` (unless None) and the ``seed``; each rule is checked by its owner.
 
     Raises:
       ValueError / TypeError naming the argument (``methods`` for what a method needs of the network).
@@ -219,9 +220,13 @@ def check_methods(network: Network, methods, *, layer: str, cam_layer: str | Non
         raise ValueError(f"methods: expected short names from {', '.join(METHODS)}, got {methods!r}")
     h, w = network.input_spec.shape[:2]
     check_seed(seed)
-    check_steps(steps, h * w)
+    if steps is not None:
+        check_steps(steps, h * w)
     if "ig" in methods:
-        ig_coefficients(ig_steps, "gausslegendre")
+        try:
+            ig_coefficients(ig_steps, ig_method)
+        except (TypeError, ValueError) as e:
+            raise type(e)(str(e).replace("n_steps:", "ig_steps:", 1)) from None
     if "ablation" in methods:
         segment_labels(segments, h, w)
     if "gradcam" in methods:

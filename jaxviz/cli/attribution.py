@@ -362,6 +362,10 @@ def cmd_attribute(args) -> None:
     if args.method == "ablation" and args.slic is not None:
         _check_slic()
     data, network, idx, layer, softmax, targets = _prepare(args)
+    with _named_as_options(args):  # the method's requirements, before any work
+        check_methods(network, (args.method,), layer=layer, cam_layer=args.cam_layer,
+                      segments=args.segments if args.slic is None else None, ig_steps=args.n_steps,
+                      ig_method=args.ig_method, seed=args.seed)
     images = data.images[idx]
     x = network.to_input(images)
     fill = _fill(args.fill, x)
