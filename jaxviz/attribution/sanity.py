@@ -10,7 +10,9 @@ the randomized one:
 
 Randomized variables come from the model's own initializers
 (``Network.init``, with ``key(seed)``: one fresh draw, so a layer keeps the
-same random weights in every set); a network without ``init`` gets
+same random weights in every set; drawn again from a key derived from the seed
+where it equals the model's variables in some layer, as for an untrained model
+initialized with that very key); a network without ``init`` gets
 scale-matched Gaussians instead (each array replaced by draws with its own
 mean and standard deviation), and the result says so. Every randomized set
 and the trained one are stacked and evaluated in one ``vmap`` per method.
@@ -19,7 +21,9 @@ The similarity is the Spearman rank correlation, per image, between the
 absolute maps (summed over channels; Grad-CAM unrectified, so that a map
 rectified to all zeros leaves nothing undefined). A method passes where the
 correlation falls towards 0 as layers are randomized; a map that does not
-change when the model is destroyed explains the input, not the model.
+change when the model is destroyed explains the input, not the model. Where a
+method's maps are constant (input x gradient of a black image, a dead layer)
+the correlation is undefined (NaN) and the method gets no verdict.
 """
 
 from __future__ import annotations
