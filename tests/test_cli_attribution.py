@@ -313,3 +313,42 @@ def test_sanity_of_constant_maps_reports_undefined_not_a_crash(setup, capsys, tm
     table = out.splitlines()
     ixg_row = next(line for line in table if line.strip().startswith("input × gradient"))
     assert ixg_row.split()[3:] == ["undefined"] * (len(ixg_row.split()) - 3) and "nan" not in out
+
+
+FUNCTION_MODEL = '''
+import numpy as np
+
+INPUT_SHAPE = (32, 32, 3)
+
+
+def apply(variables, x, layer):
+    pooled = x.reshape(x.shape[0], 8, 4, 8, 4, 3).mean(axis=(2, 4))  # (N, 8, 8, 3)
+    if layer == "pool":
+        return pooled
+    hidden = pooled.reshape(x.shape[0], -1) @ variables["w1"]
+    return hidden if layer == "hidden" else hidden @ variables["w2"]
+
+
+def build():
+    rng = np.random.default_rng(0)
+    variables = {"w1": rng.normal(size=(192, 6)).astype(np.float32), "w2": rng.normal(size=(6, 3)).astype(np.float32)}
+    return apply, variables, ("pool", "hidden", "out")
+'''
+
+
+@pytest.mark.parametrize("args,words", [
+    (["sanity", "--methods", "saliency"], ["--model: none of its layers (pool, hidden, out)", "['w1', 'w2']"]),
+    (["faithfulness", "--methods", "occlusion,saliency,gradcam"], ["--methods: gradcam: ", "no apply_perturbed"]),
+])
+def test_a_function_model_is_refused_by_option_before_any_work(setup, capsys, tmp_path, monkeypatch, args, words):
+    """An (apply, variables, layer_names) model: no per-layer variables for the sanity check, no Grad-CAM
+    without apply_perturbed; both refused in one line before any method runs."""
+    model = tmp_path / "function_model.py"
+    model.write_text(FUNCTION_MODEL)
+    for name in ("occlude", "rise", "feature_ablation", "saliency", "input_x_gradient", "integrated_gradients",
+                 "smoothgrad", "grad_cam"):
+        monkeypatch.setattr(trust, name, lambda *a, _name=name, **k: pytest.fail(f"{_name} ran"))
+    monkeypatch.setattr(jaxviz, "layer_features", lambda *a, **k: pytest.fail("layer_features ran"))
+    data = ["--data", "folder", "--data-dir", setup["folder"], "--model", f"{model}:build"]
+    code, _, err = run(capsys, *args, *data, "--images", "0,1")
+    assert_one_line_error(code, err, *words)
