@@ -352,3 +352,13 @@ def test_a_function_model_is_refused_by_option_before_any_work(setup, capsys, tm
     data = ["--data", "folder", "--data-dir", setup["folder"], "--model", f"{model}:build"]
     code, _, err = run(capsys, *args, *data, "--images", "0,1")
     assert_one_line_error(code, err, *words)
+
+
+@pytest.mark.parametrize("extra,words", [
+    (["--units", "99"], ["--units: ", "[0, 10)", "[99]"]),
+    (["--layer", "fc1", "--units", "3,99"], ["--units: ", "[0, 16)"]),
+])
+def test_attribute_all_errors_name_the_option(setup, capsys, tmp_path, extra, words):
+    code, _, err = run(capsys, "attribute", "--method", "occlusion", "--all", *setup["args"], "--out",
+                       tmp_path / "run", *extra)
+    assert_one_line_error(code, err, *words)

@@ -347,7 +347,8 @@ def _attribute_all(args) -> None:
                 "window": args.window, "stride": args.stride, "segments": args.segments,
                 "num_masks": args.num_masks, "cells": args.cells, "p": args.p, "seed": args.seed}
 
-    run_all(args, args.method, choose)
+    with _named_as_options(args):  # run_dataset's errors name the options
+        run_all(args, args.method, choose)
 
 
 def cmd_attribute(args) -> None:
