@@ -199,7 +199,8 @@ def add_faithfulness(sub) -> None:
     g = p.add_argument_group("metrics")
     g.add_argument("--methods", type=_method_list, default=tuple(METHODS),
                    help=f"methods to report (default: {','.join(METHODS)})")
-    g.add_argument("--steps", type=positive_int, default=50, help="deletion / insertion steps, at most the pixels of an image (default: 50)")
+    g.add_argument("--steps", type=positive_int, default=50,
+                   help="deletion / insertion steps, at most the pixels of an image (default: 50)")
     g.add_argument("--mu-grid", type=positive_int, default=8, help="MuFidelity: cells per side (default: 8)")
     g.add_argument("--num-subsets", type=_at_least_two, default=128,
                    help="MuFidelity: random subsets of cells (default: 128)")
