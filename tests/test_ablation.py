@@ -320,3 +320,12 @@ def test_bad_x_fill_and_units_raise_clear_errors(x):
         feature_ablation(linear, x, segments=segments, chunk_size=0)
     with pytest.raises(TypeError, match="f: expected a callable"):
         feature_ablation(None, x, segments=segments)
+
+
+def test_an_int_segments_is_a_grid_of_that_many_cells_per_side(x):
+    got = feature_ablation(linear, x, segments=3)
+    want = feature_ablation(linear, x, segments=grid_segments(H, W, cells=3))
+    np.testing.assert_array_equal(got.segments, want.segments)
+    np.testing.assert_array_equal(got.scores, want.scores)
+    with pytest.raises(ValueError, match=r"^segments: a grid of expected 1 <= cells <= \(8, 9\)"):
+        feature_ablation(linear, x, segments=H + 1)

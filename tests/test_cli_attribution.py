@@ -253,6 +253,10 @@ def test_faithfulness_table_of_the_chosen_methods(setup, capsys):
     (["faithfulness", "--images", "0,1", "--targets", "3,-1"], ["--targets: ", "[0, 10)"]),
     (["faithfulness", "--images", "7"], ["--images: ", "[0, 6)"]),
     (["faithfulness", "--steps", "0"], ["--steps", "0"]),
+    (["faithfulness", "--steps", "1025"], ["--steps: expected an int in [1, 1024]", "pixels", "1025"]),
+    (["faithfulness", "--methods", "occlusion,ig", "--n-steps", "1", "--steps", "100000"], ["--steps: "]),
+    (["attribute", "--method", "ig", "--ig-method", "riemann_left", "--n-steps", "1"],
+     ["--n-steps: expected an int >= 2", "two steps", "got 1"]),
     (["faithfulness", "--num-subsets", "1"], ["--num-subsets", ">= 2"]),
     (["faithfulness", "--num-masks", "-5"], ["--num-masks", "-5"]),
     (["faithfulness", "--mu-grid", "33"], ["--mu-grid: ", "33"]),
@@ -282,3 +286,79 @@ def test_unwritable_out_is_refused_first(setup, capsys, tmp_path, command):
     code, _, err = run(capsys, *command, *setup["args"], "--out", taken)
     assert_one_line_error(code, err, "--out: ", "expected a directory")
     assert taken.read_bytes() == b"keep" and sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
+def test_sanity_of_constant_maps_reports_undefined_not_a_crash(setup, capsys, tmp_path):
+    """Input x gradient of black images is 0 everywhere: no correlation (null in JSON, "undefined" in the
+    table), no verdict; sanity.json and sanity.png are written."""
+    from PIL import Image
+
+    folder = tmp_path / "black"
+    for name in jaxviz.CIFAR10_CLASSES[:2]:
+        (folder / name).mkdir(parents=True)
+        Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(folder / name / "0.png")
+    args = ["--weights", setup["weights"], "--data", "folder", "--data-dir", folder, "--methods", "ixg,saliency"]
+    code, out, err = run(capsys, "sanity", *args, "--json", "--out", tmp_path / "out")
+    assert code == 0, err
+    record = json.loads(out)
+    assert json.loads((tmp_path / "out" / "sanity.json").read_text()) == record
+    assert (tmp_path / "out" / "sanity.png").read_bytes()[:4] == b"\x89PNG"
+    assert record["final"]["ixg"] is None and record["passes"]["ixg"] is None
+    assert all(v is None for row in record["per_image"]["ixg"] for v in row)
+    assert all(v is None for v in record["mean"]["ixg"])
+    assert any(isinstance(v, float) for row in record["per_image"]["saliency"] for v in row)  # defined somewhere
+    assert "input × gradient undefined" in record["sentence"]
+    code, out, err = run(capsys, "sanity", *args)
+    assert code == 0, err
+    table = out.splitlines()
+    ixg_row = next(line for line in table if line.strip().startswith("input × gradient"))
+    assert ixg_row.split()[3:] == ["undefined"] * (len(ixg_row.split()) - 3) and "nan" not in out
+
+
+FUNCTION_MODEL = '''
+import numpy as np
+
+INPUT_SHAPE = (32, 32, 3)
+
+
+def apply(variables, x, layer):
+    pooled = x.reshape(x.shape[0], 8, 4, 8, 4, 3).mean(axis=(2, 4))  # (N, 8, 8, 3)
+    if layer == "pool":
+        return pooled
+    hidden = pooled.reshape(x.shape[0], -1) @ variables["w1"]
+    return hidden if layer == "hidden" else hidden @ variables["w2"]
+
+
+def build():
+    rng = np.random.default_rng(0)
+    variables = {"w1": rng.normal(size=(192, 6)).astype(np.float32), "w2": rng.normal(size=(6, 3)).astype(np.float32)}
+    return apply, variables, ("pool", "hidden", "out")
+'''
+
+
+@pytest.mark.parametrize("args,words", [
+    (["sanity", "--methods", "saliency"], ["--model: none of its layers (pool, hidden, out)", "['w1', 'w2']"]),
+    (["faithfulness", "--methods", "occlusion,saliency,gradcam"], ["--methods: gradcam: ", "no apply_perturbed"]),
+])
+def test_a_function_model_is_refused_by_option_before_any_work(setup, capsys, tmp_path, monkeypatch, args, words):
+    """An (apply, variables, layer_names) model: no per-layer variables for the sanity check, no Grad-CAM
+    without apply_perturbed; both refused in one line before any method runs."""
+    model = tmp_path / "function_model.py"
+    model.write_text(FUNCTION_MODEL)
+    for name in ("occlude", "rise", "feature_ablation", "saliency", "input_x_gradient", "integrated_gradients",
+                 "smoothgrad", "grad_cam"):
+        monkeypatch.setattr(trust, name, lambda *a, _name=name, **k: pytest.fail(f"{_name} ran"))
+    monkeypatch.setattr(jaxviz, "layer_features", lambda *a, **k: pytest.fail("layer_features ran"))
+    data = ["--data", "folder", "--data-dir", setup["folder"], "--model", f"{model}:build"]
+    code, _, err = run(capsys, *args, *data, "--images", "0,1")
+    assert_one_line_error(code, err, *words)
+
+
+@pytest.mark.parametrize("extra,words", [
+    (["--units", "99"], ["--units: ", "[0, 10)", "[99]"]),
+    (["--layer", "fc1", "--units", "3,99"], ["--units: ", "[0, 16)"]),
+])
+def test_attribute_all_errors_name_the_option(setup, capsys, tmp_path, extra, words):
+    code, _, err = run(capsys, "attribute", "--method", "occlusion", "--all", *setup["args"], "--out",
+                       tmp_path / "run", *extra)
+    assert_one_line_error(code, err, *words)

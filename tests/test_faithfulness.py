@@ -112,7 +112,7 @@ def _mu_loop(f, x, attribution, grid, fraction, num, seed, fill):
 
 @pytest.mark.parametrize("model", ["linear", "conv"])
 @pytest.mark.parametrize("mode,steps,fill", [("deletion", 10, 0.0), ("insertion", 7, [0.2, 0.5, 0.8]),
-                                             ("deletion", 64, 0.4), ("insertion", 100, 0.0)])
+                                             ("deletion", 64, 0.4), ("insertion", 50, 0.0)])  # steps <= the 64 pixels
 def test_curves_match_a_per_step_loop(request, x, attribution, model, mode, steps, fill):
     f = request.getfixturevalue(model)
     result = deletion_curve(f, x, attribution, mode=mode, steps=steps, fill=np.asarray(fill, np.float32),
@@ -315,7 +315,7 @@ MU = mu_fidelity
 
 
 @pytest.mark.parametrize("method,kwargs,error,words", [
-    (DELETION, dict(steps=0), ValueError, r"steps: expected an int >= 1, got 0"),
+    (DELETION, dict(steps=0), ValueError, r"steps: expected an int in \[1, 64\].*got 0"),
     (DELETION, dict(steps=2.5), TypeError, "steps"),
     (DELETION, dict(steps=True), TypeError, "steps"),
     (DELETION, dict(mode="erase"), ValueError, "mode.*'erase'"),
@@ -344,6 +344,9 @@ MU = mu_fidelity
     (MU, dict(grid=4.0), TypeError, "grid"),
     (MU, dict(num_subsets=1), ValueError, "num_subsets: expected an int >= 2, got 1"),
     (MU, dict(seed=-1), ValueError, "seed"),
+    (DELETION, dict(steps=H * W + 1), ValueError, rf"steps: expected an int in \[1, {H * W}\] \(at most the "
+     rf"{H * W} pixels.*got {H * W + 1}"),
+    (DELETION, dict(steps=100_000, mode="insertion"), ValueError, "steps: expected an int in"),
     (MU, dict(fill="gray"), ValueError, "fill"),
     (DELETION, dict(chunk_size=0), ValueError, "chunk_size"),
 ])

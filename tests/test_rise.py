@@ -289,6 +289,11 @@ def _ones(shape, value=1.0):
     (dict(masks=_ones((3, H, W), 0.0)), ValueError, "masks.*all zeros"),
     (dict(masks=np.full((3, H, W), "a")), TypeError, "masks.*dtype"),
     (dict(masks=[[0.5]]), TypeError, "masks.*list"),
+    (dict(masks=_ones((3, H, W), 0.5), num_masks=5), ValueError,
+     "^num_masks: expected None with masks \\(their number, 3, is used\\), got 5$"),
+    (dict(seed=2**32), ValueError, r"^seed: expected an int in \[0, 4294967295\], got 4294967296$"),
+    (dict(seed=-1), ValueError, r"^seed: expected an int in \[0, 4294967295\], got -1$"),
+    (dict(masks=_ones((3, H, W), 0.5), seed=-1), ValueError, "seed"),  # refused even where it is unused
     (dict(fill=np.nan), ValueError, "fill.*NaN"),
     (dict(fill=np.zeros(4)), ValueError, "fill"),
     (dict(units=[4]), ValueError, "units"),
@@ -349,3 +354,11 @@ def test_second_call_new_seed_and_new_images_do_not_retrace(x):
     after_masks = len(traces)
     rise(f, x, masks=masks[::-1] * 0.5)
     assert len(traces) == after_masks, "new masks of the same shape retraced"
+
+
+def test_given_masks_with_their_own_count_are_accepted(x):
+    masks = rise_masks(H, W, num_masks=6, cells=3, seed=2)
+    same = rise(linear, x, masks=masks, num_masks=6)
+    plain = rise(linear, x, masks=masks)
+    assert same.num_masks == plain.num_masks == 6
+    np.testing.assert_array_equal(same.maps, plain.maps)

@@ -144,3 +144,71 @@ def test_bad_input(tiny_net, kwargs, error, words):
         assert word in str(info.value), (word, str(info.value))
     with pytest.raises(TypeError, match="uint8"):
         jaxviz.randomization_test(tiny_net, jnp.zeros((2, 32, 32, 3)))
+
+
+def test_constant_maps_give_undefined_correlations_and_no_verdict(linear_net):
+    """Input x gradient of a black image is 0 everywhere: its correlations are undefined (NaN), the verdict
+    is None (neither passes nor fails), the sentence, table and plot say "undefined"."""
+    from jaxviz.attribution.sanity import format_correlation
+    from jaxviz.report import plots
+
+    images = np.zeros((2, H, W, C), np.uint8)
+    result = jaxviz.randomization_test(linear_net, images, methods=("ixg", "saliency"))
+    assert np.isnan(result.correlations["ixg"]).all() and np.isfinite(result.correlations["saliency"]).all()
+    assert np.isnan(result.final()["ixg"]) and result.passes()["ixg"] is None
+    assert isinstance(result.passes()["saliency"], bool)
+    assert "input × gradient undefined (no verdict" in result.sentence()
+    assert format_correlation(float("nan")) == "undefined" and format_correlation(0.257) == "0.26"
+    fig = plots.plot_sanity(result.layers, {"ixg": result.mean()["ixg"], "saliency": result.mean()["saliency"]},
+                            threshold=0.5)
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert "ixg (undefined: all)" in labels and "saliency" in labels
+
+
+def test_a_network_without_per_layer_variables_is_refused_by_name():
+    def apply(variables, x, layer):
+        hidden = x.reshape(x.shape[0], -1) @ variables["a"]
+        return hidden if layer == "first" else hidden @ variables["b"]
+
+    variables = {"a": jnp.full((H * W * C, 7), 0.1), "b": jnp.ones((7, K))}
+    net = jaxviz.from_function(apply, variables, layer_names=("first", "second"), input_shape=(H, W, C),
+                               class_names=[str(k) for k in range(K)])
+    with pytest.raises(ValueError, match=r"^network: .*first, second.*\['a', 'b'\]"):
+        jaxviz.randomization_test(net, np.zeros((1, H, W, C), np.uint8), methods=("saliency",))
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"images": np.zeros((0, H, W, C), np.uint8)}, "images: expected at least one image, got N = 0"),
+    ({"seed": -1}, "seed: expected an int in [0, 4294967295], got -1"),
+    ({"seed": 2**32}, "seed: expected an int in [0, 4294967295], got 4294967296"),
+])
+def test_no_images_and_seeds_out_of_range_are_refused(linear_net, kwargs, words):
+    kwargs = {"images": np.zeros((1, H, W, C), np.uint8), **kwargs}
+    with pytest.raises(ValueError) as info:
+        jaxviz.randomization_test(linear_net, methods=("saliency",), **kwargs)
+    assert str(info.value) == words
+
+
+def test_an_untrained_model_made_with_the_randomizers_key_is_still_randomized():
+    """A model initialized with key(0), checked with seed 0: the first draw equals it, so it is drawn again."""
+    model = make_tiny_model()
+    net = jaxviz.from_cnn(model, jaxviz.init_variables(model, jax.random.key(0)), [str(i) for i in range(10)])
+    layers = randomization_layers(net)
+    stacked, _ = randomized_variables(net, layers, mode="independent", seed=0)
+    for j, layer in enumerate(layers, start=1):
+        kernel = stacked["params"][layer]["kernel"]
+        assert not np.array_equal(kernel[j], kernel[0]), layer  # randomized where chosen
+        assert np.array_equal(kernel[(j % len(layers)) + 1], kernel[0]), layer  # kept elsewhere
+
+
+def test_a_layer_whose_initializer_never_changes_it_is_refused(linear_net):
+    def init(key):
+        return {"first": {"w": jax.random.normal(key, (H * W * C, 7))}, "second": {"w": jnp.ones((7, K))}}
+
+    trained = {"first": {"w": jnp.full((H * W * C, 7), 0.1)}, "second": {"w": jnp.ones((7, K))}}
+    net = jaxviz.from_function(_linear_apply, trained, layer_names=("first", "second"), input_shape=(H, W, C),
+                               class_names=[str(k) for k in range(K)], init=init)
+    with pytest.raises(ValueError, match="^layers: randomizing 'second' leaves its variables as they are"):
+        randomized_variables(net, ("second", "first"), seed=0)
+    stacked, _ = randomized_variables(net, ("first",), seed=0)  # the other layer alone is fine
+    assert not np.array_equal(stacked["first"]["w"][1], stacked["first"]["w"][0])

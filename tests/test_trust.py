@@ -86,3 +86,56 @@ def test_a_unit_of_a_network_without_classes(tiny_model, tiny_variables):
         jaxviz.compare_methods(net, images, layer="fc1", methods=("lime",))
     with pytest.raises(ValueError, match="spatial maps before 'conv1'"):
         jaxviz.compare_methods(net, images, layer="conv1", methods=("gradcam",))
+
+
+def test_identical_scores_share_a_rank_and_the_sentence_says_they_tie():
+    one = np.ones(2)
+    same = {"deletion_auc": 0.2 * one, "insertion_auc": 0.8 * one, "mu_fidelity": 0.5 * one}
+    scores = {"zeta": dict(same), "alpha": dict(same),  # not in alphabetical order: no name decides
+              "worse": {"deletion_auc": 0.3 * one, "insertion_auc": 0.1 * one, "mu_fidelity": 0.1 * one}}
+    comparison = MethodComparison(np.zeros(2, np.int64), "out", {}, scores)
+    ranks = comparison.ranks()
+    assert ranks["zeta"] == ranks["alpha"] == 0.5 and ranks["worse"] == 2.0
+    assert comparison.ranking() == ["zeta", "alpha", "worse"]  # ties keep the order given
+    sentence = comparison.sentence()
+    assert sentence.startswith("On this model zeta and alpha tie as the most faithful methods"), sentence
+    assert "deletion auc: zeta and alpha (0.200)" in sentence
+
+
+def test_one_method_is_not_called_the_most_faithful():
+    one = np.ones(2)
+    scores = {"saliency": {"deletion_auc": 0.2 * one, "insertion_auc": 0.8 * one, "mu_fidelity": 0.5 * one}}
+    sentence = MethodComparison(np.zeros(2, np.int64), "out", {}, scores).sentence()
+    assert "most faithful" not in sentence and "saliency" in sentence and "no other method" in sentence
+
+
+def _counting_network(calls):
+    """A from_function network without apply_perturbed; ``calls`` records every trace of apply."""
+    import jax.numpy as jnp
+
+    def apply(variables, x, layer):
+        calls.append(layer)
+        pooled = x.reshape(x.shape[0], 4, 8, 4, 8, 3).mean(axis=(2, 4))  # (N, 4, 4, 3)
+        return pooled if layer == "pool" else pooled.reshape(x.shape[0], -1) @ variables["out"]["w"]
+
+    w = jnp.asarray(np.random.default_rng(0).normal(size=(48, 3)), jnp.float32)
+    return jaxviz.from_function(apply, {"out": {"w": w}}, layer_names=("pool", "out"), input_shape=(32, 32, 3),
+                                class_names=("a", "b", "c"))
+
+
+def test_every_methods_requirements_are_checked_before_any_method_runs():
+    calls = []
+    net = _counting_network(calls)
+    images = make_uint8_images(2, seed=7)
+    targets = np.array([0, 1])
+    calls.clear()
+    with pytest.raises(ValueError, match="^methods: gradcam: network: .*no apply_perturbed"):
+        jaxviz.compare_methods(net, images, targets=targets, methods=("occlusion", "saliency", "gradcam"))
+    assert calls == [], "a method ran before Grad-CAM was refused"
+    for kwargs, words in [({"seed": 2**32}, "^seed: "), ({"seed": -1}, "^seed: "),
+                          ({"steps": 32 * 32 + 1}, r"^steps: expected an int in \[1, 1024\]"),
+                          ({"ig_steps": 0, "methods": ("occlusion", "ig")}, "^ig_steps: "),
+                          ({"segments": 33, "methods": ("occlusion", "ablation")}, "^segments: ")]:
+        with pytest.raises(ValueError, match=words):
+            jaxviz.compare_methods(net, images, targets=targets, **{"methods": ("occlusion",), **kwargs})
+        assert calls == [], kwargs

@@ -18,17 +18,25 @@ import functools
 
 import jax
 import numpy as np
+from scipy.stats import rankdata
 
-from jaxviz.attribution.ablation import feature_ablation, grid_segments
-from jaxviz.attribution.faithfulness import deletion_curve, mu_fidelity
+from jaxviz.attribution.ablation import feature_ablation, segment_labels
+from jaxviz.attribution.faithfulness import check_steps, deletion_curve, mu_fidelity
 from jaxviz.attribution.gradcam import default_cam_layer, grad_cam
-from jaxviz.attribution.gradients import input_x_gradient, integrated_gradients, saliency, smoothgrad
+from jaxviz.attribution.gradients import (
+    ig_coefficients,
+    input_x_gradient,
+    integrated_gradients,
+    saliency,
+    smoothgrad,
+)
 from jaxviz.attribution.rise import rise
+from jaxviz.engine._inputs import check_seed
 from jaxviz.engine.activations import layer_features
 from jaxviz.engine.occlusion import occlude
 from jaxviz.models.network import Network
 
-__all__ = ["METHODS", "MethodComparison", "compare_methods", "method_map"]
+__all__ = ["METHODS", "MethodComparison", "check_methods", "compare_methods", "method_map"]
 
 # short name (CLI, JSON) -> display name (figures, MethodComparison's keys)
 METHODS = {"occlusion": "occlusion", "rise": "RISE", "ablation": "feature ablation", "saliency": "saliency",
@@ -62,27 +70,45 @@ class MethodComparison:
         """method -> metric -> mean over the images."""
         return {m: {k: float(np.mean(v)) for k, v in s.items()} for m, s in self.scores.items()}
 
-    def ranking(self) -> list[str]:
-        """Methods from most to least faithful: mean rank over the three metrics (ties by name)."""
-        means, methods = self.means(), sorted(self.scores)
-        ranks = {m: 0.0 for m in methods}
+    def ranks(self) -> dict:
+        """method -> mean rank over the three metrics (0: best by all three); methods with equal means
+        share their average rank in that metric, so equal scores give equal ranks."""
+        means, methods = self.means(), list(self.scores)
+        totals = np.zeros(len(methods))
         for metric in METRICS:
             sign = 1 if BETTER[metric] == "lower" else -1
-            order = sorted(methods, key=lambda m: (sign * means[m][metric], m))
-            for rank, m in enumerate(order):
-                ranks[m] += rank / len(METRICS)
-        return sorted(methods, key=lambda m: (ranks[m], m))
+            totals += rankdata([sign * means[m][metric] for m in methods]) - 1  # halves: sums are exact
+        return {m: float(t / len(METRICS)) for m, t in zip(methods, totals)}
+
+    def ranking(self) -> list[str]:
+        """Methods from most to least faithful by ``ranks`` (tied methods in the order given)."""
+        ranks = self.ranks()
+        return sorted(self.scores, key=ranks.__getitem__)
 
     def sentence(self) -> str:
-        """One sentence naming the most faithful method, with the best method by each metric."""
+        """One sentence naming the most faithful method (or the methods that tie), with the best by each
+        metric; with one method, its means (there is nothing to compare it with)."""
         means = self.means()
+        if len(means) == 1:
+            (only,) = means
+            values = ", ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in means[only].items())
+            return f"Only {only} was scored ({values}): there is no other method to compare it with."
         best = []
         for metric in METRICS:
             pick = min if BETTER[metric] == "lower" else max
-            winner = pick(sorted(means), key=lambda m: means[m][metric])
-            best.append(f"{metric.replace('_', ' ')}: {winner} ({means[winner][metric]:.3f})")
-        return (f"On this model {self.ranking()[0]} is the most faithful method by mean rank over the three "
-                f"metrics; best by {', '.join(best)}.")
+            value = pick(means[m][metric] for m in means)
+            best.append(f"{metric.replace('_', ' ')}: {_names([m for m in means if means[m][metric] == value])} "
+                        f"({value:.3f})")
+        ranks = self.ranks()
+        top = [m for m in ranks if ranks[m] == min(ranks.values())]
+        lead = (f"{top[0]} is the most faithful method" if len(top) == 1 else
+                f"{_names(top)} tie as the most faithful methods")
+        return f"On this model {lead} by mean rank over the three metrics; best by {', '.join(best)}."
+
+
+def _names(names: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 def _softmax_score(out: jax.Array) -> jax.Array:
@@ -162,8 +188,6 @@ def method_map(network: Network, x: np.ndarray, method: str, *, layer: str | Non
         if method == "rise":
             maps = rise(f, x, num_masks=rise_masks, cells=rise_cells, p=rise_p, seed=seed, **common).maps
         else:
-            if isinstance(segments, (int, np.integer)):
-                segments = grid_segments(*x.shape[1:3], cells=int(segments))
             maps = feature_ablation(f, x, segments=segments, **common).maps
         return maps[rows, ..., position].astype(np.float32)
     common["targets"] = targets
@@ -180,6 +204,36 @@ def method_map(network: Network, x: np.ndarray, method: str, *, layer: str | Non
         return grad_cam(network, x, layer=cam_layer, output_layer=layer, score=_softmax_score if softmax else None,
                         targets=targets, progress=progress).attributions.astype(np.float32)
     return result.pixel_map().astype(np.float32)
+
+
+def check_methods(network: Network, methods, *, layer: str, cam_layer: str | None = None, segments=8,
+                  ig_steps: int = 50, ig_method: str = "gausslegendre", steps: int | None = None,
+                  seed: int = 0) -> None:
+    """Every chosen method's requirements, before any of them runs: Grad-CAM's layer and its gradient at a
+    layer (``apply_perturbed``), feature ablation's grid, integrated gradients' steps, the deletion /
+    insertion ``steps`` (unless None) and the ``seed``; each rule is checked by its owner.
+
+    Raises:
+      ValueError / TypeError naming the argument (``methods`` for what a method needs of the network).
+    """
+    if isinstance(methods, str) or not methods or any(m not in METHODS for m in methods):
+        raise ValueError(f"methods: expected short names from {', '.join(METHODS)}, got {methods!r}")
+    h, w = network.input_spec.shape[:2]
+    check_seed(seed)
+    if steps is not None:
+        check_steps(steps, h * w)
+    if "ig" in methods:
+        try:
+            ig_coefficients(ig_steps, ig_method)
+        except (TypeError, ValueError) as e:
+            raise type(e)(str(e).replace("n_steps:", "ig_steps:", 1)) from None
+    if "ablation" in methods:
+        segment_labels(segments, h, w)
+    if "gradcam" in methods:
+        try:
+            network.perturbed_fn(cam_layer_for(network, layer, cam_layer), layer)
+        except ValueError as e:
+            raise ValueError(f"methods: gradcam: {e}") from None
 
 
 def compare_methods(network: Network, images: np.ndarray, *, targets: np.ndarray | None = None,
@@ -204,18 +258,20 @@ def compare_methods(network: Network, images: np.ndarray, *, targets: np.ndarray
       ig_steps: integrated gradients' steps (Gauss-Legendre, zero baseline).
       nt_samples, stdevs: SmoothGrad's samples and noise.
       cam_layer: Grad-CAM's layer (default ``cam_layer_for``).
-      steps: deletion / insertion steps.
+      steps: deletion / insertion steps, at most the pixels of an image.
       mu_grid, num_subsets: MuFidelity's grid of cells and number of random subsets.
-      seed: RISE's, SmoothGrad's and MuFidelity's seed.
+      seed: RISE's, SmoothGrad's and MuFidelity's seed, in [0, 2**32).
       progress: progress bars.
+
+    Every method's requirements are checked (``check_methods``) before any map is computed.
 
     Returns:
       ``MethodComparison`` keyed by the methods' display names, in the order given.
     """
     network.input_spec.check_images(images)
-    if isinstance(methods, str) or not methods or any(m not in METHODS for m in methods):
-        raise ValueError(f"methods: expected short names from {', '.join(METHODS)}, got {methods!r}")
     layer, f, softmax = explained_function(network, layer)
+    check_methods(network, methods, layer=layer, cam_layer=cam_layer, segments=segments, ig_steps=ig_steps,
+                  steps=steps, seed=seed)
     if targets is None:
         targets = layer_features(network, images).argmax(-1) if softmax else np.zeros(len(images), np.int64)
     targets = np.asarray(targets)

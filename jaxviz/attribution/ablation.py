@@ -42,7 +42,7 @@ from jaxviz.data.images import check_uint8_images
 from jaxviz.engine._inputs import _pair, check_int, check_x
 from jaxviz.engine.perturb import MaskFamily, perturbed_outputs, prepare
 
-__all__ = ["Ablation", "feature_ablation", "grid_segments", "slic_segments"]
+__all__ = ["Ablation", "feature_ablation", "grid_segments", "segment_labels", "slic_segments"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,6 +146,17 @@ def grid_segments(height: int, width: int, *, cells: int | tuple[int, int]) -> n
     return (r[:, None] * cols + c[None, :]).astype(np.int32)
 
 
+def segment_labels(segments: Any, height: int, width: int) -> Any:
+    """``segments`` as ``feature_ablation`` takes it: an int ``k`` is ``grid_segments(height, width, cells=k)``
+    (a ``k x k`` grid; errors name ``segments``), anything else is returned as it is (label maps)."""
+    if not isinstance(segments, (int, np.integer)) or isinstance(segments, (bool, np.bool_)):
+        return segments
+    try:
+        return grid_segments(height, width, cells=int(segments))
+    except ValueError as e:
+        raise ValueError(str(e).replace("cells:", "segments: a grid of", 1)) from None
+
+
 def slic_segments(images_uint8: np.ndarray, *, n_segments: int = 50, compactness: float = 10.0) -> np.ndarray:
     """SLIC superpixels of every image (scikit-image's ``skimage.segmentation.slic``).
 
@@ -202,8 +213,9 @@ def feature_ablation(
         ``params`` is given, as in ``occlude``.
       x: float (N, H, W, C), in the space ``f`` expects.
       segments: int labels ``0 .. S - 1``, every one present: (H, W) for all
-        images, or (N, H, W), one map per image (counts may differ). See
-        ``grid_segments`` and ``slic_segments``.
+        images, or (N, H, W), one map per image (counts may differ); or an int
+        ``k``: a ``k x k`` grid (``grid_segments``). See ``grid_segments`` and
+        ``slic_segments``.
       fill: what replaces a removed segment, as in ``occlude``: a number,
         per-channel (C,), (H, W, C) or per-image (N, H, W, C) values, or
         ``"blur"`` (Gaussian blur, sigma 3 pixels).
@@ -223,7 +235,7 @@ def feature_ablation(
     if not callable(f):
         raise TypeError(f"f: expected a callable, got {type(f).__name__}")
     n, h, w = x.shape[:3]
-    labels, counts = _check_segments(segments, n, h, w)
+    labels, counts = _check_segments(segment_labels(segments, h, w), n, h, w)
     size = int(counts.max())
     per_image = labels.ndim == 3
     family = MaskFamily(_segment_generator(per_image), jnp.asarray(labels if per_image else labels[None]), size,

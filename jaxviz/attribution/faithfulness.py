@@ -45,9 +45,10 @@ import numpy as np
 from jaxviz.engine._inputs import check_int, check_seed, check_x
 from jaxviz.engine.perturb import MaskFamily, perturbed_outputs, prepare
 
-__all__ = ["Curve", "MuFidelity", "deletion_curve", "insertion_curve", "mu_fidelity"]
+__all__ = ["Curve", "MuFidelity", "check_steps", "deletion_curve", "insertion_curve", "mu_fidelity"]
 
 MODES = ("deletion", "insertion")
+STEPS = 100  # deletion / insertion steps by default (at most the pixels of an image)
 _F32_RESOLUTION = 8 * float(np.finfo(np.float32).eps)  # spread below this * scale: constant (see _pearson)
 _F64_RESOLUTION = 1e-9
 
@@ -187,13 +188,19 @@ def _step_counts(pixels: int, steps: int) -> np.ndarray:
     return ((2 * k * pixels + steps) // (2 * steps)).astype(np.int32)
 
 
+def check_steps(steps: Any, pixels: int) -> int:
+    """Deletion / insertion ``steps`` as an int in ``[1, pixels]``: more steps than pixels only repeat counts."""
+    return check_int(steps, "steps", 1, pixels, f" (at most the {pixels} pixels of an image: more steps would "
+                                                "repeat the same pixel counts)")
+
+
 def deletion_curve(
     f: Callable,
     x: Any,
     attribution: Any,
     *,
     mode: str = "deletion",
-    steps: int = 100,
+    steps: int | None = None,
     fill: Any = 0.0,
     params: Any = None,
     targets: Sequence[int] | np.ndarray | None = None,
@@ -213,7 +220,8 @@ def deletion_curve(
       attribution: real (N, H, W), one map per image (higher = more important).
       mode: ``"deletion"`` (fill the top pixels) or ``"insertion"`` (start from
         the fill and reveal the top pixels).
-      steps: number of steps, >= 1; step k fills / reveals ``count(k) =
+      steps: number of steps, in [1, H * W] (default ``STEPS``, 100, or H * W on smaller
+        images); step k fills / reveals ``count(k) =
         floor(k * H * W / steps + 1/2)`` pixels.
       fill: as in ``occlude``: a number, per-channel (C,), image (H, W, C) or
         per-image (N, H, W, C) values, or ``"blur"`` (Petsiuk's insertion canvas).
@@ -232,8 +240,9 @@ def deletion_curve(
     """
     if mode not in MODES:
         raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
-    steps = check_int(steps, "steps", 1)
     x = check_x(x)
+    pixels = x.shape[1] * x.shape[2]
+    steps = min(STEPS, pixels) if steps is None else check_steps(steps, pixels)
     ranks = _ranks(_check_attribution(attribution, x))
     targets = _check_targets(targets, x.shape[0])
     p = prepare(f, x, fill=fill, units=units, params=params, blur_sigma=blur_sigma)

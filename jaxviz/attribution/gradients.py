@@ -240,7 +240,8 @@ def smoothgrad(f: Callable, x: Any, *, nt_type: str = "smoothgrad", nt_samples: 
         ``saliency`` (pairs are (image, noisy sample)).
       nt_type: ``"smoothgrad"`` (mean of the saliency over the samples), ``"smoothgrad_sq"``
         (mean of its square) or ``"vargrad"`` (its variance: mean of squares - square of mean).
-      nt_samples: noisy samples per image (Captum's default is 5; the paper uses 50).
+      nt_samples: noisy samples per image (Captum's default is 5; the paper uses 50); at least 2 for
+        ``"vargrad"`` (the variance of one sample is 0).
       stdevs: the noise's standard deviation in the units of ``x`` (0.15 is the paper's 15% of
         the range of [0, 1] inputs; Captum's default is 1.0).
       seed: int; the noise of sample ``s`` of image ``i`` is ``normal(fold_in(fold_in(key(seed), i), s))``.
@@ -251,7 +252,9 @@ def smoothgrad(f: Callable, x: Any, *, nt_type: str = "smoothgrad", nt_samples: 
     """
     if not isinstance(nt_type, str) or nt_type not in NT_TYPES:
         raise ValueError(f"nt_type: expected one of {', '.join(NT_TYPES)}, got {nt_type!r}")
-    nt_samples = check_int(nt_samples, "nt_samples", 1, 2**31 - 1)
+    vargrad = nt_type == "vargrad"  # the variance of one sample is 0: a map of zeros
+    nt_samples = check_int(nt_samples, "nt_samples", 2 if vargrad else 1, 2**31 - 1,
+                           " (VarGrad: the variance of one sample is 0)" if vargrad else "")
     stdev, absolute = _check_stdevs(stdevs), _check_bool(abs, "abs")
     key = _key(seed)
     plan = plan_gradients(f, x, params=params, targets=targets, units=units)

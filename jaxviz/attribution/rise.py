@@ -35,12 +35,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxviz.engine._inputs import check_int, check_x
+from jaxviz.engine._inputs import check_int, check_seed, check_x
 from jaxviz.engine.perturb import MaskFamily, mask_weighted_sum, prepare
 
 __all__ = ["Rise", "rise", "rise_masks"]
 
 BLUR_SIGMA = 3.0  # pixels, for fill="blur" (occlude's default)
+NUM_MASKS = 4000  # rise's default number of random masks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,18 +157,16 @@ def rise_masks(height: int, width: int, *, num_masks: int, cells: int = 7, p: fl
 
 
 def _key(seed: Any) -> jax.Array:
-    check_int(seed, "seed", -(2**63))
-    try:
-        return jax.random.key(int(seed))
-    except (OverflowError, ValueError, TypeError) as e:
-        raise ValueError(f"seed: expected an int that fits in 64 bits, got {seed!r} ({e})") from None
+    """``jax.random.key(seed)`` for a seed in ``[0, 2**32)`` (``check_seed``: larger or negative seeds would wrap
+    around silently to another seed's stream)."""
+    return jax.random.key(check_seed(seed))
 
 
 def rise(
     f: Callable,
     x: Any,
     *,
-    num_masks: int = 4000,
+    num_masks: int | None = None,
     cells: int = 7,
     p: float = 0.5,
     seed: int = 0,
@@ -187,13 +186,14 @@ def rise(
         ``params`` is given, as in ``occlude``; the same function object across
         calls reuses the compiled program.
       x: float (N, H, W, C), in the space ``f`` expects.
-      num_masks: random masks to average over (the paper: 4000 to 8000).
+      num_masks: random masks to average over (default ``NUM_MASKS``, 4000; the paper: 4000 to 8000);
+        with ``masks``, None or their number M (another count is refused).
       cells: grid cells per side, ``1 <= cells <= min(H, W)``.
       p: probability that a grid cell is kept, in (0, 1].
       seed: int; mask ``i`` comes from ``fold_in(key(seed), i)``, the same for every image.
       masks: optional float (M, H, W) keep masks in [0, 1] to use instead of
         random ones; then ``num_masks = M`` and ``p`` is their mean
-        (``num_masks``, ``cells``, ``p`` and ``seed`` are unused).
+        (``cells``, ``p`` and ``seed`` are unused).
       fill: what replaces the removed pixels, as in ``occlude``: a number,
         per-channel (C,), (H, W, C) or per-image (N, H, W, C) values, or
         ``"blur"`` (Gaussian blur, sigma 3 pixels).
@@ -213,8 +213,9 @@ def rise(
     if not callable(f):
         raise TypeError(f"f: expected a callable, got {type(f).__name__}")
     h, w = x.shape[1:3]
+    check_seed(seed)
     if masks is None:
-        num_masks = check_int(num_masks, "num_masks", 1)
+        num_masks = check_int(NUM_MASKS if num_masks is None else num_masks, "num_masks", 1)
         if num_masks * x.shape[0] >= 2**31:
             raise ValueError(f"num_masks: expected N * num_masks < 2**31 (pair indices are int32), got "
                              f"{x.shape[0]} * {num_masks}")
@@ -223,6 +224,9 @@ def rise(
         family = MaskFamily(_rise_generator(cells, (h, w)), (_key(seed), jnp.float32(p)), num_masks, (cells, (h, w)))
     else:
         given = _check_masks(masks, h, w)
+        if num_masks is not None and (isinstance(num_masks, (bool, np.bool_)) or num_masks != given.shape[0]):
+            raise ValueError(f"num_masks: expected None with masks (their number, {given.shape[0]}, is used), "
+                             f"got {num_masks!r}")
         num_masks, p = given.shape[0], float(given.mean(dtype=np.float64))
         family = MaskFamily(_given_mask, jnp.asarray(given), num_masks)
     prepared = prepare(f, x, fill=fill, units=units, params=params, blur_sigma=BLUR_SIGMA)

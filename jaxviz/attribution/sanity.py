@@ -10,7 +10,9 @@ the randomized one:
 
 Randomized variables come from the model's own initializers
 (``Network.init``, with ``key(seed)``: one fresh draw, so a layer keeps the
-same random weights in every set); a network without ``init`` gets
+same random weights in every set; drawn again from a key derived from the seed
+where it equals the model's variables in some layer, as for an untrained model
+initialized with that very key); a network without ``init`` gets
 scale-matched Gaussians instead (each array replaced by draws with its own
 mean and standard deviation), and the result says so. Every randomized set
 and the trained one are stacked and evaluated in one ``vmap`` per method.
@@ -19,14 +21,16 @@ The similarity is the Spearman rank correlation, per image, between the
 absolute maps (summed over channels; Grad-CAM unrectified, so that a map
 rectified to all zeros leaves nothing undefined). A method passes where the
 correlation falls towards 0 as layers are randomized; a map that does not
-change when the model is destroyed explains the input, not the model.
+change when the model is destroyed explains the input, not the model. Where a
+method's maps are constant (input x gradient of a black image, a dead layer)
+the correlation is undefined (NaN) and the method gets no verdict.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -37,18 +41,19 @@ from scipy.stats import rankdata
 from jaxviz.attribution.gradcam import default_cam_layer, grad_cam_maps
 from jaxviz.attribution.gradients import _at_image, _check_stdevs, _noisy, _path_generator, ig_coefficients
 from jaxviz.attribution.rise import _key
-from jaxviz.engine._inputs import check_int
+from jaxviz.engine._inputs import check_int, check_seed
 from jaxviz.engine._plan import signature
 from jaxviz.engine.gradients import PathFamily, gradient_sums, plan_gradients
 from jaxviz.models.network import Network, unit_scores_of
 
-__all__ = ["GRADIENT_METHODS", "MODES", "SanityCheck", "randomization_layers", "randomization_test",
-           "randomized_variables"]
+__all__ = ["GRADIENT_METHODS", "MODES", "SanityCheck", "format_correlation", "randomization_layers",
+           "randomization_test", "randomized_variables"]
 
 GRADIENT_METHODS = {"saliency": "saliency", "ixg": "input × gradient", "ig": "integrated gradients",
                     "smoothgrad": "SmoothGrad", "gradcam": "Grad-CAM"}
 MODES = ("cascading", "independent")
 PASS_THRESHOLD = 0.5
+DRAWS = 4  # draws of the randomized variables before a layer that never changes is refused
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,20 +85,30 @@ class SanityCheck:
 
     def final(self) -> dict:
         """method -> the mean correlation once every layer is randomized (cascading), or the mean over
-        the layers (independent)."""
-        return {m: float(v[-1] if self.mode == "cascading" else np.nanmean(v)) for m, v in self.mean().items()}
+        the layers (independent); NaN where it is undefined (every map constant)."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return {m: float(v[-1] if self.mode == "cascading" else np.nanmean(v)) for m, v in self.mean().items()}
 
     def passes(self, threshold: float = PASS_THRESHOLD) -> dict:
-        """method -> whether ``final`` correlation is below ``threshold``."""
-        return {m: bool(v < threshold) for m, v in self.final().items()}
+        """method -> whether ``final`` correlation is below ``threshold``; ``None`` where it is undefined
+        (the maps are constant, e.g. input x gradient of a black image: no verdict)."""
+        return {m: None if np.isnan(v) else bool(v < threshold) for m, v in self.final().items()}
 
     def sentence(self, threshold: float = PASS_THRESHOLD) -> str:
-        """Which methods pass, with the numbers."""
+        """Which methods pass, with the numbers ("undefined" where the maps are constant)."""
         final, ok = self.final(), self.passes(threshold)
         where = "with every layer randomized" if self.mode == "cascading" else "averaged over single-layer randomizations"
-        parts = [f"{GRADIENT_METHODS.get(m, m)} {final[m]:.2f} ({'passes' if ok[m] else 'fails'})" for m in self.methods]
+        verdict = {True: "passes", False: "fails", None: "no verdict: constant maps"}
+        parts = [f"{GRADIENT_METHODS.get(m, m)} {format_correlation(final[m])} ({verdict[ok[m]]})"
+                 for m in self.methods]
         return (f"Mean Spearman correlation with the trained model's map {where} (pass: below {threshold:g}): "
                 f"{', '.join(parts)}.")
+
+
+def format_correlation(value: float) -> str:
+    """A correlation as text: two decimals, or ``"undefined"`` for NaN (a constant map has no ranks)."""
+    return "undefined" if np.isnan(value) else f"{value:.2f}"
 
 
 def randomization_layers(network: Network) -> tuple[str, ...]:
@@ -119,34 +134,51 @@ def _gaussian_like(variables: Any, key: jax.Array) -> Any:
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
+def _fresh_variables(network: Network, key: jax.Array) -> tuple[Any, str]:
+    """One draw of every variable: the model's initializers (``Network.init``), else scale-matched Gaussians."""
+    if network.init is None:
+        return _gaussian_like(network.variables, key), "gaussian"
+    try:  # compiled: eagerly, every initializer op compiles on its own (12 s instead of 6 s for the CNN)
+        fresh = jax.jit(network.init)(key)
+    except jax.errors.JAXTypeError:  # an init that is not traceable (reads concrete values) runs eagerly
+        fresh = network.init(key)
+    if jax.tree_util.tree_structure(fresh) != jax.tree_util.tree_structure(network.variables) or any(
+            np.shape(a) != np.shape(b) for a, b in zip(jax.tree_util.tree_leaves(fresh),
+                                                        jax.tree_util.tree_leaves(network.variables))):
+        raise ValueError("network: its init(key) returns variables of another structure than network.variables")
+    return fresh, "model"
+
+
 def randomized_variables(network: Network, layers: Sequence[str], *, mode: str = "cascading",
                          seed: int = 0) -> tuple[Any, str]:
     """The trained variables and one randomized set per step, stacked on a leading axis.
+
+    The fresh variables come from ``key(seed)``; where that draw equals the model's variables in some
+    layer (an untrained model initialized with the same key), it is drawn again from
+    ``fold_in(key(seed), 1)``, ``2``, ... (``DRAWS`` draws in all, then ``ValueError`` naming the layer).
 
     Returns:
       ``(stacked variables with len(layers) + 1 sets, set 0 the trained one; initializer)``.
     """
     key = _key(seed)
-    if network.init is not None:
-        try:  # compiled: eagerly, every initializer op compiles on its own (12 s instead of 6 s for the CNN)
-            fresh = jax.jit(network.init)(key)
-        except jax.errors.JAXTypeError:  # an init that is not traceable (reads concrete values) runs eagerly
-            fresh = network.init(key)
-        initializer = "model"
-        if jax.tree_util.tree_structure(fresh) != jax.tree_util.tree_structure(network.variables) or any(
-                np.shape(a) != np.shape(b) for a, b in zip(jax.tree_util.tree_leaves(fresh),
-                                                            jax.tree_util.tree_leaves(network.variables))):
-            raise ValueError("network: its init(key) returns variables of another structure than network.variables")
-    else:
-        fresh, initializer = _gaussian_like(network.variables, key), "gaussian"
     trained, treedef = jax.tree_util.tree_flatten_with_path(network.variables)
-    fresh_leaves = jax.tree_util.tree_leaves(fresh)
     owned = {n: network.variable_paths(n) for n in layers}
 
     def belongs(path: tuple, chosen: Sequence[str]) -> bool:
         keys = _key_path(path)
         return any(keys[:len(p)] == p for n in chosen for p in owned[n])
 
+    for draw in range(DRAWS):  # a draw equal to the model in some layer (an untrained model built with this very
+        # key) would randomize nothing there: draw again from a key derived from the seed
+        fresh, initializer = _fresh_variables(network, key if draw == 0 else jax.random.fold_in(key, draw))
+        fresh_leaves = [np.asarray(f) for f in jax.tree_util.tree_leaves(fresh)]
+        same = [n for n in layers if all(np.array_equal(f, np.asarray(t)) for (p, t), f in zip(trained, fresh_leaves)
+                                         if belongs(p, [n]))]
+        if not same:
+            break
+    else:
+        raise ValueError(f"layers: randomizing {same[0]!r} leaves its variables as they are in {DRAWS} draws from "
+                         f"seed {seed} (its initializer gives exactly these values); leave it out of layers")
     sets = [[np.asarray(leaf) for _, leaf in trained]]
     for j in range(len(layers)):
         chosen = layers[:j + 1] if mode == "cascading" else [layers[j]]
@@ -191,7 +223,7 @@ def randomization_test(network: Network, images: np.ndarray, *,
       mode: ``"cascading"`` (from the top layer down) or ``"independent"`` (one layer at a time).
       layers: the layers to randomize, in that order; default ``randomization_layers(network)``.
       targets: int (N,) outputs of the output layer to explain; default the trained model's argmax.
-      seed: the randomized weights' (and SmoothGrad's noise) seed.
+      seed: the randomized weights' (and SmoothGrad's noise) seed, in [0, 2**32).
       n_steps: integrated gradients' steps (Gauss-Legendre, zero baseline).
       nt_samples, stdevs: SmoothGrad's samples and noise.
       cam_layer: Grad-CAM's layer (default ``default_cam_layer``).
@@ -211,7 +243,15 @@ def randomization_test(network: Network, images: np.ndarray, *,
         raise ValueError(f"methods: expected names from {', '.join(GRADIENT_METHODS)}, got {methods!r}")
     if not isinstance(mode, str) or mode not in MODES:
         raise ValueError(f"mode: expected one of {', '.join(MODES)}, got {mode!r}")
+    if len(images) == 0:
+        raise ValueError("images: expected at least one image, got N = 0")
+    seed = check_seed(seed)
     every = randomization_layers(network)
+    if not every:
+        keys = list(network.variables) if isinstance(network.variables, Mapping) else type(network.variables).__name__
+        raise ValueError(f"network: none of its layers ({', '.join(network.layer_names)}) has variables of its own "
+                         f"to randomize: a layer's variables are the subtree of network.variables under its name "
+                         f"(variable_paths), and its keys are {keys}; key the variables by layer name")
     if layers is None:
         layers = every
     elif isinstance(layers, str) or not layers or any(n not in every for n in layers) or len(set(layers)) < len(layers):
@@ -224,6 +264,11 @@ def randomization_test(network: Network, images: np.ndarray, *,
         raise ValueError(f"cam_layer: expected a layer with (h, w, channels) maps, from "
                          f"{', '.join(network.spatial_layers())}; got {cam_layer!r}")
     output = network.output_layer
+    if "gradcam" in methods:
+        try:  # Grad-CAM's gradient at a layer: before any method runs
+            network.perturbed_fn(cam_layer, output)
+        except ValueError as e:
+            raise ValueError(f"methods: gradcam: {e}") from None
     f = network.score_fn(output)  # the output layer's scores (unit_scores_of), Grad-CAM's too
     x = network.to_input(images)
     if targets is None:  # the scores the gradients explain: conv maps averaged over (h, w)

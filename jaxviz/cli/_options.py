@@ -75,12 +75,18 @@ def add_fields(p: argparse.ArgumentParser, cls, names: typing.Sequence[str], hel
                        help=f"{helps.get(name, name)} (default: {shown})")
 
 
-def as_option(error: Exception, names: typing.Sequence[str]) -> Exception:
+def as_option(error: Exception, names: typing.Sequence[str],
+              options: typing.Mapping[str, str] | None = None) -> Exception:
     """``error`` (``ValueError``/``TypeError``) with its leading field name ("k: ...") given as
-    the option ("--k: ..."), when the field is one of ``names``; ``widths[1]`` becomes ``--widths[1]``."""
+    the option ("--k: ..."), when the field is one of ``names``; ``widths[1]`` becomes ``--widths[1]``.
+    ``options`` maps the fields (arguments) whose option is named otherwise to it (``ig_steps`` ->
+    ``--n-steps``)."""
     name, _, rest = str(error).partition(": ")
     field, index = name.partition("[")[0], "".join(name.partition("[")[1:])
-    return type(error)(f"{flag(field)}{index}: {rest}" if rest and field in names else str(error))
+    options = options or {}
+    if not rest or (field not in names and field not in options):
+        return type(error)(str(error))
+    return type(error)(f"{options.get(field, flag(field))}{index}: {rest}")
 
 
 def settings_from(cls, args, names: typing.Sequence[str]):

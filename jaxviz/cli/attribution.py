@@ -14,6 +14,7 @@ Every option is checked, against the data and the model too, before any map is c
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -23,10 +24,10 @@ import numpy as np
 
 import jaxviz
 from jaxviz import plots
-from jaxviz.analysis.trust import METHODS, cam_layer_for, explained_function, method_map
+from jaxviz.analysis.trust import METHODS, cam_layer_for, check_methods, explained_function, method_map
 from jaxviz.attribution.gradients import IG_METHODS, NT_TYPES
-from jaxviz.attribution.sanity import GRADIENT_METHODS, MODES, PASS_THRESHOLD
-from jaxviz.cli._options import add_data, add_model, check_writable, int_list, load, positive_int
+from jaxviz.attribution.sanity import GRADIENT_METHODS, MODES, PASS_THRESHOLD, format_correlation
+from jaxviz.cli._options import add_data, add_model, as_option, check_writable, int_list, load, positive_int
 from jaxviz.cli.commands import _dataset_fill, _fill, _indices
 from jaxviz.cli.runs import add_run_options, check_run_options, run_all
 from jaxviz.runs.methods import RUN_METHODS
@@ -39,6 +40,17 @@ METRICS = (("deletion_auc", "deletion AUC", "lower"), ("insertion_auc", "inserti
            ("mu_fidelity", "MuFidelity", "higher"))
 DEFAULT_IMAGES = 4
 DEFAULT_SANITY_IMAGES = 16
+# the API's argument -> the option that sets it, for errors that reach the user (``as_option``); a command
+# uses the entries whose option it has
+API_OPTIONS = {
+    "n_steps": "--n-steps", "ig_steps": "--n-steps", "steps": "--steps", "layer": "--layer", "units": "--units",
+    "attribution": "--methods", "methods": "--methods", "network": "--model", "num_masks": "--num-masks",
+    "rise_masks": "--num-masks", "cells": "--cells", "rise_cells": "--cells", "p": "--p", "rise_p": "--p",
+    "seed": "--seed", "nt_samples": "--nt-samples", "nt_type": "--nt-type", "stdevs": "--stdevs",
+    "cam_layer": "--cam-layer", "segments": "--segments", "window": "--window", "stride": "--stride",
+    "grid": "--mu-grid", "mu_grid": "--mu-grid", "num_subsets": "--num-subsets", "targets": "--targets",
+    "fill": "--fill", "baselines": "--fill", "ig_method": "--ig-method",
+}
 
 
 # --------------------------------------------------------------------------- argparse types
@@ -187,7 +199,8 @@ def add_faithfulness(sub) -> None:
     g = p.add_argument_group("metrics")
     g.add_argument("--methods", type=_method_list, default=tuple(METHODS),
                    help=f"methods to report (default: {','.join(METHODS)})")
-    g.add_argument("--steps", type=positive_int, default=50, help="deletion / insertion steps (default: 50)")
+    g.add_argument("--steps", type=positive_int, default=50,
+                   help="deletion / insertion steps, at most the pixels of an image (default: 50)")
     g.add_argument("--mu-grid", type=positive_int, default=8, help="MuFidelity: cells per side (default: 8)")
     g.add_argument("--num-subsets", type=_at_least_two, default=128,
                    help="MuFidelity: random subsets of cells (default: 128)")
@@ -198,6 +211,16 @@ def add_faithfulness(sub) -> None:
 
 
 # --------------------------------------------------------------------------- shared checks
+
+
+@contextlib.contextmanager
+def _named_as_options(args):
+    """Errors of the API calls inside name the command's option instead of the argument (``as_option``)."""
+    try:
+        yield
+    except (ValueError, TypeError) as e:
+        options = {k: v for k, v in API_OPTIONS.items() if hasattr(args, v[2:].replace("-", "_"))}
+        raise as_option(e, (), options) from None
 
 
 def _explained(args, network: jaxviz.Network) -> tuple[str, bool, int]:
@@ -325,7 +348,8 @@ def _attribute_all(args) -> None:
                 "window": args.window, "stride": args.stride, "segments": args.segments,
                 "num_masks": args.num_masks, "cells": args.cells, "p": args.p, "seed": args.seed}
 
-    run_all(args, args.method, choose)
+    with _named_as_options(args):  # run_dataset's errors name the options
+        run_all(args, args.method, choose)
 
 
 def cmd_attribute(args) -> None:
@@ -340,6 +364,10 @@ def cmd_attribute(args) -> None:
     if args.method == "ablation" and args.slic is not None:
         _check_slic()
     data, network, idx, layer, softmax, targets = _prepare(args)
+    with _named_as_options(args):  # the method's requirements, before any work
+        check_methods(network, (args.method,), layer=layer, cam_layer=args.cam_layer,
+                      segments=args.segments if args.slic is None else None, ig_steps=args.n_steps,
+                      ig_method=args.ig_method, seed=args.seed)
     images = data.images[idx]
     x = network.to_input(images)
     fill = _fill(args.fill, x)
@@ -371,7 +399,8 @@ def cmd_attribute(args) -> None:
     else:
         settings = {"abs": True} if args.method == "saliency" else {}
     start = time.perf_counter()
-    maps = method_map(network, x, args.method, layer=layer, targets=targets, progress=True, **options)
+    with _named_as_options(args):
+        maps = method_map(network, x, args.method, layer=layer, targets=targets, progress=True, **options)
     seconds = time.perf_counter() - start
     maps = np.asarray(maps, np.float32)
     base = np.asarray(jax.jit(f)(network.variables, x))[np.arange(len(idx)), targets]
@@ -410,15 +439,19 @@ def cmd_faithfulness(args) -> None:
     """The chosen methods' maps of the same targets, scored; a table or JSON."""
     out = check_writable(args.out, directory=True, option="--out") if args.out else None
     data, network, idx, layer, softmax, targets = _prepare(args)
+    with _named_as_options(args):  # every method's requirements, before any work
+        check_methods(network, args.methods, layer=layer, cam_layer=args.cam_layer, segments=args.segments,
+                      ig_steps=args.n_steps, steps=args.steps, seed=args.seed)
     images = data.images[idx]
     if targets is None:
         targets = _default_targets(network, images, layer, softmax)
     start = time.perf_counter()
-    selected = jaxviz.compare_methods(
-        network, images, targets=targets, layer=layer, methods=args.methods, window=args.window, stride=args.stride,
-        rise_masks=args.num_masks, rise_cells=args.cells, segments=args.segments, ig_steps=args.n_steps,
-        nt_samples=args.nt_samples, stdevs=args.stdevs, cam_layer=args.cam_layer, steps=args.steps,
-        mu_grid=args.mu_grid, num_subsets=args.num_subsets, seed=args.seed, progress=True)
+    with _named_as_options(args):
+        selected = jaxviz.compare_methods(
+            network, images, targets=targets, layer=layer, methods=args.methods, window=args.window,
+            stride=args.stride, rise_masks=args.num_masks, rise_cells=args.cells, segments=args.segments,
+            ig_steps=args.n_steps, nt_samples=args.nt_samples, stdevs=args.stdevs, cam_layer=args.cam_layer,
+            steps=args.steps, mu_grid=args.mu_grid, num_subsets=args.num_subsets, seed=args.seed, progress=True)
     seconds = time.perf_counter() - start
     chosen = {METHODS[m]: m for m in args.methods}  # label -> CLI name, in the order asked
     means = selected.means()
@@ -430,6 +463,7 @@ def cmd_faithfulness(args) -> None:
                       for k in chosen},
         "better": {key: better for key, _, better in METRICS},
         "ranking": [chosen[k] for k in selected.ranking()],
+        "ranks": {chosen[k]: v for k, v in selected.ranks().items()},
         "sentence": selected.sentence() if len(chosen) > 1 else None,
         "settings": {"window": args.window, "stride": args.stride, "anchor": "centered", "fill": 0,
                      "num_masks": args.num_masks, "cells": args.cells, "segments": args.segments,
@@ -470,24 +504,23 @@ def cmd_sanity(args) -> None:
         if not network.spatial_layers():
             raise ValueError("--methods: gradcam needs a layer with spatial maps; this network has none")
     start = time.perf_counter()
-    check = jaxviz.randomization_test(network, data.images[idx], methods=args.methods, mode=args.mode,
-                                      seed=args.seed, n_steps=args.n_steps, nt_samples=args.nt_samples,
-                                      stdevs=args.stdevs, cam_layer=args.cam_layer, progress=True)
+    with _named_as_options(args):
+        check = jaxviz.randomization_test(network, data.images[idx], methods=args.methods, mode=args.mode,
+                                          seed=args.seed, n_steps=args.n_steps, nt_samples=args.nt_samples,
+                                          stdevs=args.stdevs, cam_layer=args.cam_layer, progress=True)
     seconds = time.perf_counter() - start
     means = check.mean()
     record = {
         "mode": check.mode, "layers": list(check.layers), "initializer": check.initializer,
         "explained": f"{network.output_layer} (the trained model's predicted output)", "images": idx.tolist(),
         "targets": check.targets.tolist(), "threshold": PASS_THRESHOLD, "passes": check.passes(),
-        "final": check.final(), "mean": {m: [None if np.isnan(v) else float(v) for v in means[m]] for m in means},
-        "per_image": {m: [[None if np.isnan(v) else float(v) for v in row] for row in c]
-                      for m, c in check.correlations.items()},
+        "final": check.final(), "mean": means, "per_image": check.correlations,
         "sentence": check.sentence(),
         "settings": {"methods": list(args.methods), "n_steps": args.n_steps, "nt_samples": args.nt_samples,
                      "stdevs": args.stdevs, "cam_layer": args.cam_layer, "seed": args.seed},
         "seconds": round(seconds, 3),
     }
-    text = json.dumps(record, indent=2, allow_nan=False)
+    text = json.dumps(jaxviz.jsonable(record), indent=2, allow_nan=False)  # undefined correlations (NaN): null
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         jaxviz.atomic_write_bytes(out / "sanity.json", text.encode())
@@ -500,6 +533,7 @@ def cmd_sanity(args) -> None:
         width = max(len(GRADIENT_METHODS[m]) for m in check.methods)
         lines = [f"{len(idx)} images, {check.mode} randomization of {', '.join(check.layers)} "
                  f"({check.initializer} initializer); mean Spearman correlation with the trained model's map:"]
-        lines += [f"  {GRADIENT_METHODS[m]:<{width}}  " + " ".join(f"{v:5.2f}" for v in means[m]) for m in check.methods]
+        lines += [f"  {GRADIENT_METHODS[m]:<{width}}  " + " ".join(f"{format_correlation(v):>5}" for v in means[m])
+                  for m in check.methods]
         lines.append(check.sentence())
         print("\n".join(lines))

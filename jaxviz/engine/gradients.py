@@ -43,7 +43,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from jaxviz._batching import batch_sharding, to_host
 from jaxviz._progress import progress_bar
 from jaxviz.engine._inputs import check_x, unit_indices
-from jaxviz.engine._plan import chunk_size_for, probe, signature
+from jaxviz.engine._plan import abstract, chunk_size_for, probe, signature
 from jaxviz.engine.perturb import _with_params
 
 __all__ = ["GradientPlan", "PathFamily", "gradient_sums", "plan_gradients", "readout"]
@@ -112,6 +112,13 @@ def _check_targets(targets: Any, n: int, width: int) -> np.ndarray:
     return arr.astype(np.int32)
 
 
+@functools.lru_cache(maxsize=256)
+def _output_dtype(fn: Callable, params_sig: Any, image_shape: tuple[int, ...], dtype: Any) -> np.dtype:
+    """f's output dtype (cached like ``probe``: equal calls do not retrace; ``probe`` checked that f applies)."""
+    out = jax.eval_shape(fn, abstract(params_sig), jax.ShapeDtypeStruct((2, *image_shape), dtype))
+    return np.dtype(out.dtype)
+
+
 def plan_gradients(f: Callable, x: Any, *, params: Any, targets: Any, units: Any,
                    params_sig: Any = None) -> GradientPlan:
     """Check the arguments every gradient method shares (TypeError / ValueError naming them).
@@ -131,6 +138,10 @@ def plan_gradients(f: Callable, x: Any, *, params: Any, targets: Any, units: Any
     fn = f if params is not None else _with_params(f)
     sig = signature(params) if params_sig is None else params_sig
     out_shape, example_bytes = probe(fn, True, sig, tuple(images.shape[1:]), images.dtype)
+    out_dtype = _output_dtype(fn, sig, tuple(images.shape[1:]), images.dtype)
+    if not jnp.issubdtype(out_dtype, jnp.floating):
+        raise TypeError(f"f: expected float outputs, got {out_dtype} (the gradient of an integer- or bool-valued "
+                        "function is zero everywhere: return the scores before rounding or argmax)")
     if len(out_shape) > 1:
         raise ValueError(f"f: expected one value (N,) or a vector (N, K) per image, got outputs of shape "
                          f"(N, {', '.join(map(str, out_shape))}); reduce them first (for a network layer: "

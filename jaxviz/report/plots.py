@@ -304,7 +304,8 @@ def plot_sanity(layers: Sequence[str], means: dict, *, mode: str = "cascading", 
     Args:
       layers: the randomized layers, top first (the x axis: cascading, after randomizing down to
         that layer; independent, that layer alone).
-      means: method label -> float (len(layers),) mean correlation with the trained model's map.
+      means: method label -> float (len(layers),) mean correlation with the trained model's map (NaN where
+        undefined, e.g. constant maps: left out of the line, and the legend says so).
       mode: "cascading" or "independent" (the axis label).
       threshold: draw the pass line at this correlation.
     """
@@ -314,7 +315,11 @@ def plot_sanity(layers: Sequence[str], means: dict, *, mode: str = "cascading", 
     if threshold is not None:
         ax.axhline(threshold, color="0.4", lw=0.8, ls="--", label=f"pass below {threshold:g}")
     for name, values in means.items():
-        ax.plot(steps, np.concatenate([[1.0], np.asarray(values, np.float64)]), marker="o", ms=3, label=name)
+        values = np.asarray(values, np.float64)
+        undefined = int(np.isnan(values).sum())  # constant maps: no correlation, a gap in the line
+        label = name if not undefined else f"{name} (undefined: all)" if undefined == len(values) else \
+            f"{name} (undefined at {undefined} of {len(values)})"
+        ax.plot(steps, np.concatenate([[1.0], values]), marker="o", ms=3, label=label)
     ax.set_xticks(steps, ["trained", *(("→ " if mode == "cascading" else "") + n for n in layers)], rotation=45,
                   ha="right", fontsize=7)
     ax.set_xlabel("randomized down to layer (cascading)" if mode == "cascading" else "randomized layer (alone)")

@@ -296,7 +296,7 @@ def render(r: ReportResults, out: Path) -> dict:
             "images": r.sanity_images.tolist(), "mode": r.sanity.mode, "layers": list(r.sanity.layers),
             "initializer": r.sanity.initializer, "targets": r.sanity.targets.tolist(),
             "mean": jsonable({m: np.where(np.isnan(v), None, v).tolist() for m, v in r.sanity.mean().items()}),
-            "final": r.sanity.final(), "passes": r.sanity.passes(), "sentence": r.sanity.sentence()},
+            "final": jsonable(r.sanity.final()), "passes": r.sanity.passes(), "sentence": r.sanity.sentence()},
         "tsne": {**r.embedding.settings, "seconds": r.embedding.seconds, "knn_agreement": knn},
         "timings_seconds": dict(r.timings),
         "figures": page.figures,
