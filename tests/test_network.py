@@ -542,3 +542,60 @@ def test_unknown_and_non_str_layers(cnn_net):
         cnn_net.kernel("conv9")
     with pytest.raises(TypeError, match="layer"):
         cnn_net.uint8_fn(None)
+
+
+# --------------------------------------------------------------------------- nnx modules that keep an RNG stream
+
+
+def _dropout_module():
+    """A tiny nnx classifier holding the standard ``nnx.Dropout(rate, rngs=rngs)``: its state has a typed
+    PRNG key and a counter (an ``RngKey`` and an ``RngCount``)."""
+    from flax import nnx
+
+    class DropoutNet(nnx.Module):
+        def __init__(self, rngs):
+            self.conv = nnx.Conv(3, 4, (3, 3), rngs=rngs)
+            self.drop = nnx.Dropout(0.5, rngs=rngs)
+            self.fc = nnx.Linear(4, 3, rngs=rngs)
+
+        def __call__(self, x):
+            return self.fc(self.drop(nnx.relu(self.conv(x))).mean((1, 2)))
+
+    return DropoutNet(nnx.Rngs(0))
+
+
+def test_nnx_dropout_model_can_be_analysed(tmp_path):
+    """Every engine plans from the variables' shapes and dtypes, and the dataset run hashes them: a typed
+    key leaf used to fail all of them. The reference: the same eval-mode module closed over as a
+    constant, so that no key is an argument."""
+    from flax import nnx
+
+    module = _dropout_module()
+    net = from_nnx(module, input_shape=(8, 8, 3), class_names=("a", "b", "c"))
+    assert any(jax.dtypes.issubdtype(getattr(leaf, "dtype", None), jax.dtypes.prng_key)
+               for leaf in jax.tree_util.tree_leaves(net.variables))
+    ref_module = nnx.merge(*nnx.split(module))
+    ref_module.eval()
+
+    def ref(x):
+        return ref_module(x)
+
+    images = np.random.default_rng(3).integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
+    x = net.to_input(images)
+    f, targets = net.layer_fn("fc"), np.array([0, 2, 1])
+    want = jax.grad(lambda x: ref(x)[np.arange(3), targets].sum())(jnp.asarray(x))
+    assert_close(jaxviz.saliency(f, x, params=net.variables, targets=targets).attributions, np.abs(want))
+    assert_close(jaxviz.rise(f, x, params=net.variables, num_masks=8, cells=2).maps,
+                 jaxviz.rise(ref, x, num_masks=8, cells=2).maps)
+    occ = jaxviz.occlude(f, x, params=net.variables, window=4, stride=4)
+    assert_close(occ.grid, jaxviz.occlude(ref, x, window=4, stride=4).grid, scale=occ.base)
+    run = jaxviz.run_dataset(net, images, tmp_path / "run", window=4, stride=4, progress=False)
+    assert run.complete
+    assert_close(run.aggregates["base"], np.asarray(ref(x)))
+
+
+def test_nnx_summary_counts_no_rng_state():
+    net = from_nnx(_dropout_module(), input_shape=(8, 8, 3))
+    rows = {r.name: r.params for r in net.summary()}
+    assert rows == {"conv": 3 * 3 * 3 * 4 + 4, "drop": 0, "fc": 4 * 3 + 3}
+    assert net.num_params == sum(rows.values())

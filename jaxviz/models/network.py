@@ -53,7 +53,12 @@ def _find(tree: Any, path: Path) -> Any | None:
 
 
 def _count(tree: Any) -> int:
-    return int(sum(math.prod(np.shape(leaf)) for leaf in jax.tree_util.tree_leaves(tree)))
+    """Elements of the variables in ``tree``, but not of an nnx module's RNG state (the key and counter
+    an ``nnx.Dropout`` or ``nnx.Rngs`` holds are no parameters; linen passes them to ``apply`` instead)."""
+    from flax import nnx
+
+    leaves = jax.tree_util.tree_leaves(tree, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    return int(sum(math.prod(np.shape(leaf)) for leaf in leaves if not isinstance(leaf, nnx.RngState)))
 
 
 def _array(tree: Any) -> Any | None:
@@ -200,7 +205,8 @@ def unit_scores_of(out: jax.Array) -> jax.Array:
 @dataclasses.dataclass(frozen=True)
 class LayerInfo:
     """One row of ``Network.summary``: the output shape without the batch axis, the elements of
-    the layer's variables (all collections, its sublayers' included) and its type ("" if unknown)."""
+    the layer's variables (all collections, its sublayers' included; an nnx module's RNG state
+    excluded) and its type ("" if unknown)."""
 
     name: str
     output_shape: tuple[int, ...]
@@ -385,7 +391,7 @@ class Network:
 
     @property
     def num_params(self) -> int:
-        """Elements of all the variables (params, batch statistics...)."""
+        """Elements of all the variables (params, batch statistics...; not an nnx module's RNG state)."""
         return _count(self.variables)
 
     def variable_paths(self, layer: str) -> tuple[Path, ...]:
