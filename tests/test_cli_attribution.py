@@ -282,3 +282,40 @@ def test_unwritable_out_is_refused_first(setup, capsys, tmp_path, command):
     code, _, err = run(capsys, *command, *setup["args"], "--out", taken)
     assert_one_line_error(code, err, "--out: ", "expected a directory")
     assert taken.read_bytes() == b"keep" and sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
+@pytest.fixture(scope="module")
+def nan_setup(setup, tiny_model, tiny_variables):
+    """The tiny model with a NaN in fc1's bias: fc1 and the logits are NaN."""
+    variables = jax.tree_util.tree_map(np.asarray, tiny_variables)
+    variables["params"]["fc1"]["bias"] = np.where(np.arange(16) == 2, np.nan, variables["params"]["fc1"]["bias"]
+                                                  ).astype(np.float32)
+    weights = setup["root"] / "nan.msgpack"
+    jaxviz.save_weights(weights, tiny_model, variables, metadata={"dataset": "tiny"})
+    return ["--weights", str(weights), "--data", "folder", "--data-dir", setup["folder"]]
+
+
+@pytest.mark.parametrize("command", [
+    ["attribute", "--method", "saliency"], ["attribute", "--method", "occlusion", "--targets", "1,2,3,4"],
+    ["faithfulness", "--methods", "saliency"], ["sanity", "--methods", "saliency"], ["evaluate"],
+    ["occlude", "--images", "0,1"], ["topk", "--k", "2"], ["report"]])
+def test_a_model_whose_output_is_nan_is_refused(nan_setup, capsys, tmp_path, command):
+    """Not an all-NaN map titled with class 0 (the argmax of NaN): one line naming --model, the layer, the
+    images and the first layer that is not finite."""
+    out = [] if command == ["evaluate"] else ["--out", tmp_path / "out"]
+    code, _, err = run(capsys, *command, *nan_setup, *out)
+    layer = "fc1" if command[0] == "topk" else "logits"
+    assert_one_line_error(code, err, "--model: ", "not finite", f"layer {layer!r}", "is 'fc1'")
+    if command[0] == "attribute":
+        assert "4 of 4 images (0, 1, 2, 3)" in err
+    assert not (tmp_path / "out" / "attribution.npz").exists()
+
+
+def test_report_api_refuses_a_nan_model(tiny_model, tiny_variables, tiny_dataset, tmp_path):
+    variables = jax.tree_util.tree_map(lambda a: np.full_like(a, np.nan), tiny_variables)
+    network = jaxviz.from_cnn(tiny_model, variables, ("a", "b", "c", "d", "e", "f", "g", "h", "i", "j"))
+    data = jaxviz.Dataset(tiny_dataset.images, tiny_dataset.labels, ("a", "b", "c"))
+    with pytest.raises(ValueError, match=r"network: the model's output is not finite: layer 'logits' .* 12 of 12 "
+                                         r"images .* is 'conv1'"):
+        jaxviz.report.analyses.analyse(network, data.with_classes(network.class_names),
+                                       jaxviz.ReportSettings(k=2, num_units=2))

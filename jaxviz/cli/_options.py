@@ -151,6 +151,16 @@ def load(args) -> tuple[jaxviz.Dataset, jaxviz.Network]:
     return data, network
 
 
+def model_outputs(network: jaxviz.Network, images, indices=None, *, layer: str | None = None,
+                  progress: bool | str = False):
+    """``layer``'s activations (default: the model's output) of ``images``: where the commands compute
+    the outputs they predict from or explain, so that NaN or infinite ones stop every command with one
+    line naming --model, the layer and the images (``indices``: their dataset indices)."""
+    outputs = jaxviz.layer_features(network, images, layer=layer, progress=progress)
+    network.check_finite(outputs, images, layer=layer, indices=indices, name="--model")
+    return outputs
+
+
 def check_writable(path: str | os.PathLike, *, directory: bool, option: str) -> Path:
     """Fail before any work if ``path`` cannot be written later; create nothing.
 

@@ -26,7 +26,7 @@ from jaxviz import plots
 from jaxviz.analysis.trust import METHODS, cam_layer_for, explained_function, method_map
 from jaxviz.attribution.gradients import IG_METHODS, NT_TYPES
 from jaxviz.attribution.sanity import GRADIENT_METHODS, MODES, PASS_THRESHOLD
-from jaxviz.cli._options import add_data, add_model, check_writable, int_list, load, positive_int
+from jaxviz.cli._options import add_data, add_model, check_writable, int_list, load, model_outputs, positive_int
 from jaxviz.cli.commands import _fill, _indices
 from jaxviz.cli.runs import add_run_options, check_run_options, run_all
 from jaxviz.runs.methods import RUN_METHODS
@@ -276,9 +276,14 @@ def _check_cam_layer(args, network: jaxviz.Network, layer: str) -> None:
             raise ValueError(f"--layer: {e}".replace("layer: ", "", 1)) from None
 
 
-def _default_targets(network, images, layer: str, softmax: bool) -> np.ndarray:
+def _targets(network, images, idx, layer: str, softmax: bool, targets) -> np.ndarray:
+    """``targets``, or by default each image's predicted class (softmax) or unit 0 of ``layer``; the
+    explained layer's outputs are checked to be finite either way."""
+    outputs = model_outputs(network, images, idx, layer=layer)
+    if targets is not None:
+        return targets
     if softmax:  # the predicted class
-        return jaxviz.layer_features(network, images).reshape(len(images), -1).argmax(-1).astype(np.int64)
+        return outputs.reshape(len(images), -1).argmax(-1).astype(np.int64)
     return np.zeros(len(images), np.int64)
 
 
@@ -343,8 +348,7 @@ def cmd_attribute(args) -> None:
     images = data.images[idx]
     x = network.to_input(images)
     fill = _fill(args.fill, x)
-    if targets is None:
-        targets = _default_targets(network, images, layer, softmax)
+    targets = _targets(network, images, idx, layer, softmax, targets)
     f = explained_function(network, layer)[1]
     settings: dict = {"fill": args.fill}
     options = {"window": args.window, "stride": args.stride, "fill": fill, "rise_masks": args.num_masks,
@@ -411,8 +415,7 @@ def cmd_faithfulness(args) -> None:
     out = check_writable(args.out, directory=True, option="--out") if args.out else None
     data, network, idx, layer, softmax, targets = _prepare(args)
     images = data.images[idx]
-    if targets is None:
-        targets = _default_targets(network, images, layer, softmax)
+    targets = _targets(network, images, idx, layer, softmax, targets)
     start = time.perf_counter()
     selected = jaxviz.compare_methods(
         network, images, targets=targets, layer=layer, methods=args.methods, window=args.window, stride=args.stride,
@@ -469,6 +472,7 @@ def cmd_sanity(args) -> None:
                              f"{', '.join(network.spatial_layers()) or 'there is none'}; got {args.cam_layer!r}")
         if not network.spatial_layers():
             raise ValueError("--methods: gradcam needs a layer with spatial maps; this network has none")
+    model_outputs(network, data.images[idx], idx)  # the predictions it explains must be finite
     start = time.perf_counter()
     check = jaxviz.randomization_test(network, data.images[idx], methods=args.methods, mode=args.mode,
                                       seed=args.seed, n_steps=args.n_steps, nt_samples=args.nt_samples,

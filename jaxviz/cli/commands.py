@@ -12,7 +12,15 @@ import numpy as np
 
 import jaxviz
 from jaxviz import plots
-from jaxviz.cli._options import as_option, check_writable, load, load_data, load_network, settings_from
+from jaxviz.cli._options import (
+    as_option,
+    check_writable,
+    load,
+    load_data,
+    load_network,
+    model_outputs,
+    settings_from,
+)
 from jaxviz.cli.runs import check_run_options, run_all
 
 # the ReportSettings fields each command exposes (see build_parser)
@@ -27,7 +35,7 @@ TRAIN_FIELDS = tuple(f for f in jaxviz.TrainConfig.__dataclass_fields__)
 def _study(data, network, settings):
     """The unit study of the chosen layer (settings already checked against the data)."""
     layer = settings.layer or network.feature_layer
-    scores = jaxviz.unit_scores(jaxviz.layer_features(network, data.images, layer=layer, progress="features"))
+    scores = jaxviz.unit_scores(model_outputs(network, data.images, layer=layer, progress="features"))
     study = jaxviz.study_units(scores, data.labels, len(data.class_names), k=settings.k, count=settings.num_units,
                                units=settings.units)
     return layer, study
@@ -70,7 +78,7 @@ def cmd_evaluate(args) -> None:
     data, network = load(args)
     if not network.is_classifier:
         raise ValueError("--model: the model has no class names (set CLASS_NAMES), so it cannot be evaluated")
-    logits = jaxviz.layer_features(network, data.images, progress="evaluate")
+    logits = model_outputs(network, data.images, progress="evaluate")
     report = jaxviz.classification_report(data.labels, logits, network.class_names)
     if args.confusion_png:
         plots.save_figure(plots.plot_confusion(report.confusion_matrix, report.class_names,
@@ -230,6 +238,7 @@ def cmd_occlude(args) -> None:
         layer = settings.layer or network.output_layer
         idx = _indices(args.images, data, "--images")
         plain = data.subset(idx).images
+        model_outputs(network, plain, idx, layer=layer)
         if args.fill == "mean":
             x_fill = _fill("mean", network.to_input(plain))
         occ = jaxviz.occlude(network.score_fn(layer), network.to_input(plain), params=network.variables,
@@ -260,7 +269,7 @@ def cmd_tsne(args) -> None:
     layer = args.layer or network.feature_layer
     with _naming("layer"):
         network.check_layer(layer)
-    feats = jaxviz.unit_scores(jaxviz.layer_features(network, data.images, layer=layer, progress="features"))
+    feats = jaxviz.unit_scores(model_outputs(network, data.images, layer=layer, progress="features"))
     with _naming("perplexity", "max_iter"):
         emb = jaxviz.tsne(feats, perplexity=args.perplexity, max_iter=args.max_iter, seed=args.seed,
                           subsample=args.points)
@@ -277,6 +286,7 @@ def cmd_report(args) -> None:
     settings = settings_from(jaxviz.ReportSettings, args, REPORT_FIELDS)
     jaxviz.check_report_dir(args.out)  # creates nothing; make_report checks the settings against the data too
     data, network = load(args)
+    model_outputs(network, data.images, progress="outputs")  # make_report checks them too, later and as network:
     start = time.perf_counter()
     jaxviz.make_report(args.out, network=network, dataset=data, settings=settings)
     print(f"wrote {Path(args.out) / 'index.html'} in {time.perf_counter() - start:.1f} s")

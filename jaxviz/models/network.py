@@ -301,6 +301,30 @@ class Network:
         if layer not in self.layer_names:
             raise ValueError(f"layer: unknown layer {layer!r}; expected one of {', '.join(self.layer_names)}")
 
+    def check_finite(self, outputs: Any, images: np.ndarray, *, layer: str | None = None, indices: Any = None,
+                     name: str = "network") -> None:
+        """Raise ``ValueError`` unless ``outputs``, ``layer``'s activations of the uint8 ``images``
+        (default: the output layer's), are all finite: an explanation of NaN scores is no explanation.
+
+        The one line names the layer, the images whose outputs are NaN or infinite (``indices``:
+        their numbers, e.g. dataset indices; default 0..N-1) and the first layer, in forward order,
+        whose activations of the first of them are not finite (found by running the layers on it).
+        """
+        layer = self.output_layer if layer is None else layer
+        self.check_layer(layer)
+        flat = np.asarray(outputs).reshape(len(outputs), -1)
+        bad = np.flatnonzero(~np.isfinite(flat).all(axis=1))
+        if not bad.size:
+            return
+        numbers = np.arange(len(flat)) if indices is None else np.asarray(indices).reshape(-1)
+        shown = ", ".join(str(int(i)) for i in numbers[bad[:8]]) + (", ..." if bad.size > 8 else "")
+        image = np.asarray(images)[bad[:1]]
+        first = next((n for n in self.layer_names[:self.layer_names.index(layer) + 1]
+                      if not np.isfinite(np.asarray(self.uint8_fn(n)(self.variables, image))).all()), layer)
+        raise ValueError(f"{name}: the model's output is not finite: layer {layer!r} gives NaN or inf for "
+                         f"{bad.size} of {len(flat)} images ({shown}); the first layer that does on image "
+                         f"{int(numbers[bad[0]])} is {first!r}; check the weights and the input scaling")
+
     def _cached(self, key: tuple, make: Callable[[], Any]) -> Any:
         if (value := self._cache.get(key)) is None:
             value = self._cache.setdefault(key, make())  # one object even when two threads race
