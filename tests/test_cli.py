@@ -592,9 +592,6 @@ def bad_model(tmp_path: Path, case: str) -> list:
     if case == "wrong_type":
         source = model_file(tmp_path, "wrong", "INPUT_SHAPE = (8, 8, 3)\n\ndef build():\n    return 42\n")
         return ["--model", f"{source}:build"], ["--model", "build() must return", "jaxviz.Network", "got int"]
-    if case == "no_input_shape":
-        source = model_file(tmp_path, "shapeless", TINY_LINEN)
-        return ["--model", f"{source}:build"], ["--model", "shapeless.py", "must define INPUT_SHAPE"]
     if case == "bad_input_shape":
         source = model_file(tmp_path, "flat", TINY_LINEN, "INPUT_SHAPE = (8, 8)\n")
         return ["--model", f"{source}:build"], ["--model: INPUT_SHAPE: ", "(height, width, channels)", "(8, 8)"]
@@ -640,7 +637,7 @@ def bad_model(tmp_path: Path, case: str) -> list:
 
 
 BAD_MODELS = ["no_file", "no_attr", "not_callable", "no_colon", "no_module", "import_fails", "factory_raises",
-              "wrong_type", "no_input_shape", "bad_input_shape", "bad_class_names", "does_not_run", "weights_of_another_model",
+              "wrong_type", "bad_input_shape", "bad_class_names", "does_not_run", "weights_of_another_model",
               "weights_of_another_model_nnx", "weights_of_other_shapes", "weights_not_msgpack", "weights_of_jaxviz_train",
               "weights_missing", "weights_of_a_network"]
 
@@ -654,7 +651,7 @@ def test_bad_model_or_weights_is_one_line(pets, capsys, tmp_path, case):
     assert not out_dir.exists()
 
 
-@pytest.mark.parametrize("case", ["no_file", "factory_raises", "no_input_shape", "weights_of_another_model"])
+@pytest.mark.parametrize("case", ["no_file", "factory_raises", "weights_of_another_model"])
 def test_bad_model_in_summary_and_evaluate(pets, capsys, tmp_path, case):
     args, words = bad_model(tmp_path, case)
     assert_one_line_error(*run(capsys, "summary", *args)[::2], *words)
@@ -667,3 +664,78 @@ def test_load_model_api_errors_name_the_option(tmp_path):
         jaxviz.load_model(args[1])
     with pytest.raises(ValueError, match=r"^model: build\(\) raised RuntimeError"):
         jaxviz.load_model(args[1], option="model")
+
+
+# --- the input size and channels of a --model
+
+GRAY_LINEN = """
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+
+    INPUT_SHAPE = (32, 32, 1)
+    CLASS_NAMES = ("cat", "dog")
+
+    class Gray(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.Conv(4, (3, 3), name="conv")(x)
+            return nn.Dense(2, name="head")(x.mean((1, 2)))
+
+    def build():
+        module = Gray()
+        return module, module.init(jax.random.key(0), jnp.zeros((1, 32, 32, 1)))
+"""
+
+
+def test_a_one_channel_model_gets_grayscale_images(pets, capsys, tmp_path):
+    """RGB folders (and the embedded sample) become BT.601 luma for a model with INPUT_SHAPE (32, 32, 1)."""
+    source = model_file(tmp_path, "gray", GRAY_LINEN)
+    code, out, err = run(capsys, "occlude", "--model", f"{source}:build", "--data", "folder", "--data-dir",
+                         pets["32"], "--images", "0,4", "--layer", "head", "--num-units", "2", "--window", "16",
+                         "--stride", "16", "--out", tmp_path / "occ")
+    assert code == 0, err
+    rgb = jaxviz.load_image_folder(pets["32"]).images[[0, 4]].astype(np.float64)
+    gray = np.rint(rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114)[..., None]
+    module, variables = import_file(source).build()
+    with np.load(tmp_path / "occ" / "occlusion.npz") as z:
+        np.testing.assert_allclose(z["base"], np.asarray(module.apply(variables, gray.astype(np.float32) / 255)),
+                                   rtol=1e-5, atol=1e-5 * float(np.abs(z["base"]).max()))
+    plain = model_file(tmp_path, "plain_gray", GRAY_LINEN.replace('CLASS_NAMES = ("cat", "dog")', ""))
+    code, out, err = run(capsys, "activations", "--model", f"{plain}:build", "--layer", "conv", "--images", "0",
+                         "--out", tmp_path / "sample.png")  # the embedded sample
+    assert code == 0, err
+    assert (tmp_path / "sample.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_channel_mismatch_is_said_about_channels(pets, capsys, tmp_path):
+    source = model_file(tmp_path, "two", GRAY_LINEN.replace("(32, 32, 1)", "(32, 32, 2)").replace(
+        "(1, 32, 32, 1)", "(1, 32, 32, 2)"))
+    for extra in ([], ["--resize"]):
+        code, _, err = run(capsys, "evaluate", "--model", f"{source}:build", "--data", "folder", "--data-dir",
+                           pets["32"], *extra)
+        assert_one_line_error(code, err, "--data folder: ", "takes images with 2 channels", "have 3")
+        assert "--resize" not in err
+
+
+def test_a_model_without_input_shape_takes_the_data_size(pets, capsys, tmp_path):
+    """No INPUT_SHAPE: the data's image size (a standard Flax model file); --input-shape overrides."""
+    source = model_file(tmp_path, "shapeless", TINY_LINEN)
+    module, variables = import_file(source).build()
+    for folder, extra, size in ((pets["64"], [], 64), (pets["64"], ["--input-shape", "16,16,3", "--resize"], 16)):
+        code, out, err = run(capsys, "topk", "--model", f"{source}:build", "--data", "folder", "--data-dir", folder,
+                             "--layer", "head", "--units", "1", "--k", "2", "--out", tmp_path / f"top{size}", *extra)
+        assert code == 0, err
+        images = jaxviz.resize_images(jaxviz.load_image_folder(folder).images, size, size)
+        head = np.asarray(module.apply(variables, images.astype(np.float32) / 255))
+        record = json.loads((tmp_path / f"top{size}" / "topk.json").read_text())
+        assert record["top_indices"]["1"] == np.argsort(-head[:, 1], kind="stable")[:2].tolist()
+    code, _, err = run(capsys, "summary", "--model", f"{source}:build")  # no data to take the size from
+    assert_one_line_error(code, err, "--model: ", "shapeless.py", "defines no INPUT_SHAPE", "--input-shape H,W,C")
+    code, out, err = run(capsys, "summary", "--model", f"{source}:build", "--input-shape", "8,8,3")
+    assert code == 0 and "(None, 8, 8, 4)" in out, err
+    code, _, err = run(capsys, "summary", "--input-shape", "8,8,3")
+    assert_one_line_error(code, err, "--input-shape: ", "only with --model", "8,8,3")
+    with pytest.raises(SystemExit):
+        main(["summary", "--model", f"{source}:build", "--input-shape", "8,8"])
+    assert "--input-shape: expected H,W,C" in capsys.readouterr().err

@@ -130,9 +130,14 @@ class InputSpec:
         if len(shape) != 4:
             raise ValueError(f"{name}: expected shape (N, {h}, {w}, {c}), got {shape}")
         if shape[1:] != self.shape:
+            if shape[1:3] != (h, w):
+                hint = f"Resize them first, e.g. jaxviz.resize_images(images, {h}, {w})"
+            elif (c, shape[3]) == (1, 3):
+                hint = "The channels differ: jaxviz.data.to_grayscale(images) makes RGB grayscale"
+            else:
+                hint = "The channels differ: convert them to the channels the network takes"
             raise ValueError(f"{name}: the network takes {h}x{w} images with {c} channels (N, {h}, {w}, {c}); got "
-                             f"{shape[1]}x{shape[2]} images with {shape[3]} channels. Resize them first, e.g. "
-                             f"jaxviz.resize_images(images, {h}, {w})")
+                             f"{shape[1]}x{shape[2]} images with {shape[3]} channels. {hint}")
 
     def to_input(self, images: Any) -> Any:
         """uint8 (N, H, W, C) numpy or jax (also traced) -> ``dtype`` model input (numpy for numpy input).
