@@ -739,3 +739,31 @@ def test_a_model_without_input_shape_takes_the_data_size(pets, capsys, tmp_path)
     with pytest.raises(SystemExit):
         main(["summary", "--model", f"{source}:build", "--input-shape", "8,8"])
     assert "--input-shape: expected H,W,C" in capsys.readouterr().err
+
+
+def test_report_on_one_class_is_refused_before_any_work(capsys, tmp_path, monkeypatch):
+    """A model without class names on a folder of one class: the unit study has no classes to compare."""
+    folder = tmp_path / "one" / "cat"
+    folder.mkdir(parents=True)
+    for i in range(4):
+        Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(folder / f"{i}.png")
+    source = model_file(tmp_path, "tiny", TINY_LINEN)
+    monkeypatch.setattr(jaxviz, "layer_features", lambda *a, **k: pytest.fail("features were computed"))
+    for command in (["report", "--k", "2", "--num-units", "2"], ["topk", "--k", "2", "--num-units", "2"]):
+        code, _, err = run(capsys, *command, "--model", f"{source}:build", "--data", "folder", "--data-dir",
+                           tmp_path / "one", "--out", tmp_path / "out")
+        assert_one_line_error(code, err, "--data folder: ", "at least 2 classes", "'cat'")
+        assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("args,words", [
+    (["report", "--k", "50"], ["--k: ", "got 50"]),
+    (["report", "--layer", "nope"], ["--layer: ", "'nope'"]),
+    (["report", "--units", "99", "--k", "2"], ["--units: ", "[99]"]),
+    (["occlude", "--images", "0", "--units", "12"], ["--units: ", "layer logits", "[12]"]),
+])
+def test_errors_name_the_option(setup, capsys, tmp_path, args, words):
+    code, _, err = run(capsys, *args, "--weights", setup["weights"], "--data", "folder", "--data-dir",
+                       setup["folder"], "--out", tmp_path / "out")
+    assert_one_line_error(code, err, *words)
+    assert not (tmp_path / "out").exists()

@@ -84,11 +84,15 @@ def add_fields(p: argparse.ArgumentParser, cls, names: typing.Sequence[str], hel
                        help=f"{helps.get(name, name)} (default: {shown})")
 
 
-def as_option(error: Exception, names: typing.Sequence[str]) -> Exception:
+def as_option(error: Exception, names: typing.Sequence[str],
+              options: typing.Mapping[str, str] | None = None) -> Exception:
     """``error`` (``ValueError``/``TypeError``) with its leading field name ("k: ...") given as
-    the option ("--k: ..."), when the field is one of ``names``; ``widths[1]`` becomes ``--widths[1]``."""
+    the option ("--k: ..."), when the field is one of ``names``; ``widths[1]`` becomes ``--widths[1]``.
+    ``options`` names the option of other arguments (e.g. ``{"dataset": "--data folder"}``)."""
     name, _, rest = str(error).partition(": ")
     field, index = name.partition("[")[0], "".join(name.partition("[")[1:])
+    if rest and field in (options or {}):
+        return type(error)(f"{options[field]}{index}: {rest}")
     return type(error)(f"{flag(field)}{index}: {rest}" if rest and field in names else str(error))
 
 

@@ -50,7 +50,7 @@ def _checked(args, fields, data, network, *, uses_k: bool = True):
     try:
         jaxviz.check_report_settings(dataclasses.replace(settings, **unused), network, data)
     except (ValueError, TypeError) as e:
-        raise as_option(e, fields) from None
+        raise as_option(e, fields, {"dataset": f"--data {args.data}"}) from None
     return settings
 
 
@@ -221,6 +221,8 @@ def cmd_occlude(args) -> None:
             raise ValueError(f"--classes: selects classifier outputs; use it with --layer {network.output_layer} "
                              "on a model with class names")
         args.layer, args.units = network.output_layer, _classes(args.classes, network.class_names)
+    if args.images is not None and args.layer is None:  # given images: the output layer's units by default
+        args.layer = network.output_layer
     settings = _checked(args, OCCLUDE_FIELDS, data, network, uses_k=args.images is None)
     x_fill = _fill(args.fill, network.to_input(data.images[:1]))  # checks the option before any work
     start = time.perf_counter()
@@ -286,6 +288,7 @@ def cmd_report(args) -> None:
     settings = settings_from(jaxviz.ReportSettings, args, REPORT_FIELDS)
     jaxviz.check_report_dir(args.out)  # creates nothing; make_report checks the settings against the data too
     data, network = load(args)
+    settings = _checked(args, REPORT_FIELDS, data, network)  # make_report checks them too, naming no option
     model_outputs(network, data.images, progress="outputs")  # make_report checks them too, later and as network:
     start = time.perf_counter()
     jaxviz.make_report(args.out, network=network, dataset=data, settings=settings)
