@@ -599,3 +599,22 @@ def test_nnx_summary_counts_no_rng_state():
     rows = {r.name: r.params for r in net.summary()}
     assert rows == {"conv": 3 * 3 * 3 * 4 + 4, "drop": 0, "fc": 4 * 3 + 3}
     assert net.num_params == sum(rows.values())
+
+
+def test_linen_dict_output_with_class_names_says_what_is_wrong():
+    """It used to say "? outputs, so expected ? class names"."""
+    import flax.linen as nn
+
+    class TwoHeads(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            h = nn.Conv(4, (3, 3), name="conv")(x)
+            return {"logits": nn.Dense(2, name="head")(h.mean((1, 2))), "aux": h}
+
+    module = TwoHeads()
+    variables = module.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+    with pytest.raises(ValueError, match=r"^class_names: .* one \(N, classes\) array; it returns a dict of 2 arrays "
+                                         r"\(\['aux'\]: \(2, 8, 8, 4\), \['logits'\]: \(2, 2\)\), which is not "
+                                         r"supported: wrap the module"):
+        from_linen(module, variables, input_shape=(8, 8, 3), class_names=("a", "b"))
+    assert from_linen(module, variables, input_shape=(8, 8, 3)).layer_names == ("conv", "head")

@@ -72,6 +72,13 @@ def _one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {first[:300]}{'...' if len(first) > 300 else ''}"
 
 
+def _describe(output: Any) -> str:
+    """A model output that is not one array, in words: its type and the shapes in it."""
+    leaves = jax.tree_util.tree_leaves_with_path(output)
+    shapes = ", ".join(f"{jax.tree_util.keystr(path)}: {tuple(getattr(leaf, 'shape', ()))}" for path, leaf in leaves[:6])
+    return f"a {type(output).__name__} of {len(leaves)} arrays ({shapes}{', ...' if len(leaves) > 6 else ''})"
+
+
 def _record(found: dict, path: tuple, kind: str, out: Any) -> None:
     """Keep the first output of each submodule when it is one array with the batch axis."""
     if path not in found:
@@ -95,7 +102,11 @@ def _module_network(apply: Callable, variables: Any, found: dict, paths: dict, l
             kernels[n] = kernel
     param_paths = {n: tuple(p for p in ((*c, *paths[n]) for c in prefixes) if _find(variables, p) is not None)
                    for n in names}
-    net = Network(apply, variables, names, spec, _check_classes(class_names, tuple(getattr(output, "shape", "N?")[1:]),
+    if class_names is not None and not isinstance(output, jax.ShapeDtypeStruct):
+        raise ValueError(f"class_names: given, so the model output must be one (N, classes) array; it returns "
+                         f"{_describe(output)}, which is not supported: wrap the module so that it returns the "
+                         f"one output to explain (e.g. the logits)")
+    net = Network(apply, variables, names, spec, _check_classes(class_names, tuple(getattr(output, "shape", ())[1:]),
                                                                 "the model output"),
                   kernels, param_paths, {n: found[paths[n]][0] for n in names}, name, apply_perturbed, init)
     for n in names:
