@@ -767,3 +767,23 @@ def test_errors_name_the_option(setup, capsys, tmp_path, args, words):
                        setup["folder"], "--out", tmp_path / "out")
     assert_one_line_error(code, err, *words)
     assert not (tmp_path / "out").exists()
+
+
+def test_occlude_chosen_images_titles_show_label_and_prediction(setup, capsys, tmp_path, monkeypatch):
+    from jaxviz import plots
+
+    seen = []
+    real = plots.plot_heatmaps
+    monkeypatch.setattr(plots, "plot_heatmaps", lambda *a, **k: seen.append(a[2]) or real(*a, **k))
+    common = ["--data", "folder", "--data-dir", setup["folder"], "--weights", setup["weights"], "--images", "0,5",
+              "--window", "16", "--stride", "16"]
+    code, _, err = run(capsys, "occlude", *common, "--out", tmp_path / "a")
+    assert code == 0, err
+    network = jaxviz.load_weights(setup["weights"]).network
+    images = jaxviz.load_image_folder(setup["folder"]).images[[0, 5]]  # airplane 0, automobile 1 (4 per class)
+    predicted = np.asarray(jaxviz.layer_features(network, images)).argmax(1)
+    assert seen[-1] == [f"image 0: true: airplane / pred: {network.class_names[predicted[0]]}",
+                        f"image 5: true: automobile / pred: {network.class_names[predicted[1]]}"]
+    code, _, err = run(capsys, "occlude", *common, "--classes", "cat", "--out", tmp_path / "b")
+    assert code == 0, err
+    assert seen[-1] == ["image 0: true: airplane / strongest: cat", "image 5: true: automobile / strongest: cat"]

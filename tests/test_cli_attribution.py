@@ -57,11 +57,11 @@ def _predicted(network, images):
 ])
 def test_attribute_maps_equal_the_api(setup, capsys, tmp_path, method, options):
     out_dir = tmp_path / method
-    images_opt = [] if method == "occlusion" else ["--images", "0,4"]  # occlusion: the default, the first 4
+    images_opt = [] if method == "occlusion" else ["--images", "0,4"]  # occlusion: the default, one per class
     code, out, err = run(capsys, "attribute", "--method", method, *setup["args"], *images_opt, *options,
                          "--out", out_dir)
     assert code == 0, err
-    idx = np.arange(4) if method == "occlusion" else np.array([0, 4])
+    idx = np.array([0, 2, 4, 1]) if method == "occlusion" else np.array([0, 4])  # 3 classes of 2, sorted
     network, images = setup["network"], setup["images"][idx]
     x, f = network.to_input(images), _softmax(network)
     targets = _predicted(network, images) if method == "occlusion" else np.array(options[options.index("--targets")
@@ -298,7 +298,7 @@ def nan_setup(setup, tiny_model, tiny_variables):
 @pytest.mark.parametrize("command", [
     ["attribute", "--method", "saliency"], ["attribute", "--method", "occlusion", "--targets", "1,2,3,4"],
     ["faithfulness", "--methods", "saliency"], ["sanity", "--methods", "saliency"], ["evaluate"],
-    ["occlude", "--images", "0,1"], ["topk", "--k", "2"], ["report"]])
+    ["occlude", "--images", "0,1"], ["topk", "--k", "2"], ["report", "--k", "2"]])
 def test_a_model_whose_output_is_nan_is_refused(nan_setup, capsys, tmp_path, command):
     """Not an all-NaN map titled with class 0 (the argmax of NaN): one line naming --model, the layer, the
     images and the first layer that is not finite."""
@@ -307,7 +307,7 @@ def test_a_model_whose_output_is_nan_is_refused(nan_setup, capsys, tmp_path, com
     layer = "fc1" if command[0] == "topk" else "logits"
     assert_one_line_error(code, err, "--model: ", "not finite", f"layer {layer!r}", "is 'fc1'")
     if command[0] == "attribute":
-        assert "4 of 4 images (0, 1, 2, 3)" in err
+        assert "4 of 4 images (0, 2, 4, 1)" in err
     assert not (tmp_path / "out" / "attribution.npz").exists()
 
 
@@ -319,3 +319,32 @@ def test_report_api_refuses_a_nan_model(tiny_model, tiny_variables, tiny_dataset
                                          r"images .* is 'conv1'"):
         jaxviz.report.analyses.analyse(network, data.with_classes(network.class_names),
                                        jaxviz.ReportSettings(k=2, num_units=2))
+
+
+def test_default_images_take_each_class_in_turn_and_titles_show_label_and_prediction(setup, capsys, tmp_path,
+                                                                                      monkeypatch):
+    """The folder is sorted by class (3 classes of 2): the defaults are 0, 2, 4 (the first of each), then 1;
+    a title shows the true class and the prediction, which used to read as the label."""
+    from jaxviz import plots
+
+    seen = []
+    real = plots.plot_attribution_maps
+    monkeypatch.setattr(plots, "plot_attribution_maps", lambda *a, **k: seen.append(k["titles"]) or real(*a, **k))
+    code, out, err = run(capsys, "attribute", "--method", "saliency", *setup["args"], "--out", tmp_path / "a")
+    assert code == 0, err
+    idx = [0, 2, 4, 1]
+    assert json.loads(out)["images"] == idx
+    network, names = setup["network"], ("airplane", "automobile", "bird")
+    predicted = _predicted(network, setup["images"][idx])
+    assert seen[-1] == [f"{i}: true: {names[i // 2]} / pred: {network.class_names[p]}" for i, p in zip(idx, predicted)]
+    code, out, err = run(capsys, "attribute", "--method", "saliency", *setup["args"], "--images", "3",
+                         "--targets", "9", "--out", tmp_path / "b")
+    assert code == 0, err
+    want = f"3: true: automobile / pred: {network.class_names[predicted[3]]}"
+    assert seen[-1] == [want + ("" if predicted[3] == 9 else " / map of truck")]
+    code, out, err = run(capsys, "sanity", *setup["args"], "--methods", "saliency", "--json")
+    assert code == 0, err
+    assert json.loads(out)["images"] == [0, 2, 4, 1, 3, 5]
+    code, out, err = run(capsys, "faithfulness", *setup["args"], "--methods", "saliency", "--json")
+    assert code == 0, err
+    assert json.loads(out)["images"] == idx

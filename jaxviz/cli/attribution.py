@@ -105,7 +105,7 @@ def _add_common(p: argparse.ArgumentParser):
     add_data(p)
     g = p.add_argument_group("what is explained")
     g.add_argument("--images", type=int_list,
-                   help=f"dataset indices, e.g. 0,5,9 (default: the first {DEFAULT_IMAGES} images)")
+                   help=f"dataset indices, e.g. 0,5,9 (default: {DEFAULT_IMAGES} images, one per class in turn)")
     g.add_argument("--targets", type=int_list,
                    help="the output explained for each image, one per image, e.g. 3,3,1 (default: each image's "
                         "predicted class for a classifier, else unit 0 of --layer)")
@@ -165,8 +165,8 @@ def add_sanity(sub) -> None:
     add_model(p)
     add_data(p)
     g = p.add_argument_group("the check")
-    g.add_argument("--images", type=int_list, help=f"dataset indices, e.g. 0,5,9 (default: the first "
-                                                   f"{DEFAULT_SANITY_IMAGES} images)")
+    g.add_argument("--images", type=int_list, help=f"dataset indices, e.g. 0,5,9 (default: "
+                                                   f"{DEFAULT_SANITY_IMAGES} images, one per class in turn)")
     g.add_argument("--methods", type=_methods_from(GRADIENT_METHODS), default=("saliency", "ig", "gradcam"),
                    help=f"gradient methods from {','.join(GRADIENT_METHODS)} (default: saliency,ig,gradcam)")
     g.add_argument("--mode", choices=MODES, default="cascading",
@@ -229,11 +229,20 @@ def _check_sizes(args, h: int, w: int, n: int) -> None:
         raise ValueError(f"--num-masks: expected images * num_masks < 2**31, got {n} * {args.num_masks}")
 
 
+def _default_images(data: jaxviz.Dataset, count: int) -> np.ndarray:
+    """The default ``--images``: ``count`` indices, one image per class in turn (the first image of each
+    class, then the second of each, ...), so that a dataset sorted by class is not explained by one class."""
+    rank = np.zeros(len(data), np.int64)
+    for c in np.unique(data.labels):
+        where = np.flatnonzero(data.labels == c)
+        rank[where] = np.arange(len(where))
+    return np.lexsort((data.labels, rank))[:count].astype(np.int64)
+
+
 def _prepare(args):
     """Data, network and what to explain, all checked: (data, network, idx, layer, softmax, targets or None)."""
     data, network = load(args)
-    idx = _indices(args.images, data, "--images") if args.images is not None else \
-        np.arange(min(DEFAULT_IMAGES, len(data)), dtype=np.int64)
+    idx = _indices(args.images, data, "--images") if args.images is not None else _default_images(data, DEFAULT_IMAGES)
     if len(idx) == 0:
         raise ValueError("--data: the dataset has no images")
     layer, softmax, outputs = _explained(args, network)
@@ -276,21 +285,30 @@ def _check_cam_layer(args, network: jaxviz.Network, layer: str) -> None:
             raise ValueError(f"--layer: {e}".replace("layer: ", "", 1)) from None
 
 
-def _targets(network, images, idx, layer: str, softmax: bool, targets) -> np.ndarray:
-    """``targets``, or by default each image's predicted class (softmax) or unit 0 of ``layer``; the
-    explained layer's outputs are checked to be finite either way."""
+def _targets(network, images, idx, layer: str, softmax: bool, targets) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(targets, predicted)``: ``targets``, or by default each image's predicted class (softmax) or unit 0
+    of ``layer``, and the predicted classes (None unless ``softmax``); the explained layer's outputs are
+    checked to be finite either way."""
     outputs = model_outputs(network, images, idx, layer=layer)
-    if targets is not None:
-        return targets
-    if softmax:  # the predicted class
-        return outputs.reshape(len(images), -1).argmax(-1).astype(np.int64)
-    return np.zeros(len(images), np.int64)
+    predicted = outputs.reshape(len(images), -1).argmax(-1).astype(np.int64) if softmax else None
+    if targets is None:
+        targets = predicted if softmax else np.zeros(len(images), np.int64)
+    return targets, predicted
 
 
-def _titles(network, idx, targets, softmax: bool, layer: str) -> list[str]:
-    if softmax:
-        return [f"{i}: {network.class_names[t]}" for i, t in zip(idx, targets)]
-    return [f"{i}: {layer}[{t}]" for i, t in zip(idx, targets)]
+def _titles(network, data, idx, targets, predicted, layer: str) -> list[str]:
+    """Each image's index, true class, predicted class (when explaining a classifier's output) and the
+    explained output when it is not the predicted class."""
+    titles = []
+    for n, (i, t) in enumerate(zip(idx, targets)):
+        true = data.class_names[data.labels[i]]
+        if predicted is None:
+            titles.append(plots.image_title(f"{i}: ", true=true, explained=f"{layer}[{t}]"))
+        else:
+            pred = network.class_names[predicted[n]]
+            titles.append(plots.image_title(f"{i}: ", true=true, predicted=pred, explained=None if t == predicted[n]
+                                            else f"map of {network.class_names[t]}"))
+    return titles
 
 
 def _write_npz(path: Path, arrays: dict) -> None:
@@ -348,7 +366,7 @@ def cmd_attribute(args) -> None:
     images = data.images[idx]
     x = network.to_input(images)
     fill = _fill(args.fill, x)
-    targets = _targets(network, images, idx, layer, softmax, targets)
+    targets, predicted = _targets(network, images, idx, layer, softmax, targets)
     f = explained_function(network, layer)[1]
     settings: dict = {"fill": args.fill}
     options = {"window": args.window, "stride": args.stride, "fill": fill, "rise_masks": args.num_masks,
@@ -387,7 +405,7 @@ def cmd_attribute(args) -> None:
         "maps": maps, "targets": targets, "images": idx, "base": base.astype(np.float32),
         "method": np.asarray(args.method), "layer": np.asarray(layer), "settings": np.asarray(json.dumps(record))})
     fig = plots.plot_attribution_maps(images, {METHODS[args.method]: maps},
-                                      titles=_titles(network, idx, targets, softmax, layer),
+                                      titles=_titles(network, data, idx, targets, predicted, layer),
                                       title=f"{METHODS[args.method]}: {explained} of {layer}")
     plots.save_figure(fig, out / "attribution.png")
     print(json.dumps({"npz": str(out / "attribution.npz"), "png": str(out / "attribution.png"), **record,
@@ -415,7 +433,7 @@ def cmd_faithfulness(args) -> None:
     out = check_writable(args.out, directory=True, option="--out") if args.out else None
     data, network, idx, layer, softmax, targets = _prepare(args)
     images = data.images[idx]
-    targets = _targets(network, images, idx, layer, softmax, targets)
+    targets, predicted = _targets(network, images, idx, layer, softmax, targets)
     start = time.perf_counter()
     selected = jaxviz.compare_methods(
         network, images, targets=targets, layer=layer, methods=args.methods, window=args.window, stride=args.stride,
@@ -450,7 +468,7 @@ def cmd_faithfulness(args) -> None:
             "images": idx, "targets": np.asarray(selected.targets, np.int64), "layer": np.asarray(layer),
             **{f"maps_{chosen[k]}": np.asarray(v, np.float32) for k, v in selected.maps.items()}})
         fig = plots.plot_attribution_maps(images, selected.maps,
-                                          titles=_titles(network, idx, targets, softmax, layer))
+                                          titles=_titles(network, data, idx, targets, predicted, layer))
         plots.save_figure(fig, out / "faithfulness.png")
     print(text if args.json else _table(record))
 
@@ -463,7 +481,7 @@ def cmd_sanity(args) -> None:
     out = check_writable(args.out, directory=True, option="--out") if args.out else None
     data, network = load(args)
     idx = _indices(args.images, data, "--images") if args.images is not None else \
-        np.arange(min(DEFAULT_SANITY_IMAGES, len(data)), dtype=np.int64)
+        _default_images(data, DEFAULT_SANITY_IMAGES)
     if len(idx) == 0:
         raise ValueError("--data: the dataset has no images")
     if "gradcam" in args.methods:

@@ -248,7 +248,16 @@ def cmd_occlude(args) -> None:
                              units=settings.units, progress=True)
         targets = occ.base.argmax(1)
         heat = occ.grid[np.arange(len(idx)), ..., targets]
-        titles, images, pixel = [f"image {i}" for i in idx], plain[None], occ.pixel_map(targets)[None]
+        classes = network.class_names if network.is_classifier and layer == network.output_layer else None
+        titles = []
+        for i, t in zip(idx, targets):
+            unit, true = (occ.units[t] if occ.units else int(t)), data.class_names[data.labels[i]]
+            if classes is not None and settings.units is None:  # the strongest class is the predicted one
+                titles.append(plots.image_title(f"image {i}: ", true=true, predicted=classes[unit]))
+            else:
+                titles.append(plots.image_title(f"image {i}: ", true=true, explained="strongest: " + (
+                    classes[unit] if classes is not None else f"{layer}[{unit}]")))
+        images, pixel = plain[None], occ.pixel_map(targets)[None]
         masked = np.stack([jaxviz.apply_mask(im, jaxviz.heatmap_mask(h, im.shape[:2], threshold=settings.threshold,
                                                                      sigma=settings.sigma))
                            for im, h in zip(plain, heat)])[None]

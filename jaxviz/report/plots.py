@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 
 __all__ = [
-    "MAX_COLUMNS", "MAX_ROWS", "check_grid", "plot_activation_maps", "plot_attribution_maps", "plot_confusion", "plot_filters", "plot_heatmaps", "plot_masked",
+    "MAX_COLUMNS", "MAX_ROWS", "check_grid", "image_title", "plot_activation_maps", "plot_attribution_maps", "plot_confusion", "plot_filters", "plot_heatmaps", "plot_masked",
     "plot_occluded_examples", "plot_sanity", "plot_selectivity", "plot_top_k", "plot_training", "plot_tsne", "save_figure",
 ]
 
@@ -32,6 +32,15 @@ def check_grid(rows: int, cols: int, *, what_rows: str, what_cols: str) -> None:
                          f"got {cols}; pass fewer")
     if rows > MAX_ROWS:
         raise ValueError(f"{what_rows}: a figure shows at most {MAX_ROWS} rows of {what_rows}, got {rows}; pass fewer")
+
+
+def image_title(prefix: str = "", *, true: str | None = None, predicted: str | None = None,
+                explained: str | None = None) -> str:
+    """A panel title for an image: ``prefix``, then "true: cat / pred: dog / <explained>", leaving out the
+    parts that are None, so that a predicted class never reads as the label."""
+    parts = [f"true: {true}" if true is not None else None, f"pred: {predicted}" if predicted is not None else None,
+             explained]
+    return prefix + " / ".join(p for p in parts if p)
 
 
 def _figure(fig, figsize):
