@@ -348,3 +348,31 @@ def test_default_images_take_each_class_in_turn_and_titles_show_label_and_predic
     code, out, err = run(capsys, "faithfulness", *setup["args"], "--methods", "saliency", "--json")
     assert code == 0, err
     assert json.loads(out)["images"] == idx
+
+
+def test_attribute_writes_both_files_or_neither(setup, capsys, tmp_path, monkeypatch):
+    from jaxviz import plots
+
+    out_dir = tmp_path / "a"
+    args = ["attribute", "--method", "saliency", *setup["args"], "--images", "0,1", "--out", out_dir]
+    code, _, err = run(capsys, *args)
+    assert code == 0, err
+    before = {name: (out_dir / name).read_bytes() for name in ("attribution.npz", "attribution.png")}
+
+    def full(fig, path, **kwargs):
+        raise OSError(f"No space left on device: {path}")
+
+    monkeypatch.setattr(plots, "save_figure", full)
+    code, _, err = run(capsys, *args[:-4], "--images", "2,3", "--out", out_dir)
+    assert_one_line_error(code, err, "No space left")
+    assert {p.name: p.read_bytes() for p in out_dir.iterdir()} == before  # the old pair, no temporary files
+    monkeypatch.undo()
+    (tmp_path / "b" / "attribution.png").mkdir(parents=True)  # an output that cannot be written: refused first
+    monkeypatch.setattr(trust, "saliency", lambda *a, **k: pytest.fail("saliency ran"))
+    code, _, err = run(capsys, *args[:-1], tmp_path / "b")
+    assert_one_line_error(code, err, "--out: ", "attribution.png", "is a directory")
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["attribution.png"]
+    code, _, err = run(capsys, "attribute", "--method", "saliency", *setup["args"], "--images", ",".join(["0"] * 33),
+                       "--out", tmp_path / "c")
+    assert_one_line_error(code, err, "--images: ", "at most 32", "33")
+    assert not (tmp_path / "c").exists()

@@ -26,7 +26,16 @@ from jaxviz import plots
 from jaxviz.analysis.trust import METHODS, cam_layer_for, explained_function, method_map
 from jaxviz.attribution.gradients import IG_METHODS, NT_TYPES
 from jaxviz.attribution.sanity import GRADIENT_METHODS, MODES, PASS_THRESHOLD
-from jaxviz.cli._options import add_data, add_model, check_writable, int_list, load, model_outputs, positive_int
+from jaxviz.cli._options import (
+    add_data,
+    add_model,
+    as_option,
+    check_writable,
+    int_list,
+    load,
+    model_outputs,
+    positive_int,
+)
 from jaxviz.cli.commands import _fill, _indices
 from jaxviz.cli.runs import add_run_options, check_run_options, run_all
 from jaxviz.runs.methods import RUN_METHODS
@@ -360,9 +369,15 @@ def cmd_attribute(args) -> None:
     if args.units is not None:
         raise ValueError("--units: only with --all (without it, --targets chooses the explained output)")
     out = check_writable(args.out, directory=True, option="--out")
+    for name in ("attribution.npz", "attribution.png"):
+        check_writable(out / name, directory=False, option="--out")
     if args.method == "ablation" and args.slic is not None:
         _check_slic()
     data, network, idx, layer, softmax, targets = _prepare(args)
+    try:  # the figure must be drawable before any map is computed
+        plots.check_grid(len(idx), 2, what_rows="images", what_cols="methods")
+    except ValueError as e:
+        raise as_option(e, ("images",)) from None
     images = data.images[idx]
     x = network.to_input(images)
     fill = _fill(args.fill, x)
@@ -400,14 +415,17 @@ def cmd_attribute(args) -> None:
     explained = "softmax probability" if softmax else "mean activation"
     record = {"method": args.method, "layer": layer, "explained": explained, "images": idx.tolist(),
               "targets": targets.tolist(), "settings": settings}
-    out.mkdir(parents=True, exist_ok=True)
-    _write_npz(out / "attribution.npz", {
-        "maps": maps, "targets": targets, "images": idx, "base": base.astype(np.float32),
-        "method": np.asarray(args.method), "layer": np.asarray(layer), "settings": np.asarray(json.dumps(record))})
     fig = plots.plot_attribution_maps(images, {METHODS[args.method]: maps},
                                       titles=_titles(network, data, idx, targets, predicted, layer),
                                       title=f"{METHODS[args.method]}: {explained} of {layer}")
-    plots.save_figure(fig, out / "attribution.png")
+    out.mkdir(parents=True, exist_ok=True)
+    # both files or neither: each is written under a temporary name, then both are renamed
+    with jaxviz.atomic_path(out / "attribution.png") as png, jaxviz.atomic_path(out / "attribution.npz") as npz:
+        plots.save_figure(fig, png)
+        with open(npz, "wb") as fh:
+            np.savez_compressed(fh, maps=maps, targets=targets, images=idx, base=base.astype(np.float32),
+                                method=np.asarray(args.method), layer=np.asarray(layer),
+                                settings=np.asarray(json.dumps(record)))
     print(json.dumps({"npz": str(out / "attribution.npz"), "png": str(out / "attribution.png"), **record,
                       "seconds": round(seconds, 3)}, allow_nan=False))
 
