@@ -668,29 +668,13 @@ def test_load_model_api_errors_name_the_option(tmp_path):
 
 # --- the input size and channels of a --model
 
-GRAY_LINEN = """
-    import flax.linen as nn
-    import jax
-    import jax.numpy as jnp
-
-    INPUT_SHAPE = (32, 32, 1)
-    CLASS_NAMES = ("cat", "dog")
-
-    class Gray(nn.Module):
-        @nn.compact
-        def __call__(self, x):
-            x = nn.Conv(4, (3, 3), name="conv")(x)
-            return nn.Dense(2, name="head")(x.mean((1, 2)))
-
-    def build():
-        module = Gray()
-        return module, module.init(jax.random.key(0), jnp.zeros((1, 32, 32, 1)))
-"""
+GRAY_LINEN = TINY_LINEN.replace("(1, 8, 8, 3)", "(1, 32, 32, 1)")  # a conv on 1 channel
+GRAY_CONSTANTS = 'INPUT_SHAPE = (32, 32, 1)\nCLASS_NAMES = ("cat", "dog")\n'
 
 
 def test_a_one_channel_model_gets_grayscale_images(pets, capsys, tmp_path):
     """RGB folders (and the embedded sample) become BT.601 luma for a model with INPUT_SHAPE (32, 32, 1)."""
-    source = model_file(tmp_path, "gray", GRAY_LINEN)
+    source = model_file(tmp_path, "gray", GRAY_LINEN, GRAY_CONSTANTS)
     code, out, err = run(capsys, "occlude", "--model", f"{source}:build", "--data", "folder", "--data-dir",
                          pets["32"], "--images", "0,4", "--layer", "head", "--num-units", "2", "--window", "16",
                          "--stride", "16", "--out", tmp_path / "occ")
@@ -701,7 +685,7 @@ def test_a_one_channel_model_gets_grayscale_images(pets, capsys, tmp_path):
     with np.load(tmp_path / "occ" / "occlusion.npz") as z:
         np.testing.assert_allclose(z["base"], np.asarray(module.apply(variables, gray.astype(np.float32) / 255)),
                                    rtol=1e-5, atol=1e-5 * float(np.abs(z["base"]).max()))
-    plain = model_file(tmp_path, "plain_gray", GRAY_LINEN.replace('CLASS_NAMES = ("cat", "dog")', ""))
+    plain = model_file(tmp_path, "plain_gray", GRAY_LINEN, "INPUT_SHAPE = (32, 32, 1)\n")
     code, out, err = run(capsys, "activations", "--model", f"{plain}:build", "--layer", "conv", "--images", "0",
                          "--out", tmp_path / "sample.png")  # the embedded sample
     assert code == 0, err
@@ -709,8 +693,8 @@ def test_a_one_channel_model_gets_grayscale_images(pets, capsys, tmp_path):
 
 
 def test_a_channel_mismatch_is_said_about_channels(pets, capsys, tmp_path):
-    source = model_file(tmp_path, "two", GRAY_LINEN.replace("(32, 32, 1)", "(32, 32, 2)").replace(
-        "(1, 32, 32, 1)", "(1, 32, 32, 2)"))
+    source = model_file(tmp_path, "two", TINY_LINEN.replace("(1, 8, 8, 3)", "(1, 32, 32, 2)"),
+                        GRAY_CONSTANTS.replace("(32, 32, 1)", "(32, 32, 2)"))
     for extra in ([], ["--resize"]):
         code, _, err = run(capsys, "evaluate", "--model", f"{source}:build", "--data", "folder", "--data-dir",
                            pets["32"], *extra)
