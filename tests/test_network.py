@@ -564,26 +564,12 @@ def _dropout_module():
     return DropoutNet(nnx.Rngs(0))
 
 
-def test_nnx_dropout_model_can_be_analysed(tmp_path):
-    """Every engine plans from the variables' shapes and dtypes, and the dataset run hashes them: a typed
-    key leaf used to fail all of them. The reference: the same eval-mode module closed over as a
-    constant, so that no key is an argument."""
-    from flax import nnx
-
-    module = _dropout_module()
-    net = from_nnx(module, input_shape=(8, 8, 3), class_names=("a", "b", "c"))
-    assert any(jax.dtypes.issubdtype(getattr(leaf, "dtype", None), jax.dtypes.prng_key)
-               for leaf in jax.tree_util.tree_leaves(net.variables))
-    ref_module = nnx.merge(*nnx.split(module))
-    ref_module.eval()
-
-    def ref(x):
-        return ref_module(x)
-
-    images = np.random.default_rng(3).integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
+def _check_engines(net, ref, images, tmp_path):
+    """saliency, RISE, occlusion and a dataset run of ``net``'s output, against ``ref(x)`` (the same function
+    with nothing but ``x`` as argument)."""
     x = net.to_input(images)
-    f, targets = net.layer_fn("fc"), np.array([0, 2, 1])
-    want = jax.grad(lambda x: ref(x)[np.arange(3), targets].sum())(jnp.asarray(x))
+    f, targets = net.layer_fn(net.output_layer), np.arange(len(x)) % 3
+    want = jax.grad(lambda x: ref(x)[np.arange(len(x)), targets].sum())(jnp.asarray(x))
     assert_close(jaxviz.saliency(f, x, params=net.variables, targets=targets).attributions, np.abs(want))
     assert_close(jaxviz.rise(f, x, params=net.variables, num_masks=8, cells=2).maps,
                  jaxviz.rise(ref, x, num_masks=8, cells=2).maps)
@@ -592,6 +578,37 @@ def test_nnx_dropout_model_can_be_analysed(tmp_path):
     run = jaxviz.run_dataset(net, images, tmp_path / "run", window=4, stride=4, progress=False)
     assert run.complete
     assert_close(run.aggregates["base"], np.asarray(ref(x)))
+
+
+def test_variables_with_a_typed_prng_key_can_be_analysed(tmp_path):
+    """Every engine plans from the variables' shapes and dtypes, and the dataset run hashes them: a typed
+    key leaf (what an nnx RNG stream holds) used to fail all of them."""
+    w = np.random.default_rng(0).normal(size=(3, 3)).astype(np.float32)
+    variables = {"w": w, "rng": {"key": jax.random.key(7), "count": jnp.uint32(0)}}
+
+    def apply(variables, x, layer):
+        return x.mean((1, 2)) @ variables["w"]
+
+    net = from_function(apply, variables, layer_names=["out"], input_shape=(8, 8, 3), class_names=("a", "b", "c"))
+    images = np.random.default_rng(3).integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
+    _check_engines(net, lambda x: x.mean((1, 2)) @ w, images, tmp_path)
+
+
+def test_nnx_dropout_model_can_be_analysed(tmp_path):
+    """The eval-mode module closed over as a constant is the reference; the RNG state is no variable, so
+    the randomization test (which draws new variables) runs too."""
+    from flax import nnx
+
+    module = _dropout_module()
+    net = from_nnx(module, input_shape=(8, 8, 3), class_names=("a", "b", "c"))
+    assert not any(jax.dtypes.issubdtype(getattr(leaf, "dtype", None), jax.dtypes.prng_key)
+                   for leaf in jax.tree_util.tree_leaves(net.variables))
+    ref_module = nnx.merge(*nnx.split(module))
+    ref_module.eval()
+    images = np.random.default_rng(3).integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
+    _check_engines(net, lambda x: ref_module(x), images, tmp_path)
+    check = jaxviz.randomization_test(net, images, methods=("saliency",))
+    assert check.layers and np.isfinite(check.correlations["saliency"]).any()
 
 
 def test_nnx_summary_counts_no_rng_state():
