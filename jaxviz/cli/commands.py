@@ -298,7 +298,9 @@ def cmd_report(args) -> None:
     jaxviz.check_report_dir(args.out)  # creates nothing; make_report checks the settings against the data too
     data, network = load(args)
     settings = _checked(args, REPORT_FIELDS, data, network)  # make_report checks them too, naming no option
-    model_outputs(network, data.images, progress="outputs")  # make_report checks them too, later and as network:
     start = time.perf_counter()
-    jaxviz.make_report(args.out, network=network, dataset=data, settings=settings)
+    try:
+        jaxviz.make_report(args.out, network=network, dataset=data, settings=settings)
+    except (ValueError, TypeError) as e:  # e.g. "network: the model's output is not finite" (its first stage)
+        raise as_option(e, (), {"network": "--model"}) from None
     print(f"wrote {Path(args.out) / 'index.html'} in {time.perf_counter() - start:.1f} s")
