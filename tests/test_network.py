@@ -15,6 +15,7 @@ from jaxviz.models.adapters import from_cnn, from_function, from_linen, from_nnx
 from jaxviz.models.cnn import layers as cnn_layers
 from jaxviz.models.network import InputSpec, LayerInfo, Network, resize_images
 
+import dropout_nnx
 from conftest import load_example
 from numerics import assert_close
 
@@ -547,23 +548,6 @@ def test_unknown_and_non_str_layers(cnn_net):
 # --------------------------------------------------------------------------- nnx modules that keep an RNG stream
 
 
-def _dropout_module():
-    """A tiny nnx classifier holding the standard ``nnx.Dropout(rate, rngs=rngs)``: its state has a typed
-    PRNG key and a counter (an ``RngKey`` and an ``RngCount``)."""
-    from flax import nnx
-
-    class DropoutNet(nnx.Module):
-        def __init__(self, rngs):
-            self.conv = nnx.Conv(3, 4, (3, 3), rngs=rngs)
-            self.drop = nnx.Dropout(0.5, rngs=rngs)
-            self.fc = nnx.Linear(4, 3, rngs=rngs)
-
-        def __call__(self, x):
-            return self.fc(self.drop(nnx.relu(self.conv(x))).mean((1, 2)))
-
-    return DropoutNet(nnx.Rngs(0))
-
-
 def _check_engines(net, ref, images, tmp_path):
     """saliency, RISE, occlusion and a dataset run of ``net``'s output, against ``ref(x)`` (the same function
     with nothing but ``x`` as argument)."""
@@ -599,7 +583,7 @@ def test_nnx_dropout_model_can_be_analysed(tmp_path):
     the randomization test (which draws new variables) runs too."""
     from flax import nnx
 
-    module = _dropout_module()
+    module = dropout_nnx.build()
     net = from_nnx(module, input_shape=(8, 8, 3), class_names=("a", "b", "c"))
     assert not any(jax.dtypes.issubdtype(getattr(leaf, "dtype", None), jax.dtypes.prng_key)
                    for leaf in jax.tree_util.tree_leaves(net.variables))
@@ -612,7 +596,7 @@ def test_nnx_dropout_model_can_be_analysed(tmp_path):
 
 
 def test_nnx_summary_counts_no_rng_state():
-    net = from_nnx(_dropout_module(), input_shape=(8, 8, 3))
+    net = from_nnx(dropout_nnx.build(), input_shape=(8, 8, 3))
     rows = {r.name: r.params for r in net.summary()}
     assert rows == {"conv": 3 * 3 * 3 * 4 + 4, "drop": 0, "fc": 4 * 3 + 3}
     assert net.num_params == sum(rows.values())
