@@ -45,8 +45,8 @@ def _checked(args, fields, data, network, *, uses_k: bool = True):
     """The settings of ``fields``, checked alone and against the data and the model; errors name the options."""
     settings = settings_from(jaxviz.ReportSettings, args, fields)
     unused = {"window": 1} if "window" not in fields else {}  # checks of settings the command does not use pass
-    if not uses_k:  # k only has to fit the data when the top-K images are looked at
-        unused["k"] = 1
+    if not uses_k:  # k and num_units only have to fit when the unit study picks units and their top-K images
+        unused.update(k=1, num_units=1)
     try:
         jaxviz.check_report_settings(dataclasses.replace(settings, **unused), network, data)
     except (ValueError, TypeError) as e:
