@@ -592,9 +592,6 @@ def bad_model(tmp_path: Path, case: str) -> list:
     if case == "wrong_type":
         source = model_file(tmp_path, "wrong", "INPUT_SHAPE = (8, 8, 3)\n\ndef build():\n    return 42\n")
         return ["--model", f"{source}:build"], ["--model", "build() must return", "jaxviz.Network", "got int"]
-    if case == "no_input_shape":
-        source = model_file(tmp_path, "shapeless", TINY_LINEN)
-        return ["--model", f"{source}:build"], ["--model", "shapeless.py", "must define INPUT_SHAPE"]
     if case == "bad_input_shape":
         source = model_file(tmp_path, "flat", TINY_LINEN, "INPUT_SHAPE = (8, 8)\n")
         return ["--model", f"{source}:build"], ["--model: INPUT_SHAPE: ", "(height, width, channels)", "(8, 8)"]
@@ -640,7 +637,7 @@ def bad_model(tmp_path: Path, case: str) -> list:
 
 
 BAD_MODELS = ["no_file", "no_attr", "not_callable", "no_colon", "no_module", "import_fails", "factory_raises",
-              "wrong_type", "no_input_shape", "bad_input_shape", "bad_class_names", "does_not_run", "weights_of_another_model",
+              "wrong_type", "bad_input_shape", "bad_class_names", "does_not_run", "weights_of_another_model",
               "weights_of_another_model_nnx", "weights_of_other_shapes", "weights_not_msgpack", "weights_of_jaxviz_train",
               "weights_missing", "weights_of_a_network"]
 
@@ -654,7 +651,7 @@ def test_bad_model_or_weights_is_one_line(pets, capsys, tmp_path, case):
     assert not out_dir.exists()
 
 
-@pytest.mark.parametrize("case", ["no_file", "factory_raises", "no_input_shape", "weights_of_another_model"])
+@pytest.mark.parametrize("case", ["no_file", "factory_raises", "weights_of_another_model"])
 def test_bad_model_in_summary_and_evaluate(pets, capsys, tmp_path, case):
     args, words = bad_model(tmp_path, case)
     assert_one_line_error(*run(capsys, "summary", *args)[::2], *words)
@@ -667,3 +664,125 @@ def test_load_model_api_errors_name_the_option(tmp_path):
         jaxviz.load_model(args[1])
     with pytest.raises(ValueError, match=r"^model: build\(\) raised RuntimeError"):
         jaxviz.load_model(args[1], option="model")
+
+
+# --- the input size and channels of a --model
+
+GRAY_LINEN = TINY_LINEN.replace("(1, 8, 8, 3)", "(1, 32, 32, 1)")  # a conv on 1 channel
+GRAY_CONSTANTS = 'INPUT_SHAPE = (32, 32, 1)\nCLASS_NAMES = ("cat", "dog")\n'
+
+
+def test_a_one_channel_model_gets_grayscale_images(pets, capsys, tmp_path):
+    """RGB folders (and the embedded sample) become BT.601 luma for a model with INPUT_SHAPE (32, 32, 1)."""
+    source = model_file(tmp_path, "gray", GRAY_LINEN, GRAY_CONSTANTS)
+    code, out, err = run(capsys, "occlude", "--model", f"{source}:build", "--data", "folder", "--data-dir",
+                         pets["32"], "--images", "0,4", "--layer", "head", "--window", "16",
+                         "--stride", "16", "--out", tmp_path / "occ")
+    assert code == 0, err
+    rgb = jaxviz.load_image_folder(pets["32"]).images[[0, 4]].astype(np.float64)
+    gray = np.rint(rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114)[..., None]
+    module, variables = import_file(source).build()
+    with np.load(tmp_path / "occ" / "occlusion.npz") as z:
+        np.testing.assert_allclose(z["base"], np.asarray(module.apply(variables, gray.astype(np.float32) / 255)),
+                                   rtol=1e-5, atol=1e-5 * float(np.abs(z["base"]).max()))
+    plain = model_file(tmp_path, "plain_gray", GRAY_LINEN, "INPUT_SHAPE = (32, 32, 1)\n")
+    code, out, err = run(capsys, "activations", "--model", f"{plain}:build", "--layer", "conv", "--images", "0",
+                         "--out", tmp_path / "sample.png")  # the embedded sample
+    assert code == 0, err
+    assert (tmp_path / "sample.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_channel_mismatch_is_said_about_channels(pets, capsys, tmp_path):
+    source = model_file(tmp_path, "two", TINY_LINEN.replace("(1, 8, 8, 3)", "(1, 32, 32, 2)"),
+                        GRAY_CONSTANTS.replace("(32, 32, 1)", "(32, 32, 2)"))
+    for extra in ([], ["--resize"]):
+        code, _, err = run(capsys, "evaluate", "--model", f"{source}:build", "--data", "folder", "--data-dir",
+                           pets["32"], *extra)
+        assert_one_line_error(code, err, "--data folder: ", "takes images with 2 channels", "have 3")
+        assert "--resize" not in err
+
+
+def test_a_model_without_input_shape_takes_the_data_size(pets, capsys, tmp_path):
+    """No INPUT_SHAPE: the data's image size (a standard Flax model file); --input-shape overrides."""
+    source = model_file(tmp_path, "shapeless", TINY_LINEN)
+    module, variables = import_file(source).build()
+    for folder, extra, size in ((pets["64"], [], 64), (pets["64"], ["--input-shape", "16,16,3", "--resize"], 16)):
+        code, out, err = run(capsys, "topk", "--model", f"{source}:build", "--data", "folder", "--data-dir", folder,
+                             "--layer", "head", "--units", "1", "--k", "2", "--out", tmp_path / f"top{size}", *extra)
+        assert code == 0, err
+        images = jaxviz.resize_images(jaxviz.load_image_folder(folder).images, size, size)
+        head = np.asarray(module.apply(variables, images.astype(np.float32) / 255))
+        record = json.loads((tmp_path / f"top{size}" / "topk.json").read_text())
+        assert record["top_indices"]["1"] == np.argsort(-head[:, 1], kind="stable")[:2].tolist()
+    code, _, err = run(capsys, "summary", "--model", f"{source}:build")  # no data to take the size from
+    assert_one_line_error(code, err, "--model: ", "shapeless.py", "defines no INPUT_SHAPE", "--input-shape H,W,C")
+    code, out, err = run(capsys, "summary", "--model", f"{source}:build", "--input-shape", "8,8,3")
+    assert code == 0 and "(None, 8, 8, 4)" in out, err
+    code, _, err = run(capsys, "summary", "--input-shape", "8,8,3")
+    assert_one_line_error(code, err, "--input-shape: ", "only with --model", "8,8,3")
+    with pytest.raises(SystemExit):
+        main(["summary", "--model", f"{source}:build", "--input-shape", "8,8"])
+    assert "--input-shape: expected H,W,C" in capsys.readouterr().err
+
+
+def test_report_on_one_class_is_refused_before_any_work(capsys, tmp_path, monkeypatch):
+    """A model without class names on a folder of one class: the unit study has no classes to compare."""
+    folder = tmp_path / "one" / "cat"
+    folder.mkdir(parents=True)
+    for i in range(4):
+        Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(folder / f"{i}.png")
+    source = model_file(tmp_path, "tiny", TINY_LINEN)
+    monkeypatch.setattr(jaxviz, "layer_features", lambda *a, **k: pytest.fail("features were computed"))
+    for command in (["report", "--k", "2", "--num-units", "2"], ["topk", "--k", "2", "--num-units", "2"]):
+        code, _, err = run(capsys, *command, "--model", f"{source}:build", "--data", "folder", "--data-dir",
+                           tmp_path / "one", "--out", tmp_path / "out")
+        assert_one_line_error(code, err, "--data folder: ", "at least 2 classes", "'cat'")
+        assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("args,words", [
+    (["report", "--k", "50"], ["--k: ", "got 50"]),
+    (["report", "--layer", "nope"], ["--layer: ", "'nope'"]),
+    (["report", "--units", "99", "--k", "2"], ["--units: ", "[99]"]),
+    (["occlude", "--images", "0", "--units", "12"], ["--units: ", "layer logits", "[12]"]),
+])
+def test_errors_name_the_option(setup, capsys, tmp_path, args, words):
+    code, _, err = run(capsys, *args, "--weights", setup["weights"], "--data", "folder", "--data-dir",
+                       setup["folder"], "--out", tmp_path / "out")
+    assert_one_line_error(code, err, *words)
+    assert not (tmp_path / "out").exists()
+
+
+def test_occlude_chosen_images_titles_show_label_and_prediction(setup, capsys, tmp_path, monkeypatch):
+    from jaxviz import plots
+
+    seen = []
+    real = plots.plot_heatmaps
+    monkeypatch.setattr(plots, "plot_heatmaps", lambda *a, **k: seen.append(a[2]) or real(*a, **k))
+    common = ["--data", "folder", "--data-dir", setup["folder"], "--weights", setup["weights"], "--images", "0,5",
+              "--window", "16", "--stride", "16"]
+    code, _, err = run(capsys, "occlude", *common, "--out", tmp_path / "a")
+    assert code == 0, err
+    network = jaxviz.load_weights(setup["weights"]).network
+    images = jaxviz.load_image_folder(setup["folder"]).images[[0, 5]]  # airplane 0, automobile 1 (4 per class)
+    predicted = np.asarray(jaxviz.layer_features(network, images)).argmax(1)
+    assert seen[-1] == [f"image 0: true: airplane / pred: {network.class_names[predicted[0]]}",
+                        f"image 5: true: automobile / pred: {network.class_names[predicted[1]]}"]
+    code, _, err = run(capsys, "occlude", *common, "--classes", "cat", "--out", tmp_path / "b")
+    assert code == 0, err
+    assert seen[-1] == ["image 0: true: airplane / strongest: cat", "image 5: true: automobile / strongest: cat"]
+
+
+def test_nnx_model_with_dropout_from_the_command_line(pets, capsys, tmp_path):
+    """Also: occlude --all picks no units, so the default --num-units (6) need not fit its 4-unit layer."""
+    source = ROOT / "tests" / "dropout_nnx.py"
+    code, out, err = run(capsys, "summary", "--model", f"{source}:build")
+    assert code == 0, err
+    assert out.split("\n")[-2].endswith(f"{3 * 3 * 3 * 4 + 4 + 4 * 3 + 3}")  # Total params: no RNG state
+    data = ["--model", f"{source}:build", "--data", "folder", "--data-dir", pets["32"]]
+    code, out, err = run(capsys, "attribute", "--method", "saliency", *data, "--out", tmp_path / "a")
+    assert code == 0, err
+    code, out, err = run(capsys, "occlude", "--all", *data, "--window", "16", "--stride", "16",
+                         "--out", tmp_path / "run")
+    assert code == 0, err
+    assert jaxviz.open_run(tmp_path / "run").complete

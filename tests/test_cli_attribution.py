@@ -57,11 +57,11 @@ def _predicted(network, images):
 ])
 def test_attribute_maps_equal_the_api(setup, capsys, tmp_path, method, options):
     out_dir = tmp_path / method
-    images_opt = [] if method == "occlusion" else ["--images", "0,4"]  # occlusion: the default, the first 4
+    images_opt = [] if method == "occlusion" else ["--images", "0,4"]  # occlusion: the default, one per class
     code, out, err = run(capsys, "attribute", "--method", method, *setup["args"], *images_opt, *options,
                          "--out", out_dir)
     assert code == 0, err
-    idx = np.arange(4) if method == "occlusion" else np.array([0, 4])
+    idx = np.array([0, 2, 4, 1]) if method == "occlusion" else np.array([0, 4])  # 3 classes of 2, sorted
     network, images = setup["network"], setup["images"][idx]
     x, f = network.to_input(images), _softmax(network)
     targets = _predicted(network, images) if method == "occlusion" else np.array(options[options.index("--targets")
@@ -362,3 +362,97 @@ def test_attribute_all_errors_name_the_option(setup, capsys, tmp_path, extra, wo
     code, _, err = run(capsys, "attribute", "--method", "occlusion", "--all", *setup["args"], "--out",
                        tmp_path / "run", *extra)
     assert_one_line_error(code, err, *words)
+
+
+@pytest.fixture(scope="module")
+def nan_setup(setup, tiny_model, tiny_variables):
+    """The tiny model with a NaN in fc1's bias: fc1 and the logits are NaN."""
+    variables = jax.tree_util.tree_map(np.asarray, tiny_variables)
+    variables["params"]["fc1"]["bias"] = np.where(np.arange(16) == 2, np.nan, variables["params"]["fc1"]["bias"]
+                                                  ).astype(np.float32)
+    weights = setup["root"] / "nan.msgpack"
+    jaxviz.save_weights(weights, tiny_model, variables, metadata={"dataset": "tiny"})
+    return ["--weights", str(weights), "--data", "folder", "--data-dir", setup["folder"]]
+
+
+@pytest.mark.parametrize("command", [
+    ["attribute", "--method", "saliency"], ["attribute", "--method", "occlusion", "--targets", "1,2,3,4"],
+    ["faithfulness", "--methods", "saliency"], ["sanity", "--methods", "saliency"], ["evaluate"],
+    ["occlude", "--images", "0,1"], ["topk", "--k", "2"], ["report", "--k", "2"]])
+def test_a_model_whose_output_is_nan_is_refused(nan_setup, capsys, tmp_path, command):
+    """Not an all-NaN map titled with class 0 (the argmax of NaN): one line naming --model, the layer, the
+    images and the first layer that is not finite."""
+    out = [] if command == ["evaluate"] else ["--out", tmp_path / "out"]
+    code, _, err = run(capsys, *command, *nan_setup, *out)
+    layer = "fc1" if command[0] == "topk" else "logits"
+    assert_one_line_error(code, err, "--model: ", "not finite", f"layer {layer!r}", "is 'fc1'")
+    if command[0] == "attribute":
+        assert "4 of 4 images (0, 2, 4, 1)" in err
+    assert not (tmp_path / "out" / "attribution.npz").exists()
+
+
+def test_report_api_refuses_a_nan_model(tiny_model, tiny_variables, tiny_dataset, tmp_path):
+    variables = jax.tree_util.tree_map(lambda a: np.full_like(a, np.nan), tiny_variables)
+    network = jaxviz.from_cnn(tiny_model, variables, ("a", "b", "c", "d", "e", "f", "g", "h", "i", "j"))
+    data = jaxviz.Dataset(tiny_dataset.images, tiny_dataset.labels, ("a", "b", "c"))
+    with pytest.raises(ValueError, match=r"network: the model's output is not finite: layer 'logits' .* 12 of 12 "
+                                         r"images .* is 'conv1'"):
+        jaxviz.report.analyses.analyse(network, data.with_classes(network.class_names),
+                                       jaxviz.ReportSettings(k=2, num_units=2))
+
+
+def test_default_images_take_each_class_in_turn_and_titles_show_label_and_prediction(setup, capsys, tmp_path,
+                                                                                      monkeypatch):
+    """The folder is sorted by class (3 classes of 2): the defaults are 0, 2, 4 (the first of each), then 1;
+    a title shows the true class and the prediction, which used to read as the label."""
+    from jaxviz import plots
+
+    seen = []
+    real = plots.plot_attribution_maps
+    monkeypatch.setattr(plots, "plot_attribution_maps", lambda *a, **k: seen.append(k["titles"]) or real(*a, **k))
+    code, out, err = run(capsys, "attribute", "--method", "saliency", *setup["args"], "--out", tmp_path / "a")
+    assert code == 0, err
+    idx = [0, 2, 4, 1]
+    assert json.loads(out)["images"] == idx
+    network, names = setup["network"], ("airplane", "automobile", "bird")
+    predicted = _predicted(network, setup["images"][idx])
+    assert seen[-1] == [f"{i}: true: {names[i // 2]} / pred: {network.class_names[p]}" for i, p in zip(idx, predicted)]
+    code, out, err = run(capsys, "attribute", "--method", "saliency", *setup["args"], "--images", "3",
+                         "--targets", "9", "--out", tmp_path / "b")
+    assert code == 0, err
+    want = f"3: true: automobile / pred: {network.class_names[predicted[3]]}"
+    assert seen[-1] == [want + ("" if predicted[3] == 9 else " / map of truck")]
+    code, out, err = run(capsys, "sanity", *setup["args"], "--methods", "saliency", "--json")
+    assert code == 0, err
+    assert json.loads(out)["images"] == [0, 2, 4, 1, 3, 5]
+    code, out, err = run(capsys, "faithfulness", *setup["args"], "--methods", "saliency", "--json")
+    assert code == 0, err
+    assert json.loads(out)["images"] == idx
+
+
+def test_attribute_writes_both_files_or_neither(setup, capsys, tmp_path, monkeypatch):
+    from jaxviz import plots
+
+    out_dir = tmp_path / "a"
+    args = ["attribute", "--method", "saliency", *setup["args"], "--images", "0,1", "--out", out_dir]
+    code, _, err = run(capsys, *args)
+    assert code == 0, err
+    before = {name: (out_dir / name).read_bytes() for name in ("attribution.npz", "attribution.png")}
+
+    def full(fig, path, **kwargs):
+        raise OSError(f"No space left on device: {path}")
+
+    monkeypatch.setattr(plots, "save_figure", full)
+    code, _, err = run(capsys, *args[:-4], "--images", "2,3", "--out", out_dir)
+    assert_one_line_error(code, err, "No space left")
+    assert {p.name: p.read_bytes() for p in out_dir.iterdir()} == before  # the old pair, no temporary files
+    monkeypatch.undo()
+    (tmp_path / "b" / "attribution.png").mkdir(parents=True)  # an output that cannot be written: refused first
+    monkeypatch.setattr(trust, "saliency", lambda *a, **k: pytest.fail("saliency ran"))
+    code, _, err = run(capsys, *args[:-1], tmp_path / "b")
+    assert_one_line_error(code, err, "--out: ", "attribution.png", "is a directory")
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["attribution.png"]
+    code, _, err = run(capsys, "attribute", "--method", "saliency", *setup["args"], "--images", ",".join(["0"] * 33),
+                       "--out", tmp_path / "c")
+    assert_one_line_error(code, err, "--images: ", "at most 32", "33")
+    assert not (tmp_path / "c").exists()

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from jaxviz import InputSpec, load_pretrained
-from jaxviz.data import CIFAR10_CLASSES, Dataset, load_image_folder, load_sample
+from jaxviz.data import CIFAR10_CLASSES, Dataset, load_image_folder, load_sample, to_grayscale
 
 from conftest import make_uint8_images
 
@@ -456,3 +456,15 @@ def test_load_sample():
     assert 30 < ds.images.std() < 100
     flat = ds.images.reshape(1000, -1)
     assert len(np.unique(flat, axis=0)) == 1000
+
+
+def test_to_grayscale_is_the_bt601_luma_rounded():
+    """Values worked out by hand: 0.299 R + 0.587 G + 0.114 B, to the nearest integer."""
+    rgb = np.array([[0, 0, 0], [255, 255, 255], [100, 0, 0], [0, 100, 0], [0, 0, 100], [10, 20, 30],
+                    [200, 100, 50]], np.uint8).reshape(1, 7, 1, 3)
+    want = [0, 255, 30, 59, 11, 18, 124]  # 29.9, 58.7, 11.4, 2.99 + 11.74 + 3.42, 59.8 + 58.7 + 5.7
+    gray = to_grayscale(rgb)
+    assert gray.dtype == np.uint8 and gray.shape == (1, 7, 1, 1)
+    assert gray.reshape(-1).tolist() == want
+    with pytest.raises(ValueError, match="images: expected RGB images .* got 1 channels"):
+        to_grayscale(gray)

@@ -15,6 +15,7 @@ from jaxviz.models.adapters import from_cnn, from_function, from_linen, from_nnx
 from jaxviz.models.cnn import layers as cnn_layers
 from jaxviz.models.network import InputSpec, LayerInfo, Network, resize_images
 
+import dropout_nnx
 from conftest import load_example
 from numerics import assert_close
 
@@ -542,3 +543,79 @@ def test_unknown_and_non_str_layers(cnn_net):
         cnn_net.kernel("conv9")
     with pytest.raises(TypeError, match="layer"):
         cnn_net.uint8_fn(None)
+
+
+# --------------------------------------------------------------------------- nnx modules that keep an RNG stream
+
+
+def _check_engines(net, ref, images, tmp_path):
+    """saliency, RISE, occlusion and a dataset run of ``net``'s output, against ``ref(x)`` (the same function
+    with nothing but ``x`` as argument)."""
+    x = net.to_input(images)
+    f, targets = net.layer_fn(net.output_layer), np.arange(len(x)) % 3
+    want = jax.grad(lambda x: ref(x)[np.arange(len(x)), targets].sum())(jnp.asarray(x))
+    assert_close(jaxviz.saliency(f, x, params=net.variables, targets=targets).attributions, np.abs(want))
+    assert_close(jaxviz.rise(f, x, params=net.variables, num_masks=8, cells=2).maps,
+                 jaxviz.rise(ref, x, num_masks=8, cells=2).maps)
+    occ = jaxviz.occlude(f, x, params=net.variables, window=4, stride=4)
+    assert_close(occ.grid, jaxviz.occlude(ref, x, window=4, stride=4).grid, scale=occ.base)
+    run = jaxviz.run_dataset(net, images, tmp_path / "run", window=4, stride=4, progress=False)
+    assert run.complete
+    assert_close(run.aggregates["base"], np.asarray(ref(x)))
+
+
+def test_variables_with_a_typed_prng_key_can_be_analysed(tmp_path):
+    """Every engine plans from the variables' shapes and dtypes, and the dataset run hashes them: a typed
+    key leaf (what an nnx RNG stream holds) used to fail all of them."""
+    w = np.random.default_rng(0).normal(size=(3, 3)).astype(np.float32)
+    variables = {"w": w, "rng": {"key": jax.random.key(7), "count": jnp.uint32(0)}}
+
+    def apply(variables, x, layer):
+        return x.mean((1, 2)) @ variables["w"]
+
+    net = from_function(apply, variables, layer_names=["out"], input_shape=(8, 8, 3), class_names=("a", "b", "c"))
+    images = np.random.default_rng(3).integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
+    _check_engines(net, lambda x: x.mean((1, 2)) @ w, images, tmp_path)
+
+
+def test_nnx_dropout_model_can_be_analysed(tmp_path):
+    """The eval-mode module closed over as a constant is the reference; the RNG state is no variable, so
+    the randomization test (which draws new variables) runs too."""
+    from flax import nnx
+
+    module = dropout_nnx.build()
+    net = from_nnx(module, input_shape=(8, 8, 3), class_names=("a", "b", "c"))
+    assert not any(jax.dtypes.issubdtype(getattr(leaf, "dtype", None), jax.dtypes.prng_key)
+                   for leaf in jax.tree_util.tree_leaves(net.variables))
+    ref_module = nnx.merge(*nnx.split(module))
+    ref_module.eval()
+    images = np.random.default_rng(3).integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
+    _check_engines(net, lambda x: ref_module(x), images, tmp_path)
+    check = jaxviz.randomization_test(net, images, methods=("saliency",))
+    assert check.layers and np.isfinite(check.correlations["saliency"]).any()
+
+
+def test_nnx_summary_counts_no_rng_state():
+    net = from_nnx(dropout_nnx.build(), input_shape=(8, 8, 3))
+    rows = {r.name: r.params for r in net.summary()}
+    assert rows == {"conv": 3 * 3 * 3 * 4 + 4, "drop": 0, "fc": 4 * 3 + 3}
+    assert net.num_params == sum(rows.values())
+
+
+def test_linen_dict_output_with_class_names_says_what_is_wrong():
+    """It used to say "? outputs, so expected ? class names"."""
+    import flax.linen as nn
+
+    class TwoHeads(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            h = nn.Conv(4, (3, 3), name="conv")(x)
+            return {"logits": nn.Dense(2, name="head")(h.mean((1, 2))), "aux": h}
+
+    module = TwoHeads()
+    variables = module.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+    with pytest.raises(ValueError, match=r"^class_names: .* one \(N, classes\) array; it returns a dict of 2 arrays "
+                                         r"\(\['aux'\]: \(2, 8, 8, 4\), \['logits'\]: \(2, 2\)\), which is not "
+                                         r"supported: wrap the module"):
+        from_linen(module, variables, input_shape=(8, 8, 3), class_names=("a", "b"))
+    assert from_linen(module, variables, input_shape=(8, 8, 3)).layer_names == ("conv", "head")

@@ -531,3 +531,16 @@ def test_cli_checks_the_output_folder_before_loading_anything(tmp_path, capsys, 
         assert err.startswith("jaxviz report: error: out_dir: ") and words in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "mine"]
     assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.txt"]
+
+
+def test_one_channel_images_are_drawn_in_grayscale():
+    """A 1-channel model's images (N, H, W, 1): gray from 0 (black) to 255 (white), not a colour map."""
+    from jaxviz import plots
+
+    images = np.stack([np.full((4, 4, 1), 64, np.uint8), np.full((4, 4, 1), 255, np.uint8)])
+    fig = plots.plot_attribution_maps(images, {"m": np.zeros((2, 4, 4), np.float32)},
+                                      titles=[plots.image_title("0: ", true="cat", predicted="dog"), "1"])
+    first = fig.axes[0].images[0]
+    assert first.get_cmap().name == "gray" and first.get_clim() == (0, 255)
+    assert first.get_array().shape == (4, 4)
+    assert fig.axes[0].get_ylabel() == "0: true: cat / pred: dog"

@@ -13,6 +13,7 @@ import typing
 from pathlib import Path
 
 import jaxviz
+from jaxviz.data import to_grayscale
 
 DATA_CHOICES = ("sample", "cifar10", "folder")
 
@@ -43,6 +44,14 @@ def int_list(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
     if not values:
         raise argparse.ArgumentTypeError(f"expected at least one integer, got {text!r}")
+    return values
+
+
+def input_shape(text: str) -> tuple[int, int, int]:
+    """argparse type: ``H,W,C``, three positive ints, e.g. ``32,32,1``."""
+    values = int_list(text)
+    if len(values) != 3 or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected H,W,C (three positive ints, e.g. 32,32,1), got {text!r}")
     return values
 
 
@@ -102,7 +111,10 @@ def add_model(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", metavar="FILE_OR_MODULE:ATTR",
                    help="your model: a .py file or dotted module and a zero-argument callable returning a "
                         "jaxviz.Network, (linen module, variables), an nnx.Module or (apply, variables, layer_names); "
-                        "the file sets INPUT_SHAPE (default: the pretrained CIFAR-10 CNN)")
+                        "the file may set INPUT_SHAPE (default: the pretrained CIFAR-10 CNN)")
+    g.add_argument("--input-shape", type=input_shape, metavar="H,W,C",
+                   help="with --model: the input size, overriding the file's INPUT_SHAPE (default: INPUT_SHAPE, "
+                        "else the size of the data's images)")
     g.add_argument("--weights", help="with --model: a Flax msgpack state dict of its variables; without: a weights "
                                      "file from `jaxviz train`")
 
@@ -120,9 +132,16 @@ def add_data(p: argparse.ArgumentParser, default_split: str = "test") -> None:
                    help="resize images to the model's input size (bilinear) instead of refusing other sizes")
 
 
-def load_network(args) -> jaxviz.Network:
+def load_network(args, default_input_shape=None) -> jaxviz.Network:
+    """``--model`` (its input size: --input-shape, INPUT_SHAPE, else ``default_input_shape``: a shape or a
+    callable returning one), else the built-in CNN of --weights or the pretrained one."""
+    shape = getattr(args, "input_shape", None)
     if getattr(args, "model", None):
-        return jaxviz.load_model(args.model, weights=args.weights)
+        return jaxviz.load_model(args.model, weights=args.weights, input_shape=shape,
+                                 default_input_shape=default_input_shape)
+    if shape is not None:
+        raise ValueError(f"--input-shape: only with --model (the built-in CNN takes 32x32x3 images), got "
+                         f"{','.join(map(str, shape))}")
     return (jaxviz.load_weights(args.weights) if args.weights else jaxviz.load_pretrained()).network
 
 
@@ -138,9 +157,17 @@ def load_data(args) -> jaxviz.Dataset:
 
 
 def load(args) -> tuple[jaxviz.Dataset, jaxviz.Network]:
-    """The network, and the data in its classes (when it is a classifier) and at its input size."""
-    network = load_network(args)
-    data = load_data(args)
+    """The network, and the data in its classes (when it is a classifier), at its input size and in its
+    channels: RGB becomes grayscale (``jaxviz.data.to_grayscale``) for a 1-channel model. A ``--model``
+    without INPUT_SHAPE or --input-shape takes the size of the data's images (read first then)."""
+    loaded = []
+
+    def data_shape():
+        loaded.append(load_data(args))
+        return loaded[0].images.shape[1:]
+
+    network = load_network(args, default_input_shape=data_shape)
+    data = loaded[0] if loaded else load_data(args)
     if network.is_classifier:
         unknown = [c for c in data.class_names if c not in network.class_names]
         if unknown:
@@ -148,13 +175,29 @@ def load(args) -> tuple[jaxviz.Dataset, jaxviz.Network]:
                              f"(the model's classes: {list(network.class_names)})")
         data = data.with_classes(network.class_names)
     h, w, c = network.input_spec.shape
+    if c == 1 and data.images.shape[3] == 3:
+        data = dataclasses.replace(data, images=to_grayscale(data.images))
+    if data.images.shape[3] != c:
+        raise ValueError(f"--data {args.data}: the model takes images with {c} channels; the data's images have "
+                         f"{data.images.shape[3]} (RGB becomes grayscale for a 1-channel model; no other channel "
+                         "conversion is made: check the model's INPUT_SHAPE or --input-shape)")
     if args.resize and data.images.shape[1:3] != (h, w):
         data = dataclasses.replace(data, images=jaxviz.resize_images(data.images, h, w))
-    if data.images.shape[1:] != (h, w, c):
+    if data.images.shape[1:3] != (h, w):
         got = "x".join(map(str, data.images.shape[1:3]))
-        raise ValueError(f"--data {args.data}: the model takes {h}x{w} images with {c} channels; got {got} images "
-                         f"with {data.images.shape[3]} channels (pass --resize to resize them)")
+        raise ValueError(f"--data {args.data}: the model takes {h}x{w} images; got {got} images (pass --resize to "
+                         "resize them)")
     return data, network
+
+
+def model_outputs(network: jaxviz.Network, images, indices=None, *, layer: str | None = None,
+                  progress: bool | str = False):
+    """``layer``'s activations (default: the model's output) of ``images``: where the commands compute
+    the outputs they predict from or explain, so that NaN or infinite ones stop every command with one
+    line naming --model, the layer and the images (``indices``: their dataset indices)."""
+    outputs = jaxviz.layer_features(network, images, layer=layer, progress=progress)
+    network.check_finite(outputs, images, layer=layer, indices=indices, name="--model")
+    return outputs
 
 
 def check_writable(path: str | os.PathLike, *, directory: bool, option: str) -> Path:

@@ -27,7 +27,16 @@ from jaxviz import plots
 from jaxviz.analysis.trust import METHODS, cam_layer_for, check_methods, explained_function, method_map
 from jaxviz.attribution.gradients import IG_METHODS, NT_TYPES
 from jaxviz.attribution.sanity import GRADIENT_METHODS, MODES, PASS_THRESHOLD, format_correlation
-from jaxviz.cli._options import add_data, add_model, as_option, check_writable, int_list, load, positive_int
+from jaxviz.cli._options import (
+    add_data,
+    add_model,
+    as_option,
+    check_writable,
+    int_list,
+    load,
+    model_outputs,
+    positive_int,
+)
 from jaxviz.cli.commands import _dataset_fill, _fill, _indices
 from jaxviz.cli.runs import add_run_options, check_run_options, run_all
 from jaxviz.runs.methods import RUN_METHODS
@@ -117,7 +126,7 @@ def _add_common(p: argparse.ArgumentParser):
     add_data(p)
     g = p.add_argument_group("what is explained")
     g.add_argument("--images", type=int_list,
-                   help=f"dataset indices, e.g. 0,5,9 (default: the first {DEFAULT_IMAGES} images)")
+                   help=f"dataset indices, e.g. 0,5,9 (default: {DEFAULT_IMAGES} images, one per class in turn)")
     g.add_argument("--targets", type=int_list,
                    help="the output explained for each image, one per image, e.g. 3,3,1 (default: each image's "
                         "predicted class for a classifier, else unit 0 of --layer)")
@@ -177,8 +186,8 @@ def add_sanity(sub) -> None:
     add_model(p)
     add_data(p)
     g = p.add_argument_group("the check")
-    g.add_argument("--images", type=int_list, help=f"dataset indices, e.g. 0,5,9 (default: the first "
-                                                   f"{DEFAULT_SANITY_IMAGES} images)")
+    g.add_argument("--images", type=int_list, help=f"dataset indices, e.g. 0,5,9 (default: "
+                                                   f"{DEFAULT_SANITY_IMAGES} images, one per class in turn)")
     g.add_argument("--methods", type=_methods_from(GRADIENT_METHODS), default=("saliency", "ig", "gradcam"),
                    help=f"gradient methods from {','.join(GRADIENT_METHODS)} (default: saliency,ig,gradcam)")
     g.add_argument("--mode", choices=MODES, default="cascading",
@@ -252,11 +261,20 @@ def _check_sizes(args, h: int, w: int, n: int) -> None:
         raise ValueError(f"--num-masks: expected images * num_masks < 2**31, got {n} * {args.num_masks}")
 
 
+def _default_images(data: jaxviz.Dataset, count: int) -> np.ndarray:
+    """The default ``--images``: ``count`` indices, one image per class in turn (the first image of each
+    class, then the second of each, ...), so that a dataset sorted by class is not explained by one class."""
+    rank = np.zeros(len(data), np.int64)
+    for c in np.unique(data.labels):
+        where = np.flatnonzero(data.labels == c)
+        rank[where] = np.arange(len(where))
+    return np.lexsort((data.labels, rank))[:count].astype(np.int64)
+
+
 def _prepare(args):
     """Data, network and what to explain, all checked: (data, network, idx, layer, softmax, targets or None)."""
     data, network = load(args)
-    idx = _indices(args.images, data, "--images") if args.images is not None else \
-        np.arange(min(DEFAULT_IMAGES, len(data)), dtype=np.int64)
+    idx = _indices(args.images, data, "--images") if args.images is not None else _default_images(data, DEFAULT_IMAGES)
     if len(idx) == 0:
         raise ValueError("--data: the dataset has no images")
     layer, softmax, outputs = _explained(args, network)
@@ -299,16 +317,30 @@ def _check_cam_layer(args, network: jaxviz.Network, layer: str) -> None:
             raise ValueError(f"--layer: {e}".replace("layer: ", "", 1)) from None
 
 
-def _default_targets(network, images, layer: str, softmax: bool) -> np.ndarray:
-    if softmax:  # the predicted class
-        return jaxviz.layer_features(network, images).reshape(len(images), -1).argmax(-1).astype(np.int64)
-    return np.zeros(len(images), np.int64)
+def _targets(network, images, idx, layer: str, softmax: bool, targets) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(targets, predicted)``: ``targets``, or by default each image's predicted class (softmax) or unit 0
+    of ``layer``, and the predicted classes (None unless ``softmax``); the explained layer's outputs are
+    checked to be finite either way."""
+    outputs = model_outputs(network, images, idx, layer=layer)
+    predicted = outputs.reshape(len(images), -1).argmax(-1).astype(np.int64) if softmax else None
+    if targets is None:
+        targets = predicted if softmax else np.zeros(len(images), np.int64)
+    return targets, predicted
 
 
-def _titles(network, idx, targets, softmax: bool, layer: str) -> list[str]:
-    if softmax:
-        return [f"{i}: {network.class_names[t]}" for i, t in zip(idx, targets)]
-    return [f"{i}: {layer}[{t}]" for i, t in zip(idx, targets)]
+def _titles(network, data, idx, targets, predicted, layer: str) -> list[str]:
+    """Each image's index, true class, predicted class (when explaining a classifier's output) and the
+    explained output when it is not the predicted class."""
+    titles = []
+    for n, (i, t) in enumerate(zip(idx, targets)):
+        true = data.class_names[data.labels[i]]
+        if predicted is None:
+            titles.append(plots.image_title(f"{i}: ", true=true, explained=f"{layer}[{t}]"))
+        else:
+            pred = network.class_names[predicted[n]]
+            titles.append(plots.image_title(f"{i}: ", true=true, predicted=pred, explained=None if t == predicted[n]
+                                            else f"map of {network.class_names[t]}"))
+    return titles
 
 
 def _write_npz(path: Path, arrays: dict) -> None:
@@ -361,9 +393,15 @@ def cmd_attribute(args) -> None:
     if args.units is not None:
         raise ValueError("--units: only with --all (without it, --targets chooses the explained output)")
     out = check_writable(args.out, directory=True, option="--out")
+    for name in ("attribution.npz", "attribution.png"):
+        check_writable(out / name, directory=False, option="--out")
     if args.method == "ablation" and args.slic is not None:
         _check_slic()
     data, network, idx, layer, softmax, targets = _prepare(args)
+    try:  # the figure must be drawable before any map is computed
+        plots.check_grid(len(idx), 2, what_rows="images", what_cols="methods")
+    except ValueError as e:
+        raise as_option(e, ("images",)) from None
     with _named_as_options(args):  # the method's requirements, before any work
         check_methods(network, (args.method,), layer=layer, cam_layer=args.cam_layer,
                       segments=args.segments if args.slic is None else None, ig_steps=args.n_steps,
@@ -371,8 +409,7 @@ def cmd_attribute(args) -> None:
     images = data.images[idx]
     x = network.to_input(images)
     fill = _fill(args.fill, x)
-    if targets is None:
-        targets = _default_targets(network, images, layer, softmax)
+    targets, predicted = _targets(network, images, idx, layer, softmax, targets)
     f = explained_function(network, layer)[1]
     settings: dict = {"fill": args.fill}
     options = {"window": args.window, "stride": args.stride, "fill": fill, "rise_masks": args.num_masks,
@@ -407,14 +444,17 @@ def cmd_attribute(args) -> None:
     explained = "softmax probability" if softmax else "mean activation"
     record = {"method": args.method, "layer": layer, "explained": explained, "images": idx.tolist(),
               "targets": targets.tolist(), "settings": settings}
-    out.mkdir(parents=True, exist_ok=True)
-    _write_npz(out / "attribution.npz", {
-        "maps": maps, "targets": targets, "images": idx, "base": base.astype(np.float32),
-        "method": np.asarray(args.method), "layer": np.asarray(layer), "settings": np.asarray(json.dumps(record))})
     fig = plots.plot_attribution_maps(images, {METHODS[args.method]: maps},
-                                      titles=_titles(network, idx, targets, softmax, layer),
+                                      titles=_titles(network, data, idx, targets, predicted, layer),
                                       title=f"{METHODS[args.method]}: {explained} of {layer}")
-    plots.save_figure(fig, out / "attribution.png")
+    out.mkdir(parents=True, exist_ok=True)
+    # both files or neither: each is written under a temporary name, then both are renamed
+    with jaxviz.atomic_path(out / "attribution.png") as png, jaxviz.atomic_path(out / "attribution.npz") as npz:
+        plots.save_figure(fig, png)
+        with open(npz, "wb") as fh:
+            np.savez_compressed(fh, maps=maps, targets=targets, images=idx, base=base.astype(np.float32),
+                                method=np.asarray(args.method), layer=np.asarray(layer),
+                                settings=np.asarray(json.dumps(record)))
     print(json.dumps({"npz": str(out / "attribution.npz"), "png": str(out / "attribution.png"), **record,
                       "seconds": round(seconds, 3)}, allow_nan=False))
 
@@ -443,8 +483,7 @@ def cmd_faithfulness(args) -> None:
         check_methods(network, args.methods, layer=layer, cam_layer=args.cam_layer, segments=args.segments,
                       ig_steps=args.n_steps, steps=args.steps, seed=args.seed)
     images = data.images[idx]
-    if targets is None:
-        targets = _default_targets(network, images, layer, softmax)
+    targets, predicted = _targets(network, images, idx, layer, softmax, targets)
     start = time.perf_counter()
     with _named_as_options(args):
         selected = jaxviz.compare_methods(
@@ -481,7 +520,7 @@ def cmd_faithfulness(args) -> None:
             "images": idx, "targets": np.asarray(selected.targets, np.int64), "layer": np.asarray(layer),
             **{f"maps_{chosen[k]}": np.asarray(v, np.float32) for k, v in selected.maps.items()}})
         fig = plots.plot_attribution_maps(images, selected.maps,
-                                          titles=_titles(network, idx, targets, softmax, layer))
+                                          titles=_titles(network, data, idx, targets, predicted, layer))
         plots.save_figure(fig, out / "faithfulness.png")
     print(text if args.json else _table(record))
 
@@ -494,7 +533,7 @@ def cmd_sanity(args) -> None:
     out = check_writable(args.out, directory=True, option="--out") if args.out else None
     data, network = load(args)
     idx = _indices(args.images, data, "--images") if args.images is not None else \
-        np.arange(min(DEFAULT_SANITY_IMAGES, len(data)), dtype=np.int64)
+        _default_images(data, DEFAULT_SANITY_IMAGES)
     if len(idx) == 0:
         raise ValueError("--data: the dataset has no images")
     if "gradcam" in args.methods:
@@ -503,6 +542,7 @@ def cmd_sanity(args) -> None:
                              f"{', '.join(network.spatial_layers()) or 'there is none'}; got {args.cam_layer!r}")
         if not network.spatial_layers():
             raise ValueError("--methods: gradcam needs a layer with spatial maps; this network has none")
+    model_outputs(network, data.images[idx], idx)  # the predictions it explains must be finite
     start = time.perf_counter()
     with _named_as_options(args):
         check = jaxviz.randomization_test(network, data.images[idx], methods=args.methods, mode=args.mode,

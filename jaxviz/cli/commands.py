@@ -12,7 +12,15 @@ import numpy as np
 
 import jaxviz
 from jaxviz import plots
-from jaxviz.cli._options import as_option, check_writable, load, load_data, load_network, settings_from
+from jaxviz.cli._options import (
+    as_option,
+    check_writable,
+    load,
+    load_data,
+    load_network,
+    model_outputs,
+    settings_from,
+)
 from jaxviz.cli.runs import check_run_options, run_all
 
 # the ReportSettings fields each command exposes (see build_parser)
@@ -27,7 +35,7 @@ TRAIN_FIELDS = tuple(f for f in jaxviz.TrainConfig.__dataclass_fields__)
 def _study(data, network, settings):
     """The unit study of the chosen layer (settings already checked against the data)."""
     layer = settings.layer or network.feature_layer
-    scores = jaxviz.unit_scores(jaxviz.layer_features(network, data.images, layer=layer, progress="features"))
+    scores = jaxviz.unit_scores(model_outputs(network, data.images, layer=layer, progress="features"))
     study = jaxviz.study_units(scores, data.labels, len(data.class_names), k=settings.k, count=settings.num_units,
                                units=settings.units)
     return layer, study
@@ -37,12 +45,12 @@ def _checked(args, fields, data, network, *, uses_k: bool = True):
     """The settings of ``fields``, checked alone and against the data and the model; errors name the options."""
     settings = settings_from(jaxviz.ReportSettings, args, fields)
     unused = {"window": 1} if "window" not in fields else {}  # checks of settings the command does not use pass
-    if not uses_k:  # k only has to fit the data when the top-K images are looked at
-        unused["k"] = 1
+    if not uses_k:  # k and num_units only have to fit when the unit study picks units and their top-K images
+        unused.update(k=1, num_units=1)
     try:
         jaxviz.check_report_settings(dataclasses.replace(settings, **unused), network, data)
     except (ValueError, TypeError) as e:
-        raise as_option(e, fields) from None
+        raise as_option(e, fields, {"dataset": f"--data {args.data}"}) from None
     return settings
 
 
@@ -70,7 +78,7 @@ def cmd_evaluate(args) -> None:
     data, network = load(args)
     if not network.is_classifier:
         raise ValueError("--model: the model has no class names (set CLASS_NAMES), so it cannot be evaluated")
-    logits = jaxviz.layer_features(network, data.images, progress="evaluate")
+    logits = model_outputs(network, data.images, progress="evaluate")
     report = jaxviz.classification_report(data.labels, logits, network.class_names)
     if args.confusion_png:
         plots.save_figure(plots.plot_confusion(report.confusion_matrix, report.class_names,
@@ -225,6 +233,8 @@ def cmd_occlude(args) -> None:
             raise ValueError(f"--classes: selects classifier outputs; use it with --layer {network.output_layer} "
                              "on a model with class names")
         args.layer, args.units = network.output_layer, _classes(args.classes, network.class_names)
+    if args.images is not None and args.layer is None:  # given images: the output layer's units by default
+        args.layer = network.output_layer
     settings = _checked(args, OCCLUDE_FIELDS, data, network, uses_k=args.images is None)
     x_fill = _fill(args.fill, network.to_input(data.images[:1]))  # checks the option before any work
     start = time.perf_counter()
@@ -242,6 +252,7 @@ def cmd_occlude(args) -> None:
         layer = settings.layer or network.output_layer
         idx = _indices(args.images, data, "--images")
         plain = data.subset(idx).images
+        model_outputs(network, plain, idx, layer=layer)
         if args.fill == "mean":
             x_fill = _fill("mean", network.to_input(plain))
         occ = jaxviz.occlude(network.score_fn(layer), network.to_input(plain), params=network.variables,
@@ -249,7 +260,16 @@ def cmd_occlude(args) -> None:
                              units=settings.units, progress=True)
         targets = occ.base.argmax(1)
         heat = occ.grid[np.arange(len(idx)), ..., targets]
-        titles, images, pixel = [f"image {i}" for i in idx], plain[None], occ.pixel_map(targets)[None]
+        classes = network.class_names if network.is_classifier and layer == network.output_layer else None
+        titles = []
+        for i, t in zip(idx, targets):
+            unit, true = (occ.units[t] if occ.units else int(t)), data.class_names[data.labels[i]]
+            if classes is not None and settings.units is None:  # the strongest class is the predicted one
+                titles.append(plots.image_title(f"image {i}: ", true=true, predicted=classes[unit]))
+            else:
+                titles.append(plots.image_title(f"image {i}: ", true=true, explained="strongest: " + (
+                    classes[unit] if classes is not None else f"{layer}[{unit}]")))
+        images, pixel = plain[None], occ.pixel_map(targets)[None]
         masked = np.stack([jaxviz.apply_mask(im, jaxviz.heatmap_mask(h, im.shape[:2], threshold=settings.threshold,
                                                                      sigma=settings.sigma))
                            for im, h in zip(plain, heat)])[None]
@@ -272,7 +292,7 @@ def cmd_tsne(args) -> None:
     layer = args.layer or network.feature_layer
     with _naming("layer"):
         network.check_layer(layer)
-    feats = jaxviz.unit_scores(jaxviz.layer_features(network, data.images, layer=layer, progress="features"))
+    feats = jaxviz.unit_scores(model_outputs(network, data.images, layer=layer, progress="features"))
     with _naming("perplexity", "max_iter"):
         emb = jaxviz.tsne(feats, perplexity=args.perplexity, max_iter=args.max_iter, seed=args.seed,
                           subsample=args.points)
@@ -289,6 +309,10 @@ def cmd_report(args) -> None:
     settings = settings_from(jaxviz.ReportSettings, args, REPORT_FIELDS)
     jaxviz.check_report_dir(args.out)  # creates nothing; make_report checks the settings against the data too
     data, network = load(args)
+    settings = _checked(args, REPORT_FIELDS, data, network)  # make_report checks them too, naming no option
     start = time.perf_counter()
-    jaxviz.make_report(args.out, network=network, dataset=data, settings=settings)
+    try:
+        jaxviz.make_report(args.out, network=network, dataset=data, settings=settings)
+    except (ValueError, TypeError) as e:  # e.g. "network: the model's output is not finite" (its first stage)
+        raise as_option(e, (), {"network": "--model"}) from None
     print(f"wrote {Path(args.out) / 'index.html'} in {time.perf_counter() - start:.1f} s")

@@ -19,9 +19,11 @@ import numpy as np
 
 __all__ = [
     "CIFAR10_CLASSES",
+    "LUMA_WEIGHTS",
     "Dataset",
     "load_image_folder",
     "load_sample",
+    "to_grayscale",
 ]
 
 CIFAR10_CLASSES = (
@@ -30,6 +32,7 @@ CIFAR10_CLASSES = (
 )
 
 SAMPLE_FILE = "cifar10_sample.npz"
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma of R, G, B
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +105,20 @@ def check_uint8_images(images: np.ndarray, name: str) -> None:
         raise TypeError(f"{name}: expected uint8 images (N, H, W, C), got {images.dtype}{_uint8_hint(images)}")
     if images.ndim != 4 or images.shape[-1] < 1:
         raise ValueError(f"{name}: expected shape (N, H, W, C), got {images.shape}")
+
+
+def to_grayscale(images: np.ndarray) -> np.ndarray:
+    """uint8 RGB (N, H, W, 3) -> uint8 (N, H, W, 1): the ITU-R BT.601 luma
+    ``0.299 R + 0.587 G + 0.114 B``, rounded to the nearest integer (halves to even).
+
+    Raises:
+      TypeError / ValueError: not uint8 (N, H, W, C) images, or not 3 channels.
+    """
+    check_uint8_images(images, "images")
+    if images.shape[-1] != 3:
+        raise ValueError(f"images: expected RGB images (N, H, W, 3), got {images.shape[-1]} channels")
+    luma = images.astype(np.float64) @ np.asarray(LUMA_WEIGHTS)
+    return np.clip(np.rint(luma), 0, 255).astype(np.uint8)[..., None]
 
 
 def _uint8_hint(images: np.ndarray) -> str:

@@ -20,7 +20,6 @@ from typing import Any
 
 import jax
 import jax.extend.core as jex
-import numpy as np
 from jax.sharding import Sharding
 
 from jaxviz._batching import round_up
@@ -30,9 +29,26 @@ __all__ = ["abstract", "chunk_size_for", "default_memory_budget", "peak_live_byt
 
 
 def signature(tree: Any) -> tuple:
-    """Hashable structure, shapes and dtypes of a pytree: a cache key that holds no data."""
+    """Hashable structure, shapes and dtypes of a pytree: a cache key that holds no data.
+
+    A leaf's dtype is kept as JAX has it, so JAX's extended dtypes (the typed PRNG keys an nnx
+    ``Rngs`` or ``Dropout`` holds) pass through; Python scalars get the dtype JAX gives them.
+
+    Raises:
+      TypeError: a leaf that is neither an array nor a scalar (e.g. a str).
+    """
     leaves, treedef = jax.tree_util.tree_flatten(tree)
-    return treedef, tuple((tuple(np.shape(x)), np.dtype(getattr(x, "dtype", np.asarray(x).dtype))) for x in leaves)
+    return treedef, tuple(_leaf_signature(x) for x in leaves)
+
+
+def _leaf_signature(x: Any) -> tuple[tuple[int, ...], Any]:
+    if hasattr(x, "shape") and hasattr(x, "dtype"):  # numpy and JAX arrays, ShapeDtypeStruct
+        return tuple(x.shape), x.dtype
+    try:
+        aval = jax.typeof(x)
+    except TypeError:
+        raise TypeError(f"params: expected a pytree of arrays, got a leaf of type {type(x).__name__}") from None
+    return tuple(aval.shape), aval.dtype
 
 
 def abstract(sig: tuple, sharding: Sharding | None = None) -> Any:
@@ -46,7 +62,7 @@ def _nbytes(aval: Any) -> int:
     shape, dtype = getattr(aval, "shape", None), getattr(aval, "dtype", None)
     if shape is None or dtype is None:
         return 0
-    return math.prod(shape) * np.dtype(dtype).itemsize
+    return math.prod(shape) * dtype.itemsize  # numpy dtypes and JAX's key dtypes alike
 
 
 def peak_live_bytes(jaxpr: jex.Jaxpr) -> int:

@@ -72,6 +72,13 @@ def _one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {first[:300]}{'...' if len(first) > 300 else ''}"
 
 
+def _describe(output: Any) -> str:
+    """A model output that is not one array, in words: its type and the shapes in it."""
+    leaves = jax.tree_util.tree_leaves_with_path(output)
+    shapes = ", ".join(f"{jax.tree_util.keystr(path)}: {tuple(getattr(leaf, 'shape', ()))}" for path, leaf in leaves[:6])
+    return f"a {type(output).__name__} of {len(leaves)} arrays ({shapes}{', ...' if len(leaves) > 6 else ''})"
+
+
 def _record(found: dict, path: tuple, kind: str, out: Any) -> None:
     """Keep the first output of each submodule when it is one array with the batch axis."""
     if path not in found:
@@ -95,7 +102,11 @@ def _module_network(apply: Callable, variables: Any, found: dict, paths: dict, l
             kernels[n] = kernel
     param_paths = {n: tuple(p for p in ((*c, *paths[n]) for c in prefixes) if _find(variables, p) is not None)
                    for n in names}
-    net = Network(apply, variables, names, spec, _check_classes(class_names, tuple(getattr(output, "shape", "N?")[1:]),
+    if class_names is not None and not isinstance(output, jax.ShapeDtypeStruct):
+        raise ValueError(f"class_names: given, so the model output must be one (N, classes) array; it returns "
+                         f"{_describe(output)}, which is not supported: wrap the module so that it returns the "
+                         f"one output to explain (e.g. the logits)")
+    net = Network(apply, variables, names, spec, _check_classes(class_names, tuple(getattr(output, "shape", ())[1:]),
                                                                 "the model output"),
                   kernels, param_paths, {n: found[paths[n]][0] for n in names}, name, apply_perturbed, init)
     for n in names:
@@ -258,7 +269,10 @@ def from_nnx(module: Any, *, input_shape: Sequence[int], class_names: Sequence[s
 
     ``variables`` is the ``nnx.State`` of a copy put in eval mode
     (``Module.eval()``: BatchNorm uses its running statistics, Dropout is
-    off). ``apply(state, x, layer)`` merges a fresh module from it, replaces
+    off), without its RNG state (the keys and counters of ``nnx.Rngs`` and
+    of ``nnx.Dropout(rate, rngs=rngs)``): eval mode draws no random numbers,
+    so that state stays in the program as a constant, and analyses that
+    perturb or randomize the variables never see it. ``apply(state, x, layer)`` merges a fresh module from it, replaces
     the layer's submodule in that copy by a tap recording the output of its
     first ``__call__``, calls the model and returns the record. The layers
     are the called submodules (those held in tuples are skipped).
@@ -283,10 +297,10 @@ def from_nnx(module: Any, *, input_shape: Sequence[int], class_names: Sequence[s
     spec, found = _input_spec(input_shape, scale, mean, std), {}
     copy = nnx.merge(*nnx.split(module))
     copy.eval()
-    graphdef, state = nnx.split(copy)
+    graphdef, rng_state, state = nnx.split(copy, nnx.RngState, ...)  # RNG streams: constants, not variables
 
     def run(state, x):
-        model, sink = nnx.merge(graphdef, state), []
+        model, sink = nnx.merge(graphdef, rng_state, state), []
         kinds = {p: type(m).__name__ for p, m in list(nnx.iter_modules(model)) if p and callable(m) and
                  _tap(model, p, sink)}
         out = model(x)
@@ -300,13 +314,13 @@ def from_nnx(module: Any, *, input_shape: Sequence[int], class_names: Sequence[s
         raise ValueError("module: expected submodules whose __call__ returns one (N, ...) array, found none")
 
     def apply(state, x, layer):
-        model, sink = nnx.merge(graphdef, state), []
+        model, sink = nnx.merge(graphdef, rng_state, state), []
         _tap(model, paths[layer], sink)
         model(x)
         return sink[0][1]
 
     def apply_perturbed(state, x, layer, delta, output_layer):
-        model, sink = nnx.merge(graphdef, state), []
+        model, sink = nnx.merge(graphdef, rng_state, state), []
         _tap(model, paths[layer], sink, delta)
         _tap(model, paths[output_layer], sink)
         model(x)
@@ -321,7 +335,7 @@ def from_nnx(module: Any, *, input_shape: Sequence[int], class_names: Sequence[s
             raise TypeError(f"init: expected init(key) to return an nnx.Module, got {type(fresh).__name__}")
         fresh = nnx.merge(*nnx.split(fresh))
         fresh.eval()
-        return nnx.split(fresh)[1]
+        return nnx.split(fresh, nnx.RngState, ...)[2]
 
     return _module_network(apply, state, found, paths, layers, spec, class_names, output, ((),),
                            type(module).__name__, apply_perturbed, None if init is None else fresh_state)

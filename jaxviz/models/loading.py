@@ -9,7 +9,8 @@
 * ``(apply, variables, layer_names)`` for a plain ``apply(variables, x, layer)``.
 
 For the last three, the file (module) says what the input is with
-module-level constants: ``INPUT_SHAPE = (H, W, C)`` (required), and optional
+module-level constants: ``INPUT_SHAPE = (H, W, C)`` (else ``input_shape=`` /
+``--input-shape``, else the size of the data's images), and optional
 ``CLASS_NAMES``, ``INPUT_SCALE`` (default 1/255), ``INPUT_MEAN``,
 ``INPUT_STD`` (per channel, after scaling) and, for linen, ``APPLY_KWARGS``
 (e.g. ``{"train": False}``).
@@ -75,11 +76,14 @@ CONSTANTS = {"input_shape": "INPUT_SHAPE", "class_names": "CLASS_NAMES", "scale"
              "std": "INPUT_STD", "apply_kwargs": "APPLY_KWARGS"}
 
 
-def _input_kwargs(module, source: str, option: str) -> dict:
-    shape = getattr(module, "INPUT_SHAPE", None)
+def _input_kwargs(module, source: str, option: str, input_shape: Any, default_input_shape: Any) -> dict:
+    """The adapter's input arguments: ``input_shape`` (given), else INPUT_SHAPE, else the default."""
+    shape = input_shape if input_shape is not None else getattr(module, "INPUT_SHAPE", None)
+    if shape is None and default_input_shape is not None:
+        shape = default_input_shape() if callable(default_input_shape) else default_input_shape
     if shape is None:
-        raise ValueError(f"{option}: {source!r} must define INPUT_SHAPE = (height, width, channels) "
-                         "so jaxviz knows the input size")
+        raise ValueError(f"{option}: {source!r} defines no INPUT_SHAPE = (height, width, channels); define it, "
+                         "or pass --input-shape H,W,C, so jaxviz knows the input size")
     if isinstance(shape, (str, bytes)) or not hasattr(shape, "__iter__"):
         raise ValueError(f"{option}: INPUT_SHAPE: expected (height, width, channels) of positive ints, got {shape!r}")
     kwargs = {"input_shape": tuple(shape), "class_names": getattr(module, "CLASS_NAMES", None)}
@@ -147,8 +151,13 @@ def _compare(expected: Any, got: Any, where: str, option: str, path: Path) -> No
                          f"{_shape(expected)}")
 
 
-def load_model(spec: str, *, weights: str | os.PathLike | None = None, option: str = "--model") -> Network:
+def load_model(spec: str, *, weights: str | os.PathLike | None = None, option: str = "--model",
+               input_shape: Any = None, default_input_shape: Any = None) -> Network:
     """The ``Network`` named by ``FILE_OR_MODULE:ATTR`` (see the module docstring).
+
+    ``input_shape`` (H, W, C) overrides the file's ``INPUT_SHAPE``; ``default_input_shape`` (or a
+    zero-argument callable returning it, called only when needed: e.g. the data's image size)
+    stands in when the file has none.
 
     Raises:
       ValueError / TypeError / FileNotFoundError naming ``option`` (or
@@ -169,12 +178,15 @@ def load_model(spec: str, *, weights: str | os.PathLike | None = None, option: s
     except Exception as error:  # noqa: BLE001 - the user's code may raise anything
         raise ValueError(f"{option}: {attr}() raised {_one_line(error)}") from error
     if isinstance(made, Network):
+        if input_shape is not None:
+            raise ValueError("--input-shape: not supported when the model factory returns a jaxviz.Network "
+                             "(it has its input size)")
         if weights is not None:
             raise ValueError("--weights: not supported when the model factory returns a jaxviz.Network; "
                              "load the weights inside the factory")
         return made
     if isinstance(made, nnx.Module):
-        kwargs = _input_kwargs(module, source, option)
+        kwargs = _input_kwargs(module, source, option, input_shape, default_input_shape)
         if weights is not None:
             state = nnx.state(made)
             pure = load_variables(weights, nnx.to_pure_dict(state), option="--weights")
@@ -182,14 +194,14 @@ def load_model(spec: str, *, weights: str | os.PathLike | None = None, option: s
             nnx.update(made, state)
         return _adapt(from_nnx, (made,), kwargs, option)
     if isinstance(made, tuple) and len(made) == 2 and isinstance(made[0], linen.Module):
-        kwargs = _input_kwargs(module, source, option)
+        kwargs = _input_kwargs(module, source, option, input_shape, default_input_shape)
         module_, variables = made
         if weights is not None:
             variables = load_variables(weights, variables, option="--weights")
         kwargs["apply_kwargs"] = getattr(module, "APPLY_KWARGS", None)
         return _adapt(from_linen, (module_, variables), kwargs, option)
     if isinstance(made, tuple) and len(made) == 3 and callable(made[0]):
-        kwargs = _input_kwargs(module, source, option)
+        kwargs = _input_kwargs(module, source, option, input_shape, default_input_shape)
         apply, variables, layer_names = made
         if weights is not None:
             variables = load_variables(weights, variables, option="--weights")

@@ -53,7 +53,12 @@ def _find(tree: Any, path: Path) -> Any | None:
 
 
 def _count(tree: Any) -> int:
-    return int(sum(math.prod(np.shape(leaf)) for leaf in jax.tree_util.tree_leaves(tree)))
+    """Elements of the variables in ``tree``, but not of an nnx module's RNG state (the key and counter
+    an ``nnx.Dropout`` or ``nnx.Rngs`` holds are no parameters; linen passes them to ``apply`` instead)."""
+    from flax import nnx
+
+    leaves = jax.tree_util.tree_leaves(tree, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    return int(sum(math.prod(np.shape(leaf)) for leaf in leaves if not isinstance(leaf, nnx.RngState)))
 
 
 def _array(tree: Any) -> Any | None:
@@ -125,9 +130,14 @@ class InputSpec:
         if len(shape) != 4:
             raise ValueError(f"{name}: expected shape (N, {h}, {w}, {c}), got {shape}")
         if shape[1:] != self.shape:
+            if shape[1:3] != (h, w):
+                hint = f"Resize them first, e.g. jaxviz.resize_images(images, {h}, {w})"
+            elif (c, shape[3]) == (1, 3):
+                hint = "The channels differ: jaxviz.data.to_grayscale(images) makes RGB grayscale"
+            else:
+                hint = "The channels differ: convert them to the channels the network takes"
             raise ValueError(f"{name}: the network takes {h}x{w} images with {c} channels (N, {h}, {w}, {c}); got "
-                             f"{shape[1]}x{shape[2]} images with {shape[3]} channels. Resize them first, e.g. "
-                             f"jaxviz.resize_images(images, {h}, {w})")
+                             f"{shape[1]}x{shape[2]} images with {shape[3]} channels. {hint}")
 
     def to_input(self, images: Any) -> Any:
         """uint8 (N, H, W, C) numpy or jax (also traced) -> ``dtype`` model input (numpy for numpy input).
@@ -200,7 +210,8 @@ def unit_scores_of(out: jax.Array) -> jax.Array:
 @dataclasses.dataclass(frozen=True)
 class LayerInfo:
     """One row of ``Network.summary``: the output shape without the batch axis, the elements of
-    the layer's variables (all collections, its sublayers' included) and its type ("" if unknown)."""
+    the layer's variables (all collections, its sublayers' included; an nnx module's RNG state
+    excluded) and its type ("" if unknown)."""
 
     name: str
     output_shape: tuple[int, ...]
@@ -295,6 +306,30 @@ class Network:
         if layer not in self.layer_names:
             raise ValueError(f"layer: unknown layer {layer!r}; expected one of {', '.join(self.layer_names)}")
 
+    def check_finite(self, outputs: Any, images: np.ndarray, *, layer: str | None = None, indices: Any = None,
+                     name: str = "network") -> None:
+        """Raise ``ValueError`` unless ``outputs``, ``layer``'s activations of the uint8 ``images``
+        (default: the output layer's), are all finite: an explanation of NaN scores is no explanation.
+
+        The one line names the layer, the images whose outputs are NaN or infinite (``indices``:
+        their numbers, e.g. dataset indices; default 0..N-1) and the first layer, in forward order,
+        whose activations of the first of them are not finite (found by running the layers on it).
+        """
+        layer = self.output_layer if layer is None else layer
+        self.check_layer(layer)
+        flat = np.asarray(outputs).reshape(len(outputs), -1)
+        bad = np.flatnonzero(~np.isfinite(flat).all(axis=1))
+        if not bad.size:
+            return
+        numbers = np.arange(len(flat)) if indices is None else np.asarray(indices).reshape(-1)
+        shown = ", ".join(str(int(i)) for i in numbers[bad[:8]]) + (", ..." if bad.size > 8 else "")
+        image = np.asarray(images)[bad[:1]]
+        first = next((n for n in self.layer_names[:self.layer_names.index(layer) + 1]
+                      if not np.isfinite(np.asarray(self.uint8_fn(n)(self.variables, image))).all()), layer)
+        raise ValueError(f"{name}: the model's output is not finite: layer {layer!r} gives NaN or inf for "
+                         f"{bad.size} of {len(flat)} images ({shown}); the first layer that does on image "
+                         f"{int(numbers[bad[0]])} is {first!r}; check the weights and the input scaling")
+
     def _cached(self, key: tuple, make: Callable[[], Any]) -> Any:
         if (value := self._cache.get(key)) is None:
             value = self._cache.setdefault(key, make())  # one object even when two threads race
@@ -385,7 +420,7 @@ class Network:
 
     @property
     def num_params(self) -> int:
-        """Elements of all the variables (params, batch statistics...)."""
+        """Elements of all the variables (params, batch statistics...; not an nnx module's RNG state)."""
         return _count(self.variables)
 
     def variable_paths(self, layer: str) -> tuple[Path, ...]:

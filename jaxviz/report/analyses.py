@@ -110,6 +110,7 @@ def analyse(network: Network, dataset: Dataset, settings: ReportSettings, *, pro
     evaluation = None
     if network.is_classifier:
         logits = layer_features(network, dataset.images, progress=progress and "evaluate")
+        network.check_finite(logits, dataset.images)  # an argmax of NaN would read as class 0
         evaluation = classification_report(dataset.labels, logits, network.class_names)
     done("evaluate")
 
@@ -122,7 +123,9 @@ def analyse(network: Network, dataset: Dataset, settings: ReportSettings, *, pro
     activations = {n: layer_features(network, dataset.images[shown], layer=n) for n in convs}
     done("activations")
 
-    scores = unit_scores(layer_features(network, dataset.images, layer=layer, progress=progress and "features"))
+    features = layer_features(network, dataset.images, layer=layer, progress=progress and "features")
+    network.check_finite(features, dataset.images, layer=layer)
+    scores = unit_scores(features)
     done("features")
 
     study = study_units(scores, dataset.labels, classes, k=s.k, count=s.num_units, units=s.units)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 
 __all__ = [
-    "MAX_COLUMNS", "MAX_ROWS", "check_grid", "plot_activation_maps", "plot_attribution_maps", "plot_confusion", "plot_filters", "plot_heatmaps", "plot_masked",
+    "MAX_COLUMNS", "MAX_ROWS", "check_grid", "image_title", "plot_activation_maps", "plot_attribution_maps", "plot_confusion", "plot_filters", "plot_heatmaps", "plot_masked",
     "plot_occluded_examples", "plot_sanity", "plot_selectivity", "plot_top_k", "plot_training", "plot_tsne", "save_figure",
 ]
 
@@ -32,6 +32,15 @@ def check_grid(rows: int, cols: int, *, what_rows: str, what_cols: str) -> None:
                          f"got {cols}; pass fewer")
     if rows > MAX_ROWS:
         raise ValueError(f"{what_rows}: a figure shows at most {MAX_ROWS} rows of {what_rows}, got {rows}; pass fewer")
+
+
+def image_title(prefix: str = "", *, true: str | None = None, predicted: str | None = None,
+                explained: str | None = None) -> str:
+    """A panel title for an image: ``prefix``, then "true: cat / pred: dog / <explained>", leaving out the
+    parts that are None, so that a predicted class never reads as the label."""
+    parts = [f"true: {true}" if true is not None else None, f"pred: {predicted}" if predicted is not None else None,
+             explained]
+    return prefix + " / ".join(p for p in parts if p)
 
 
 def _figure(fig, figsize):
@@ -53,6 +62,18 @@ def _axes_grid(fig, rows: int, cols: int):
 def _column_title(unit) -> str:
     """An int is a unit number ("unit 7"); anything else is used as given."""
     return f"unit {unit}" if isinstance(unit, (int, np.integer)) else str(unit)
+
+
+def _show(ax, image, **kwargs):
+    """``ax.imshow(image)``; a 1-channel (H, W, 1) image in grayscale (uint8: 0 black, 255 white)."""
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[-1] == 1:
+        image = image[..., 0]
+        kwargs.setdefault("cmap", "gray")
+        if image.dtype == np.uint8:
+            kwargs.setdefault("vmin", 0)
+            kwargs.setdefault("vmax", 255)
+    return ax.imshow(image, **kwargs)
 
 
 def _single(ax, figsize):
@@ -77,7 +98,7 @@ def plot_filters(cells: np.ndarray, filled: np.ndarray, *, title: str = "", fig=
     axes = _axes_grid(fig, rows, cols)
     for i in range(rows):
         for j in range(cols):
-            axes[i, j].imshow(cells[i, j], interpolation="nearest", vmin=0, vmax=1)
+            _show(axes[i, j], cells[i, j], interpolation="nearest", vmin=0, vmax=1)
             axes[i, j].axis("on" if filled[i, j] else "off")
     if title:
         fig.suptitle(title)
@@ -102,7 +123,7 @@ def plot_activation_maps(images: np.ndarray, maps: np.ndarray, *, channels: Sequ
     fig = _figure(fig, (1.3 * (len(channels) + 1), 1.4 * n + 0.5))
     axes = _axes_grid(fig, n, len(channels) + 1)
     for i in range(n):
-        axes[i, 0].imshow(images[i])
+        _show(axes[i, 0], images[i])
         for j, c in enumerate(channels):
             axes[i, j + 1].imshow(maps[i, ..., c], cmap="viridis")
             if i == 0:
@@ -127,7 +148,7 @@ def plot_top_k(images: np.ndarray, units: Sequence[int], *, labels: np.ndarray |
     axes = _axes_grid(fig, k, u)
     for i in range(k):
         for j in range(u):
-            axes[i, j].imshow(images[i, j])
+            _show(axes[i, j], images[i, j])
             if labels is not None and class_names is not None:
                 axes[i, j].set_xlabel(class_names[labels[i, j]], fontsize=6, labelpad=1)
     for j, unit in enumerate(units):
@@ -164,7 +185,7 @@ def plot_heatmaps(images: np.ndarray, heatmaps: np.ndarray, units: Sequence, *, 
     artist = None
     for i in range(k):
         for j in range(u):
-            axes[i, j].imshow(images[i, j])
+            _show(axes[i, j], images[i, j])
             artist = axes[i, j].imshow(heatmaps[i, j] / scale[j], cmap="RdBu_r", alpha=0.55, vmin=-1, vmax=1)
     for j, unit in enumerate(units):
         axes[0, j].set_title(_column_title(unit), fontsize=8)
@@ -194,14 +215,14 @@ def plot_attribution_maps(images: np.ndarray, maps: dict, *, titles: Sequence[st
     axes = _axes_grid(fig, n, len(names) + 1)
     artist = None
     for i in range(n):
-        axes[i, 0].imshow(images[i])
+        _show(axes[i, 0], images[i])
         if titles is not None:
             axes[i, 0].set_ylabel(str(titles[i]), fontsize=7)
         for j, name in enumerate(names):
             m = np.asarray(maps[name][i], np.float32)
             m = m - np.median(m)
             scale = np.abs(m).max() or 1.0
-            axes[i, j + 1].imshow(images[i], alpha=0.35)
+            _show(axes[i, j + 1], images[i], alpha=0.35)
             artist = axes[i, j + 1].imshow(m / scale, cmap="RdBu_r", alpha=0.75, vmin=-1, vmax=1)
     axes[0, 0].set_title("image", fontsize=8)
     for j, name in enumerate(names):
@@ -218,7 +239,7 @@ def plot_occluded_examples(images: np.ndarray, *, title: str = "", fig=None):
     axes = _axes_grid(fig, rows, cols)
     for i in range(rows):
         for j in range(cols):
-            axes[i, j].imshow(images[i, j])
+            _show(axes[i, j], images[i, j])
     fig.suptitle(title or "Occluder positions")
     return fig
 

@@ -172,7 +172,9 @@ def _trust_section(page: _Page, r: ReportResults) -> None:
     names = r.network.class_names if r.network.is_classifier and t.layer == r.network.output_layer else None
     what = (f"the predicted class's probability (softmax of {t.layer})" if names is not None
             else f"unit {int(t.targets[0])} of {t.layer}")
-    rows = [f"{names[int(c)]}" if names is not None else f"unit {int(c)}" for c in t.targets]
+    true = [r.dataset.class_names[r.dataset.labels[i]] for i in r.trust_images]
+    rows = [plots.image_title(true=label, predicted=names[int(c)]) if names is not None else
+            plots.image_title(true=label, explained=f"unit {int(c)}") for label, c in zip(true, t.targets)]
     means = t.means()
     page.section(
         "Which map to trust?",
@@ -181,7 +183,7 @@ def _trust_section(page: _Page, r: ReportResults) -> None:
            "higher is better) and MuFidelity (correlation of map sums with output drops over random cell "
            "subsets; higher is better)."),
         page.figure(plots.plot_attribution_maps(r.dataset.images[r.trust_images], t.maps, titles=rows), "trust",
-                    "Attribution maps by method, row label the explained output (each map centred on its median and "
+                    "Attribution maps by method, row label the true class and the explained output (each map centred on its median and "
                     "scaled by its largest deviation; red supports the output more than the typical pixel)."),
         _table(["method", "deletion AUC (lower better)", "insertion AUC (higher better)", "MuFidelity (higher better)"],
                [(m, v["deletion_auc"], v["insertion_auc"], v["mu_fidelity"]) for m, v in means.items()]),

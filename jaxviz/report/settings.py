@@ -166,6 +166,9 @@ def check_against(settings: ReportSettings, network: Network, dataset: Dataset) 
     network.input_spec.check_images(dataset.images, "dataset")
     if len(dataset) < 2:
         raise ValueError(f"dataset: expected at least 2 images (t-SNE needs 2 points), got {len(dataset)}")
+    if len(dataset.class_names) < 2:
+        raise ValueError(f"dataset: expected images of at least 2 classes (a unit's selectivity compares classes), "
+                         f"got the one class {dataset.class_names[0]!r}")
     if settings.k > len(dataset):
         raise ValueError(f"k: expected an int in [1, {len(dataset)}] (the dataset size), got {settings.k}")
     size = min(dataset.images.shape[1:3])

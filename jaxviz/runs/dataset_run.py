@@ -77,6 +77,9 @@ def _fingerprint(*arrays: Any) -> str:
     h = hashlib.sha256()
     for a in arrays:
         for leaf in jax.tree_util.tree_leaves(a):
+            if jax.dtypes.issubdtype(getattr(leaf, "dtype", None), jax.dtypes.prng_key):  # an nnx RNG stream's key
+                h.update(f"{leaf.dtype}".encode())
+                leaf = jax.random.key_data(leaf)
             leaf = np.ascontiguousarray(np.asarray(leaf))
             h.update(f"{leaf.dtype.str}{leaf.shape}".encode())
             h.update(leaf.tobytes())
