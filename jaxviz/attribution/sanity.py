@@ -271,8 +271,10 @@ def randomization_test(network: Network, images: np.ndarray, *,
             raise ValueError(f"methods: gradcam: {e}") from None
     f = network.score_fn(output)  # the output layer's scores (unit_scores_of), Grad-CAM's too
     x = network.to_input(images)
-    if targets is None:  # the scores the gradients explain: conv maps averaged over (h, w)
-        targets = np.asarray(jax.jit(f)(network.variables, x)).argmax(-1)
+    scores = np.asarray(jax.jit(f)(network.variables, x))  # what the gradients explain: conv maps averaged
+    network.check_finite(scores, images)  # NaN scores have no argmax and no gradient worth correlating
+    if targets is None:
+        targets = scores.argmax(-1)
     stacked, initializer = randomized_variables(network, layers, mode=mode, seed=seed)
     sets = len(layers) + 1
     if vmap_sets is None:

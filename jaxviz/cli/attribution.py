@@ -542,7 +542,6 @@ def cmd_sanity(args) -> None:
                              f"{', '.join(network.spatial_layers()) or 'there is none'}; got {args.cam_layer!r}")
         if not network.spatial_layers():
             raise ValueError("--methods: gradcam needs a layer with spatial maps; this network has none")
-    model_outputs(network, data.images[idx], idx)  # the predictions it explains must be finite
     start = time.perf_counter()
     with _named_as_options(args):
         check = jaxviz.randomization_test(network, data.images[idx], methods=args.methods, mode=args.mode,
