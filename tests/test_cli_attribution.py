@@ -255,6 +255,8 @@ def test_faithfulness_table_of_the_chosen_methods(setup, capsys):
     (["faithfulness", "--steps", "0"], ["--steps", "0"]),
     (["faithfulness", "--steps", "1025"], ["--steps: expected an int in [1, 1024]", "pixels", "1025"]),
     (["faithfulness", "--methods", "occlusion,ig", "--n-steps", "1", "--steps", "100000"], ["--steps: "]),
+    (["attribute", "--method", "smoothgrad", "--nt-type", "vargrad", "--nt-samples", "1"],
+     ["--nt-samples: expected an int in [2, ", "VarGrad", "got 1"]),
     (["attribute", "--method", "ig", "--ig-method", "riemann_left", "--n-steps", "1"],
      ["--n-steps: expected an int >= 2", "two steps", "got 1"]),
     (["faithfulness", "--num-subsets", "1"], ["--num-subsets", ">= 2"]),

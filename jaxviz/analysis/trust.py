@@ -24,6 +24,7 @@ from jaxviz.attribution.ablation import feature_ablation, segment_labels
 from jaxviz.attribution.faithfulness import check_steps, deletion_curve, mu_fidelity
 from jaxviz.attribution.gradcam import default_cam_layer, grad_cam
 from jaxviz.attribution.gradients import (
+    check_noise_tunnel,
     ig_coefficients,
     input_x_gradient,
     integrated_gradients,
@@ -207,11 +208,11 @@ def method_map(network: Network, x: np.ndarray, method: str, *, layer: str | Non
 
 
 def check_methods(network: Network, methods, *, layer: str, cam_layer: str | None = None, segments=8,
-                  ig_steps: int = 50, ig_method: str = "gausslegendre", steps: int | None = None,
-                  seed: int = 0) -> None:
+                  ig_steps: int = 50, ig_method: str = "gausslegendre", nt_type: str = "smoothgrad",
+                  nt_samples: int = 25, steps: int | None = None, seed: int = 0) -> None:
     """Every chosen method's requirements, before any of them runs: Grad-CAM's layer and its gradient at a
-    layer (``apply_perturbed``), feature ablation's grid, integrated gradients' steps, the deletion /
-    insertion ``steps`` (unless None) and the ``seed``; each rule is checked by its owner.
+    layer (``apply_perturbed``), feature ablation's grid, integrated gradients' steps, SmoothGrad's samples,
+    the deletion / insertion ``steps`` (unless None) and the ``seed``; each rule is checked by its owner.
 
     Raises:
       ValueError / TypeError naming the argument (``methods`` for what a method needs of the network).
@@ -227,6 +228,8 @@ def check_methods(network: Network, methods, *, layer: str, cam_layer: str | Non
             ig_coefficients(ig_steps, ig_method)
         except (TypeError, ValueError) as e:
             raise type(e)(str(e).replace("n_steps:", "ig_steps:", 1)) from None
+    if "smoothgrad" in methods:
+        check_noise_tunnel(nt_type, nt_samples)
     if "ablation" in methods:
         segment_labels(segments, h, w)
     if "gradcam" in methods:
@@ -271,7 +274,7 @@ def compare_methods(network: Network, images: np.ndarray, *, targets: np.ndarray
     network.input_spec.check_images(images)
     layer, f, softmax = explained_function(network, layer)
     check_methods(network, methods, layer=layer, cam_layer=cam_layer, segments=segments, ig_steps=ig_steps,
-                  steps=steps, seed=seed)
+                  nt_samples=nt_samples, steps=steps, seed=seed)
     if targets is None:
         targets = layer_features(network, images).argmax(-1) if softmax else np.zeros(len(images), np.int64)
     targets = np.asarray(targets)

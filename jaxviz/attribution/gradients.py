@@ -38,7 +38,7 @@ from jaxviz.attribution.rise import BLUR_SIGMA, _key
 from jaxviz.engine._inputs import _check_bool, _fill_array, check_int
 from jaxviz.engine.gradients import GradientPlan, PathFamily, gradient_sums, plan_gradients, readout
 
-__all__ = ["Gradients", "IG_METHODS", "NT_TYPES", "input_x_gradient", "integrated_gradients", "ig_coefficients",
+__all__ = ["Gradients", "IG_METHODS", "NT_TYPES", "check_noise_tunnel", "input_x_gradient", "integrated_gradients", "ig_coefficients",
            "saliency", "smoothgrad"]
 
 IG_METHODS = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
@@ -229,6 +229,15 @@ def _check_stdevs(stdevs: Any) -> float:
     return float(stdevs)
 
 
+def check_noise_tunnel(nt_type: Any, nt_samples: Any) -> int:
+    """SmoothGrad's ``nt_type`` and ``nt_samples`` (returned as an int): VarGrad needs 2 samples at least."""
+    if not isinstance(nt_type, str) or nt_type not in NT_TYPES:
+        raise ValueError(f"nt_type: expected one of {', '.join(NT_TYPES)}, got {nt_type!r}")
+    vargrad = nt_type == "vargrad"  # the variance of one sample is 0: a map of zeros
+    return check_int(nt_samples, "nt_samples", 2 if vargrad else 1, 2**31 - 1,
+                     " (VarGrad: the variance of one sample is 0)" if vargrad else "")
+
+
 def smoothgrad(f: Callable, x: Any, *, nt_type: str = "smoothgrad", nt_samples: int = 25, stdevs: float = 0.15,
                seed: int = 0, abs: bool = True, params: Any = None, targets: Any = None,
                units: Sequence[int] | None = None, chunk_size: int | None = None, memory_budget: int | None = None,
@@ -250,11 +259,7 @@ def smoothgrad(f: Callable, x: Any, *, nt_type: str = "smoothgrad", nt_samples: 
     Returns:
       ``Gradients`` with ``method = nt_type``, attributions as in ``saliency``.
     """
-    if not isinstance(nt_type, str) or nt_type not in NT_TYPES:
-        raise ValueError(f"nt_type: expected one of {', '.join(NT_TYPES)}, got {nt_type!r}")
-    vargrad = nt_type == "vargrad"  # the variance of one sample is 0: a map of zeros
-    nt_samples = check_int(nt_samples, "nt_samples", 2 if vargrad else 1, 2**31 - 1,
-                           " (VarGrad: the variance of one sample is 0)" if vargrad else "")
+    nt_samples = check_noise_tunnel(nt_type, nt_samples)
     stdev, absolute = _check_stdevs(stdevs), _check_bool(abs, "abs")
     key = _key(seed)
     plan = plan_gradients(f, x, params=params, targets=targets, units=units)

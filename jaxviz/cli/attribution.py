@@ -405,7 +405,7 @@ def cmd_attribute(args) -> None:
     with _named_as_options(args):  # the method's requirements, before any work
         check_methods(network, (args.method,), layer=layer, cam_layer=args.cam_layer,
                       segments=args.segments if args.slic is None else None, ig_steps=args.n_steps,
-                      ig_method=args.ig_method, seed=args.seed)
+                      ig_method=args.ig_method, nt_type=args.nt_type, nt_samples=args.nt_samples, seed=args.seed)
     images = data.images[idx]
     x = network.to_input(images)
     fill = _fill(args.fill, x)
@@ -481,7 +481,7 @@ def cmd_faithfulness(args) -> None:
     data, network, idx, layer, softmax, targets = _prepare(args)
     with _named_as_options(args):  # every method's requirements, before any work
         check_methods(network, args.methods, layer=layer, cam_layer=args.cam_layer, segments=args.segments,
-                      ig_steps=args.n_steps, steps=args.steps, seed=args.seed)
+                      ig_steps=args.n_steps, nt_samples=args.nt_samples, steps=args.steps, seed=args.seed)
     images = data.images[idx]
     targets, predicted = _targets(network, images, idx, layer, softmax, targets)
     start = time.perf_counter()
