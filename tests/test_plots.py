@@ -91,3 +91,13 @@ def test_grids_too_large_to_read_are_refused():
     maps = np.zeros((1, 4, 4, 8), np.float32)
     with pytest.raises(ValueError, match=r"channels: expected channel indices in \[0, 8\)"):
         plots.plot_activation_maps(np.zeros((1, 4, 4, 3), np.uint8), maps, channels=[999])
+
+
+def test_image_titles_name_the_label_apart_from_the_prediction():
+    """A prediction never reads as the label; a row label beside a small image stacks the parts (one line each,
+    so a long 'true: automobile / pred: automobile' does not run into the next row)."""
+    assert plots.image_title("3: ", true="cat", predicted="dog", explained="logits[5]") == \
+        "3: true: cat / pred: dog / logits[5]"
+    assert plots.image_title(true="cat", explained="unit 4") == "true: cat / unit 4"
+    assert plots.image_title(true="automobile", predicted="automobile", sep="\n") == \
+        "true: automobile\npred: automobile"

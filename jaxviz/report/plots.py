@@ -35,12 +35,13 @@ def check_grid(rows: int, cols: int, *, what_rows: str, what_cols: str) -> None:
 
 
 def image_title(prefix: str = "", *, true: str | None = None, predicted: str | None = None,
-                explained: str | None = None) -> str:
+                explained: str | None = None, sep: str = " / ") -> str:
     """A panel title for an image: ``prefix``, then "true: cat / pred: dog / <explained>", leaving out the
-    parts that are None, so that a predicted class never reads as the label."""
+    parts that are None, so that a predicted class never reads as the label; ``sep="\n"`` stacks the parts
+    (a row label beside a small image)."""
     parts = [f"true: {true}" if true is not None else None, f"pred: {predicted}" if predicted is not None else None,
              explained]
-    return prefix + " / ".join(p for p in parts if p)
+    return prefix + sep.join(p for p in parts if p)
 
 
 def _figure(fig, figsize):

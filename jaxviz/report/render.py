@@ -173,8 +173,8 @@ def _trust_section(page: _Page, r: ReportResults) -> None:
     what = (f"the predicted class's probability (softmax of {t.layer})" if names is not None
             else f"unit {int(t.targets[0])} of {t.layer}")
     true = [r.dataset.class_names[r.dataset.labels[i]] for i in r.trust_images]
-    rows = [plots.image_title(true=label, predicted=names[int(c)]) if names is not None else
-            plots.image_title(true=label, explained=f"unit {int(c)}") for label, c in zip(true, t.targets)]
+    rows = [plots.image_title(true=label, predicted=names[int(c)], sep="\n") if names is not None else
+            plots.image_title(true=label, explained=f"unit {int(c)}", sep="\n") for label, c in zip(true, t.targets)]
     means = t.means()
     page.section(
         "Which map to trust?",
