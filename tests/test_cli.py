@@ -766,11 +766,11 @@ def test_occlude_chosen_images_titles_show_label_and_prediction(setup, capsys, t
     network = jaxviz.load_weights(setup["weights"]).network
     images = jaxviz.load_image_folder(setup["folder"]).images[[0, 5]]  # airplane 0, automobile 1 (4 per class)
     predicted = np.asarray(jaxviz.layer_features(network, images)).argmax(1)
-    assert seen[-1] == [f"image 0: true: airplane / pred: {network.class_names[predicted[0]]}",
-                        f"image 5: true: automobile / pred: {network.class_names[predicted[1]]}"]
+    assert seen[-1] == [f"image 0\ntrue: airplane\npred: {network.class_names[predicted[0]]}",
+                        f"image 5\ntrue: automobile\npred: {network.class_names[predicted[1]]}"]
     code, _, err = run(capsys, "occlude", *common, "--classes", "cat", "--out", tmp_path / "b")
     assert code == 0, err
-    assert seen[-1] == ["image 0: true: airplane / strongest: cat", "image 5: true: automobile / strongest: cat"]
+    assert seen[-1] == ["image 0\ntrue: airplane\nstrongest: cat", "image 5\ntrue: automobile\nstrongest: cat"]
 
 
 def test_nnx_model_with_dropout_from_the_command_line(pets, capsys, tmp_path):

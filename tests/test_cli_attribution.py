@@ -418,12 +418,12 @@ def test_default_images_take_each_class_in_turn_and_titles_show_label_and_predic
     assert json.loads(out)["images"] == idx
     network, names = setup["network"], ("airplane", "automobile", "bird")
     predicted = _predicted(network, setup["images"][idx])
-    assert seen[-1] == [f"{i}: true: {names[i // 2]} / pred: {network.class_names[p]}" for i, p in zip(idx, predicted)]
+    assert seen[-1] == [f"{i}: true: {names[i // 2]}\npred: {network.class_names[p]}" for i, p in zip(idx, predicted)]
     code, out, err = run(capsys, "attribute", "--method", "saliency", *setup["args"], "--images", "3",
                          "--targets", "9", "--out", tmp_path / "b")
     assert code == 0, err
-    want = f"3: true: automobile / pred: {network.class_names[predicted[3]]}"
-    assert seen[-1] == [want + ("" if predicted[3] == 9 else " / map of truck")]
+    want = f"3: true: automobile\npred: {network.class_names[predicted[3]]}"
+    assert seen[-1] == [want + ("" if predicted[3] == 9 else "\nmap of truck")]
     code, out, err = run(capsys, "sanity", *setup["args"], "--methods", "saliency", "--json")
     assert code == 0, err
     assert json.loads(out)["images"] == [0, 2, 4, 1, 3, 5]

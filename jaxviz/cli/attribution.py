@@ -335,11 +335,11 @@ def _titles(network, data, idx, targets, predicted, layer: str) -> list[str]:
     for n, (i, t) in enumerate(zip(idx, targets)):
         true = data.class_names[data.labels[i]]
         if predicted is None:
-            titles.append(plots.image_title(f"{i}: ", true=true, explained=f"{layer}[{t}]"))
+            titles.append(plots.image_title(f"{i}: ", true=true, explained=f"{layer}[{t}]", sep="\n"))
         else:
             pred = network.class_names[predicted[n]]
             titles.append(plots.image_title(f"{i}: ", true=true, predicted=pred, explained=None if t == predicted[n]
-                                            else f"map of {network.class_names[t]}"))
+                                            else f"map of {network.class_names[t]}", sep="\n"))
     return titles
 
 

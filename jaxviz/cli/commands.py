@@ -265,10 +265,10 @@ def cmd_occlude(args) -> None:
         for i, t in zip(idx, targets):
             unit, true = (occ.units[t] if occ.units else int(t)), data.class_names[data.labels[i]]
             if classes is not None and settings.units is None:  # the strongest class is the predicted one
-                titles.append(plots.image_title(f"image {i}: ", true=true, predicted=classes[unit]))
+                titles.append(plots.image_title(f"image {i}\n", true=true, predicted=classes[unit], sep="\n"))
             else:
-                titles.append(plots.image_title(f"image {i}: ", true=true, explained="strongest: " + (
-                    classes[unit] if classes is not None else f"{layer}[{unit}]")))
+                titles.append(plots.image_title(f"image {i}\n", true=true, explained="strongest: " + (
+                    classes[unit] if classes is not None else f"{layer}[{unit}]"), sep="\n"))
         images, pixel = plain[None], occ.pixel_map(targets)[None]
         masked = np.stack([jaxviz.apply_mask(im, jaxviz.heatmap_mask(h, im.shape[:2], threshold=settings.threshold,
                                                                      sigma=settings.sigma))

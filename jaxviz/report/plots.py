@@ -145,7 +145,8 @@ def plot_top_k(images: np.ndarray, units: Sequence[int], *, labels: np.ndarray |
     """
     k, u = images.shape[:2]
     check_grid(k, u, what_rows="top images (k)", what_cols="units")
-    fig = _figure(fig, (1.25 * u + 0.3, 1.3 * k + 0.6))
+    # at least as wide as the title (a figure of one or two units clipped it)
+    fig = _figure(fig, (max(1.25 * u + 0.3, 0.09 * len(title)), 1.3 * k + 0.6))
     axes = _axes_grid(fig, k, u)
     for i in range(k):
         for j in range(u):
@@ -179,7 +180,8 @@ def plot_heatmaps(images: np.ndarray, heatmaps: np.ndarray, units: Sequence, *, 
     """
     k, u = images.shape[:2]
     check_grid(k, u, what_rows="images per unit (k)", what_cols="units")
-    fig = _figure(fig, (1.25 * u + 1.0, 1.3 * k + 0.6))
+    # room for the title and the colorbar's label when there are few units or images
+    fig = _figure(fig, (max(1.25 * u + 1.0, 6.5), max(1.3 * k + 0.6, 3.6)))
     axes = _axes_grid(fig, k, u)
     scale = np.abs(heatmaps).reshape(k, u, -1).max(axis=(0, 2))
     scale = np.where(scale > 0, scale, 1.0)
@@ -190,7 +192,7 @@ def plot_heatmaps(images: np.ndarray, heatmaps: np.ndarray, units: Sequence, *, 
             artist = axes[i, j].imshow(heatmaps[i, j] / scale[j], cmap="RdBu_r", alpha=0.55, vmin=-1, vmax=1)
     for j, unit in enumerate(units):
         axes[0, j].set_title(_column_title(unit), fontsize=8)
-    fig.colorbar(artist, ax=axes, shrink=0.6, label="activation drop when occluded / column maximum")
+    fig.colorbar(artist, ax=axes, shrink=0.6).set_label("activation drop when occluded / column maximum", fontsize=8)
     fig.suptitle(title or "Occlusion heatmaps (red: hiding this region lowers the unit)")
     return fig
 
