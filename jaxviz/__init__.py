@@ -88,7 +88,7 @@ from jaxviz.runs.methods import RUN_METHODS
 from jaxviz.runs.reader import Run, open_run
 from jaxviz.runs.store import RunStoreError
 
-__version__ = "0.2.0"
+__version__ = "0.2.0"  # the one version number: pyproject.toml builds with it (a literal, read without importing)
 
 __all__ = [
     "RUN_METHODS", "Run", "RunStoreError", "initialize_distributed", "open_run", "run_dataset",
