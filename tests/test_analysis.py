@@ -247,6 +247,29 @@ def test_similar_units_finds_duplicates():
         assert first.jaccard >= second.jaccard
 
 
+def test_similar_pairs_list_each_unordered_pair_once():
+    # units 0 and 1 identical, 2 a noisy copy of them, 3 independent: (0, 1) heads both the overlap and the
+    # correlation list, so the two lists side by side (the report's old table) showed it twice
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=(40, 4))
+    scores[:, 1] = scores[:, 0]
+    scores[:, 2] = scores[:, 0] + 0.5 * rng.normal(size=40)
+    top = top_k_images(scores.astype(np.float32), 6)
+    similar = similar_units(top.indices, scores, top=2)
+    both = [(p.a, p.b) for p in similar.overlap + similar.correlated]
+    assert both[0] == both[2] == (0, 1)  # what the old table listed twice
+    keys = [frozenset((p.a, p.b)) for p in similar.pairs]
+    assert len(keys) == len(set(keys))
+    assert set(keys) == {frozenset(k) for k in both}
+    assert similar.pairs[:len(similar.overlap)] == similar.overlap  # overlap first, then the rest
+
+
+def test_similar_pairs_drop_a_reversed_duplicate():
+    pair = UnitPair(3, 356, 0.5, 0.9)
+    similar = SimilarUnits([pair, UnitPair(1, 2, 0.4, 0.1)], [UnitPair(356, 3, 0.5, 0.9), UnitPair(2, 7, 0.0, 0.8)])
+    assert [(p.a, p.b) for p in similar.pairs] == [(3, 356), (1, 2), (2, 7)]
+
+
 def test_dead_units_do_not_overlap():
     rng = np.random.default_rng(4)
     scores = np.zeros((30, 5), np.float32)

@@ -123,6 +123,18 @@ def test_report_has_every_analysis_and_the_answers(report):
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp") or p.name.startswith(".")]
 
 
+def test_similar_units_table_lists_each_pair_once(report):
+    out, results, _, _ = report
+    page = (out / "index.html").read_text()
+    table = page.split("<h3>Units that respond to similar things</h3>", 1)[1].split("</table>", 1)[0]
+    rows = [tuple(int(c) for c in re.findall(r"<td>([^<]*)</td>", row)[:2]) for row in re.findall(r"<tr>(.*?)</tr>", table)
+            if "<td>" in row]
+    keys = [frozenset(r) for r in rows]
+    assert len(keys) == len(set(keys))
+    similar = results["units"]["similar_pairs"]
+    assert set(keys) == {frozenset((p["a"], p["b"])) for p in similar["overlap"] + similar["correlated"]}
+
+
 def test_named_units_are_shown(small, tmp_path):
     weights, data = small
     settings = jaxviz.ReportSettings(**{**SETTINGS.__dict__, "units": (2, 0)})

@@ -123,6 +123,18 @@ class SimilarUnits:
     overlap: list
     correlated: list
 
+    @property
+    def pairs(self) -> list:
+        """Each unordered pair of ``overlap`` and ``correlated`` once: the overlap pairs, then the correlated
+        pairs not among them (a pair can head both lists; a table of both lists showed it twice)."""
+        seen, pairs = set(), []
+        for p in self.overlap + self.correlated:
+            key = (min(p.a, p.b), max(p.a, p.b))
+            if key not in seen:
+                seen.add(key)
+                pairs.append(p)
+        return pairs
+
 
 def similar_units(top_indices: np.ndarray, scores: np.ndarray, *, top: int = 10) -> SimilarUnits:
     """The unit pairs with the most overlapping top-K sets and the most correlated activations.

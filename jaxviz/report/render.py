@@ -154,7 +154,7 @@ def _units_section(page: _Page, r: ReportResults, u: dict) -> None:
                                                     for d in u["least_selective"]]),
         "<h3>Units that respond to similar things</h3>",
         _table(["unit A", "unit B", "top-K overlap (Jaccard)", "activation correlation"],
-               [(p.a, p.b, p.jaccard, p.correlation) for p in r.similar.overlap + r.similar.correlated]))
+               [(p.a, p.b, p.jaccard, p.correlation) for p in r.similar.pairs]))
     occ, grid = r.occlusion, r.occlusion.occlusion.grid
     page.section(
         "Occlusion: which image parts drive each unit",
