@@ -362,3 +362,23 @@ def test_given_masks_with_their_own_count_are_accepted(x):
     plain = rise(linear, x, masks=masks)
     assert same.num_masks == plain.num_masks == 6
     np.testing.assert_array_equal(same.maps, plain.maps)
+
+
+def test_rise_weighted_sum_has_one_precision_for_rise_and_dataset_runs():
+    """``rise()`` and a RISE dataset run accumulate with the same function at ``MASK_SUM_PRECISION`` (full float32
+    on every backend; TF32/bfloat16 passes would make them disagree on GPUs and TPUs). That the two agree to 1e-5 of
+    the max on a tiny network is tests/test_runs.py::test_aggregates_equal_numpy_reductions_of_the_grid[rise]."""
+    from jaxviz.runs import program
+
+    assert program.mask_weighted_sum_of_chunk is perturb.mask_weighted_sum_of_chunk
+    assert perturb.MASK_SUM_PRECISION == jax.lax.Precision.HIGHEST
+    rng = np.random.default_rng(0)
+    keep, out = rng.random((6, 3, 4)).astype(np.float32), rng.normal(size=(6, 2)).astype(np.float32)
+    slot = np.eye(3, dtype=np.float32)[[0, 0, 1, 2, 2, 2]] * np.array([1, 1, 1, 1, 1, 0], np.float32)[:, None]
+    want = np.zeros((3, 3, 4, 2))
+    for c in range(6):
+        want[slot[c].argmax()] += slot[c].max() * keep[c][..., None] * out[c]
+    assert_close(np.asarray(perturb.mask_weighted_sum_of_chunk(keep, out, slot)), want)
+    dots = [e for e in jax.make_jaxpr(perturb.mask_weighted_sum_of_chunk)(keep, out, slot).eqns
+            if e.primitive.name == "dot_general"]
+    assert dots and all(set(e.params["precision"]) == {jax.lax.Precision.HIGHEST} for e in dots)

@@ -36,7 +36,27 @@ from jaxviz._progress import progress_bar
 from jaxviz.engine._inputs import _check_images, _fill_array, unit_indices
 from jaxviz.engine._plan import chunk_size_for, probe, signature
 
-__all__ = ["MaskFamily", "Prepared", "mask_weighted_sum", "perturbed_outputs", "prepare"]
+__all__ = ["MASK_SUM_PRECISION", "MaskFamily", "Prepared", "mask_weighted_sum", "mask_weighted_sum_of_chunk",
+           "perturbed_outputs", "prepare"]
+
+# The one precision of RISE's weighted sum (``mask_weighted_sum`` here and a RISE dataset run in
+# ``jaxviz.runs``): full float32 products, so TF32 on GPUs and bfloat16 passes on TPUs do not make ``rise()``
+# and a dataset run disagree (on CPU every precision is full float32).
+MASK_SUM_PRECISION = jax.lax.Precision.HIGHEST
+
+
+def mask_weighted_sum_of_chunk(keep: jax.Array, out: jax.Array, slot: jax.Array) -> jax.Array:
+    """One chunk's contribution to ``sum_k f(perturbed_k) * (1 - m_k)``, at ``MASK_SUM_PRECISION``.
+
+    Args:
+      keep: (C, H, W) ``1 - m`` of the chunk's C (image, mask) pairs, 0 for padding.
+      out: (C, U) their outputs f(perturbed), flattened.
+      slot: (C, S) one-hot image slot of each pair (0 for padding).
+
+    Returns:
+      (S, H, W, U): per slot, the sum over its pairs of ``keep * out``.
+    """
+    return jnp.einsum("chw,cu,cs->shwu", keep, out, slot, precision=MASK_SUM_PRECISION)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,7 +160,7 @@ def _sum_program(f, generate, count, per_image_fill, units, sharding, chunk_size
         first = start // count  # the chunk's pairs belong to images first .. first + slots - 1
         slot = jax.nn.one_hot(image_idx - first, slots, dtype=out.dtype) * valid[:, None]
         flat = out.reshape(chunk_size, -1)
-        contrib = jnp.einsum("chw,cu,cs->shwu", keep.astype(out.dtype), flat, slot)
+        contrib = mask_weighted_sum_of_chunk(keep.astype(out.dtype), flat, slot)
         rows = jnp.clip(first + jnp.arange(slots), 0, n - 1)
         contrib = jnp.where((first + jnp.arange(slots) < n)[:, None, None, None], contrib, 0)
         return acc.at[rows].add(contrib.reshape(slots, *acc.shape[1:]))

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from jaxviz.engine.perturb import _kept, _perturbed
+from jaxviz.engine.perturb import _kept, _perturbed, mask_weighted_sum_of_chunk
 
 __all__ = ["MapSpec", "base_program", "step_program"]
 
@@ -77,7 +77,7 @@ def _local_maps(spec: MapSpec, f, units, per_image_fill, params, x, fills, data,
             out, masks, image, valid = outputs(k)
             keep = (1 - masks) * valid[:, None, None]
             slot = jax.nn.one_hot(image, b, dtype=out.dtype) * valid[:, None]
-            return acc + jnp.einsum("chw,cu,cs->shwu", keep, out, slot, precision="highest"), None
+            return acc + mask_weighted_sum_of_chunk(keep, out, slot), None
 
         acc, _ = jax.lax.scan(accumulate, jnp.zeros((b, h, w, base.shape[-1]), jnp.float32), ks)
         return acc * jnp.float32(spec.scale)
