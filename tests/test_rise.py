@@ -382,3 +382,29 @@ def test_rise_weighted_sum_has_one_precision_for_rise_and_dataset_runs():
     dots = [e for e in jax.make_jaxpr(perturb.mask_weighted_sum_of_chunk)(keep, out, slot).eqns
             if e.primitive.name == "dot_general"]
     assert dots and all(set(e.params["precision"]) == {jax.lax.Precision.HIGHEST} for e in dots)
+
+
+def test_num_masks_defaults_have_one_owner_each():
+    """``rise`` of one map defaults to ``NUM_MASKS``; everything that makes many maps at once (a dataset run, a method
+    comparison, the report, the CLI) to the deliberately cheaper ``NUM_MASKS_MANY``."""
+    import inspect
+
+    import jaxviz
+    from jaxviz.analysis import trust
+    from jaxviz.attribution.rise import NUM_MASKS, NUM_MASKS_MANY
+    from jaxviz.cli import build_parser
+
+    assert (NUM_MASKS, NUM_MASKS_MANY) == (4000, 1000)  # the values before they had one owner
+    x = jnp.asarray(np.random.default_rng(0).random((1, 8, 8, 1), np.float32))
+    one = rise(lambda x: x.sum((1, 2)), x, cells=2, fill=0.0)
+    assert one.num_masks == NUM_MASKS
+
+    def default(fn, name):
+        return inspect.signature(fn).parameters[name].default
+
+    assert default(jaxviz.run_dataset, "num_masks") == NUM_MASKS_MANY
+    assert default(trust.compare_methods, "rise_masks") == default(trust.method_map, "rise_masks") == NUM_MASKS_MANY
+    assert jaxviz.ReportSettings().rise_masks == NUM_MASKS_MANY
+    parser = build_parser()
+    assert parser.parse_args(["faithfulness"]).num_masks == NUM_MASKS_MANY
+    assert parser.parse_args(["attribute", "--method", "rise", "--out", "o"]).num_masks == NUM_MASKS_MANY

@@ -26,6 +26,7 @@ import jaxviz
 from jaxviz import plots
 from jaxviz.analysis.trust import METHODS, cam_layer_for, check_methods, explained_function, method_map
 from jaxviz.attribution.gradients import IG_METHODS, NT_TYPES
+from jaxviz.attribution.rise import NUM_MASKS_MANY
 from jaxviz.attribution.sanity import GRADIENT_METHODS, MODES, PASS_THRESHOLD, format_correlation
 from jaxviz.cli._options import (
     add_data,
@@ -136,7 +137,8 @@ def _add_common(p: argparse.ArgumentParser):
     g = p.add_argument_group("methods")
     g.add_argument("--window", type=positive_int, default=8, help="occlusion: occluder size in pixels (default: 8)")
     g.add_argument("--stride", type=positive_int, default=4, help="occlusion: occluder step in pixels (default: 4)")
-    g.add_argument("--num-masks", type=positive_int, default=1000, help="RISE: random masks (default: 1000)")
+    g.add_argument("--num-masks", type=positive_int, default=NUM_MASKS_MANY,
+                   help=f"RISE: random masks (default: {NUM_MASKS_MANY})")
     g.add_argument("--cells", type=positive_int, default=7, help="RISE: mask grid cells per side (default: 7)")
     g.add_argument("--seed", type=_seed, default=0,
                    help="seed of RISE's masks, SmoothGrad's noise (and MuFidelity's subsets) (default: 0)")

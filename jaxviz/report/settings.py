@@ -9,6 +9,7 @@ import numbers
 import numpy as np
 
 from jaxviz.analysis.trust import METHODS, cam_layer_for
+from jaxviz.attribution.rise import NUM_MASKS_MANY
 from jaxviz.attribution.sanity import GRADIENT_METHODS, randomization_layers
 from jaxviz.data.images import Dataset
 from jaxviz.engine.occlusion import ANCHORS
@@ -64,7 +65,7 @@ class ReportSettings:
     perplexity: float = 30.0  # t-SNE perplexity, > 0 (capped by the number of points)
     activation_images: int = 4  # images in the activation-map figures, >= 1
     trust_images: int = 4  # images whose maps the "Which map to trust?" section compares, 1 to MAX_UNITS
-    rise_masks: int = 1000  # RISE masks per image in that section, >= 1
+    rise_masks: int = NUM_MASKS_MANY  # RISE masks per image in that section, >= 1
     trust_methods: tuple[str, ...] | None = None  # methods that section compares; None: all the network supports
     sanity_methods: tuple[str, ...] | None = None  # of the randomization test; None: saliency, ig, gradcam
     # (those the network supports); () skips the test

@@ -46,6 +46,7 @@ import numpy as np
 
 from jaxviz._batching import batch_sharding
 from jaxviz._io import LockHeldError, path_lock
+from jaxviz.attribution.rise import NUM_MASKS_MANY
 from jaxviz.engine._inputs import _check_bool, _fill_array, check_int, unit_indices
 from jaxviz.engine._plan import chunk_size_for, probe, signature
 from jaxviz.models.network import Network
@@ -110,7 +111,7 @@ def _create(job: Job) -> None:
 
 def run_dataset(network: Network, images: Any, out: str | Path, *, method: str = "occlusion",
                 layer: str | None = None, units: Any = None, window: Any = 8, stride: Any = 4,
-                anchor: str = "centered", segments: int = 8, num_masks: int = 1000, cells: int = 7, p: float = 0.5,
+                anchor: str = "centered", segments: int = 8, num_masks: int = NUM_MASKS_MANY, cells: int = 7, p: float = 0.5,
                 seed: int = 0, fill: Any = 0.0, k: int = 9, keep_grid: bool = False, images_per_step: int = 64,
                 chunk_size: int | None = None, memory_budget: int | None = None, overwrite: bool = False,
                 progress: bool = True) -> Run:
