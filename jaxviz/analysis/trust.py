@@ -34,7 +34,7 @@ from jaxviz.attribution.gradients import (
 from jaxviz.attribution.rise import NUM_MASKS_MANY, rise
 from jaxviz.engine._inputs import check_seed
 from jaxviz.engine.activations import layer_features
-from jaxviz.engine.occlusion import occlude
+from jaxviz.engine.occlusion import WINDOW, occlude
 from jaxviz.models.network import Network
 
 __all__ = ["METHODS", "MethodComparison", "check_methods", "compare_methods", "method_map"]
@@ -149,7 +149,7 @@ def cam_layer_for(network: Network, layer: str, cam_layer: str | None) -> str:
 
 
 def method_map(network: Network, x: np.ndarray, method: str, *, layer: str | None = None,
-               targets: np.ndarray, window: int = 8, stride: int = 4, fill=0.0, rise_masks: int = NUM_MASKS_MANY,
+               targets: np.ndarray, window: int = WINDOW, stride: int = 4, fill=0.0, rise_masks: int = NUM_MASKS_MANY,
                rise_cells: int = 7, rise_p: float = 0.5, segments=8, ig_steps: int = 50,
                ig_method: str = "gausslegendre", nt_type: str = "smoothgrad", nt_samples: int = 25,
                stdevs: float = 0.15, cam_layer: str | None = None, seed: int = 0,
@@ -240,7 +240,7 @@ def check_methods(network: Network, methods, *, layer: str, cam_layer: str | Non
 
 
 def compare_methods(network: Network, images: np.ndarray, *, targets: np.ndarray | None = None,
-                    layer: str | None = None, methods=tuple(METHODS), window: int = 8, stride: int = 4,
+                    layer: str | None = None, methods=tuple(METHODS), window: int = WINDOW, stride: int = 4,
                     rise_masks: int = NUM_MASKS_MANY, rise_cells: int = 7, segments: int = 8, ig_steps: int = 50,
                     nt_samples: int = 25, stdevs: float = 0.15, cam_layer: str | None = None, steps: int = 50,
                     mu_grid: int = 8, num_subsets: int = 128, seed: int = 0,

@@ -19,7 +19,12 @@ from jaxviz.analysis.units import UnitStudy, per_unit
 from jaxviz.engine.occlusion import Occlusion, occlude
 from jaxviz.models.network import Network
 
-__all__ = ["UnitOcclusion", "occlude_top_images"]
+__all__ = ["UNIT_WINDOW", "UnitOcclusion", "occlude_top_images"]
+
+# The unit study's occluder size (pixels): occlude_top_images and the report (ReportSettings.window, which its
+# method comparison uses too). The notebook's 11 x 11 window; deliberately kept apart from the attribution methods'
+# jaxviz.engine.occlusion.WINDOW (8), so neither default changes the other's results.
+UNIT_WINDOW = 11
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +49,7 @@ class UnitOcclusion:
     occlusion: Occlusion
 
 
-def occlude_top_images(network: Network, study: UnitStudy, images: np.ndarray, *, layer: str, window: int = 11,
+def occlude_top_images(network: Network, study: UnitStudy, images: np.ndarray, *, layer: str, window: int = UNIT_WINDOW,
                        stride: int = 4, anchor: str = "centered", fill: Any = 0.0, threshold: float = 0.5,
                        sigma: float = 2.0, progress: bool = False) -> UnitOcclusion:
     """Occlude the top-K images of every unit in ``study.units`` at ``layer``.

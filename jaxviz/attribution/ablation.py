@@ -37,10 +37,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxviz.attribution.rise import BLUR_SIGMA
 from jaxviz.data.images import check_uint8_images
 from jaxviz.engine._inputs import _pair, check_int, check_x
-from jaxviz.engine.perturb import MaskFamily, perturbed_outputs, prepare
+from jaxviz.engine.perturb import BLUR_SIGMA, MaskFamily, perturbed_outputs, prepare
 
 __all__ = ["Ablation", "feature_ablation", "grid_segments", "segment_labels", "slic_segments"]
 

@@ -42,8 +42,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxviz.attribution.ablation import grid_segments
 from jaxviz.engine._inputs import check_int, check_seed, check_x
-from jaxviz.engine.perturb import MaskFamily, perturbed_outputs, prepare
+from jaxviz.engine.perturb import BLUR_SIGMA, MaskFamily, perturbed_outputs, prepare
 
 __all__ = ["Curve", "MuFidelity", "check_steps", "deletion_curve", "insertion_curve", "mu_fidelity"]
 
@@ -209,7 +210,7 @@ def deletion_curve(
     memory_budget: int | None = None,
     devices: Sequence[jax.Device] | None = None,
     progress: bool = False,
-    blur_sigma: float = 3.0,
+    blur_sigma: float = BLUR_SIGMA,
 ) -> Curve:
     """Deletion (or insertion) curve of ``f`` along each image's attribution ranking.
 
@@ -270,13 +271,6 @@ def insertion_curve(f: Callable, x: Any, attribution: Any, **options: Any) -> Cu
 # --------------------------------------------------------------------------- MuFidelity
 
 
-def _grid_cells(h: int, w: int, grid: int) -> np.ndarray:
-    """(H, W) int32: the regular lattice cell of each pixel, row-major over ``grid x grid`` cells."""
-    rows = np.arange(h) * grid // h
-    cols = np.arange(w) * grid // w
-    return (rows[:, None] * grid + cols[None, :]).astype(np.int32)
-
-
 def _subset_cells(key_data: jax.Array, index: jax.Array, *, cells: int, size: int) -> jax.Array:
     """bool (cells,): subset ``index``, the first ``size`` of a permutation drawn from ``fold_in(key, index)``."""
     key = jax.random.fold_in(jax.random.wrap_key_data(key_data), index)
@@ -333,7 +327,7 @@ def mu_fidelity(
     memory_budget: int | None = None,
     devices: Sequence[jax.Device] | None = None,
     progress: bool = False,
-    blur_sigma: float = 3.0,
+    blur_sigma: float = BLUR_SIGMA,
 ) -> MuFidelity:
     """MuFidelity: correlation between attribution mass and output drop over random cell subsets.
 
@@ -367,7 +361,7 @@ def mu_fidelity(
     _check_target_range(targets, p.kept)
     cells = grid * grid
     size = max(1, int(np.floor(float(subset_fraction) * cells + 0.5)))
-    cell_map = _grid_cells(h, w, grid)
+    cell_map = grid_segments(h, w, cells=grid)  # the regular lattice, as feature ablation's grid
     key_data = jax.random.key_data(jax.random.key(seed))
     family = MaskFamily(_subset_generator(cells, size), (jnp.asarray(cell_map), key_data), num_subsets,
                         (cells, size))

@@ -34,9 +34,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxviz.attribution.rise import BLUR_SIGMA, _key
+from jaxviz.attribution.rise import _key
 from jaxviz.engine._inputs import _check_bool, _fill_array, check_int
 from jaxviz.engine.gradients import GradientPlan, PathFamily, gradient_sums, plan_gradients, readout
+from jaxviz.engine.perturb import BLUR_SIGMA
 
 __all__ = ["Gradients", "IG_METHODS", "NT_TYPES", "check_noise_tunnel", "input_x_gradient", "integrated_gradients", "ig_coefficients",
            "saliency", "smoothgrad"]

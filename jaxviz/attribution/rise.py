@@ -36,11 +36,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxviz.engine._inputs import check_int, check_seed, check_x
-from jaxviz.engine.perturb import MaskFamily, mask_weighted_sum, prepare
+from jaxviz.engine.perturb import BLUR_SIGMA, MaskFamily, mask_weighted_sum, prepare
 
 __all__ = ["NUM_MASKS", "NUM_MASKS_MANY", "Rise", "rise", "rise_masks"]
 
-BLUR_SIGMA = 3.0  # pixels, for fill="blur" (occlude's default)
 NUM_MASKS = 4000  # rise's default number of random masks (the paper: 4000 to 8000 for one map)
 # The deliberately cheaper default where RISE makes many maps at once: a dataset run (run_dataset), one method of
 # a comparison (compare_methods, method_map, the report's "Which map to trust?" section) and the CLI's

@@ -40,6 +40,7 @@ from jaxviz.cli._options import (
 )
 from jaxviz.cli.commands import _dataset_fill, _fill, _indices
 from jaxviz.cli.runs import add_run_options, check_run_options, run_all
+from jaxviz.engine.occlusion import WINDOW
 from jaxviz.runs.methods import RUN_METHODS
 
 __all__ = ["METHODS", "add_attribute", "add_faithfulness", "add_sanity", "cmd_attribute", "cmd_faithfulness",
@@ -135,7 +136,8 @@ def _add_common(p: argparse.ArgumentParser):
                                    "a classifier's softmax probability (default: the output layer; the layer before "
                                    "it for a model without class names)")
     g = p.add_argument_group("methods")
-    g.add_argument("--window", type=positive_int, default=8, help="occlusion: occluder size in pixels (default: 8)")
+    g.add_argument("--window", type=positive_int, default=WINDOW,
+                   help=f"occlusion: occluder size in pixels (default: {WINDOW})")
     g.add_argument("--stride", type=positive_int, default=4, help="occlusion: occluder step in pixels (default: 4)")
     g.add_argument("--num-masks", type=positive_int, default=NUM_MASKS_MANY,
                    help=f"RISE: random masks (default: {NUM_MASKS_MANY})")

@@ -39,11 +39,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxviz.engine._inputs import _check_images, _pair, unit_indices
-from jaxviz.engine.perturb import MaskFamily, perturbed_outputs, prepare
+from jaxviz.engine.perturb import BLUR_SIGMA, MaskFamily, perturbed_outputs, prepare
 
-__all__ = ["Occlusion", "occlude", "occlude_one", "unit_indices", "window_spans"]
+__all__ = ["WINDOW", "Occlusion", "occlude", "occlude_one", "unit_indices", "window_spans"]
 
 ANCHORS = ("centered", "valid")
+# The default occluder size (pixels) where occlusion is one attribution method: run_dataset, compare_methods and
+# method_map, ``jaxviz attribute``. ``occlude`` itself has none; the unit study's own default is
+# jaxviz.analysis.unit_occlusion.UNIT_WINDOW.
+WINDOW = 8
 
 
 def window_spans(dim: int, window: int, stride: int, anchor: str) -> np.ndarray:
@@ -196,7 +200,7 @@ def occlude(
     params: Any = None,
     chunk_size: int | None = None,
     memory_budget: int | None = None,
-    blur_sigma: float = 3.0,
+    blur_sigma: float = BLUR_SIGMA,
     devices: Sequence[jax.Device] | None = None,
     progress: bool = False,
     materialize: bool = True,

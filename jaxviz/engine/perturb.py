@@ -36,8 +36,10 @@ from jaxviz._progress import progress_bar
 from jaxviz.engine._inputs import _check_images, _fill_array, unit_indices
 from jaxviz.engine._plan import chunk_size_for, probe, signature
 
-__all__ = ["MASK_SUM_PRECISION", "MaskFamily", "Prepared", "mask_weighted_sum", "mask_weighted_sum_of_chunk",
+__all__ = ["BLUR_SIGMA", "MASK_SUM_PRECISION", "MaskFamily", "Prepared", "mask_weighted_sum", "mask_weighted_sum_of_chunk",
            "perturbed_outputs", "prepare"]
+
+BLUR_SIGMA = 3.0  # pixels: the Gaussian blur of fill="blur", the default of every method that takes it
 
 # The one precision of RISE's weighted sum (``mask_weighted_sum`` here and a RISE dataset run in
 # ``jaxviz.runs``): full float32 products, so TF32 on GPUs and bfloat16 passes on TPUs do not make ``rise()``

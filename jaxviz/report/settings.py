@@ -9,6 +9,7 @@ import numbers
 import numpy as np
 
 from jaxviz.analysis.trust import METHODS, cam_layer_for
+from jaxviz.analysis.unit_occlusion import UNIT_WINDOW
 from jaxviz.attribution.rise import NUM_MASKS_MANY
 from jaxviz.attribution.sanity import GRADIENT_METHODS, randomization_layers
 from jaxviz.data.images import Dataset
@@ -55,7 +56,7 @@ class ReportSettings:
     units: tuple[int, ...] | None = None  # None: picked from unit selectivity; 1 to MAX_UNITS indices
     num_units: int = 6  # how many units to pick when units is None: 1 to MAX_UNITS
     k: int = 10  # top-K images per unit, >= 1
-    window: int = 11  # occlusion window (pixels), >= 1
+    window: int = UNIT_WINDOW  # occlusion window (pixels), >= 1
     stride: int = 4  # occlusion stride (pixels), >= 1
     anchor: str = "centered"  # occlusion window placement: "centered" or "valid"
     threshold: float = 0.5  # mask threshold in [0, 1]

@@ -49,10 +49,12 @@ from jaxviz._io import LockHeldError, path_lock
 from jaxviz.attribution.rise import NUM_MASKS_MANY
 from jaxviz.engine._inputs import _check_bool, _fill_array, check_int, unit_indices
 from jaxviz.engine._plan import chunk_size_for, probe, signature
+from jaxviz.engine.occlusion import WINDOW
+from jaxviz.engine.perturb import BLUR_SIGMA
 from jaxviz.models.network import Network
 from jaxviz.runs import store
 from jaxviz.runs.methods import RUN_METHODS, method_family
-from jaxviz.runs.passes import BLUR_SIGMA, Job, execute, first_record
+from jaxviz.runs.passes import Job, execute, first_record
 from jaxviz.runs.program import MapSpec
 from jaxviz.runs.reader import Run, expected_arrays, open_run, read_settings
 from jaxviz.runs.streaming import barrier
@@ -110,7 +112,7 @@ def _create(job: Job) -> None:
 
 
 def run_dataset(network: Network, images: Any, out: str | Path, *, method: str = "occlusion",
-                layer: str | None = None, units: Any = None, window: Any = 8, stride: Any = 4,
+                layer: str | None = None, units: Any = None, window: Any = WINDOW, stride: Any = 4,
                 anchor: str = "centered", segments: int = 8, num_masks: int = NUM_MASKS_MANY, cells: int = 7, p: float = 0.5,
                 seed: int = 0, fill: Any = 0.0, k: int = 9, keep_grid: bool = False, images_per_step: int = 64,
                 chunk_size: int | None = None, memory_budget: int | None = None, overwrite: bool = False,

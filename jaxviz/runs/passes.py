@@ -20,15 +20,13 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxviz._progress import progress_bar
 from jaxviz.engine._inputs import _fill_array
-from jaxviz.engine.perturb import MaskFamily
+from jaxviz.engine.perturb import BLUR_SIGMA, MaskFamily
 from jaxviz.models.network import Network
 from jaxviz.runs import store
 from jaxviz.runs.program import MapSpec, base_program, step_program
 from jaxviz.runs.streaming import Blocks, Writes, barrier, host, replicate, top_k_merge
 
 __all__ = ["Job", "execute", "first_record"]
-
-BLUR_SIGMA = 3.0  # pixels, for fill="blur", as occlude's default
 
 
 @dataclasses.dataclass(frozen=True)
