@@ -619,3 +619,26 @@ def test_linen_dict_output_with_class_names_says_what_is_wrong():
                                          r"supported: wrap the module"):
         from_linen(module, variables, input_shape=(8, 8, 3), class_names=("a", "b"))
     assert from_linen(module, variables, input_shape=(8, 8, 3)).layer_names == ("conv", "head")
+
+
+def test_num_units_is_the_last_axis(cnn_net, tiny_model, tiny_images):
+    # the tiny CNN: conv layers have their block's channels, fc1 the hidden width, logits the classes
+    want = {"conv1": 4, "conv2": 4, "conv3": 8, "conv4": 8, "fc1": 16, "logits": 10}
+    for layer, units in want.items():
+        assert cnn_net.num_units(layer) == units, layer
+    x = cnn_net.to_input(tiny_images[:2])
+    for layer in cnn_net.layer_names:  # as many as score_fn gives
+        assert cnn_net.num_units(layer) == cnn_net.score_fn(layer)(cnn_net.variables, x).shape[1], layer
+    with pytest.raises(ValueError, match="layer"):
+        cnn_net.num_units("nope")
+
+
+def test_num_units_of_other_shapes():
+    # per image: a scalar (1 unit), a (5, 3) sequence (3 units, not 15), a (2, 2, 2, 6) volume (6)
+    outputs = {"scalar": lambda x: x.sum((1, 2, 3)), "seq": lambda x: x[:, :5, 0, :],
+               "vol": lambda x: jnp.tile(x[:, :2, :2, None, :1], (1, 1, 1, 2, 6))}
+    net = from_function(lambda v, x, layer: outputs[layer](x), {}, layer_names=tuple(outputs), input_shape=(8, 8, 3))
+    assert [net.num_units(layer) for layer in outputs] == [1, 3, 6]
+    x = net.to_input(np.zeros((2, 8, 8, 3), np.uint8))
+    for layer in outputs:
+        assert net.score_fn(layer)(net.variables, x).shape == (2, net.num_units(layer))

@@ -9,7 +9,6 @@ and turns it into the notebook's mask (``vis_occ``).
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 import numpy as np
@@ -77,8 +76,7 @@ def occlude_top_images(network: Network, study: UnitStudy, images: np.ndarray, *
     if not isinstance(study, UnitStudy):
         raise TypeError(f"study: expected a UnitStudy from jaxviz.study_units, got {type(study).__name__}")
     network.check_layer(layer)
-    shape = network.output_shape(layer)
-    units = shape[-1] if len(shape) == 3 else math.prod(shape)  # as network.score_fn scores them
+    units = network.num_units(layer)  # network.score_fn's scores, the study's
     if study.scores.shape[1] != units:
         raise ValueError(f"layer: {layer!r} has {units} units, but the study scores {study.scores.shape[1]}: "
                          "pass the layer the study was made on")

@@ -247,8 +247,7 @@ def _explained(args, network: jaxviz.Network) -> tuple[str, bool, int]:
             network.check_layer(layer)
         except (ValueError, TypeError) as e:
             raise type(e)(f"--{e}") from None
-        shape = network.output_shape(layer)
-        outputs = shape[-1] if len(shape) >= 2 else int(np.prod(shape))  # as network.score_fn reduces it
+        outputs = network.num_units(layer)  # network.score_fn's scores
     return layer, softmax, outputs
 
 

@@ -401,6 +401,16 @@ class Network:
         fn, x = self.layer_fn(layer), jax.ShapeDtypeStruct((1, *self.input_spec.shape), self.input_spec.dtype)
         return self._cached(("shape", layer), lambda: tuple(jax.eval_shape(fn, self.variables, x).shape[1:]))
 
+    def num_units(self, layer: str) -> int:
+        """How many units ``layer`` has: the last axis of its output shape (a conv layer's channels, a dense
+        layer's width; 1 for a scalar per image), the number of scores ``score_fn(layer)`` gives per image.
+
+        Raises:
+          ValueError / TypeError: unknown layer.
+        """
+        shape = self.output_shape(layer)
+        return int(shape[-1]) if shape else 1
+
     def _kernel(self, layer: str) -> Any | None:
         path = self.kernel_paths.get(layer)
         return None if path is None else _array(_find(self.variables, tuple(path)))
