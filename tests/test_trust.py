@@ -135,7 +135,9 @@ def test_every_methods_requirements_are_checked_before_any_method_runs():
     for kwargs, words in [({"seed": 2**32}, "^seed: "), ({"seed": -1}, "^seed: "),
                           ({"steps": 32 * 32 + 1}, r"^steps: expected an int in \[1, 1024\]"),
                           ({"ig_steps": 0, "methods": ("occlusion", "ig")}, "^ig_steps: "),
-                          ({"segments": 33, "methods": ("occlusion", "ablation")}, "^segments: ")]:
+                          ({"segments": 33, "methods": ("occlusion", "ablation")}, "^segments: "),
+                          ({"mu_grid": 33}, r"^mu_grid: expected an int in \[1, 32\]"),
+                          ({"num_subsets": 1}, "^num_subsets: ")]:
         with pytest.raises(ValueError, match=words):
             jaxviz.compare_methods(net, images, targets=targets, **{"methods": ("occlusion",), **kwargs})
         assert calls == [], kwargs

@@ -21,7 +21,7 @@ import numpy as np
 from scipy.stats import rankdata
 
 from jaxviz.attribution.ablation import feature_ablation, segment_labels
-from jaxviz.attribution.faithfulness import check_steps, deletion_curve, mu_fidelity
+from jaxviz.attribution.faithfulness import check_mu_fidelity_lattice, check_steps, deletion_curve, mu_fidelity
 from jaxviz.attribution.gradcam import default_cam_layer, grad_cam
 from jaxviz.attribution.gradients import (
     check_noise_tunnel,
@@ -209,10 +209,12 @@ def method_map(network: Network, x: np.ndarray, method: str, *, layer: str | Non
 
 def check_methods(network: Network, methods, *, layer: str, cam_layer: str | None = None, segments=8,
                   ig_steps: int = 50, ig_method: str = "gausslegendre", nt_type: str = "smoothgrad",
-                  nt_samples: int = 25, steps: int | None = None, seed: int = 0) -> None:
+                  nt_samples: int = 25, steps: int | None = None, mu_grid: int | None = None,
+                  num_subsets: int = 128, seed: int = 0) -> None:
     """Every chosen method's requirements, before any of them runs: Grad-CAM's layer and its gradient at a
     layer (``apply_perturbed``), feature ablation's grid, integrated gradients' steps, SmoothGrad's samples,
-    the deletion / insertion ``steps`` (unless None) and the ``seed``; each rule is checked by its owner.
+    the deletion / insertion ``steps`` and MuFidelity's lattice (each unless None) and the ``seed``; each rule
+    is checked by its owner.
 
     Raises:
       ValueError / TypeError naming the argument (``methods`` for what a method needs of the network).
@@ -223,6 +225,11 @@ def check_methods(network: Network, methods, *, layer: str, cam_layer: str | Non
     check_seed(seed)
     if steps is not None:
         check_steps(steps, h * w)
+    if mu_grid is not None:
+        try:
+            check_mu_fidelity_lattice(mu_grid, num_subsets, h, w)
+        except (TypeError, ValueError) as e:
+            raise type(e)(str(e).replace("grid:", "mu_grid:", 1)) from None
     if "ig" in methods:
         try:
             ig_coefficients(ig_steps, ig_method)
@@ -274,7 +281,7 @@ def compare_methods(network: Network, images: np.ndarray, *, targets: np.ndarray
     network.input_spec.check_images(images)
     layer, f, softmax = explained_function(network, layer)
     check_methods(network, methods, layer=layer, cam_layer=cam_layer, segments=segments, ig_steps=ig_steps,
-                  nt_samples=nt_samples, steps=steps, seed=seed)
+                  nt_samples=nt_samples, steps=steps, mu_grid=mu_grid, num_subsets=num_subsets, seed=seed)
     if targets is None:
         targets = layer_features(network, images).argmax(-1) if softmax else np.zeros(len(images), np.int64)
     targets = np.asarray(targets)

@@ -46,7 +46,7 @@ from jaxviz.attribution.ablation import grid_segments
 from jaxviz.engine._inputs import check_int, check_seed, check_x
 from jaxviz.engine.perturb import BLUR_SIGMA, MaskFamily, perturbed_outputs, prepare
 
-__all__ = ["Curve", "MuFidelity", "check_steps", "deletion_curve", "insertion_curve", "mu_fidelity"]
+__all__ = ["Curve", "MuFidelity", "check_mu_fidelity_lattice", "check_steps", "deletion_curve", "insertion_curve", "mu_fidelity"]
 
 MODES = ("deletion", "insertion")
 STEPS = 100  # deletion / insertion steps by default (at most the pixels of an image)
@@ -310,6 +310,12 @@ def _pearson(a: np.ndarray, d: np.ndarray, d_scale: np.ndarray) -> np.ndarray:
     return np.where(constant, 0.0, np.clip(r, -1.0, 1.0))
 
 
+def check_mu_fidelity_lattice(grid: Any, num_subsets: Any, height: int, width: int) -> tuple[int, int]:
+    """MuFidelity's ``grid`` (cells per side, at most the image size) and ``num_subsets`` (>= 2), as ints."""
+    grid = check_int(grid, "grid", 1, min(height, width), " (cells per side, at most the image size)")
+    return grid, check_int(num_subsets, "num_subsets", 2)
+
+
 def mu_fidelity(
     f: Callable,
     x: Any,
@@ -349,11 +355,10 @@ def mu_fidelity(
     """
     x = check_x(x)
     n, h, w, _ = x.shape
-    grid = check_int(grid, "grid", 1, min(h, w), " (cells per side, at most the image size)")
+    grid, num_subsets = check_mu_fidelity_lattice(grid, num_subsets, h, w)
     if (isinstance(subset_fraction, (bool, np.bool_)) or not isinstance(subset_fraction, (int, float, np.number))
             or not 0 < subset_fraction <= 1):
         raise ValueError(f"subset_fraction: expected a number in (0, 1], got {subset_fraction!r}")
-    num_subsets = check_int(num_subsets, "num_subsets", 2)
     seed = check_seed(seed)
     values = _check_attribution(attribution, x)
     targets = _check_targets(targets, n)
