@@ -226,14 +226,18 @@ def add_faithfulness(sub) -> None:
 # --------------------------------------------------------------------------- shared checks
 
 
+def _command_options(args) -> dict[str, str]:
+    """The entries of ``API_OPTIONS`` whose option this command has."""
+    return {k: v for k, v in API_OPTIONS.items() if hasattr(args, v[2:].replace("-", "_"))}
+
+
 @contextlib.contextmanager
 def _named_as_options(args):
     """Errors of the API calls inside name the command's option instead of the argument (``as_option``)."""
     try:
         yield
     except (ValueError, TypeError) as e:
-        options = {k: v for k, v in API_OPTIONS.items() if hasattr(args, v[2:].replace("-", "_"))}
-        raise as_option(e, (), options) from None
+        raise as_option(e, (), _command_options(args)) from None
 
 
 def _explained(args, network: jaxviz.Network) -> tuple[str, bool, int]:
@@ -383,8 +387,7 @@ def _attribute_all(args) -> None:
                 "window": args.window, "stride": args.stride, "segments": args.segments,
                 "num_masks": args.num_masks, "cells": args.cells, "p": args.p, "seed": args.seed}
 
-    with _named_as_options(args):  # run_dataset's errors name the options
-        run_all(args, args.method, choose)
+    run_all(args, args.method, choose, _command_options(args))  # run_dataset's errors name the options
 
 
 def cmd_attribute(args) -> None:

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import sys
+import typing
 
 import jax
 import numpy as np
@@ -53,9 +54,10 @@ def check_run_options(args) -> None:
             raise ValueError(f"{option}: only with --all (a run over the whole dataset)")
 
 
-def _as_options(e: Exception) -> Exception:
-    """An error of ``initialize_distributed`` or ``run_dataset`` naming the options, not the arguments."""
-    e = as_option(e, ("out", "images_per_step", "keep_grid", "overwrite"))
+def _as_options(e: Exception, options: typing.Mapping[str, str] | None = None) -> Exception:
+    """An error of ``initialize_distributed`` or ``run_dataset`` naming the options, not the arguments
+    (``options``: the command's own argument -> option names, as ``as_option`` takes them)."""
+    e = as_option(e, ("out", "images_per_step", "keep_grid", "overwrite"), options)
     message = re.sub(r"\b(coordinator|num_processes|process_id|heartbeat_timeout)\b",
                      lambda m: "--" + m.group(1).replace("_", "-"), str(e))
     message = message.replace("auto:", "--distributed:", 1).replace("overwrite=True", "--overwrite")
@@ -77,20 +79,21 @@ def _stdout_to_stderr():
         os.close(saved)
 
 
-def run_all(args, method: str, choose) -> None:
+def run_all(args, method: str, choose, options: typing.Mapping[str, str] | None = None) -> None:
     """Start (or join) the processes, load the model and data, and run ``method`` over every image; print the
     result (JSON, process 0) on stdout, where nothing else is written.
 
     ``choose(data, network)`` checks the command's own options once the model is loaded and returns
-    ``run_dataset``'s keyword arguments (layer, units, fill, the method's options).
+    ``run_dataset``'s keyword arguments (layer, units, fill, the method's options). ``options`` maps the
+    command's other arguments to their options, so that run_dataset's errors name them (``as_option``).
     """
     with _stdout_to_stderr():
-        result = _run(args, method, choose)
+        result = _run(args, method, choose, options)
     if result is not None:
         print(json.dumps(result, allow_nan=False, default=_plain), flush=True)
 
 
-def _run(args, method: str, choose) -> dict | None:
+def _run(args, method: str, choose, names: typing.Mapping[str, str] | None) -> dict | None:
     try:
         multi = jaxviz.initialize_distributed(args.coordinator, args.num_processes, args.process_id,
                                               auto=args.distributed, heartbeat_timeout=args.heartbeat_timeout)
@@ -105,8 +108,8 @@ def _run(args, method: str, choose) -> dict | None:
             run = jaxviz.run_dataset(network, data.images, args.out, method=method, keep_grid=args.keep_grid,
                                      images_per_step=args.images_per_step, overwrite=args.overwrite, progress=True,
                                      **options)
-        except (ValueError, TypeError, OSError) as e:
-            raise _as_options(e) from None
+        except (ValueError, TypeError, OSError) as e:  # named before a multi-process run reports it below
+            raise _as_options(e, names) from None
     except BaseException as e:
         if not multi:
             raise
