@@ -22,7 +22,7 @@ from scipy.stats import rankdata
 
 from jaxviz.attribution.ablation import feature_ablation, segment_labels
 from jaxviz.attribution.faithfulness import check_mu_fidelity_lattice, check_steps, deletion_curve, mu_fidelity
-from jaxviz.attribution.gradcam import default_cam_layer, grad_cam
+from jaxviz.attribution.gradcam import check_grad_cam_network, default_cam_layer, grad_cam
 from jaxviz.attribution.gradients import (
     check_noise_tunnel,
     ig_coefficients,
@@ -240,10 +240,7 @@ def check_methods(network: Network, methods, *, layer: str, cam_layer: str | Non
     if "ablation" in methods:
         segment_labels(segments, h, w)
     if "gradcam" in methods:
-        try:
-            network.perturbed_fn(cam_layer_for(network, layer, cam_layer), layer)
-        except ValueError as e:
-            raise ValueError(f"methods: gradcam: {e}") from None
+        check_grad_cam_network(network, cam_layer_for(network, layer, cam_layer), layer)
 
 
 def compare_methods(network: Network, images: np.ndarray, *, targets: np.ndarray | None = None,

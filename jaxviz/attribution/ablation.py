@@ -38,10 +38,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxviz.data.images import check_uint8_images
-from jaxviz.engine._inputs import _pair, check_int, check_x
+from jaxviz.engine._inputs import check_int, check_pair, check_x
 from jaxviz.engine.perturb import BLUR_SIGMA, MaskFamily, perturbed_outputs, prepare
 
-__all__ = ["Ablation", "feature_ablation", "grid_segments", "segment_labels", "slic_segments"]
+__all__ = ["Ablation", "feature_ablation", "grid_segments", "segment_generator", "segment_labels", "slic_segments"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +82,7 @@ def _segment_mask(labels: jax.Array, image: jax.Array, index: jax.Array, *, per_
 
 
 @functools.lru_cache(maxsize=4)
-def _segment_generator(per_image: bool) -> Callable:
+def segment_generator(per_image: bool) -> Callable:
     return functools.partial(_segment_mask, per_image=per_image)
 
 
@@ -137,7 +137,7 @@ def grid_segments(height: int, width: int, *, cells: int | tuple[int, int]) -> n
       int32 (height, width) labels ``0 .. rows * cols - 1``.
     """
     h, w = check_int(height, "height", 1), check_int(width, "width", 1)
-    rows, cols = _pair(cells, "cells")
+    rows, cols = check_pair(cells, "cells")
     if not (1 <= rows <= h and 1 <= cols <= w):
         raise ValueError(f"cells: expected 1 <= cells <= ({h}, {w}) per axis, got {(rows, cols)}")
     r = np.arange(h) * rows // h
@@ -237,7 +237,7 @@ def feature_ablation(
     labels, counts = _check_segments(segment_labels(segments, h, w), n, h, w)
     size = int(counts.max())
     per_image = labels.ndim == 3
-    family = MaskFamily(_segment_generator(per_image), jnp.asarray(labels if per_image else labels[None]), size,
+    family = MaskFamily(segment_generator(per_image), jnp.asarray(labels if per_image else labels[None]), size,
                         (per_image,))
     prepared = prepare(f, x, fill=fill, units=units, params=params, blur_sigma=BLUR_SIGMA)
     base, scores, chunk = perturbed_outputs(prepared, family, difference=True, chunk_size=chunk_size,

@@ -32,12 +32,12 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxviz._batching import batch_sharding, to_host
 from jaxviz._progress import progress_bar
-from jaxviz.engine._inputs import _check_bool, check_x, unit_indices
+from jaxviz.engine._inputs import check_bool, check_x, unit_indices
 from jaxviz.engine._plan import chunk_size_for, probe, signature
-from jaxviz.engine.gradients import _check_targets, _cotangents
+from jaxviz.engine.gradients import check_targets, unit_cotangents
 from jaxviz.models.network import Network, unit_scores_of
 
-__all__ = ["GradCam", "INTERPOLATIONS", "default_cam_layer", "grad_cam"]
+__all__ = ["GradCam", "INTERPOLATIONS", "check_grad_cam_network", "default_cam_layer", "grad_cam"]
 
 INTERPOLATIONS = ("bilinear", "nearest")
 MIN_CAM_SIZE = 7  # the default layer is the last whose maps are at least this big (7x7, VGG's last conv)
@@ -65,6 +65,19 @@ class GradCam:
     targets: np.ndarray | None
     units: tuple[int, ...] | None
     chunk_size: int
+
+
+def check_grad_cam_network(network: Network, cam_layer: str, output_layer: str) -> None:
+    """Grad-CAM's requirement of the network, before any method runs: the gradient of ``output_layer`` at
+    ``cam_layer`` (``Network.perturbed_fn``: a network without ``apply_perturbed`` has none).
+
+    Raises:
+      ValueError: "methods: gradcam: ..." (what the network lacks).
+    """
+    try:
+        network.perturbed_fn(cam_layer, output_layer)
+    except ValueError as e:
+        raise ValueError(f"methods: gradcam: {e}") from None
 
 
 def default_cam_layer(network: Network) -> str:
@@ -96,7 +109,7 @@ def _cams(fn, score, mode, units, relu, interpolation, variables, x, targets):
         return score(out), acts
 
     scores, pullback, acts = jax.vjp(explained, jnp.zeros(acts_shape, x.dtype), has_aux=True)
-    grads = jax.vmap(lambda ct: pullback(ct)[0])(_cotangents(mode, units, scores, targets))  # (U, B, h, w, c)
+    grads = jax.vmap(lambda ct: pullback(ct)[0])(unit_cotangents(mode, units, scores, targets))  # (U, B, h, w, c)
     cam = jnp.einsum("ubc,bhwc->bhwu", grads.mean(axis=(2, 3)), acts)
     cam = jax.nn.relu(cam) if relu else cam
     return _upsample(cam, x.shape[1:3], interpolation), cam
@@ -196,7 +209,7 @@ def grad_cam(network: Network, x: Any, *, layer: str | None = None, output_layer
     network.perturbed_fn(layer, output_layer)  # checks the pair and that the network supports it
     if not isinstance(interpolation, str) or interpolation not in INTERPOLATIONS:
         raise ValueError(f"interpolation: expected one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
-    relu = _check_bool(relu, "relu")
+    relu = check_bool(relu, "relu")
     if score is not None and not callable(score):
         raise TypeError(f"score: expected a callable or None, got {type(score).__name__}")
     score = unit_scores_of if score is None else score
@@ -206,7 +219,7 @@ def grad_cam(network: Network, x: Any, *, layer: str | None = None, output_layer
     width, n = out.shape[1], x.shape[0]
     if targets is not None and units is not None:
         raise ValueError("targets, units: expected at most one of them")
-    targets = None if targets is None else _check_targets(targets, n, width)
+    targets = None if targets is None else check_targets(targets, n, width)
     units = None if targets is not None else tuple(range(width)) if units is None else unit_indices(units, width)
     mode = "targets" if targets is not None else "units"
     maps, small, size = grad_cam_maps(

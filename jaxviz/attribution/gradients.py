@@ -34,8 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxviz.attribution.rise import _key
-from jaxviz.engine._inputs import _check_bool, _fill_array, check_int
+from jaxviz.attribution.rise import seed_key
+from jaxviz.engine._inputs import check_bool, check_int, fill_array
 from jaxviz.engine.gradients import GradientPlan, PathFamily, gradient_sums, plan_gradients, readout
 from jaxviz.engine.perturb import BLUR_SIGMA
 
@@ -141,7 +141,7 @@ def saliency(f: Callable, x: Any, *, params: Any = None, targets: Any = None, un
     Returns:
       ``Gradients`` with ``attributions`` float32 (N, H, W, C) (targets, scalar f) or (N, H, W, C, U).
     """
-    absolute = _check_bool(abs, "abs")
+    absolute = check_bool(abs, "abs")
     plan = plan_gradients(f, x, params=params, targets=targets, units=units)
     sums, _, size = _run(plan, PathFamily(_at_image, (), 1), _engine_options(chunk_size, memory_budget, devices,
                          progress and "saliency"), absolute=absolute)
@@ -206,7 +206,7 @@ def integrated_gradients(f: Callable, x: Any, *, baselines: Any = 0.0, n_steps: 
     """
     alphas, weights = ig_coefficients(n_steps, method)
     plan = plan_gradients(f, x, params=params, targets=targets, units=units)
-    base, per_image = _fill_array(baselines, plan.images, BLUR_SIGMA, name="baselines")
+    base, per_image = fill_array(baselines, plan.images, BLUR_SIGMA, name="baselines")
     family = PathFamily(_path_generator(per_image), (base, jnp.asarray(alphas), jnp.asarray(weights)), len(alphas))
     sums, _, size = _run(plan, family, _engine_options(chunk_size, memory_budget, devices,
                          progress and "integrated gradients"))
@@ -261,8 +261,8 @@ def smoothgrad(f: Callable, x: Any, *, nt_type: str = "smoothgrad", nt_samples: 
       ``Gradients`` with ``method = nt_type``, attributions as in ``saliency``.
     """
     nt_samples = check_noise_tunnel(nt_type, nt_samples)
-    stdev, absolute = _check_stdevs(stdevs), _check_bool(abs, "abs")
-    key = _key(seed)
+    stdev, absolute = _check_stdevs(stdevs), check_bool(abs, "abs")
+    key = seed_key(seed)
     plan = plan_gradients(f, x, params=params, targets=targets, units=units)
     if plan.images.shape[0] * nt_samples >= 2**31:
         raise ValueError(f"nt_samples: expected N * nt_samples < 2**31 (pair indices are int32), got "

@@ -38,7 +38,8 @@ import numpy as np
 from jaxviz.engine._inputs import check_int, check_seed, check_x
 from jaxviz.engine.perturb import BLUR_SIGMA, MaskFamily, mask_weighted_sum, prepare
 
-__all__ = ["NUM_MASKS", "NUM_MASKS_MANY", "Rise", "rise", "rise_masks"]
+__all__ = ["NUM_MASKS", "NUM_MASKS_MANY", "Rise", "check_keep_probability", "rise", "rise_generator", "rise_masks",
+           "seed_key"]
 
 NUM_MASKS = 4000  # rise's default number of random masks (the paper: 4000 to 8000 for one map)
 # The deliberately cheaper default where RISE makes many maps at once: a dataset run (run_dataset), one method of
@@ -94,7 +95,7 @@ def _given_mask(masks: jax.Array, image: jax.Array, index: jax.Array) -> jax.Arr
 
 
 @functools.lru_cache(maxsize=64)
-def _rise_generator(cells: int, shape: tuple[int, int]) -> Callable:
+def rise_generator(cells: int, shape: tuple[int, int]) -> Callable:
     return functools.partial(_rise_mask, cells=cells, shape=shape)
 
 
@@ -107,7 +108,7 @@ def _keep_program(cells: int, shape: tuple[int, int]) -> Callable:
 # --------------------------------------------------------------------------- checks
 
 
-def _check_p(p: Any) -> float:
+def check_keep_probability(p: Any) -> float:
     if isinstance(p, (bool, np.bool_)) or not isinstance(p, (int, float, np.integer, np.floating)):
         raise TypeError(f"p: expected a keep probability in (0, 1], got {p!r}")
     if not 0 < p <= 1:  # False for NaN
@@ -153,13 +154,13 @@ def rise_masks(height: int, width: int, *, num_masks: int, cells: int = 7, p: fl
     h, w = check_int(height, "height", 1), check_int(width, "width", 1)
     num_masks = check_int(num_masks, "num_masks", 1, 2**31 - 1)
     start = check_int(start, "start", 0, 2**31 - num_masks)  # mask indices are int32
-    cells, p = check_int(cells, "cells", 1, min(h, w)), _check_p(p)
-    key = _key(seed)
+    cells, p = check_int(cells, "cells", 1, min(h, w)), check_keep_probability(p)
+    key = seed_key(seed)
     indices = jnp.arange(start, start + num_masks, dtype=jnp.int32)
     return np.asarray(_keep_program(cells, (h, w))((key, jnp.float32(p)), indices))
 
 
-def _key(seed: Any) -> jax.Array:
+def seed_key(seed: Any) -> jax.Array:
     """``jax.random.key(seed)`` for a seed in ``[0, 2**32)`` (``check_seed``: larger or negative seeds would wrap
     around silently to another seed's stream)."""
     return jax.random.key(check_seed(seed))
@@ -223,8 +224,8 @@ def rise(
             raise ValueError(f"num_masks: expected N * num_masks < 2**31 (pair indices are int32), got "
                              f"{x.shape[0]} * {num_masks}")
         cells = check_int(cells, "cells", 1, min(h, w))
-        p = _check_p(p)
-        family = MaskFamily(_rise_generator(cells, (h, w)), (_key(seed), jnp.float32(p)), num_masks, (cells, (h, w)))
+        p = check_keep_probability(p)
+        family = MaskFamily(rise_generator(cells, (h, w)), (seed_key(seed), jnp.float32(p)), num_masks, (cells, (h, w)))
     else:
         given = _check_masks(masks, h, w)
         if num_masks is not None and (isinstance(num_masks, (bool, np.bool_)) or num_masks != given.shape[0]):

@@ -38,9 +38,9 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.stats import rankdata
 
-from jaxviz.attribution.gradcam import default_cam_layer, grad_cam_maps
+from jaxviz.attribution.gradcam import check_grad_cam_network, default_cam_layer, grad_cam_maps
 from jaxviz.attribution.gradients import _at_image, _check_stdevs, _noisy, _path_generator, ig_coefficients
-from jaxviz.attribution.rise import _key
+from jaxviz.attribution.rise import seed_key
 from jaxviz.engine._inputs import check_int, check_seed
 from jaxviz.engine._plan import signature
 from jaxviz.engine.gradients import PathFamily, gradient_sums, plan_gradients
@@ -160,7 +160,7 @@ def randomized_variables(network: Network, layers: Sequence[str], *, mode: str =
     Returns:
       ``(stacked variables with len(layers) + 1 sets, set 0 the trained one; initializer)``.
     """
-    key = _key(seed)
+    key = seed_key(seed)
     trained, treedef = jax.tree_util.tree_flatten_with_path(network.variables)
     owned = {n: network.variable_paths(n) for n in layers}
 
@@ -265,10 +265,7 @@ def randomization_test(network: Network, images: np.ndarray, *,
                          f"{', '.join(network.spatial_layers())}; got {cam_layer!r}")
     output = network.output_layer
     if "gradcam" in methods:
-        try:  # Grad-CAM's gradient at a layer: before any method runs
-            network.perturbed_fn(cam_layer, output)
-        except ValueError as e:
-            raise ValueError(f"methods: gradcam: {e}") from None
+        check_grad_cam_network(network, cam_layer, output)  # before any method runs
     f = network.score_fn(output)  # the output layer's scores (unit_scores_of), Grad-CAM's too
     x = network.to_input(images)
     scores = np.asarray(jax.jit(f)(network.variables, x))  # what the gradients explain: conv maps averaged
@@ -290,7 +287,7 @@ def randomization_test(network: Network, images: np.ndarray, *,
         "ixg": (PathFamily(_at_image, (), 1), {}, True),
         "ig": (PathFamily(_path_generator(False), (zero, jnp.asarray(alphas), jnp.asarray(weights)), n_steps), {},
                True),
-        "smoothgrad": (PathFamily(_noisy, (_key(seed), jnp.float32(stdev), jnp.float32(1 / nt_samples)), nt_samples),
+        "smoothgrad": (PathFamily(_noisy, (seed_key(seed), jnp.float32(stdev), jnp.float32(1 / nt_samples)), nt_samples),
                        {"absolute": True}, False),
     }
     engine = {"chunk_size": chunk_size, "memory_budget": memory_budget, "devices": devices, "stacked": stack}

@@ -9,12 +9,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["SEED_LIMIT", "check_seed", "unit_indices"]
+__all__ = ["SEED_LIMIT", "check_bool", "check_pair", "check_seed", "fill_array", "unit_indices"]
 
 SEED_LIMIT = 2**32  # seeds are uint32: a larger one would wrap around to a smaller seed silently
 
 
-def _pair(value: Any, name: str) -> tuple[int, int]:
+def check_pair(value: Any, name: str) -> tuple[int, int]:
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         value = (int(value), int(value))
     if (not isinstance(value, (tuple, list)) or len(value) != 2
@@ -87,7 +87,7 @@ def _check_images(images: Any) -> jax.Array:
     return jnp.asarray(images)
 
 
-def _fill_array(fill: Any, images: jax.Array, blur_sigma: float, name: str = "fill") -> tuple[jax.Array, bool]:
+def fill_array(fill: Any, images: jax.Array, blur_sigma: float, name: str = "fill") -> tuple[jax.Array, bool]:
     """The fill as (H, W, C)-broadcastable shared array, or (N, H, W, C) per image; errors name ``name``."""
     n, h, w, c = images.shape
     expected = f"a number, per-channel ({c},), image ({h}, {w}, {c}) or per-image ({n}, {h}, {w}, {c}) values, or 'blur'"
@@ -137,7 +137,7 @@ def check_seed(value: Any, name: str = "seed") -> int:
     return check_int(value, name, 0, SEED_LIMIT - 1)
 
 
-def _check_bool(value: Any, name: str) -> bool:
+def check_bool(value: Any, name: str) -> bool:
     """``value`` as a bool; ``TypeError`` naming ``name`` unless it is True or False."""
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name}: expected True or False, got {value!r}")

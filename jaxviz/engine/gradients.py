@@ -46,7 +46,8 @@ from jaxviz.engine._inputs import check_x, unit_indices
 from jaxviz.engine._plan import abstract, chunk_size_for, probe, signature
 from jaxviz.engine.perturb import _with_params
 
-__all__ = ["GradientPlan", "PathFamily", "gradient_sums", "plan_gradients", "readout"]
+__all__ = ["GradientPlan", "PathFamily", "check_targets", "gradient_sums", "plan_gradients", "readout",
+           "unit_cotangents"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,7 +99,7 @@ class GradientPlan:
         return "targets" if self.targets is not None else "units" if self.units is not None else "scalar"
 
 
-def _check_targets(targets: Any, n: int, width: int) -> np.ndarray:
+def check_targets(targets: Any, n: int, width: int) -> np.ndarray:
     if isinstance(targets, (int, np.integer)) and not isinstance(targets, (bool, np.bool_)):
         targets = np.full(n, int(targets))
     arr = np.asarray(targets) if hasattr(targets, "__len__") or hasattr(targets, "shape") else None
@@ -154,14 +155,14 @@ def plan_gradients(f: Callable, x: Any, *, params: Any, targets: Any, units: Any
         raise ValueError(f"{'targets' if targets is not None else 'units'}: f returns one value per image "
                          "(shape (N,)); there are no outputs to pick")
     if targets is not None:
-        return GradientPlan(fn, params, images, _check_targets(targets, images.shape[0], width), None, width,
+        return GradientPlan(fn, params, images, check_targets(targets, images.shape[0], width), None, width,
                             example_bytes)
     if width:
         units = tuple(range(width)) if units is None else unit_indices(units, width)
     return GradientPlan(fn, params, images, None, units, width, example_bytes)
 
 
-def _cotangents(mode: str, units: tuple[int, ...] | None, out: jax.Array, targets: jax.Array | None) -> jax.Array:
+def unit_cotangents(mode: str, units: tuple[int, ...] | None, out: jax.Array, targets: jax.Array | None) -> jax.Array:
     """(U, chunk, *out) one-hot cotangents: one backward pass per kept unit, batched."""
     if mode == "scalar":
         return jnp.ones_like(out)[None]
@@ -176,7 +177,7 @@ def _pair_gradients(f, generate, count, mode, units, params, images, targets, da
     image_idx, sample_idx = k // count, k % count
     xs, weights = jax.vmap(generate, in_axes=(None, 0, 0, 0))(data, images[image_idx], image_idx, sample_idx)
     out, pullback = jax.vjp(lambda z: f(params, z), xs)
-    cts = _cotangents(mode, units, out, None if targets is None else targets[image_idx])
+    cts = unit_cotangents(mode, units, out, None if targets is None else targets[image_idx])
     grads = jax.vmap(lambda ct: pullback(ct)[0])(cts)  # (U, chunk, H, W, C)
     return jnp.moveaxis(grads, 0, -1), weights, image_idx
 

@@ -38,10 +38,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxviz.engine._inputs import _check_images, _pair, unit_indices
+from jaxviz.engine._inputs import _check_images, check_pair, unit_indices
 from jaxviz.engine.perturb import BLUR_SIGMA, MaskFamily, perturbed_outputs, prepare
 
-__all__ = ["WINDOW", "Occlusion", "occlude", "occlude_one", "unit_indices", "window_spans"]
+__all__ = ["Occlusion", "WINDOW", "check_windows", "occlude", "occlude_one", "unit_indices", "window_spans"]
 
 ANCHORS = ("centered", "valid")
 # The default occluder size (pixels) where occlusion is one attribution method: run_dataset, compare_methods and
@@ -173,9 +173,9 @@ def window_masks(image_shape: tuple[int, int], rows: np.ndarray, cols: np.ndarra
     return MaskFamily(_box_generator(tuple(image_shape)), jnp.asarray(boxes, jnp.int32), len(boxes))
 
 
-def _check_windows(images: jax.Array, window: Any, stride: Any, anchor: Any) -> tuple[np.ndarray, np.ndarray]:
+def check_windows(images: jax.Array, window: Any, stride: Any, anchor: Any) -> tuple[np.ndarray, np.ndarray]:
     h, w = images.shape[1:3]
-    win, st = _pair(window, "window"), _pair(stride, "stride")
+    win, st = check_pair(window, "window"), check_pair(stride, "stride")
     if win[0] < 1 or win[1] < 1 or win[0] > h or win[1] > w:
         raise ValueError(f"window: expected 1 <= window <= image size ({h}, {w}), got {win}")
     if st[0] < 1 or st[1] < 1:
@@ -251,7 +251,7 @@ def occlude(
       TypeError / ValueError naming the argument, before anything is compiled.
     """
     images = _check_images(images)
-    rows, cols = _check_windows(images, window, stride, anchor)
+    rows, cols = check_windows(images, window, stride, anchor)
     p = prepare(f, images, fill=fill, units=units, params=params, blur_sigma=blur_sigma)
     n, h, w, _ = p.images.shape
     grid_shape = (n, len(rows), len(cols), *p.kept)

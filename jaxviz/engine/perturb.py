@@ -33,11 +33,11 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxviz._batching import batch_sharding, map_batches, to_host
 from jaxviz._progress import progress_bar
-from jaxviz.engine._inputs import _check_images, _fill_array, unit_indices
+from jaxviz.engine._inputs import _check_images, fill_array, unit_indices
 from jaxviz.engine._plan import chunk_size_for, probe, signature
 
-__all__ = ["BLUR_SIGMA", "MASK_SUM_PRECISION", "MaskFamily", "Prepared", "mask_weighted_sum", "mask_weighted_sum_of_chunk",
-           "perturbed_outputs", "prepare"]
+__all__ = ["BLUR_SIGMA", "MASK_SUM_PRECISION", "MaskFamily", "Prepared", "kept_units", "mask_weighted_sum",
+           "mask_weighted_sum_of_chunk", "perturbed_outputs", "perturbed_pairs", "prepare"]
 
 BLUR_SIGMA = 3.0  # pixels: the Gaussian blur of fill="blur", the default of every method that takes it
 
@@ -112,12 +112,12 @@ def prepare(f: Callable, images: Any, *, fill: Any, units: Any, params: Any, blu
         if not out_shape:
             raise ValueError("units: f returns one value per image (shape (N,)); there are no units to select")
         units = unit_indices(units, out_shape[-1])
-    fills, per_image_fill = _fill_array(fill, images, blur_sigma)
+    fills, per_image_fill = fill_array(fill, images, blur_sigma)
     kept = out_shape if units is None else (*out_shape[:-1], len(units))
     return Prepared(fn, params, images, fills, per_image_fill, units, kept, example_bytes)
 
 
-def _perturbed(images, fills, per_image_fill, family_data, generate, count, k, materialize):
+def perturbed_pairs(images, fills, per_image_fill, family_data, generate, count, k, materialize):
     """The perturbed copies of pairs ``k`` (image ``k // count``, mask ``k % count``) and their masks."""
     image_idx, mask_idx = k // count, k % count
     masks = jax.vmap(generate, in_axes=(None, 0, 0))(family_data, image_idx, mask_idx)  # (C, H, W)
@@ -127,7 +127,8 @@ def _perturbed(images, fills, per_image_fill, family_data, generate, count, k, m
     return (jax.lax.optimization_barrier(out) if materialize else out), masks, image_idx
 
 
-def _kept(out, units):
+def kept_units(out, units):
+    """``out`` restricted to the kept ``units`` along its last axis (all when None)."""
     return out if units is None else out[..., jnp.asarray(units)]
 
 
@@ -139,8 +140,8 @@ def _outputs_program(f, generate, count, per_image_fill, units, difference, shar
         pairs = images.shape[0] * count
         k = jax.lax.with_sharding_constraint(start + jnp.arange(chunk_size, dtype=jnp.int32), sharding)
         k = jnp.where(k < pairs, k, 0)  # padding repeats pair 0
-        x, _, image_idx = _perturbed(images, fills, per_image_fill, data, generate, count, k, materialize)
-        out = _kept(f(params, x), units)
+        x, _, image_idx = perturbed_pairs(images, fills, per_image_fill, data, generate, count, k, materialize)
+        out = kept_units(f(params, x), units)
         return base[image_idx] - out if difference else out
 
     return jax.jit(chunk, in_shardings=(replicated,) * 6, out_shardings=sharding)
@@ -155,9 +156,9 @@ def _sum_program(f, generate, count, per_image_fill, units, sharding, chunk_size
         pairs = n * count
         k = jax.lax.with_sharding_constraint(start + jnp.arange(chunk_size, dtype=jnp.int32), sharding)
         valid = k < pairs
-        x, masks, image_idx = _perturbed(images, fills, per_image_fill, data, generate, count,
+        x, masks, image_idx = perturbed_pairs(images, fills, per_image_fill, data, generate, count,
                                          jnp.where(valid, k, 0), materialize)
-        out = _kept(f(params, x), units)
+        out = kept_units(f(params, x), units)
         keep = (1 - masks) * valid[:, None, None]  # padding adds nothing
         first = start // count  # the chunk's pairs belong to images first .. first + slots - 1
         slot = jax.nn.one_hot(image_idx - first, slots, dtype=out.dtype) * valid[:, None]
@@ -172,7 +173,7 @@ def _sum_program(f, generate, count, per_image_fill, units, sharding, chunk_size
 
 @functools.lru_cache(maxsize=64)
 def _base_program(f, units):
-    return jax.jit(lambda params, images: _kept(f(params, images), units))
+    return jax.jit(lambda params, images: kept_units(f(params, images), units))
 
 
 def _chunk_size(p: Prepared, pairs: int, shards: int, chunk_size: Any, memory_budget: Any) -> int:

@@ -47,7 +47,7 @@ import numpy as np
 from jaxviz._batching import batch_sharding
 from jaxviz._io import LockHeldError, path_lock
 from jaxviz.attribution.rise import NUM_MASKS_MANY
-from jaxviz.engine._inputs import _check_bool, _fill_array, check_int, unit_indices
+from jaxviz.engine._inputs import check_bool, check_int, fill_array, unit_indices
 from jaxviz.engine._plan import chunk_size_for, probe, signature
 from jaxviz.engine.occlusion import WINDOW
 from jaxviz.engine.perturb import BLUR_SIGMA
@@ -166,7 +166,7 @@ def run_dataset(network: Network, images: Any, out: str | Path, *, method: str =
                keep_grid=keep_grid, images_per_step=images_per_step, chunk_size=chunk_size,
                memory_budget=memory_budget, progress=progress)
     out, shown = job.out, os.fsdecode(out)
-    overwrite = _check_bool(overwrite, "overwrite")
+    overwrite = check_bool(overwrite, "overwrite")
     _check_folder(job, shown, overwrite)
     try:
         if job.lead:  # the lock file lies beside the folder
@@ -275,12 +275,12 @@ def _job(network, images, out, *, method, layer, units, window, stride, anchor, 
                                                       cells=cells, p=p, seed=seed)
     k = min(check_int(k, "k", 1), n)
     batch = min(check_int(images_per_step, "images_per_step", 1), n)  # a larger step would only pad
-    keep_grid = _check_bool(keep_grid, "keep_grid")
+    keep_grid = check_bool(keep_grid, "keep_grid")
     if isinstance(fill, np.ndarray) and fill.ndim == 4:
         raise ValueError("fill: per-image fills are not supported over a dataset; give a number, per-channel (C,) "
                          "or image (H, W, C) values, or 'blur'")
     head, tail = np.asarray(images[0:1]), np.asarray(images[n - 1:n])  # the only reads before the passes
-    fills, per_image_fill = _fill_array(fill, network.to_input(head), BLUR_SIGMA)
+    fills, per_image_fill = fill_array(fill, network.to_input(head), BLUR_SIGMA)
     mesh = batch_sharding().mesh
     per_pair = example_bytes + 2 * h * w * c * 4 + 4 * h * w + 4 * kept  # as the perturbation engine plans
     per_device = -(-batch // mesh.size) * family.count

@@ -19,10 +19,10 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from jaxviz.attribution.ablation import _segment_generator, grid_segments
-from jaxviz.attribution.rise import _check_p, _key, _rise_generator
+from jaxviz.attribution.ablation import grid_segments, segment_generator
+from jaxviz.attribution.rise import check_keep_probability, rise_generator, seed_key
 from jaxviz.engine._inputs import check_int, check_seed
-from jaxviz.engine.occlusion import _check_windows, window_masks
+from jaxviz.engine.occlusion import check_windows, window_masks
 from jaxviz.engine.perturb import MaskFamily
 
 __all__ = ["RUN_METHODS", "method_family"]
@@ -41,21 +41,21 @@ def method_family(method: Any, image_shape: tuple[int, int, int], *, window: Any
     """
     h, w, c = image_shape
     if method == "occlusion":
-        rows, cols = _check_windows(jnp.zeros((1, h, w, c)), window, stride, anchor)
+        rows, cols = check_windows(jnp.zeros((1, h, w, c)), window, stride, anchor)
         options = {"window": list(np.broadcast_to(window, 2).tolist()), "stride": list(np.broadcast_to(stride, 2).tolist()),
                    "anchor": anchor, "row_spans": rows.tolist(), "col_spans": cols.tolist()}
         return window_masks((h, w), rows, cols), (len(rows), len(cols)), 1.0, options
     if method == "ablation":
         cells_side = check_int(segments, "segments", 1, min(h, w))
         labels = grid_segments(h, w, cells=cells_side)
-        family = MaskFamily(_segment_generator(False), jnp.asarray(labels[None]), cells_side * cells_side, (False,))
+        family = MaskFamily(segment_generator(False), jnp.asarray(labels[None]), cells_side * cells_side, (False,))
         return family, (cells_side, cells_side), 1.0, {"segments": cells_side}
     if method == "rise":
         num_masks = check_int(num_masks, "num_masks", 1)
         cells = check_int(cells, "cells", 1, min(h, w))
-        p = _check_p(p)
+        p = check_keep_probability(p)
         seed = check_seed(seed)
-        family = MaskFamily(_rise_generator(cells, (h, w)), (_key(seed), jnp.float32(p)), num_masks,
+        family = MaskFamily(rise_generator(cells, (h, w)), (seed_key(seed), jnp.float32(p)), num_masks,
                             (cells, (h, w)))
         return family, (h, w), 1.0 / (num_masks * p), {"num_masks": num_masks, "cells": cells, "p": p,
                                                        "seed": seed}

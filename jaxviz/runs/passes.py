@@ -19,7 +19,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxviz._progress import progress_bar
-from jaxviz.engine._inputs import _fill_array
+from jaxviz.engine._inputs import fill_array
 from jaxviz.engine.perturb import BLUR_SIGMA, MaskFamily
 from jaxviz.models.network import Network
 from jaxviz.runs import store
@@ -159,7 +159,7 @@ class _Runner:
         job, blocks, t = self.job, self.blocks, time.perf_counter()
         local = blocks.local(step)
         if job.per_image_fill:  # blur, per block
-            fills = blocks.put(np.asarray(_fill_array("blur", job.network.to_input(local), BLUR_SIGMA)[0]))
+            fills = blocks.put(np.asarray(fill_array("blur", job.network.to_input(local), BLUR_SIGMA)[0]))
         else:
             fills = self.shared_fill
         base, unit_weight, class_weight = (blocks.put(blocks.local(step, a)) for a in self._block_inputs(step, record))

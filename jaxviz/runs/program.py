@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from jaxviz.engine.perturb import _kept, _perturbed, mask_weighted_sum_of_chunk
+from jaxviz.engine.perturb import kept_units, mask_weighted_sum_of_chunk, perturbed_pairs
 
 __all__ = ["MapSpec", "base_program", "step_program"]
 
@@ -68,9 +68,9 @@ def _local_maps(spec: MapSpec, f, units, per_image_fill, params, x, fills, data,
 
     def outputs(k):
         valid = k < pairs
-        xs, masks, image = _perturbed(x, fills, per_image_fill, data, spec.generate, count, jnp.where(valid, k, 0),
+        xs, masks, image = perturbed_pairs(x, fills, per_image_fill, data, spec.generate, count, jnp.where(valid, k, 0),
                                       spec.materialize)
-        return _kept(f(params, xs), units), masks, image, valid
+        return kept_units(f(params, xs), units), masks, image, valid
 
     if spec.method == "rise":
         def accumulate(acc, k):
@@ -129,7 +129,7 @@ def base_program(f: Callable, units: tuple[int, ...] | None, classify: Callable 
 
     def local(params, images):
         x = to_input(images)
-        base = _kept(f(params, x), units)
+        base = kept_units(f(params, x), units)
         predicted = (jnp.zeros(x.shape[0], jnp.int32) if classify is None
                      else jnp.argmax(classify(params, x), axis=-1).astype(jnp.int32))
         return tuple(jax.lax.all_gather(a, "batch", tiled=True) for a in (base, predicted))
