@@ -3,7 +3,7 @@
     python -m benchmarks.gradients [--quick] [--gpu] [--no-captum] [--out STEM] [--repeats R]
 
 Claims (ratios of rates measured in one run; the pretrained CNN, the same weights ported to PyTorch for
-Captum, ``benchmarks.torch_port``; every ratio reported whichever way it falls):
+Captum, ``tests/torch_port.py``; every ratio reported whichever way it falls):
   1. Integrated gradients (zero baseline, Gauss-Legendre, 50 steps) of 100 images, one target each
      (the predicted class): jaxviz reaches >= 0.85x the roof, a plain jitted ``jax.vjp`` of the
      logits with the one-hot targets as cotangent (``jax.grad`` of the sum of the target logits) over
@@ -57,9 +57,10 @@ import jaxviz
 from benchmarks._env import benchmark_parser, environment
 from benchmarks.occlusion import RESULTS, take, timed
 from benchmarks.perturbation import port_to_torch, rel_error, timed_keep
-from benchmarks.torch_port import torch_cnn
-from jaxviz.attribution.gradients import ig_coefficients
-from jaxviz.attribution.sanity import _absolute_maps, randomization_layers, randomized_variables, spearman
+from jaxviz.evaluation.sanity import _absolute_maps, randomization_layers, randomized_variables, spearman
+from jaxviz.methods.gradients import ig_coefficients
+
+from torch_port import torch_cnn
 
 METHODS = ("saliency", "ig", "gradcam")
 CAM_LAYER, CAM_MODULE = "conv6", 19  # conv6's ReLU in torch_cnn's Sequential: (conv, bn, relu) x 2 + pool a block

@@ -39,7 +39,8 @@ import numpy as np
 
 import jaxviz
 from benchmarks._env import environment, machine_line
-from benchmarks.references import occlude_notebook, occlude_pair_loop, occlude_position_loop
+
+from references import occlude_notebook, occlude_pair_loop, occlude_position_loop
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PLAIN_BATCH = 256
@@ -260,7 +261,7 @@ def main() -> None:
             import captum  # noqa: F401
             import torch
 
-            from benchmarks.torch_port import torch_cnn
+            from torch_port import torch_cnn
 
             torch.set_num_threads(os.cpu_count() or 1)
             model_t = torch_cnn(model, weights.variables)

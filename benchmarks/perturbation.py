@@ -7,7 +7,7 @@ Claims (ratios from rates measured in one run, at equal numbers of forwards):
   1. Every method's fused engine call reaches >= 0.9x the throughput of a
      plain jitted forward over the same number of images, and >= 2x the
      obvious Python loop (one jitted forward of the whole image batch per
-     mask / segment / step / subset, ``benchmarks.references``).
+     mask / segment / step / subset, ``tests/references.py``).
   2. Feature ablation over an 8x8 grid vs Captum's ``FeatureAblation`` with
      the same feature mask at its best ``perturbations_per_eval``, on the
      same weights ported to PyTorch (the measured ratio, whichever way it falls).
@@ -67,7 +67,8 @@ import numpy as np
 import jaxviz
 from benchmarks._env import ROOT, benchmark_parser, environment
 from benchmarks.occlusion import PLAIN_BATCH, RESULTS, PeakRSS, device_peak_bytes, matmul_peak, take, timed
-from benchmarks.references import ablation_segment_loop, curve_step_loop, mufidelity_subset_loop, rise_mask_loop
+
+from references import ablation_segment_loop, curve_step_loop, mufidelity_subset_loop, rise_mask_loop
 
 GRID = 8  # ablation segments and MuFidelity lattice: 8 x 8 cells
 MEMORY_MASKS = (1000, 4000, 10000)
@@ -119,7 +120,7 @@ def load_models(names: list[str], images: np.ndarray, count: int) -> dict:
         net = weights.network
 
         def torch_cnn_logits(weights=weights):
-            from benchmarks.torch_port import torch_cnn
+            from torch_port import torch_cnn
             return torch_cnn(weights.model, weights.variables, layer="logits")
 
         models["cnn"] = dict(network=net, layer="logits", variables=jax.device_put(weights.variables),

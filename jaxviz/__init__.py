@@ -34,7 +34,6 @@ from jaxviz.analysis.metrics import (
     most_confused_pairs,
 )
 from jaxviz.analysis.topk import TopK, top_k_images, unit_scores
-from jaxviz.analysis.trust import MethodComparison, compare_methods
 from jaxviz.analysis.unit_occlusion import UnitOcclusion, occlude_top_images
 from jaxviz.analysis.units import (
     Selectivity,
@@ -48,21 +47,22 @@ from jaxviz.analysis.units import (
     study_units,
     unit_selectivity,
 )
-from jaxviz.attribution.ablation import Ablation, feature_ablation, grid_segments, slic_segments
-from jaxviz.attribution.faithfulness import Curve, MuFidelity, deletion_curve, insertion_curve, mu_fidelity
-from jaxviz.attribution.gradcam import GradCam, grad_cam
-from jaxviz.attribution.gradients import (
+from jaxviz.data import CIFAR10_CLASSES, Dataset, cache_dir, load_cifar10, load_image_folder, load_sample
+from jaxviz.engine.activations import activation_maps, layer_features
+from jaxviz.evaluation.comparison import MethodComparison, compare_methods
+from jaxviz.evaluation.faithfulness import Curve, MuFidelity, deletion_curve, insertion_curve, mu_fidelity
+from jaxviz.evaluation.sanity import GRADIENT_METHODS, SanityCheck, randomization_test
+from jaxviz.methods.ablation import Ablation, feature_ablation, grid_segments, slic_segments
+from jaxviz.methods.gradcam import GradCam, grad_cam
+from jaxviz.methods.gradients import (
     Gradients,
     input_x_gradient,
     integrated_gradients,
     saliency,
     smoothgrad,
 )
-from jaxviz.attribution.rise import Rise, rise, rise_masks
-from jaxviz.attribution.sanity import GRADIENT_METHODS, SanityCheck, randomization_test
-from jaxviz.data import CIFAR10_CLASSES, Dataset, cache_dir, load_cifar10, load_image_folder, load_sample
-from jaxviz.engine.activations import activation_maps, layer_features
-from jaxviz.engine.occlusion import Occlusion, occlude, occlude_one, unit_indices, window_spans
+from jaxviz.methods.occlusion import Occlusion, occlude, occlude_one, unit_indices, window_spans
+from jaxviz.methods.rise import Rise, rise, rise_masks
 from jaxviz.models.adapters import from_cnn, from_function, from_linen, from_nnx
 from jaxviz.models.checkpoint import check_output_file, prepare_checkpoint_dir
 from jaxviz.models.cnn import CNN, forward, init_variables

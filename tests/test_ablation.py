@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxviz.attribution.ablation import Ablation, feature_ablation, grid_segments, slic_segments
+from jaxviz.methods.ablation import Ablation, feature_ablation, grid_segments, slic_segments
 
 from conftest import make_uint8_images
 from numerics import assert_close

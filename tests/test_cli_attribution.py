@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import jaxviz
-from jaxviz.analysis import trust
 from jaxviz.cli import main
+from jaxviz.evaluation import comparison as trust
 
 from conftest import assert_one_line_error, write_tiny_cli_setup
 from numerics import assert_close

@@ -10,12 +10,12 @@ import pytest
 from scipy.ndimage import gaussian_filter
 
 import jaxviz
-from jaxviz.analysis import trust
 from jaxviz.analysis.unit_occlusion import UNIT_WINDOW
-from jaxviz.attribution import faithfulness
 from jaxviz.cli import build_parser
-from jaxviz.engine.occlusion import WINDOW
 from jaxviz.engine.perturb import BLUR_SIGMA
+from jaxviz.evaluation import comparison as trust
+from jaxviz.evaluation import faithfulness
+from jaxviz.methods.occlusion import WINDOW
 
 from numerics import assert_close
 

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxviz.attribution.faithfulness import Curve, MuFidelity, deletion_curve, insertion_curve, mu_fidelity
+from jaxviz.evaluation.faithfulness import Curve, MuFidelity, deletion_curve, insertion_curve, mu_fidelity
 
 from numerics import assert_close
 
@@ -275,7 +275,7 @@ def test_second_call_does_not_retrace(weights, x, attribution):
 def test_same_deletion_curve_on_four_devices(tmp_path):
     script = textwrap.dedent("""
         import json, sys, jax, jax.numpy as jnp, numpy as np
-        from jaxviz.attribution.faithfulness import deletion_curve
+        from jaxviz.evaluation.faithfulness import deletion_curve
         x = np.asarray(jax.random.uniform(jax.random.key(0), (5, 8, 8, 3)), np.float32)
         a = np.asarray(jax.random.normal(jax.random.key(1), (5, 8, 8)), np.float32)
         w = np.asarray(jax.random.normal(jax.random.key(2), (8 * 8 * 3, 4)), np.float32)

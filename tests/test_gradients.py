@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import jaxviz
-from jaxviz.attribution.gradients import IG_METHODS, ig_coefficients
+from jaxviz.methods.gradients import IG_METHODS, ig_coefficients
 
 from conftest import make_tiny_model, make_uint8_images, randomize_variables
 from numerics import assert_close, max_rel_error
@@ -182,7 +182,7 @@ def test_grad_cam_by_hand_on_a_one_layer_model():
 def cnn_pair():
     torch = pytest.importorskip("torch")
     pytest.importorskip("captum")
-    from benchmarks.torch_port import torch_cnn
+    from torch_port import torch_cnn
 
     torch.manual_seed(0)
     model = make_tiny_model()

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 import jaxviz
-from benchmarks.references import occlude_notebook, occlude_pair_loop, occlude_position_loop
 
 from conftest import make_uint8_images
 from numerics import assert_close, max_rel_error
+from references import occlude_notebook, occlude_pair_loop, occlude_position_loop
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCES = (occlude_notebook, occlude_position_loop, occlude_pair_loop)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import jaxviz
-from jaxviz.engine._plan import default_memory_budget, peak_live_bytes, probe, signature
+from jaxviz.engine.plan import default_memory_budget, peak_live_bytes, probe, signature
 
 from numerics import assert_close
 

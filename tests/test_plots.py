@@ -61,7 +61,7 @@ NUMERICS_MODULES = (
     "jaxviz", "jaxviz._batching", "jaxviz.data", "jaxviz.data.images", "jaxviz.data.cifar10",
     "jaxviz.models.network", "jaxviz.models.adapters", "jaxviz.models.cnn", "jaxviz.models.weights",
     "jaxviz.models.train", "jaxviz.models.checkpoint", "jaxviz.models.loading",
-    "jaxviz.engine.activations", "jaxviz.engine.occlusion", "jaxviz.engine._plan", "jaxviz.engine._inputs",
+    "jaxviz.engine.activations", "jaxviz.methods.occlusion", "jaxviz.engine.plan", "jaxviz.engine.inputs",
     "jaxviz.analysis.topk", "jaxviz.analysis.units", "jaxviz.analysis.unit_occlusion", "jaxviz.analysis.metrics",
     "jaxviz.analysis.masks", "jaxviz.analysis.filters", "jaxviz.analysis.embedding",
     "jaxviz.report", "jaxviz.report.plots", "jaxviz.report.page", "jaxviz.report.analyses", "jaxviz.report.render",

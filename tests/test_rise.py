@@ -14,8 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxviz.attribution.rise import Rise, rise, rise_masks
 from jaxviz.engine import perturb
+from jaxviz.methods.rise import Rise, rise, rise_masks
 
 from numerics import assert_close
 
@@ -168,7 +168,7 @@ def test_chunk_size_does_not_change_results(x):
 def test_same_result_on_four_devices(tmp_path, x):
     script = textwrap.dedent("""
         import json, sys, jax, numpy as np
-        from jaxviz.attribution.rise import rise
+        from jaxviz.methods.rise import rise
         kernel = np.load(sys.argv[1] + "/kernel.npy")
 
         def conv(v):  # test_rise.conv
@@ -390,9 +390,9 @@ def test_num_masks_defaults_have_one_owner_each():
     import inspect
 
     import jaxviz
-    from jaxviz.analysis import trust
-    from jaxviz.attribution.rise import NUM_MASKS, NUM_MASKS_MANY
     from jaxviz.cli import build_parser
+    from jaxviz.evaluation import comparison as trust
+    from jaxviz.methods.rise import NUM_MASKS, NUM_MASKS_MANY
 
     assert (NUM_MASKS, NUM_MASKS_MANY) == (4000, 1000)  # the values before they had one owner
     x = jnp.asarray(np.random.default_rng(0).random((1, 8, 8, 1), np.float32))

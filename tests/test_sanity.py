@@ -8,7 +8,7 @@ import pytest
 from scipy.stats import spearmanr
 
 import jaxviz
-from jaxviz.attribution.sanity import randomization_layers, randomized_variables, spearman
+from jaxviz.evaluation.sanity import randomization_layers, randomized_variables, spearman
 
 from conftest import make_tiny_model, make_uint8_images, randomize_variables
 
@@ -149,7 +149,7 @@ def test_bad_input(tiny_net, kwargs, error, words):
 def test_constant_maps_give_undefined_correlations_and_no_verdict(linear_net):
     """Input x gradient of a black image is 0 everywhere: its correlations are undefined (NaN), the verdict
     is None (neither passes nor fails), the sentence, table and plot say "undefined"."""
-    from jaxviz.attribution.sanity import format_correlation
+    from jaxviz.evaluation.sanity import format_correlation
     from jaxviz.report import plots
 
     images = np.zeros((2, H, W, C), np.uint8)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import jaxviz
-from jaxviz.analysis.trust import METRICS, MethodComparison
+from jaxviz.evaluation.comparison import METRICS, MethodComparison
 
 from conftest import make_uint8_images
 from numerics import assert_close

@@ -15,14 +15,14 @@ import numpy as np
 
 from jaxviz.analysis.masks import apply_mask, heatmap_mask
 from jaxviz.analysis.units import UnitStudy, per_unit
-from jaxviz.engine.occlusion import Occlusion, occlude
+from jaxviz.methods.occlusion import Occlusion, occlude
 from jaxviz.models.network import Network
 
 __all__ = ["UNIT_WINDOW", "UnitOcclusion", "occlude_top_images"]
 
 # The unit study's occluder size (pixels): occlude_top_images and the report (ReportSettings.window, which its
 # method comparison uses too). The notebook's 11 x 11 window; deliberately kept apart from the attribution methods'
-# jaxviz.engine.occlusion.WINDOW (8), so neither default changes the other's results.
+# jaxviz.methods.occlusion.WINDOW (8), so neither default changes the other's results.
 UNIT_WINDOW = 11
 
 

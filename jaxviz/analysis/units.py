@@ -17,7 +17,7 @@ import dataclasses
 import numpy as np
 
 from jaxviz.analysis.topk import TopK, top_k_images
-from jaxviz.engine._inputs import unit_indices
+from jaxviz.engine.inputs import unit_indices
 
 __all__ = ["Selectivity", "SimilarUnits", "UnitPair", "UnitStudy", "active_in_top_k", "pick_units", "similar_units", "study_units",
            "unit_selectivity"]

@@ -40,7 +40,7 @@ from jaxviz.cli.commands import (
     cmd_tsne,
 )
 from jaxviz.cli.runs import add_run_options
-from jaxviz.engine.occlusion import ANCHORS
+from jaxviz.methods.occlusion import ANCHORS
 
 __all__ = ["build_parser", "main"]
 

@@ -24,10 +24,6 @@ import numpy as np
 
 import jaxviz
 from jaxviz import plots
-from jaxviz.analysis.trust import METHODS, cam_layer_for, check_methods, explained_function, method_map
-from jaxviz.attribution.gradients import IG_METHODS, NT_TYPES
-from jaxviz.attribution.rise import NUM_MASKS_MANY
-from jaxviz.attribution.sanity import GRADIENT_METHODS, MODES, PASS_THRESHOLD, format_correlation
 from jaxviz.cli._options import (
     add_data,
     add_model,
@@ -40,7 +36,11 @@ from jaxviz.cli._options import (
 )
 from jaxviz.cli.commands import _dataset_fill, _fill, _indices
 from jaxviz.cli.runs import add_run_options, check_run_options, run_all
-from jaxviz.engine.occlusion import WINDOW
+from jaxviz.evaluation.comparison import METHODS, cam_layer_for, check_methods, explained_function, method_map
+from jaxviz.evaluation.sanity import GRADIENT_METHODS, MODES, PASS_THRESHOLD, format_correlation
+from jaxviz.methods.gradients import IG_METHODS, NT_TYPES
+from jaxviz.methods.occlusion import WINDOW
+from jaxviz.methods.rise import NUM_MASKS_MANY
 from jaxviz.runs.methods import RUN_METHODS
 
 __all__ = ["METHODS", "add_attribute", "add_faithfulness", "add_sanity", "cmd_attribute", "cmd_faithfulness",

@@ -33,8 +33,8 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxviz._batching import batch_sharding, map_batches, to_host
 from jaxviz._progress import progress_bar
-from jaxviz.engine._inputs import _check_images, fill_array, unit_indices
-from jaxviz.engine._plan import chunk_size_for, probe, signature
+from jaxviz.engine.inputs import _check_images, fill_array, unit_indices
+from jaxviz.engine.plan import chunk_size_for, probe, signature
 
 __all__ = ["BLUR_SIGMA", "MASK_SUM_PRECISION", "MaskFamily", "Prepared", "kept_units", "mask_weighted_sum",
            "mask_weighted_sum_of_chunk", "perturbed_outputs", "perturbed_pairs", "prepare"]

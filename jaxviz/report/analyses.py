@@ -16,12 +16,12 @@ from jaxviz._progress import progress_bar
 from jaxviz.analysis.embedding import Embedding, knn_agreement, tsne
 from jaxviz.analysis.metrics import ClassificationReport, classification_report
 from jaxviz.analysis.topk import unit_scores
-from jaxviz.analysis.trust import MethodComparison, compare_methods
 from jaxviz.analysis.unit_occlusion import UnitOcclusion, occlude_top_images
 from jaxviz.analysis.units import SimilarUnits, UnitStudy, similar_units, study_units
-from jaxviz.attribution.sanity import SanityCheck, randomization_test
 from jaxviz.data.images import Dataset
 from jaxviz.engine.activations import layer_features
+from jaxviz.evaluation.comparison import MethodComparison, compare_methods
+from jaxviz.evaluation.sanity import SanityCheck, randomization_test
 from jaxviz.models.network import Network
 from jaxviz.report.settings import ReportSettings, check_against, sanity_methods, study_layer, trust_methods
 

@@ -20,8 +20,8 @@ import numpy as np
 
 from jaxviz._io import atomic_write_bytes
 from jaxviz.analysis.filters import filter_grid
-from jaxviz.analysis.trust import METHODS, compare_methods
-from jaxviz.attribution.sanity import GRADIENT_METHODS, PASS_THRESHOLD
+from jaxviz.evaluation.comparison import METHODS, compare_methods
+from jaxviz.evaluation.sanity import GRADIENT_METHODS, PASS_THRESHOLD
 from jaxviz.report import plots
 from jaxviz.report.analyses import ReportResults
 

@@ -8,12 +8,12 @@ import numbers
 
 import numpy as np
 
-from jaxviz.analysis.trust import METHODS, cam_layer_for
 from jaxviz.analysis.unit_occlusion import UNIT_WINDOW
-from jaxviz.attribution.rise import NUM_MASKS_MANY
-from jaxviz.attribution.sanity import GRADIENT_METHODS, randomization_layers
 from jaxviz.data.images import Dataset
-from jaxviz.engine.occlusion import ANCHORS
+from jaxviz.evaluation.comparison import METHODS, cam_layer_for
+from jaxviz.evaluation.sanity import GRADIENT_METHODS, randomization_layers
+from jaxviz.methods.occlusion import ANCHORS
+from jaxviz.methods.rise import NUM_MASKS_MANY
 from jaxviz.models.network import Network
 
 __all__ = ["MAX_UNITS", "ReportSettings", "check_against", "sanity_methods", "trust_methods"]

@@ -46,11 +46,11 @@ import numpy as np
 
 from jaxviz._batching import batch_sharding
 from jaxviz._io import LockHeldError, path_lock
-from jaxviz.attribution.rise import NUM_MASKS_MANY
-from jaxviz.engine._inputs import check_bool, check_int, fill_array, unit_indices
-from jaxviz.engine._plan import chunk_size_for, probe, signature
-from jaxviz.engine.occlusion import WINDOW
+from jaxviz.engine.inputs import check_bool, check_int, fill_array, unit_indices
 from jaxviz.engine.perturb import BLUR_SIGMA
+from jaxviz.engine.plan import chunk_size_for, probe, signature
+from jaxviz.methods.occlusion import WINDOW
+from jaxviz.methods.rise import NUM_MASKS_MANY
 from jaxviz.models.network import Network
 from jaxviz.runs import store
 from jaxviz.runs.methods import RUN_METHODS, method_family

@@ -17,7 +17,7 @@ from typing import Any
 
 import jax
 
-from jaxviz.engine._inputs import check_int
+from jaxviz.engine.inputs import check_int
 
 __all__ = ["initialize_distributed"]
 

@@ -19,11 +19,11 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from jaxviz.attribution.ablation import grid_segments, segment_generator
-from jaxviz.attribution.rise import check_keep_probability, rise_generator, seed_key
-from jaxviz.engine._inputs import check_int, check_seed
-from jaxviz.engine.occlusion import check_windows, window_masks
+from jaxviz.engine.inputs import check_int, check_seed
 from jaxviz.engine.perturb import MaskFamily
+from jaxviz.methods.ablation import grid_segments, segment_generator
+from jaxviz.methods.occlusion import check_windows, window_masks
+from jaxviz.methods.rise import check_keep_probability, rise_generator, seed_key
 
 __all__ = ["RUN_METHODS", "method_family"]
 

@@ -19,7 +19,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxviz._progress import progress_bar
-from jaxviz.engine._inputs import fill_array
+from jaxviz.engine.inputs import fill_array
 from jaxviz.engine.perturb import BLUR_SIGMA, MaskFamily
 from jaxviz.models.network import Network
 from jaxviz.runs import store

@@ -38,12 +38,12 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.stats import rankdata
 
-from jaxviz.attribution.gradcam import check_grad_cam_network, default_cam_layer, grad_cam_maps
-from jaxviz.attribution.gradients import _at_image, _check_stdevs, _noisy, _path_generator, ig_coefficients
-from jaxviz.attribution.rise import seed_key
-from jaxviz.engine._inputs import check_int, check_seed
-from jaxviz.engine._plan import signature
-from jaxviz.engine.gradients import PathFamily, gradient_sums, plan_gradients
+from jaxviz.engine.backprop import PathFamily, gradient_sums, plan_gradients
+from jaxviz.engine.inputs import check_int, check_seed
+from jaxviz.engine.plan import signature
+from jaxviz.methods.gradcam import check_grad_cam_network, default_cam_layer, grad_cam_maps
+from jaxviz.methods.gradients import _at_image, _check_stdevs, _noisy, _path_generator, ig_coefficients
+from jaxviz.methods.rise import seed_key
 from jaxviz.models.network import Network, unit_scores_of
 
 __all__ = ["GRADIENT_METHODS", "MODES", "SanityCheck", "format_correlation", "randomization_layers",

@@ -36,7 +36,7 @@ import jax
 import numpy as np
 
 from jaxviz._batching import map_batches
-from jaxviz.engine.occlusion import window_spans
+from jaxviz.methods.occlusion import window_spans
 
 __all__ = ["ablation_segment_loop", "curve_step_loop", "mufidelity_subset_loop", "occlude_notebook",
            "occlude_pair_loop", "occlude_position_loop", "rise_mask_loop"]

@@ -23,7 +23,7 @@ import jax.extend.core as jex
 from jax.sharding import Sharding
 
 from jaxviz._batching import round_up
-from jaxviz.engine._inputs import _positive_count
+from jaxviz.engine.inputs import _positive_count
 
 __all__ = ["abstract", "chunk_size_for", "default_memory_budget", "peak_live_bytes", "probe", "signature"]
 

@@ -42,9 +42,9 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxviz._batching import batch_sharding, to_host
 from jaxviz._progress import progress_bar
-from jaxviz.engine._inputs import check_x, unit_indices
-from jaxviz.engine._plan import abstract, chunk_size_for, probe, signature
+from jaxviz.engine.inputs import check_x, unit_indices
 from jaxviz.engine.perturb import _with_params
+from jaxviz.engine.plan import abstract, chunk_size_for, probe, signature
 
 __all__ = ["GradientPlan", "PathFamily", "check_targets", "gradient_sums", "plan_gradients", "readout",
            "unit_cotangents"]

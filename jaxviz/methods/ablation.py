@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxviz.data.images import check_uint8_images
-from jaxviz.engine._inputs import check_int, check_pair, check_x
+from jaxviz.engine.inputs import check_int, check_pair, check_x
 from jaxviz.engine.perturb import BLUR_SIGMA, MaskFamily, perturbed_outputs, prepare
 
 __all__ = ["Ablation", "feature_ablation", "grid_segments", "segment_generator", "segment_labels", "slic_segments"]

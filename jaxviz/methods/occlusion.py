@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxviz.engine._inputs import _check_images, check_pair, unit_indices
+from jaxviz.engine.inputs import _check_images, check_pair, unit_indices
 from jaxviz.engine.perturb import BLUR_SIGMA, MaskFamily, perturbed_outputs, prepare
 
 __all__ = ["Occlusion", "WINDOW", "check_windows", "occlude", "occlude_one", "unit_indices", "window_spans"]

@@ -32,9 +32,9 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxviz._batching import batch_sharding, to_host
 from jaxviz._progress import progress_bar
-from jaxviz.engine._inputs import check_bool, check_x, unit_indices
-from jaxviz.engine._plan import chunk_size_for, probe, signature
-from jaxviz.engine.gradients import check_targets, unit_cotangents
+from jaxviz.engine.backprop import check_targets, unit_cotangents
+from jaxviz.engine.inputs import check_bool, check_x, unit_indices
+from jaxviz.engine.plan import chunk_size_for, probe, signature
 from jaxviz.models.network import Network, unit_scores_of
 
 __all__ = ["GradCam", "INTERPOLATIONS", "check_grad_cam_network", "default_cam_layer", "grad_cam"]

@@ -42,9 +42,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxviz.attribution.ablation import grid_segments
-from jaxviz.engine._inputs import check_int, check_seed, check_x
+from jaxviz.engine.inputs import check_int, check_seed, check_x
 from jaxviz.engine.perturb import BLUR_SIGMA, MaskFamily, perturbed_outputs, prepare
+from jaxviz.methods.ablation import grid_segments
 
 __all__ = ["Curve", "MuFidelity", "check_mu_fidelity_lattice", "check_steps", "deletion_curve", "insertion_curve", "mu_fidelity"]
 

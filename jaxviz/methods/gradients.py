@@ -1,7 +1,7 @@
 """Gradient attributions with Captum's semantics: saliency, input x gradient, integrated gradients, SmoothGrad.
 
 Every method is a sum of gradients of ``f`` at inputs made from each image,
-run by the gradient engine (``jaxviz.engine.gradients``) as one chunked,
+run by the gradient engine (``jaxviz.engine.backprop``) as one chunked,
 sharded, compiled batch of (image, sample) pairs:
 
 * ``saliency``: ``|df_u/dx|`` (Simonyan et al. 2014; Captum ``Saliency``, ``abs=True``);
@@ -34,10 +34,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxviz.attribution.rise import seed_key
-from jaxviz.engine._inputs import check_bool, check_int, fill_array
-from jaxviz.engine.gradients import GradientPlan, PathFamily, gradient_sums, plan_gradients, readout
+from jaxviz.engine.backprop import GradientPlan, PathFamily, gradient_sums, plan_gradients, readout
+from jaxviz.engine.inputs import check_bool, check_int, fill_array
 from jaxviz.engine.perturb import BLUR_SIGMA
+from jaxviz.methods.rise import seed_key
 
 __all__ = ["Gradients", "IG_METHODS", "NT_TYPES", "check_noise_tunnel", "input_x_gradient", "integrated_gradients", "ig_coefficients",
            "saliency", "smoothgrad"]

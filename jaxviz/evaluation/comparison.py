@@ -20,10 +20,12 @@ import jax
 import numpy as np
 from scipy.stats import rankdata
 
-from jaxviz.attribution.ablation import feature_ablation, segment_labels
-from jaxviz.attribution.faithfulness import check_mu_fidelity_lattice, check_steps, deletion_curve, mu_fidelity
-from jaxviz.attribution.gradcam import check_grad_cam_network, default_cam_layer, grad_cam
-from jaxviz.attribution.gradients import (
+from jaxviz.engine.activations import layer_features
+from jaxviz.engine.inputs import check_seed
+from jaxviz.evaluation.faithfulness import check_mu_fidelity_lattice, check_steps, deletion_curve, mu_fidelity
+from jaxviz.methods.ablation import feature_ablation, segment_labels
+from jaxviz.methods.gradcam import check_grad_cam_network, default_cam_layer, grad_cam
+from jaxviz.methods.gradients import (
     check_noise_tunnel,
     ig_coefficients,
     input_x_gradient,
@@ -31,10 +33,8 @@ from jaxviz.attribution.gradients import (
     saliency,
     smoothgrad,
 )
-from jaxviz.attribution.rise import NUM_MASKS_MANY, rise
-from jaxviz.engine._inputs import check_seed
-from jaxviz.engine.activations import layer_features
-from jaxviz.engine.occlusion import WINDOW, occlude
+from jaxviz.methods.occlusion import WINDOW, occlude
+from jaxviz.methods.rise import NUM_MASKS_MANY, rise
 from jaxviz.models.network import Network
 
 __all__ = ["METHODS", "MethodComparison", "check_methods", "compare_methods", "method_map"]

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxviz.engine._inputs import check_int, check_seed, check_x
+from jaxviz.engine.inputs import check_int, check_seed, check_x
 from jaxviz.engine.perturb import BLUR_SIGMA, MaskFamily, mask_weighted_sum, prepare
 
 __all__ = ["NUM_MASKS", "NUM_MASKS_MANY", "Rise", "check_keep_probability", "rise", "rise_generator", "rise_masks",
