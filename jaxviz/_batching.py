@@ -15,6 +15,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxviz._progress import progress_bar
+from jaxviz.checks import ArgumentError
 
 __all__ = ["batch_sharding", "map_batches", "round_up", "to_host"]
 
@@ -65,10 +66,10 @@ def map_batches(
       numpy array (N, ...), the per-row results in input order.
     """
     if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
+        raise ArgumentError("batch_size", f"expected a positive int, got {batch_size!r}")
     n = int(inputs.shape[0])
     if n == 0:
-        raise ValueError("inputs: expected at least one row, got an empty array")
+        raise ArgumentError("inputs", "expected at least one row, got an empty array")
     sharding = batch_sharding(devices)
     batch_size = round_up(min(batch_size, n), sharding.mesh.size)
     outputs = []

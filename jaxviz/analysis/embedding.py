@@ -11,6 +11,8 @@ import time
 
 import numpy as np
 
+from jaxviz.checks import ArgumentError
+
 __all__ = ["Embedding", "knn_agreement", "tsne"]
 
 
@@ -52,17 +54,17 @@ def tsne(features: np.ndarray, *, perplexity: float = 30.0, max_iter: int = 1000
     features = np.asarray(features, np.float32)
     n = len(features)
     if n < 2:
-        raise ValueError(f"features: expected at least 2 points for t-SNE, got {n}")
+        raise ArgumentError("features", f"expected at least 2 points for t-SNE, got {n}")
     if max_iter < 250:
-        raise ValueError(f"max_iter: scikit-learn's TSNE needs >= 250, got {max_iter}")
+        raise ArgumentError("max_iter", f"scikit-learn's TSNE needs >= 250, got {max_iter}")
     indices = np.arange(n)
     if subsample is not None:
         if subsample < 2:
-            raise ValueError(f"subsample: expected >= 2 points or None, got {subsample}")
+            raise ArgumentError("subsample", f"expected >= 2 points or None, got {subsample}")
         if subsample < n:
             indices = np.sort(np.random.default_rng(seed).choice(n, subsample, replace=False))
     if not 0 < perplexity < len(indices):
-        raise ValueError(f"perplexity: expected a value in (0, {len(indices)}) (the number of points), "
+        raise ArgumentError("perplexity", f"expected a value in (0, {len(indices)}) (the number of points), "
                          f"got {perplexity}")
     x = features[indices].reshape(len(indices), -1)
     settings = {"perplexity": perplexity, "max_iter": max_iter, "seed": seed, "init": "pca",
@@ -85,9 +87,9 @@ def knn_agreement(coords: np.ndarray, labels: np.ndarray, num_classes: int, *, k
 
     coords, labels = np.asarray(coords), np.asarray(labels)
     if len(coords) != len(labels):
-        raise ValueError(f"labels: expected {len(coords)} labels (one per point), got {len(labels)}")
+        raise ArgumentError("labels", f"expected {len(coords)} labels (one per point), got {len(labels)}")
     if not 1 <= k < len(coords):
-        raise ValueError(f"k: expected 1 <= k < {len(coords)} (the number of points), got {k}")
+        raise ArgumentError("k", f"expected 1 <= k < {len(coords)} (the number of points), got {k}")
     _, neighbours = NearestNeighbors(n_neighbors=k + 1).fit(coords).kneighbors(coords)
     same = (labels[neighbours[:, 1:]] == labels[:, None]).mean(1)
     return np.array([same[labels == c].mean() if np.any(labels == c) else np.nan for c in range(num_classes)])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from jaxviz.analysis.masks import normalize
+from jaxviz.checks import ArgumentError
 
 __all__ = ["filter_grid"]
 
@@ -25,7 +26,7 @@ def filter_grid(kernels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
     kernels = np.asarray(kernels, np.float32)
     if kernels.ndim != 4:
-        raise ValueError(f"kernels: expected shape (kh, kw, in, out), got {kernels.shape}")
+        raise ArgumentError("kernels", f"expected shape (kh, kw, in, out), got {kernels.shape}")
     kh, kw, cin, cout = kernels.shape
     side = int(np.ceil(np.sqrt(cout)))
     cells = np.ones((side * side, kh, kw, 3), np.float32)

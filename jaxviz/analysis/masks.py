@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from jaxviz.checks import ArgumentError
+
 __all__ = ["apply_mask", "heatmap_mask", "normalize"]
 
 
@@ -37,9 +39,9 @@ def heatmap_mask(heatmap: np.ndarray, image_size: tuple[int, int], *, threshold:
 
     heatmap = np.asarray(heatmap, np.float64)
     if heatmap.ndim != 2:
-        raise ValueError(f"heatmap: expected shape (rows, cols), got {heatmap.shape}")
+        raise ArgumentError("heatmap", f"expected shape (rows, cols), got {heatmap.shape}")
     if not 0.0 <= low <= 1.0:
-        raise ValueError(f"low: expected a value in [0, 1], got {low}")
+        raise ArgumentError("low", f"expected a value in [0, 1], got {low}")
     h, w = image_size
     mask = zoom(normalize(heatmap), (h / heatmap.shape[0], w / heatmap.shape[1]), order=1)
     mask = gaussian_filter(mask[:h, :w], sigma=sigma)
@@ -54,6 +56,6 @@ def apply_mask(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[:2] != np.shape(mask):
-        raise ValueError(f"mask: expected shape {image.shape[:2]} to match the image, got {np.shape(mask)}")
+        raise ArgumentError("mask", f"expected shape {image.shape[:2]} to match the image, got {np.shape(mask)}")
     out = image.astype(np.float32) * np.asarray(mask, np.float32)[..., None]
     return out.round().astype(image.dtype) if np.issubdtype(image.dtype, np.integer) else out.astype(image.dtype)

@@ -10,6 +10,8 @@ import dataclasses
 
 import numpy as np
 
+from jaxviz.checks import ArgumentError
+
 __all__ = ["ClassificationReport", "ConfusedPair", "classification_report", "confusion_matrix", "most_confused_pairs"]
 
 
@@ -17,7 +19,7 @@ def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: i
     """int64 (classes, classes): row = true class, column = predicted class."""
     labels, predictions = np.asarray(labels), np.asarray(predictions)
     if labels.shape != predictions.shape or labels.ndim != 1:
-        raise ValueError(f"predictions: expected shape {labels.shape} like labels, got {predictions.shape}")
+        raise ArgumentError("predictions", f"expected shape {labels.shape} like labels, got {predictions.shape}")
     for name, arr in (("labels", labels), ("predictions", predictions)):
         if arr.size and (arr.min() < 0 or arr.max() >= num_classes):
             raise ValueError(f"{name}: expected values in [0, {num_classes}), got {arr.min()}..{arr.max()}")
@@ -54,10 +56,10 @@ def most_confused_pairs(cm: np.ndarray, class_names: tuple[str, ...], *, top: in
     """
     cm = np.asarray(cm)
     if cm.ndim != 2 or cm.shape[0] != cm.shape[1] or len(class_names) != cm.shape[0]:
-        raise ValueError(f"class_names: expected {cm.shape[0] if cm.ndim else 0} names for a square confusion "
+        raise ArgumentError("class_names", f"expected {cm.shape[0] if cm.ndim else 0} names for a square confusion "
                          f"matrix of shape {cm.shape}, got {len(class_names)}")
     if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or top < 1:
-        raise ValueError(f"top: expected a positive int, got {top!r}")
+        raise ArgumentError("top", f"expected a positive int, got {top!r}")
     pairs = []
     for a in range(len(cm)):
         for b in range(a + 1, len(cm)):
@@ -107,7 +109,7 @@ def classification_report(labels: np.ndarray, logits: np.ndarray, class_names: t
     """
     logits = np.asarray(logits)
     if logits.ndim != 2 or logits.shape[1] != len(class_names):
-        raise ValueError(f"logits: expected shape (N, {len(class_names)}), got {logits.shape}")
+        raise ArgumentError("logits", f"expected shape (N, {len(class_names)}), got {logits.shape}")
     predictions = logits.argmax(1)
     cm = confusion_matrix(labels, predictions, len(class_names))
     present = cm.sum(1) > 0

@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxviz.checks import ArgumentError
+
 __all__ = ["TopK", "top_k_images", "unit_scores"]
 
 REDUCTIONS = ("mean", "max")
@@ -23,12 +25,12 @@ def unit_scores(features: np.ndarray, *, reduce: str = "mean") -> np.ndarray:
       float32 (N, units).
     """
     if reduce not in REDUCTIONS:
-        raise ValueError(f"reduce: expected one of {REDUCTIONS}, got {reduce!r}")
+        raise ArgumentError("reduce", f"expected one of {REDUCTIONS}, got {reduce!r}")
     features = np.asarray(features, np.float32)
     if features.ndim == 2:
         return features
     if features.ndim < 2:
-        raise ValueError(f"features: expected (N, units), (N, h, w, channels) or (N, ..., units), "
+        raise ArgumentError("features", f"expected (N, units), (N, h, w, channels) or (N, ..., units), "
                          f"got shape {features.shape}")
     axes = tuple(range(1, features.ndim - 1))  # (h, w) for conv maps; every axis between batch and units
     return features.mean(axis=axes) if reduce == "mean" else features.max(axis=axes)
@@ -70,10 +72,10 @@ def top_k_images(scores: np.ndarray, k: int) -> TopK:
     """
     scores = np.asarray(scores)
     if scores.ndim != 2:
-        raise ValueError(f"scores: expected shape (N, units), got {scores.shape}")
+        raise ArgumentError("scores", f"expected shape (N, units), got {scores.shape}")
     if scores.shape[0] == 0:
-        raise ValueError("scores: expected at least one image, got an empty dataset")
+        raise ArgumentError("scores", "expected at least one image, got an empty dataset")
     if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or not 1 <= k <= scores.shape[0]:
-        raise ValueError(f"k: expected an int in [1, {scores.shape[0]}] (the dataset size), got {k!r}")
+        raise ArgumentError("k", f"expected an int in [1, {scores.shape[0]}] (the dataset size), got {k!r}")
     values, indices = _top_k(jnp.asarray(scores, jnp.float32), int(k))
     return TopK(np.asarray(indices, np.int64).T, np.asarray(values, np.float32).T)

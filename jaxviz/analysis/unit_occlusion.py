@@ -15,6 +15,7 @@ import numpy as np
 
 from jaxviz.analysis.masks import apply_mask, heatmap_mask
 from jaxviz.analysis.units import UnitStudy, per_unit
+from jaxviz.checks import ArgumentError, ArgumentTypeError
 from jaxviz.methods.occlusion import Occlusion, occlude
 from jaxviz.models.network import Network
 
@@ -72,16 +73,16 @@ def occlude_top_images(network: Network, study: UnitStudy, images: np.ndarray, *
         images than the study's (its indices would pick the wrong images or units).
     """
     if not isinstance(network, Network):
-        raise TypeError(f"network: expected a jaxviz.Network (e.g. weights.network), got {type(network).__name__}")
+        raise ArgumentTypeError("network", f"expected a jaxviz.Network (e.g. weights.network), got {type(network).__name__}")
     if not isinstance(study, UnitStudy):
-        raise TypeError(f"study: expected a UnitStudy from jaxviz.study_units, got {type(study).__name__}")
+        raise ArgumentTypeError("study", f"expected a UnitStudy from jaxviz.study_units, got {type(study).__name__}")
     network.check_layer(layer)
     units = network.num_units(layer)  # network.score_fn's scores, the study's
     if study.scores.shape[1] != units:
-        raise ValueError(f"layer: {layer!r} has {units} units, but the study scores {study.scores.shape[1]}: "
+        raise ArgumentError("layer", f"{layer!r} has {units} units, but the study scores {study.scores.shape[1]}: "
                          "pass the layer the study was made on")
     if len(images) != study.scores.shape[0]:
-        raise ValueError(f"images: expected the {study.scores.shape[0]} images the study was made on (its indices "
+        raise ArgumentError("images", f"expected the {study.scores.shape[0]} images the study was made on (its indices "
                          f"point into them), got {len(images)}")
     flat = study.shown_indices()
     owner = study.shown_owner()

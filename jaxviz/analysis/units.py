@@ -17,6 +17,7 @@ import dataclasses
 import numpy as np
 
 from jaxviz.analysis.topk import TopK, top_k_images
+from jaxviz.checks import ArgumentError
 from jaxviz.engine.inputs import unit_indices
 
 __all__ = ["Selectivity", "SimilarUnits", "UnitPair", "UnitStudy", "active_in_top_k", "pick_units", "similar_units", "study_units",
@@ -61,7 +62,7 @@ def active_in_top_k(top_indices: np.ndarray, scores: np.ndarray) -> np.ndarray:
     fills the remaining slots with ties in index order, which say nothing."""
     scores = np.asarray(scores)
     if scores.ndim != 2 or scores.shape[1] != top_indices.shape[1]:
-        raise ValueError(f"scores: expected shape (N, {top_indices.shape[1]}), got {scores.shape}")
+        raise ArgumentError("scores", f"expected shape (N, {top_indices.shape[1]}), got {scores.shape}")
     return scores[top_indices, np.arange(top_indices.shape[1])] > scores.min(0)
 
 
@@ -85,11 +86,11 @@ def unit_selectivity(top_indices: np.ndarray, labels: np.ndarray, num_classes: i
     top_indices = np.asarray(top_indices)
     labels = np.asarray(labels)
     if top_indices.ndim != 2:
-        raise ValueError(f"top_indices: expected shape (K, units), got {top_indices.shape}")
+        raise ArgumentError("top_indices", f"expected shape (K, units), got {top_indices.shape}")
     if num_classes < 2:
-        raise ValueError(f"num_classes: expected >= 2, got {num_classes}")
+        raise ArgumentError("num_classes", f"expected >= 2, got {num_classes}")
     if top_indices.size and top_indices.max() >= len(labels):
-        raise ValueError(f"top_indices: index {top_indices.max()} out of range for {len(labels)} labels")
+        raise ArgumentError("top_indices", f"index {top_indices.max()} out of range for {len(labels)} labels")
     k, units = top_indices.shape
     counted = np.ones(top_indices.shape, bool) if scores is None else active_in_top_k(top_indices, scores)
     classes = labels[top_indices]  # (K, units)
@@ -187,7 +188,7 @@ def pick_units(selectivity: Selectivity, count: int, *, alive: np.ndarray | None
     """
     check_count(count, "count")
     if alive is not None and np.shape(alive) != np.shape(selectivity.score):
-        raise ValueError(f"alive: expected a bool array of shape {np.shape(selectivity.score)}, "
+        raise ArgumentError("alive", f"expected a bool array of shape {np.shape(selectivity.score)}, "
                          f"got shape {np.shape(alive)}")
     ranking = [int(u) for u in selectivity.ranking() if alive is None or alive[u]]
     picked, seen = [], set()
@@ -236,7 +237,7 @@ def per_unit(values: np.ndarray, num_units: int) -> np.ndarray:
     """Regroup unit-major rows (units * K, ...) as (K, units, ...): column j holds unit j's rows."""
     values = np.asarray(values)
     if values.shape[0] % num_units:
-        raise ValueError(f"values: expected a multiple of {num_units} rows (units * K), got {values.shape[0]}")
+        raise ArgumentError("values", f"expected a multiple of {num_units} rows (units * K), got {values.shape[0]}")
     return np.swapaxes(values.reshape(num_units, -1, *values.shape[1:]), 0, 1)
 
 

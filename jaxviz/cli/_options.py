@@ -13,6 +13,7 @@ import typing
 from pathlib import Path
 
 import jaxviz
+from jaxviz.checks import ArgumentError
 from jaxviz.data import to_grayscale
 
 DATA_CHOICES = ("sample", "cifar10", "folder")
@@ -86,16 +87,14 @@ def add_fields(p: argparse.ArgumentParser, cls, names: typing.Sequence[str], hel
 
 def as_option(error: Exception, names: typing.Sequence[str],
               options: typing.Mapping[str, str] | None = None) -> Exception:
-    """``error`` (``ValueError``/``TypeError``) with its leading field name ("k: ...") given as
-    the option ("--k: ..."), when the field is one of ``names``; ``widths[1]`` becomes ``--widths[1]``.
-    ``options`` maps the fields (arguments) whose option is named otherwise to it (``ig_steps`` ->
-    ``--n-steps``)."""
-    name, _, rest = str(error).partition(": ")
-    field, index = name.partition("[")[0], "".join(name.partition("[")[1:])
-    options = options or {}
-    if not rest or (field not in names and field not in options):
-        return type(error)(str(error))
-    return type(error)(f"{options.get(field, flag(field))}{index}: {rest}")
+    """``error`` naming the command's option instead of the API's argument, when it is an ``ArgumentError``
+    whose argument is one of ``names`` (option ``--name``, underscores as dashes) or a key of ``options``
+    (``{"ig_steps": "--n-steps"}``); an index is kept (``widths[1]`` -> ``--widths[1]``). Every other error
+    is returned as it is. The one place where the command line renames arguments."""
+    renames = {**{n: flag(n) for n in names}, **(options or {})}
+    if isinstance(error, ArgumentError) and error.base_name in renames:
+        return error.renamed(renames[error.base_name])
+    return error
 
 
 def settings_from(cls, args, names: typing.Sequence[str]):

@@ -247,10 +247,7 @@ def _explained(args, network: jaxviz.Network) -> tuple[str, bool, int]:
         outputs = int(np.prod(network.output_shape(layer)))
     else:
         layer, softmax = args.layer or network.feature_layer, False
-        try:
-            network.check_layer(layer)
-        except (ValueError, TypeError) as e:
-            raise type(e)(f"--{e}") from None
+        network.check_layer(layer, "--layer")
         outputs = network.num_units(layer)  # network.score_fn's scores
     return layer, softmax, outputs
 
@@ -307,10 +304,7 @@ def _check_cam_layer(args, network: jaxviz.Network, layer: str) -> None:
     if "gradcam" not in methods:
         return
     if args.cam_layer is not None:
-        try:
-            network.check_layer(args.cam_layer)
-        except (ValueError, TypeError) as e:
-            raise type(e)(f"--cam-{e}") from None
+        network.check_layer(args.cam_layer, "--cam-layer")
         if args.cam_layer not in network.spatial_layers() or \
                 network.layer_names.index(args.cam_layer) >= network.layer_names.index(layer):
             before = [n for n in network.spatial_layers()
@@ -377,10 +371,7 @@ def _attribute_all(args) -> None:
 
     def choose(data, network):
         layer = args.layer or network.output_layer
-        try:
-            network.check_layer(layer)
-        except (ValueError, TypeError) as e:
-            raise type(e)(f"--{e}") from None
+        network.check_layer(layer, "--layer")
         h, w = network.input_spec.shape[:2]
         _check_sizes(args, h, w, 1)
         return {"layer": layer, "units": args.units, "fill": _dataset_fill(args.fill, data, network),

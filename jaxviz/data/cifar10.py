@@ -37,6 +37,7 @@ import numpy as np
 
 from jaxviz._io import atomic_path, file_digest
 from jaxviz._progress import progress_bar
+from jaxviz.checks import ArgumentError
 from jaxviz.data.images import CIFAR10_CLASSES, Dataset
 
 __all__ = ["CIFAR10_BASE_URL", "RECORDS_PER_FILE", "DownloadError", "cache_dir", "load_cifar10"]
@@ -123,14 +124,14 @@ def load_cifar10(split: str = "test", *, data_dir: str | os.PathLike | None = No
       DownloadError: the download failed (an ``OSError``).
     """
     if split not in ("train", "test"):
-        raise ValueError(f"split: expected 'train' or 'test', got {split!r}")
+        raise ArgumentError("split", f"expected 'train' or 'test', got {split!r}")
     if layout not in _LAYOUTS:
-        raise ValueError(f"layout: expected 'binary' or 'python', got {layout!r}")
+        raise ArgumentError("layout", f"expected 'binary' or 'python', got {layout!r}")
     spec = _LAYOUTS[layout]
     if md5 is None:
         md5 = spec["md5"]
     elif not (isinstance(md5, str) and len(md5) == 32 and all(c in "0123456789abcdefABCDEF" for c in md5)):
-        raise ValueError(f"md5: expected 32 hex digits, got {md5!r}")
+        raise ArgumentError("md5", f"expected 32 hex digits, got {md5!r}")
     md5 = md5.lower()
 
     if data_dir is not None:

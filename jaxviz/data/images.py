@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxviz.checks import ArgumentError, ArgumentTypeError
+
 __all__ = [
     "CIFAR10_CLASSES",
     "LUMA_WEIGHTS",
@@ -78,7 +80,7 @@ class Dataset:
             return self
         missing = [c for c in self.class_names if c not in class_names]
         if missing:
-            raise ValueError(f"class_names: the data has classes {missing} that the model does not know "
+            raise ArgumentError("class_names", f"the data has classes {missing} that the model does not know "
                              f"(model classes: {list(class_names)})")
         mapping = np.array([class_names.index(c) for c in self.class_names], np.int64)
         return Dataset(self.images, mapping[self.labels], class_names, self.source)
@@ -87,7 +89,7 @@ class Dataset:
         """The images at ``indices`` (any order, repeats allowed)."""
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if idx.size and (idx.min() < -len(self) or idx.max() >= len(self)):
-            raise ValueError(f"indices: expected values in [-{len(self)}, {len(self)}), "
+            raise ArgumentError("indices", f"expected values in [-{len(self)}, {len(self)}), "
                              f"got {idx.min()}..{idx.max()}")
         return Dataset(self.images[idx], self.labels[idx], self.class_names, self.source)
 
@@ -116,7 +118,7 @@ def to_grayscale(images: np.ndarray) -> np.ndarray:
     """
     check_uint8_images(images, "images")
     if images.shape[-1] != 3:
-        raise ValueError(f"images: expected RGB images (N, H, W, 3), got {images.shape[-1]} channels")
+        raise ArgumentError("images", f"expected RGB images (N, H, W, 3), got {images.shape[-1]} channels")
     luma = images.astype(np.float64) @ np.asarray(LUMA_WEIGHTS)
     return np.clip(np.rint(luma), 0, 255).astype(np.uint8)[..., None]
 
@@ -203,7 +205,7 @@ def load_image_folder(root: str | os.PathLike, *, class_names: Sequence[str] | N
             stray = sorted(p.name for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
             hint = (f" but {len(stray)} file(s), e.g. {stray[0]!r}; expected root/<class>/<image>: "
                     f"was this a class folder rather than the folder above it?" if stray else "")
-            raise ValueError(f"root: expected class sub-folders under {str(root)!r}, found none{hint}")
+            raise ArgumentError("root", f"expected class sub-folders under {str(root)!r}, found none{hint}")
     else:
         class_names = _check_class_names(class_names)
         missing = [c for c in class_names if c not in found]
@@ -220,7 +222,7 @@ def load_image_folder(root: str | os.PathLike, *, class_names: Sequence[str] | N
                     f"root: class folder {str(folder)!r} has no images; add images to it or remove it "
                     f"(every sub-folder of {str(root)!r} is a class, and an empty one would be a class "
                     f"without images that shifts the labels of the classes after it)")
-            raise ValueError(f"class_names: the folder of class {name!r}, {str(folder)!r}, has no images; "
+            raise ArgumentError("class_names", f"the folder of class {name!r}, {str(folder)!r}, has no images; "
                              f"add images to it or leave {name!r} out of class_names")
         files.append(entries)
 
@@ -241,20 +243,20 @@ def load_image_folder(root: str | os.PathLike, *, class_names: Sequence[str] | N
 
 def _check_class_names(class_names) -> tuple[str, ...]:
     if isinstance(class_names, (str, bytes)):
-        raise TypeError(f"class_names: expected a sequence of folder names, got the single string {class_names!r}")
+        raise ArgumentTypeError("class_names", f"expected a sequence of folder names, got the single string {class_names!r}")
     try:
         names = tuple(class_names)
     except TypeError:
-        raise TypeError(f"class_names: expected a sequence of folder names, "
+        raise ArgumentTypeError("class_names", f"expected a sequence of folder names, "
                         f"got {type(class_names).__name__}") from None
     bad = [n for n in names if not isinstance(n, str)]
     if bad:
-        raise TypeError(f"class_names: expected folder names (str), got {bad[0]!r} ({type(bad[0]).__name__})")
+        raise ArgumentTypeError("class_names", f"expected folder names (str), got {bad[0]!r} ({type(bad[0]).__name__})")
     if not names:
-        raise ValueError("class_names: expected at least one class name, got none")
+        raise ArgumentError("class_names", "expected at least one class name, got none")
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        raise ValueError(f"class_names: expected distinct names, got {duplicates} more than once")
+        raise ArgumentError("class_names", f"expected distinct names, got {duplicates} more than once")
     return names
 
 
@@ -278,7 +280,7 @@ def _read_rgb(path: Path) -> np.ndarray:
         raise
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
         # OSError includes UnidentifiedImageError and truncated files
-        raise ValueError(f"root: {str(path)!r} is not a readable image ({e})") from None
+        raise ArgumentError("root", f"{str(path)!r} is not a readable image ({e})") from None
 
 
 def _pixels_to_rgb(im, path: Path) -> np.ndarray:

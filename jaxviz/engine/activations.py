@@ -14,6 +14,7 @@ import functools
 import numpy as np
 
 from jaxviz._batching import map_batches
+from jaxviz.checks import ArgumentError, ArgumentTypeError
 from jaxviz.models.network import Network
 
 __all__ = ["activation_maps", "layer_features"]
@@ -21,7 +22,7 @@ __all__ = ["activation_maps", "layer_features"]
 
 def _check_network(network) -> None:
     if not isinstance(network, Network):
-        raise TypeError(f"network: expected a jaxviz.Network (e.g. weights.network, jaxviz.from_linen(...)), "
+        raise ArgumentTypeError("network", f"expected a jaxviz.Network (e.g. weights.network, jaxviz.from_linen(...)), "
                         f"got {type(network).__name__}")
 
 
@@ -48,7 +49,7 @@ def layer_features(network: Network, images: np.ndarray, *, layer: str | None = 
     network.check_layer(layer)
     network.input_spec.check_images(images)
     if len(images) == 0:
-        raise ValueError("images: expected at least one image, got an empty array")
+        raise ArgumentError("images", "expected at least one image, got an empty array")
     program = network.uint8_fn(layer)
     return map_batches(functools.partial(program, network.variables), images, batch_size=batch_size,
                        progress=progress and (progress if isinstance(progress, str) else f"features {layer}"))
@@ -61,6 +62,6 @@ def activation_maps(network: Network, images: np.ndarray, *, layer: str) -> np.n
     shape = network.output_shape(layer)
     if len(shape) != 3:
         spatial = [n for n in network.layer_names if len(network.output_shape(n)) == 3]
-        raise ValueError(f"layer: expected a layer with (h, w, channels) maps for activation maps; {layer!r} has "
+        raise ArgumentError("layer", f"expected a layer with (h, w, channels) maps for activation maps; {layer!r} has "
                          f"shape {shape}. Layers with maps: {', '.join(spatial) or 'none'}")
     return layer_features(network, images, layer=layer)

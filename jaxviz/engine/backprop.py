@@ -42,6 +42,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxviz._batching import batch_sharding, to_host
 from jaxviz._progress import progress_bar
+from jaxviz.checks import ArgumentError, ArgumentTypeError
 from jaxviz.engine.inputs import check_x, unit_indices
 from jaxviz.engine.perturb import _with_params
 from jaxviz.engine.plan import abstract, chunk_size_for, probe, signature
@@ -104,11 +105,11 @@ def check_targets(targets: Any, n: int, width: int) -> np.ndarray:
         targets = np.full(n, int(targets))
     arr = np.asarray(targets) if hasattr(targets, "__len__") or hasattr(targets, "shape") else None
     if arr is None or arr.dtype == bool or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
-        raise TypeError(f"targets: expected an int or {n} ints (one output per image), got {targets!r}")
+        raise ArgumentTypeError("targets", f"expected an int or {n} ints (one output per image), got {targets!r}")
     if arr.shape != (n,):
-        raise ValueError(f"targets: expected one output index per image, shape ({n},), got shape {arr.shape}")
+        raise ArgumentError("targets", f"expected one output index per image, shape ({n},), got shape {arr.shape}")
     if arr.min() < 0 or arr.max() >= width:
-        raise ValueError(f"targets: expected indices in [0, {width}) of f's last output axis, got "
+        raise ArgumentError("targets", f"expected indices in [0, {width}) of f's last output axis, got "
                          f"{arr.tolist()}")
     return arr.astype(np.int32)
 
@@ -135,16 +136,16 @@ def plan_gradients(f: Callable, x: Any, *, params: Any, targets: Any, units: Any
     """
     images = check_x(x)
     if not callable(f):
-        raise TypeError(f"f: expected a callable, got {type(f).__name__}")
+        raise ArgumentTypeError("f", f"expected a callable, got {type(f).__name__}")
     fn = f if params is not None else _with_params(f)
     sig = signature(params) if params_sig is None else params_sig
     out_shape, example_bytes = probe(fn, True, sig, tuple(images.shape[1:]), images.dtype)
     out_dtype = _output_dtype(fn, sig, tuple(images.shape[1:]), images.dtype)
     if not jnp.issubdtype(out_dtype, jnp.floating):
-        raise TypeError(f"f: expected float outputs, got {out_dtype} (the gradient of an integer- or bool-valued "
+        raise ArgumentTypeError("f", f"expected float outputs, got {out_dtype} (the gradient of an integer- or bool-valued "
                         "function is zero everywhere: return the scores before rounding or argmax)")
     if len(out_shape) > 1:
-        raise ValueError(f"f: expected one value (N,) or a vector (N, K) per image, got outputs of shape "
+        raise ArgumentError("f", f"expected one value (N,) or a vector (N, K) per image, got outputs of shape "
                          f"(N, {', '.join(map(str, out_shape))}); reduce them first (for a network layer: "
                          "network.score_fn(layer) averages conv maps over (h, w))")
     width = out_shape[0] if out_shape else 0

@@ -9,18 +9,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["SEED_LIMIT", "check_bool", "check_pair", "check_seed", "fill_array", "unit_indices"]
+from jaxviz.checks import ArgumentError, ArgumentTypeError
 
-SEED_LIMIT = 2**32  # seeds are uint32: a larger one would wrap around to a smaller seed silently
+__all__ = ["check_images", "check_x", "fill_array", "unit_indices"]
 
 
-def check_pair(value: Any, name: str) -> tuple[int, int]:
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        value = (int(value), int(value))
-    if (not isinstance(value, (tuple, list)) or len(value) != 2
-            or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value)):
-        raise TypeError(f"{name}: expected an int or a pair of ints (h, w), got {value!r}")
-    return int(value[0]), int(value[1])
 
 
 def unit_indices(units: Any, width: int, name: str = "units") -> tuple[int, ...]:
@@ -57,33 +50,20 @@ def unit_indices(units: Any, width: int, name: str = "units") -> tuple[int, ...]
     return indices
 
 
-def _positive_count(value: Any, name: str, what: str) -> int | None:
-    """``None`` or a positive integer (an int, numpy int, or an integral float such as ``1e8``)."""
-    if value is None:
-        return None
-    if isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name}: expected a positive number of {what} or None, got {value!r}")
-    if isinstance(value, (float, np.floating)) and float(value).is_integer():
-        value = int(value)
-    if not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name}: expected a positive number of {what} or None, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name}: expected a positive number of {what} or None, got {value!r}")
-    return int(value)
 
-
-def _check_images(images: Any) -> jax.Array:
+def check_images(images: Any, name: str = "images") -> jax.Array:
+    """A float (N, H, W, C) batch of model input with N >= 1 and finite values; errors name ``name``."""
     if not hasattr(images, "shape") or not hasattr(images, "dtype"):
-        raise TypeError(f"images: expected an array (N, H, W, C), got {type(images).__name__}")
+        raise ArgumentTypeError(name, f"expected an array (N, H, W, C), got {type(images).__name__}")
     if images.ndim != 4:
-        raise ValueError(f"images: expected rank 4 (N, H, W, C), got shape {tuple(images.shape)}")
+        raise ArgumentError(name, f"expected rank 4 (N, H, W, C), got shape {tuple(images.shape)}")
     if not jnp.issubdtype(images.dtype, jnp.floating):
-        raise TypeError(f"images: expected a floating dtype (model input: convert uint8 pixels with "
+        raise ArgumentTypeError(name, f"expected a floating dtype (model input: convert uint8 pixels with "
                         f"network.to_input(images)), got {images.dtype}")
     if images.shape[0] == 0:
-        raise ValueError("images: expected at least one image, got N = 0")
+        raise ArgumentError(name, "expected at least one image, got N = 0")
     if not bool(jnp.isfinite(jnp.asarray(images)).all()):
-        raise ValueError("images: contains NaN or infinite values")
+        raise ArgumentError(name, "contains NaN or infinite values")
     return jnp.asarray(images)
 
 
@@ -95,7 +75,7 @@ def fill_array(fill: Any, images: jax.Array, blur_sigma: float, name: str = "fil
         if fill != "blur":
             raise ValueError(f"{name}: expected {expected}; got the string {fill!r}")
         if not isinstance(blur_sigma, (int, float, np.integer, np.floating)) or not 0 < blur_sigma < np.inf:
-            raise ValueError(f"blur_sigma: expected a positive number of pixels, got {blur_sigma!r}")
+            raise ArgumentError("blur_sigma", f"expected a positive number of pixels, got {blur_sigma!r}")
         from scipy.ndimage import gaussian_filter
         blurred = gaussian_filter(np.asarray(images, np.float32), sigma=(0, blur_sigma, blur_sigma, 0))
         return jnp.asarray(blurred, images.dtype), True
@@ -117,36 +97,9 @@ def fill_array(fill: Any, images: jax.Array, blur_sigma: float, name: str = "fil
     return (arr if per_image else jnp.broadcast_to(arr, (h, w, c))), per_image
 
 
-def check_int(value: Any, name: str, low: int, high: int | None = None, what: str = "") -> int:
-    """``value`` as an int in ``[low, high]`` (no upper bound when ``high`` is None); bools are refused.
 
-    Raises:
-      TypeError: not an int; ValueError: out of range. Both name ``name``, the range (and ``what``).
-    """
-    expected = f"an int >= {low}" if high is None else f"an int in [{low}, {high}]"
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name}: expected {expected}{what}, got {value!r}")
-    if value < low or (high is not None and value > high):
-        raise ValueError(f"{name}: expected {expected}{what}, got {value!r}")
-    return int(value)
-
-
-def check_seed(value: Any, name: str = "seed") -> int:
-    """``value`` as a seed in ``[0, 2**32)``: the one rule for every seed (a larger or negative one would wrap
-    around silently to another seed's stream)."""
-    return check_int(value, name, 0, SEED_LIMIT - 1)
-
-
-def check_bool(value: Any, name: str) -> bool:
-    """``value`` as a bool; ``TypeError`` naming ``name`` unless it is True or False."""
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name}: expected True or False, got {value!r}")
-    return bool(value)
 
 
 def check_x(x: Any) -> jax.Array:
-    """``_check_images`` for a method whose argument is called ``x``: the same checks, errors naming ``x``."""
-    try:
-        return _check_images(x)
-    except (TypeError, ValueError) as e:
-        raise type(e)(str(e).replace("images:", "x:", 1)) from None
+    """``check_images`` for a method whose argument is called ``x``: the same checks, errors naming ``x``."""
+    return check_images(x, "x")

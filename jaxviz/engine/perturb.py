@@ -33,7 +33,8 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxviz._batching import batch_sharding, map_batches, to_host
 from jaxviz._progress import progress_bar
-from jaxviz.engine.inputs import _check_images, fill_array, unit_indices
+from jaxviz.checks import ArgumentError, ArgumentTypeError
+from jaxviz.engine.inputs import check_images, fill_array, unit_indices
 from jaxviz.engine.plan import chunk_size_for, probe, signature
 
 __all__ = ["BLUR_SIGMA", "MASK_SUM_PRECISION", "MaskFamily", "Prepared", "kept_units", "mask_weighted_sum",
@@ -103,14 +104,14 @@ def _with_params(f: Callable) -> Callable:
 
 def prepare(f: Callable, images: Any, *, fill: Any, units: Any, params: Any, blur_sigma: float) -> Prepared:
     """Check the arguments every method shares (TypeError / ValueError naming them), before compiling."""
-    images = _check_images(images)
+    images = check_images(images)
     if not callable(f):
-        raise TypeError(f"f: expected a callable, got {type(f).__name__}")
+        raise ArgumentTypeError("f", f"expected a callable, got {type(f).__name__}")
     fn = f if params is not None else _with_params(f)
     out_shape, example_bytes = probe(fn, True, signature(params), tuple(images.shape[1:]), images.dtype)
     if units is not None:
         if not out_shape:
-            raise ValueError("units: f returns one value per image (shape (N,)); there are no units to select")
+            raise ArgumentError("units", "f returns one value per image (shape (N,)); there are no units to select")
         units = unit_indices(units, out_shape[-1])
     fills, per_image_fill = fill_array(fill, images, blur_sigma)
     kept = out_shape if units is None else (*out_shape[:-1], len(units))
@@ -212,7 +213,7 @@ def perturbed_outputs(p: Prepared, family: MaskFamily, *, difference: bool, chun
         out = np.empty(shape, np.float32)
     elif (not isinstance(out, np.ndarray) or out.shape != shape or out.dtype != np.float32
           or not out.flags.writeable or not out.flags.c_contiguous):
-        raise ValueError(f"grid_out: expected a writable, C-contiguous float32 array of shape {shape}, got "
+        raise ArgumentError("grid_out", f"expected a writable, C-contiguous float32 array of shape {shape}, got "
                          f"{getattr(out, 'dtype', type(out).__name__)} {getattr(out, 'shape', '')}")
     sharding = batch_sharding(None if devices is None else tuple(devices))
     replicated = NamedSharding(sharding.mesh, PartitionSpec())

@@ -23,7 +23,7 @@ import jax.extend.core as jex
 from jax.sharding import Sharding
 
 from jaxviz._batching import round_up
-from jaxviz.engine.inputs import _positive_count
+from jaxviz.checks import ArgumentError, ArgumentTypeError, check_positive_count
 
 __all__ = ["abstract", "chunk_size_for", "default_memory_budget", "peak_live_bytes", "probe", "signature"]
 
@@ -47,7 +47,7 @@ def _leaf_signature(x: Any) -> tuple[tuple[int, ...], Any]:
     try:
         aval = jax.typeof(x)
     except TypeError:
-        raise TypeError(f"params: expected a pytree of arrays, got a leaf of type {type(x).__name__}") from None
+        raise ArgumentTypeError("params", f"expected a pytree of arrays, got a leaf of type {type(x).__name__}") from None
     return tuple(aval.shape), aval.dtype
 
 
@@ -115,11 +115,11 @@ def probe(f: Callable, with_params: bool, params_sig: tuple, image_shape: tuple[
         closed, out = jax.make_jaxpr(f if with_params else (lambda _, v: f(v)), return_shape=True)(
             abstract(params_sig) if with_params else None, x)
     except Exception as e:
-        raise ValueError(f"f: could not be applied to a batch of shape {x.shape}: {e}") from e
+        raise ArgumentError("f", f"could not be applied to a batch of shape {x.shape}: {e}") from e
     if not hasattr(out, "shape"):
-        raise TypeError(f"f: expected to return one array (N, ...), got {type(out).__name__}")
+        raise ArgumentTypeError("f", f"expected to return one array (N, ...), got {type(out).__name__}")
     if len(out.shape) < 1 or out.shape[0] != 2:
-        raise ValueError(f"f: expected an output of shape (N, ...) for an input batch of N = 2 images, "
+        raise ArgumentError("f", f"expected an output of shape (N, ...) for an input batch of N = 2 images, "
                          f"got shape {tuple(out.shape)}")
     return tuple(out.shape[1:]), -(-peak_live_bytes(closed.jaxpr) // 2)
 
@@ -128,8 +128,8 @@ def chunk_size_for(per_pair: int, pairs: int, shards: int, chunk_size: Any, memo
                    what: str = "pairs") -> int:
     """Pairs per compiled call: ``chunk_size``, or as many as ``memory_budget`` holds at ``per_pair``
     bytes each, spread evenly over the chunks and rounded to a multiple of the device count."""
-    chunk_size = _positive_count(chunk_size, "chunk_size", what)
-    memory_budget = _positive_count(memory_budget, "memory_budget", "bytes")
+    chunk_size = check_positive_count(chunk_size, "chunk_size", what)
+    memory_budget = check_positive_count(memory_budget, "memory_budget", "bytes")
     if chunk_size is None:
         budget = default_memory_budget(jax.default_backend()) if memory_budget is None else memory_budget
         chunk_size = max(1, budget // per_pair) * shards

@@ -20,8 +20,8 @@ import jax
 import numpy as np
 from scipy.stats import rankdata
 
+from jaxviz.checks import ArgumentError, check_seed, renamed_arguments
 from jaxviz.engine.activations import layer_features
-from jaxviz.engine.inputs import check_seed
 from jaxviz.evaluation.faithfulness import check_mu_fidelity_lattice, check_steps, deletion_curve, mu_fidelity
 from jaxviz.methods.ablation import feature_ablation, segment_labels
 from jaxviz.methods.gradcam import check_grad_cam_network, default_cam_layer, grad_cam
@@ -144,7 +144,7 @@ def cam_layer_for(network: Network, layer: str, cam_layer: str | None) -> str:
         return default
     before = [n for n in network.spatial_layers() if network.layer_names.index(n) < position]
     if not before:
-        raise ValueError(f"layer: Grad-CAM needs a layer with spatial maps before {layer!r}; there is none")
+        raise ArgumentError("layer", f"Grad-CAM needs a layer with spatial maps before {layer!r}; there is none")
     return before[-1]
 
 
@@ -175,7 +175,7 @@ def method_map(network: Network, x: np.ndarray, method: str, *, layer: str | Non
       channels; Grad-CAM upsampled).
     """
     if method not in METHODS:
-        raise ValueError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
+        raise ArgumentError("method", f"expected one of {', '.join(METHODS)}, got {method!r}")
     layer, f, softmax = explained_function(network, layer)
     targets = np.asarray(targets)
     rows = np.arange(len(x))
@@ -220,21 +220,17 @@ def check_methods(network: Network, methods, *, layer: str, cam_layer: str | Non
       ValueError / TypeError naming the argument (``methods`` for what a method needs of the network).
     """
     if isinstance(methods, str) or not methods or any(m not in METHODS for m in methods):
-        raise ValueError(f"methods: expected short names from {', '.join(METHODS)}, got {methods!r}")
+        raise ArgumentError("methods", f"expected short names from {', '.join(METHODS)}, got {methods!r}")
     h, w = network.input_spec.shape[:2]
     check_seed(seed)
     if steps is not None:
         check_steps(steps, h * w)
     if mu_grid is not None:
-        try:
+        with renamed_arguments({"grid": "mu_grid"}):
             check_mu_fidelity_lattice(mu_grid, num_subsets, h, w)
-        except (TypeError, ValueError) as e:
-            raise type(e)(str(e).replace("grid:", "mu_grid:", 1)) from None
     if "ig" in methods:
-        try:
+        with renamed_arguments({"n_steps": "ig_steps"}):
             ig_coefficients(ig_steps, ig_method)
-        except (TypeError, ValueError) as e:
-            raise type(e)(str(e).replace("n_steps:", "ig_steps:", 1)) from None
     if "smoothgrad" in methods:
         check_noise_tunnel(nt_type, nt_samples)
     if "ablation" in methods:
@@ -285,7 +281,7 @@ def compare_methods(network: Network, images: np.ndarray, *, targets: np.ndarray
     width = network.output_shape(layer)[-1]
     if targets.shape != (len(images),) or not np.issubdtype(targets.dtype, np.integer) or (
             targets.size and (targets.min() < 0 or targets.max() >= width)):
-        raise ValueError(f"targets: expected {len(images)} ints in [0, {width}) (one output of {layer} per image), "
+        raise ArgumentError("targets", f"expected {len(images)} ints in [0, {width}) (one output of {layer} per image), "
                          f"got {targets.tolist() if targets.ndim else targets!r}")
     units, position = np.unique(targets, return_inverse=True)  # the metrics keep only the explained outputs
     common = {"params": network.variables, "units": tuple(int(u) for u in units)}

@@ -42,7 +42,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxviz.engine.inputs import check_int, check_seed, check_x
+from jaxviz.checks import ArgumentError, ArgumentTypeError, check_int, check_seed
+from jaxviz.engine.inputs import check_x
 from jaxviz.engine.perturb import BLUR_SIGMA, MaskFamily, perturbed_outputs, prepare
 from jaxviz.methods.ablation import grid_segments
 
@@ -109,7 +110,7 @@ def _check_attribution(attribution: Any, x: jax.Array) -> np.ndarray:
     n, h, w, c = x.shape
     if not hasattr(attribution, "shape") or not hasattr(attribution, "dtype"):
         hint = " (convert it with .numpy() first)" if type(attribution).__module__.startswith("torch") else ""
-        raise TypeError(f"attribution: expected an array (N, H, W) = ({n}, {h}, {w}), "
+        raise ArgumentTypeError("attribution", f"expected an array (N, H, W) = ({n}, {h}, {w}), "
                         f"got {type(attribution).__name__}{hint}")
     shape = tuple(attribution.shape)
     if shape != (n, h, w):
@@ -117,14 +118,14 @@ def _check_attribution(attribution: Any, x: jax.Array) -> np.ndarray:
         if len(shape) == 4 and shape[:3] == (n, h, w):
             hint = (f"; one map per image is needed: sum the last axis (attribution.sum(-1)) if it holds the "
                     f"{c} channels, or pick one unit / output")
-        raise ValueError(f"attribution: expected shape (N, H, W) = ({n}, {h}, {w}) matching x, got {shape}{hint}")
+        raise ArgumentError("attribution", f"expected shape (N, H, W) = ({n}, {h}, {w}) matching x, got {shape}{hint}")
     dtype = attribution.dtype  # bool is neither; jnp also knows bfloat16
     if not (jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)):
-        raise TypeError(f"attribution: expected real numbers (float or int), got dtype {dtype}")
+        raise ArgumentTypeError("attribution", f"expected real numbers (float or int), got dtype {dtype}")
     values = np.asarray(attribution, np.float64)
     bad = int(np.size(values) - np.isfinite(values).sum())
     if bad:
-        raise ValueError(f"attribution: expected finite values, got {bad} NaN or infinite value(s)")
+        raise ArgumentError("attribution", f"expected finite values, got {bad} NaN or infinite value(s)")
     return values
 
 
@@ -133,7 +134,7 @@ def _check_targets(targets: Any, n: int) -> np.ndarray | None:
         return None
     arr = np.asarray(targets)
     if arr.shape != (n,) or arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(f"targets: expected {n} integers (one output index per image) or None, "
+        raise ArgumentError("targets", f"expected {n} integers (one output index per image) or None, "
                          f"got {arr.dtype} of shape {arr.shape}")
     return arr.astype(np.int64)
 
@@ -142,10 +143,10 @@ def _check_target_range(targets: np.ndarray | None, kept: tuple[int, ...]) -> No
     if targets is None:
         return
     if not kept:
-        raise ValueError("targets: f returns one value per image (shape (N,)), there is no output to pick; "
+        raise ArgumentError("targets", "f returns one value per image (shape (N,)), there is no output to pick; "
                          "pass targets=None")
     if targets.min() < 0 or targets.max() >= kept[-1]:
-        raise ValueError(f"targets: expected values in [0, {kept[-1]}) (the kept last output axis), "
+        raise ArgumentError("targets", f"expected values in [0, {kept[-1]}) (the kept last output axis), "
                          f"got {targets.min()}..{targets.max()}")
 
 
@@ -240,7 +241,7 @@ def deletion_curve(
       TypeError / ValueError naming the argument, before anything is compiled.
     """
     if mode not in MODES:
-        raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
+        raise ArgumentError("mode", f"expected one of {MODES}, got {mode!r}")
     x = check_x(x)
     pixels = x.shape[1] * x.shape[2]
     steps = min(STEPS, pixels) if steps is None else check_steps(steps, pixels)
@@ -264,7 +265,7 @@ def insertion_curve(f: Callable, x: Any, attribution: Any, **options: Any) -> Cu
     """``deletion_curve(f, x, attribution, mode="insertion", **options)``: the image starts as the fill
     and the pixels are revealed in attribution order."""
     if "mode" in options:
-        raise TypeError("insertion_curve: got an unexpected keyword argument 'mode' (use deletion_curve)")
+        raise ArgumentTypeError("insertion_curve", "got an unexpected keyword argument 'mode' (use deletion_curve)")
     return deletion_curve(f, x, attribution, mode="insertion", **options)
 
 
@@ -358,7 +359,7 @@ def mu_fidelity(
     grid, num_subsets = check_mu_fidelity_lattice(grid, num_subsets, h, w)
     if (isinstance(subset_fraction, (bool, np.bool_)) or not isinstance(subset_fraction, (int, float, np.number))
             or not 0 < subset_fraction <= 1):
-        raise ValueError(f"subset_fraction: expected a number in (0, 1], got {subset_fraction!r}")
+        raise ArgumentError("subset_fraction", f"expected a number in (0, 1], got {subset_fraction!r}")
     seed = check_seed(seed)
     values = _check_attribution(attribution, x)
     targets = _check_targets(targets, n)

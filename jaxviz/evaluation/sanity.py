@@ -38,8 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.stats import rankdata
 
+from jaxviz.checks import ArgumentError, ArgumentTypeError, check_int, check_seed
 from jaxviz.engine.backprop import PathFamily, gradient_sums, plan_gradients
-from jaxviz.engine.inputs import check_int, check_seed
 from jaxviz.engine.plan import signature
 from jaxviz.methods.gradcam import check_grad_cam_network, default_cam_layer, grad_cam_maps
 from jaxviz.methods.gradients import _at_image, _check_stdevs, _noisy, _path_generator, ig_coefficients
@@ -145,7 +145,7 @@ def _fresh_variables(network: Network, key: jax.Array) -> tuple[Any, str]:
     if jax.tree_util.tree_structure(fresh) != jax.tree_util.tree_structure(network.variables) or any(
             np.shape(a) != np.shape(b) for a, b in zip(jax.tree_util.tree_leaves(fresh),
                                                         jax.tree_util.tree_leaves(network.variables))):
-        raise ValueError("network: its init(key) returns variables of another structure than network.variables")
+        raise ArgumentError("network", "its init(key) returns variables of another structure than network.variables")
     return fresh, "model"
 
 
@@ -177,7 +177,7 @@ def randomized_variables(network: Network, layers: Sequence[str], *, mode: str =
         if not same:
             break
     else:
-        raise ValueError(f"layers: randomizing {same[0]!r} leaves its variables as they are in {DRAWS} draws from "
+        raise ArgumentError("layers", f"randomizing {same[0]!r} leaves its variables as they are in {DRAWS} draws from "
                          f"seed {seed} (its initializer gives exactly these values); leave it out of layers")
     sets = [[np.asarray(leaf) for _, leaf in trained]]
     for j in range(len(layers)):
@@ -237,31 +237,31 @@ def randomization_test(network: Network, images: np.ndarray, *,
       ``SanityCheck`` with each method's correlations per randomized set and image.
     """
     if not isinstance(network, Network):
-        raise TypeError(f"network: expected a jaxviz.Network, got {type(network).__name__}")
+        raise ArgumentTypeError("network", f"expected a jaxviz.Network, got {type(network).__name__}")
     network.input_spec.check_images(images)
     if isinstance(methods, str) or not methods or any(m not in GRADIENT_METHODS for m in methods):
-        raise ValueError(f"methods: expected names from {', '.join(GRADIENT_METHODS)}, got {methods!r}")
+        raise ArgumentError("methods", f"expected names from {', '.join(GRADIENT_METHODS)}, got {methods!r}")
     if not isinstance(mode, str) or mode not in MODES:
-        raise ValueError(f"mode: expected one of {', '.join(MODES)}, got {mode!r}")
+        raise ArgumentError("mode", f"expected one of {', '.join(MODES)}, got {mode!r}")
     if len(images) == 0:
-        raise ValueError("images: expected at least one image, got N = 0")
+        raise ArgumentError("images", "expected at least one image, got N = 0")
     seed = check_seed(seed)
     every = randomization_layers(network)
     if not every:
         keys = list(network.variables) if isinstance(network.variables, Mapping) else type(network.variables).__name__
-        raise ValueError(f"network: none of its layers ({', '.join(network.layer_names)}) has variables of its own "
+        raise ArgumentError("network", f"none of its layers ({', '.join(network.layer_names)}) has variables of its own "
                          f"to randomize: a layer's variables are the subtree of network.variables under its name "
                          f"(variable_paths), and its keys are {keys}; key the variables by layer name")
     if layers is None:
         layers = every
     elif isinstance(layers, str) or not layers or any(n not in every for n in layers) or len(set(layers)) < len(layers):
-        raise ValueError(f"layers: expected distinct layers with variables from {', '.join(every)}, got {layers!r}")
+        raise ArgumentError("layers", f"expected distinct layers with variables from {', '.join(every)}, got {layers!r}")
     layers = tuple(layers)
     n_steps, nt_samples = check_int(n_steps, "n_steps", 1), check_int(nt_samples, "nt_samples", 1)
     stdev = _check_stdevs(stdevs)
     cam_layer = default_cam_layer(network) if cam_layer is None and "gradcam" in methods else cam_layer
     if cam_layer is not None and (cam_layer not in network.layer_names or len(network.output_shape(cam_layer)) != 3):
-        raise ValueError(f"cam_layer: expected a layer with (h, w, channels) maps, from "
+        raise ArgumentError("cam_layer", f"expected a layer with (h, w, channels) maps, from "
                          f"{', '.join(network.spatial_layers())}; got {cam_layer!r}")
     output = network.output_layer
     if "gradcam" in methods:

@@ -37,8 +37,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxviz.checks import ArgumentError, ArgumentTypeError, check_int, check_pair
 from jaxviz.data.images import check_uint8_images
-from jaxviz.engine.inputs import check_int, check_pair, check_x
+from jaxviz.engine.inputs import check_x
 from jaxviz.engine.perturb import BLUR_SIGMA, MaskFamily, perturbed_outputs, prepare
 
 __all__ = ["Ablation", "feature_ablation", "grid_segments", "segment_generator", "segment_labels", "slic_segments"]
@@ -93,19 +94,19 @@ def _check_segments(segments: Any, n: int, h: int, w: int) -> tuple[np.ndarray, 
     """The label maps as int32 (H, W) or (N, H, W), and the segment count of every image (N,)."""
     expected = f"int labels of shape ({h}, {w}) or ({n}, {h}, {w})"
     if not hasattr(segments, "shape") and not isinstance(segments, (list, tuple)):
-        raise TypeError(f"segments: expected {expected}, got {type(segments).__name__}")
+        raise ArgumentTypeError("segments", f"expected {expected}, got {type(segments).__name__}")
     arr = np.asarray(segments)
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-        raise ValueError("segments: contains NaN or infinite values")
+        raise ArgumentError("segments", "contains NaN or infinite values")
     if arr.dtype.kind not in "iu":
-        raise TypeError(f"segments: expected {expected}, got dtype {arr.dtype}")
+        raise ArgumentTypeError("segments", f"expected {expected}, got dtype {arr.dtype}")
     if arr.shape not in ((h, w), (n, h, w)):
-        raise ValueError(f"segments: expected {expected} (the images' size), got shape {arr.shape}")
+        raise ArgumentError("segments", f"expected {expected} (the images' size), got shape {arr.shape}")
     maps = arr.reshape(-1, h * w)
     if arr.size and arr.min() < 0:
-        raise ValueError(f"segments: expected labels 0 .. S - 1, got a negative label {arr.min()}")
+        raise ArgumentError("segments", f"expected labels 0 .. S - 1, got a negative label {arr.min()}")
     if arr.max() >= h * w:
-        raise ValueError(f"segments: more labels than pixels: label {arr.max()} in an image of {h * w} pixels "
+        raise ArgumentError("segments", f"more labels than pixels: label {arr.max()} in an image of {h * w} pixels "
                          f"(expected labels 0 .. S - 1 with S <= {h * w})")
     maps = maps.astype(np.int64)
     counts = maps.max(axis=1) + 1
@@ -117,7 +118,7 @@ def _check_segments(segments: Any, n: int, h: int, w: int) -> tuple[np.ndarray, 
         k = int(np.flatnonzero(gaps)[0])
         missing = np.flatnonzero(~present[k, :counts[k]])
         which = f"map {k}" if arr.ndim == 3 else "the map"
-        raise ValueError(f"segments: expected every label 0 .. S - 1 to be present; {which} has labels up to "
+        raise ArgumentError("segments", f"expected every label 0 .. S - 1 to be present; {which} has labels up to "
                          f"{counts[k] - 1} but lacks {missing[:10].tolist()} (relabel it consecutively, e.g. with "
                          f"np.unique(segments, return_inverse=True))")
     counts = np.broadcast_to(counts, (n,)).copy()
@@ -139,7 +140,7 @@ def grid_segments(height: int, width: int, *, cells: int | tuple[int, int]) -> n
     h, w = check_int(height, "height", 1), check_int(width, "width", 1)
     rows, cols = check_pair(cells, "cells")
     if not (1 <= rows <= h and 1 <= cols <= w):
-        raise ValueError(f"cells: expected 1 <= cells <= ({h}, {w}) per axis, got {(rows, cols)}")
+        raise ArgumentError("cells", f"expected 1 <= cells <= ({h}, {w}) per axis, got {(rows, cols)}")
     r = np.arange(h) * rows // h
     c = np.arange(w) * cols // w
     return (r[:, None] * cols + c[None, :]).astype(np.int32)
@@ -173,9 +174,9 @@ def slic_segments(images_uint8: np.ndarray, *, n_segments: int = 50, compactness
     check_uint8_images(images_uint8, "images_uint8")
     n_segments = check_int(n_segments, "n_segments", 1)
     if isinstance(compactness, (bool, np.bool_)) or not isinstance(compactness, (int, float, np.integer, np.floating)):
-        raise TypeError(f"compactness: expected a positive number, got {compactness!r}")
+        raise ArgumentTypeError("compactness", f"expected a positive number, got {compactness!r}")
     if not 0 < compactness < np.inf:
-        raise ValueError(f"compactness: expected a positive number, got {compactness!r}")
+        raise ArgumentError("compactness", f"expected a positive number, got {compactness!r}")
     try:
         from skimage.segmentation import slic
     except ImportError as e:
@@ -232,7 +233,7 @@ def feature_ablation(
     """
     x = check_x(x)
     if not callable(f):
-        raise TypeError(f"f: expected a callable, got {type(f).__name__}")
+        raise ArgumentTypeError("f", f"expected a callable, got {type(f).__name__}")
     n, h, w = x.shape[:3]
     labels, counts = _check_segments(segment_labels(segments, h, w), n, h, w)
     size = int(counts.max())

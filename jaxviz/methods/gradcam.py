@@ -32,8 +32,9 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxviz._batching import batch_sharding, to_host
 from jaxviz._progress import progress_bar
+from jaxviz.checks import ArgumentError, ArgumentTypeError, check_bool
 from jaxviz.engine.backprop import check_targets, unit_cotangents
-from jaxviz.engine.inputs import check_bool, check_x, unit_indices
+from jaxviz.engine.inputs import check_x, unit_indices
 from jaxviz.engine.plan import chunk_size_for, probe, signature
 from jaxviz.models.network import Network, unit_scores_of
 
@@ -77,14 +78,14 @@ def check_grad_cam_network(network: Network, cam_layer: str, output_layer: str) 
     try:
         network.perturbed_fn(cam_layer, output_layer)
     except ValueError as e:
-        raise ValueError(f"methods: gradcam: {e}") from None
+        raise ArgumentError("methods", f"gradcam: {e}") from None
 
 
 def default_cam_layer(network: Network) -> str:
     """The last layer with spatial maps at least 7x7 (else the last with spatial maps)."""
     spatial = network.spatial_layers()
     if not spatial:
-        raise ValueError(f"network: no layer has spatial (h, w, channels) maps, so there is no Grad-CAM; layers: "
+        raise ArgumentError("network", f"no layer has spatial (h, w, channels) maps, so there is no Grad-CAM; layers: "
                          f"{', '.join(network.layer_names)}")
     big = [n for n in spatial if min(network.output_shape(n)[:2]) >= MIN_CAM_SIZE]
     return (big or spatial)[-1]
@@ -194,28 +195,28 @@ def grad_cam(network: Network, x: Any, *, layer: str | None = None, output_layer
       interpolation, targets out of range...) before anything is compiled.
     """
     if not isinstance(network, Network):
-        raise TypeError(f"network: expected a jaxviz.Network, got {type(network).__name__}")
+        raise ArgumentTypeError("network", f"expected a jaxviz.Network, got {type(network).__name__}")
     x = check_x(x)
     if x.shape[1:] != network.input_spec.shape:
-        raise ValueError(f"x: expected the network's input shape (N, {', '.join(map(str, network.input_spec.shape))})"
+        raise ArgumentError("x", f"expected the network's input shape (N, {', '.join(map(str, network.input_spec.shape))})"
                          f", got {tuple(x.shape)}")
     layer = default_cam_layer(network) if layer is None else layer
     network.check_layer(layer)
     if len(network.output_shape(layer)) != 3:
-        raise ValueError(f"layer: {layer!r} has activations of shape (N, {', '.join(map(str, network.output_shape(layer)))}),"
+        raise ArgumentError("layer", f"{layer!r} has activations of shape (N, {', '.join(map(str, network.output_shape(layer)))}),"
                          f" not (N, h, w, channels) maps; layers with spatial maps: "
                          f"{', '.join(network.spatial_layers()) or 'none'}")
     output_layer = network.output_layer if output_layer is None else output_layer
     network.perturbed_fn(layer, output_layer)  # checks the pair and that the network supports it
     if not isinstance(interpolation, str) or interpolation not in INTERPOLATIONS:
-        raise ValueError(f"interpolation: expected one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
+        raise ArgumentError("interpolation", f"expected one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
     relu = check_bool(relu, "relu")
     if score is not None and not callable(score):
-        raise TypeError(f"score: expected a callable or None, got {type(score).__name__}")
+        raise ArgumentTypeError("score", f"expected a callable or None, got {type(score).__name__}")
     score = unit_scores_of if score is None else score
     out = jax.eval_shape(score, jax.ShapeDtypeStruct((2, *network.output_shape(output_layer)), x.dtype))
     if out.ndim != 2 or out.shape[0] != 2:
-        raise ValueError(f"score: expected (N, K) scores of the output layer, got shape {tuple(out.shape)} for N = 2")
+        raise ArgumentError("score", f"expected (N, K) scores of the output layer, got shape {tuple(out.shape)} for N = 2")
     width, n = out.shape[1], x.shape[0]
     if targets is not None and units is not None:
         raise ValueError("targets, units: expected at most one of them")

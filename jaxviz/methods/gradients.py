@@ -34,8 +34,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxviz.checks import ArgumentError, ArgumentTypeError, check_bool, check_int
 from jaxviz.engine.backprop import GradientPlan, PathFamily, gradient_sums, plan_gradients, readout
-from jaxviz.engine.inputs import check_bool, check_int, fill_array
+from jaxviz.engine.inputs import fill_array
 from jaxviz.engine.perturb import BLUR_SIGMA
 from jaxviz.methods.rise import seed_key
 
@@ -168,7 +169,7 @@ def ig_coefficients(n_steps: int, method: str = "gausslegendre") -> tuple[np.nda
     ``gausslegendre`` uses the Gauss-Legendre nodes and weights mapped to [0, 1].
     """
     if not isinstance(method, str) or method not in IG_METHODS:
-        raise ValueError(f"method: expected one of {', '.join(IG_METHODS)}, got {method!r}")
+        raise ArgumentError("method", f"expected one of {', '.join(IG_METHODS)}, got {method!r}")
     n = check_int(n_steps, "n_steps", 1 if method == "gausslegendre" else 2,
                   what="" if method == "gausslegendre" else " (Riemann sums need two steps)")
     if method == "gausslegendre":
@@ -222,10 +223,10 @@ def integrated_gradients(f: Callable, x: Any, *, baselines: Any = 0.0, n_steps: 
 
 def _check_stdevs(stdevs: Any) -> float:
     if isinstance(stdevs, (bool, np.bool_)) or not isinstance(stdevs, (int, float, np.integer, np.floating)):
-        raise TypeError(f"stdevs: expected a non-negative number (the noise's standard deviation, in the units "
+        raise ArgumentTypeError("stdevs", f"expected a non-negative number (the noise's standard deviation, in the units "
                         f"of x), got {stdevs!r}")
     if not 0 <= stdevs < np.inf:  # False for NaN
-        raise ValueError(f"stdevs: expected a non-negative finite number (the noise's standard deviation, in "
+        raise ArgumentError("stdevs", f"expected a non-negative finite number (the noise's standard deviation, in "
                          f"the units of x), got {stdevs!r}")
     return float(stdevs)
 
@@ -233,7 +234,7 @@ def _check_stdevs(stdevs: Any) -> float:
 def check_noise_tunnel(nt_type: Any, nt_samples: Any) -> int:
     """SmoothGrad's ``nt_type`` and ``nt_samples`` (returned as an int): VarGrad needs 2 samples at least."""
     if not isinstance(nt_type, str) or nt_type not in NT_TYPES:
-        raise ValueError(f"nt_type: expected one of {', '.join(NT_TYPES)}, got {nt_type!r}")
+        raise ArgumentError("nt_type", f"expected one of {', '.join(NT_TYPES)}, got {nt_type!r}")
     vargrad = nt_type == "vargrad"  # the variance of one sample is 0: a map of zeros
     return check_int(nt_samples, "nt_samples", 2 if vargrad else 1, 2**31 - 1,
                      " (VarGrad: the variance of one sample is 0)" if vargrad else "")
@@ -265,7 +266,7 @@ def smoothgrad(f: Callable, x: Any, *, nt_type: str = "smoothgrad", nt_samples: 
     key = seed_key(seed)
     plan = plan_gradients(f, x, params=params, targets=targets, units=units)
     if plan.images.shape[0] * nt_samples >= 2**31:
-        raise ValueError(f"nt_samples: expected N * nt_samples < 2**31 (pair indices are int32), got "
+        raise ArgumentError("nt_samples", f"expected N * nt_samples < 2**31 (pair indices are int32), got "
                          f"{plan.images.shape[0]} * {nt_samples}")
     family = PathFamily(_noisy, (key, jnp.float32(stdev), jnp.float32(1 / nt_samples)), nt_samples)
     means, squares, size = _run(plan, family, _engine_options(chunk_size, memory_budget, devices,

@@ -38,7 +38,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxviz.engine.inputs import _check_images, check_pair, unit_indices
+from jaxviz.checks import ArgumentError, check_pair
+from jaxviz.engine.inputs import check_images, unit_indices
 from jaxviz.engine.perturb import BLUR_SIGMA, MaskFamily, perturbed_outputs, prepare
 
 __all__ = ["Occlusion", "WINDOW", "check_windows", "occlude", "occlude_one", "unit_indices", "window_spans"]
@@ -133,9 +134,9 @@ class Occlusion:
             targets = np.asarray(targets)
             n, units = grid.shape[0], grid.shape[-1]
             if targets.shape != (n,) or not np.issubdtype(targets.dtype, np.integer):
-                raise ValueError(f"targets: expected {n} integers (one per image), got shape {targets.shape}")
+                raise ArgumentError("targets", f"expected {n} integers (one per image), got shape {targets.shape}")
             if targets.min() < 0 or targets.max() >= units:
-                raise ValueError(f"targets: expected values in [0, {units}), got {targets.min()}..{targets.max()}")
+                raise ArgumentError("targets", f"expected values in [0, {units}), got {targets.min()}..{targets.max()}")
             grid = np.take_along_axis(grid, targets.reshape((n,) + (1,) * (grid.ndim - 1)), axis=-1)[..., 0]
         rows, cols = self._cover()
         total = np.einsum("ry,nrc...->nyc...", rows, grid, optimize=True)
@@ -177,11 +178,11 @@ def check_windows(images: jax.Array, window: Any, stride: Any, anchor: Any) -> t
     h, w = images.shape[1:3]
     win, st = check_pair(window, "window"), check_pair(stride, "stride")
     if win[0] < 1 or win[1] < 1 or win[0] > h or win[1] > w:
-        raise ValueError(f"window: expected 1 <= window <= image size ({h}, {w}), got {win}")
+        raise ArgumentError("window", f"expected 1 <= window <= image size ({h}, {w}), got {win}")
     if st[0] < 1 or st[1] < 1:
-        raise ValueError(f"stride: expected positive ints, got {st}")
+        raise ArgumentError("stride", f"expected positive ints, got {st}")
     if anchor not in ANCHORS:
-        raise ValueError(f"anchor: expected one of {ANCHORS}, got {anchor!r}")
+        raise ArgumentError("anchor", f"expected one of {ANCHORS}, got {anchor!r}")
     return window_spans(h, win[0], st[0], anchor), window_spans(w, win[1], st[1], anchor)
 
 
@@ -250,17 +251,17 @@ def occlude(
     Raises:
       TypeError / ValueError naming the argument, before anything is compiled.
     """
-    images = _check_images(images)
+    images = check_images(images)
     rows, cols = check_windows(images, window, stride, anchor)
     p = prepare(f, images, fill=fill, units=units, params=params, blur_sigma=blur_sigma)
     n, h, w, _ = p.images.shape
     grid_shape = (n, len(rows), len(cols), *p.kept)
     if grid_out is not None and (not isinstance(grid_out, np.ndarray) or grid_out.shape != grid_shape):
-        raise ValueError(f"grid_out: expected a writable, C-contiguous float32 array of shape {grid_shape}, got "
+        raise ArgumentError("grid_out", f"expected a writable, C-contiguous float32 array of shape {grid_shape}, got "
                          f"{getattr(grid_out, 'dtype', type(grid_out).__name__)} {getattr(grid_out, 'shape', '')}")
     flat = None if grid_out is None else grid_out.reshape(n, len(rows) * len(cols), *p.kept)
     if flat is not None and not np.shares_memory(flat, grid_out):
-        raise ValueError("grid_out: expected a C-contiguous array (its reshape must be a view)")
+        raise ArgumentError("grid_out", "expected a C-contiguous array (its reshape must be a view)")
     base, outputs, size = perturbed_outputs(
         p, window_masks((h, w), rows, cols), difference=True, chunk_size=chunk_size, memory_budget=memory_budget,
         devices=devices, progress=progress and "occlusion", materialize=materialize, out=flat)

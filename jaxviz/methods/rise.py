@@ -35,7 +35,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxviz.engine.inputs import check_int, check_seed, check_x
+from jaxviz.checks import ArgumentError, ArgumentTypeError, check_int, check_seed
+from jaxviz.engine.inputs import check_x
 from jaxviz.engine.perturb import BLUR_SIGMA, MaskFamily, mask_weighted_sum, prepare
 
 __all__ = ["NUM_MASKS", "NUM_MASKS_MANY", "Rise", "check_keep_probability", "rise", "rise_generator", "rise_masks",
@@ -110,28 +111,28 @@ def _keep_program(cells: int, shape: tuple[int, int]) -> Callable:
 
 def check_keep_probability(p: Any) -> float:
     if isinstance(p, (bool, np.bool_)) or not isinstance(p, (int, float, np.integer, np.floating)):
-        raise TypeError(f"p: expected a keep probability in (0, 1], got {p!r}")
+        raise ArgumentTypeError("p", f"expected a keep probability in (0, 1], got {p!r}")
     if not 0 < p <= 1:  # False for NaN
-        raise ValueError(f"p: expected a keep probability in (0, 1], got {p!r}")
+        raise ArgumentError("p", f"expected a keep probability in (0, 1], got {p!r}")
     return float(p)
 
 
 def _check_masks(masks: Any, h: int, w: int) -> np.ndarray:
     if not hasattr(masks, "shape") or not hasattr(masks, "dtype"):
-        raise TypeError(f"masks: expected a float array (M, {h}, {w}) of keep masks in [0, 1], "
+        raise ArgumentTypeError("masks", f"expected a float array (M, {h}, {w}) of keep masks in [0, 1], "
                         f"got {type(masks).__name__}")
     arr = np.asarray(masks)
     if arr.dtype.kind not in "biuf":
-        raise TypeError(f"masks: expected a float array (M, {h}, {w}) of keep masks in [0, 1], got dtype {arr.dtype}")
+        raise ArgumentTypeError("masks", f"expected a float array (M, {h}, {w}) of keep masks in [0, 1], got dtype {arr.dtype}")
     if arr.ndim != 3 or arr.shape[1:] != (h, w) or arr.shape[0] < 1:
-        raise ValueError(f"masks: expected shape (M, {h}, {w}) with M >= 1 (the images' size), got {arr.shape}")
+        raise ArgumentError("masks", f"expected shape (M, {h}, {w}) with M >= 1 (the images' size), got {arr.shape}")
     arr = arr.astype(np.float32)
     if not np.isfinite(arr).all():
-        raise ValueError("masks: contains NaN or infinite values")
+        raise ArgumentError("masks", "contains NaN or infinite values")
     if arr.min() < 0 or arr.max() > 1:
-        raise ValueError(f"masks: expected keep masks in [0, 1], got values in [{arr.min():g}, {arr.max():g}]")
+        raise ArgumentError("masks", f"expected keep masks in [0, 1], got values in [{arr.min():g}, {arr.max():g}]")
     if arr.max() == 0:
-        raise ValueError("masks: every mask is all zeros (nothing kept): the saliency would be 0 / 0")
+        raise ArgumentError("masks", "every mask is all zeros (nothing kept): the saliency would be 0 / 0")
     return arr
 
 
@@ -215,13 +216,13 @@ def rise(
     """
     x = check_x(x)
     if not callable(f):
-        raise TypeError(f"f: expected a callable, got {type(f).__name__}")
+        raise ArgumentTypeError("f", f"expected a callable, got {type(f).__name__}")
     h, w = x.shape[1:3]
     check_seed(seed)
     if masks is None:
         num_masks = check_int(NUM_MASKS if num_masks is None else num_masks, "num_masks", 1)
         if num_masks * x.shape[0] >= 2**31:
-            raise ValueError(f"num_masks: expected N * num_masks < 2**31 (pair indices are int32), got "
+            raise ArgumentError("num_masks", f"expected N * num_masks < 2**31 (pair indices are int32), got "
                              f"{x.shape[0]} * {num_masks}")
         cells = check_int(cells, "cells", 1, min(h, w))
         p = check_keep_probability(p)
@@ -229,7 +230,7 @@ def rise(
     else:
         given = _check_masks(masks, h, w)
         if num_masks is not None and (isinstance(num_masks, (bool, np.bool_)) or num_masks != given.shape[0]):
-            raise ValueError(f"num_masks: expected None with masks (their number, {given.shape[0]}, is used), "
+            raise ArgumentError("num_masks", f"expected None with masks (their number, {given.shape[0]}, is used), "
                              f"got {num_masks!r}")
         num_masks, p = given.shape[0], float(given.mean(dtype=np.float64))
         family = MaskFamily(_given_mask, jnp.asarray(given), num_masks)

@@ -21,6 +21,7 @@ from typing import Any
 
 import jax
 
+from jaxviz.checks import ArgumentError, ArgumentTypeError
 from jaxviz.models import cnn
 from jaxviz.models.network import (
     _BATCH,
@@ -43,10 +44,10 @@ def _check_classes(names: Any, shape: tuple[int, ...], what: str) -> tuple[str, 
         return None
     names = _class_names(names)
     if len(shape) != 1:
-        raise ValueError(f"class_names: given, so {what} must have shape (N, classes); it has (N, "
+        raise ArgumentError("class_names", f"given, so {what} must have shape (N, classes); it has (N, "
                          f"{', '.join(map(str, shape))})")
     if shape[0] != len(names):
-        raise ValueError(f"class_names: {what} has {shape[0]} outputs, so expected {shape[0]} class names, "
+        raise ArgumentError("class_names", f"{what} has {shape[0]} outputs, so expected {shape[0]} class names, "
                          f"got {len(names)}")
     return names
 
@@ -54,7 +55,7 @@ def _check_classes(names: Any, shape: tuple[int, ...], what: str) -> tuple[str, 
 def _input_spec(input_shape: Any, scale: float, mean: Any, std: Any) -> InputSpec:
     if isinstance(input_shape, (str, bytes)) or not isinstance(input_shape, Sequence) or len(input_shape) != 3 \
             or not all(_is_int(d) and d > 0 for d in input_shape):
-        raise ValueError(f"input_shape: expected (height, width, channels) of positive ints, got {input_shape!r}")
+        raise ArgumentError("input_shape", f"expected (height, width, channels) of positive ints, got {input_shape!r}")
     return InputSpec(*input_shape, scale=scale, mean=mean, std=std)
 
 
@@ -92,7 +93,7 @@ def _module_network(apply: Callable, variables: Any, found: dict, paths: dict, l
     """The ``Network`` of a linen or nnx module from its discovered layers; ``prefixes``: collections."""
     if layers is not None and (isinstance(layers, str) or not isinstance(layers, Sequence) or not layers or
                                len(set(layers)) != len(layers) or any(n not in paths for n in layers)):
-        raise ValueError(f"layers: expected distinct names from {', '.join(paths)}; got {layers!r}")
+        raise ArgumentError("layers", f"expected distinct names from {', '.join(paths)}; got {layers!r}")
     names = tuple(layers or paths)
     kernels = {}
     for n in names:
@@ -103,7 +104,7 @@ def _module_network(apply: Callable, variables: Any, found: dict, paths: dict, l
     param_paths = {n: tuple(p for p in ((*c, *paths[n]) for c in prefixes) if _find(variables, p) is not None)
                    for n in names}
     if class_names is not None and not isinstance(output, jax.ShapeDtypeStruct):
-        raise ValueError(f"class_names: given, so the model output must be one (N, classes) array; it returns "
+        raise ArgumentError("class_names", f"given, so the model output must be one (N, classes) array; it returns "
                          f"{_describe(output)}, which is not supported: wrap the module so that it returns the "
                          f"one output to explain (e.g. the logits)")
     net = Network(apply, variables, names, spec, _check_classes(class_names, tuple(getattr(output, "shape", ())[1:]),
@@ -120,11 +121,11 @@ def from_cnn(model: Any, variables: Any, class_names: Sequence[str] | None = Non
     A conv layer's count includes its ``_bn`` params and batch stats, as ``jaxviz.models.cnn.layers`` counts them.
     """
     if not isinstance(model, cnn.CNN):
-        raise TypeError(f"model: expected a jaxviz.CNN, got {type(model).__name__}")
+        raise ArgumentTypeError("model", f"expected a jaxviz.CNN, got {type(model).__name__}")
     try:
         rows = cnn.layers(model, variables)
     except Exception as error:  # noqa: BLE001
-        raise ValueError(f"variables: expected the CNN's {{'params', 'batch_stats'}}, they failed with "
+        raise ArgumentError("variables", f"expected the CNN's {{'params', 'batch_stats'}}, they failed with "
                          f"{_one_line(error)}") from error
 
     def apply(variables, x, layer):
@@ -168,12 +169,12 @@ def from_linen(module: Any, variables: Any, *, input_shape: Sequence[int], class
     import flax.linen as nn
 
     if not isinstance(module, nn.Module):
-        raise TypeError(f"module: expected a flax.linen.Module, got {type(module).__name__}")
+        raise ArgumentTypeError("module", f"expected a flax.linen.Module, got {type(module).__name__}")
     if apply_kwargs is not None and not isinstance(apply_kwargs, Mapping):
-        raise TypeError(f"apply_kwargs: expected a mapping of keyword arguments, got {type(apply_kwargs).__name__}")
+        raise ArgumentTypeError("apply_kwargs", f"expected a mapping of keyword arguments, got {type(apply_kwargs).__name__}")
     kwargs = dict(apply_kwargs or {})
     if clash := sorted({"mutable", "capture_intermediates", "method"} & set(kwargs)):
-        raise ValueError(f"apply_kwargs: expected no {clash} (jaxviz sets them), got {kwargs}")
+        raise ArgumentError("apply_kwargs", f"expected no {clash} (jaxviz sets them), got {kwargs}")
     spec, found = _input_spec(input_shape, scale, mean, std), {}
 
     def record(next_fun, args, kw, context):
@@ -189,7 +190,7 @@ def from_linen(module: Any, variables: Any, *, input_shape: Sequence[int], class
     output = _abstract(run, "module", spec, variables)
     paths = {"/".join(p): p for p, v in found.items() if v is not None}
     if not paths:
-        raise ValueError("module: expected submodules whose __call__ returns one (N, ...) array, found none")
+        raise ArgumentError("module", "expected submodules whose __call__ returns one (N, ...) array, found none")
 
     def apply(variables, x, layer):
         path = paths[layer]
@@ -291,9 +292,9 @@ def from_nnx(module: Any, *, input_shape: Sequence[int], class_names: Sequence[s
     from flax import nnx
 
     if not isinstance(module, nnx.Module):
-        raise TypeError(f"module: expected a flax.nnx.Module, got {type(module).__name__}")
+        raise ArgumentTypeError("module", f"expected a flax.nnx.Module, got {type(module).__name__}")
     if init is not None and not callable(init):
-        raise TypeError(f"init: expected a callable init(key) -> module, got {type(init).__name__}")
+        raise ArgumentTypeError("init", f"expected a callable init(key) -> module, got {type(init).__name__}")
     spec, found = _input_spec(input_shape, scale, mean, std), {}
     copy = nnx.merge(*nnx.split(module))
     copy.eval()
@@ -311,7 +312,7 @@ def from_nnx(module: Any, *, input_shape: Sequence[int], class_names: Sequence[s
     output = _abstract(run, "module", spec, state)
     paths = {"/".join(map(str, p)): p for p, v in found.items() if v is not None}
     if not paths:
-        raise ValueError("module: expected submodules whose __call__ returns one (N, ...) array, found none")
+        raise ArgumentError("module", "expected submodules whose __call__ returns one (N, ...) array, found none")
 
     def apply(state, x, layer):
         model, sink = nnx.merge(graphdef, rng_state, state), []
@@ -332,7 +333,7 @@ def from_nnx(module: Any, *, input_shape: Sequence[int], class_names: Sequence[s
     def fresh_state(key):
         fresh = init(key)
         if not isinstance(fresh, nnx.Module):
-            raise TypeError(f"init: expected init(key) to return an nnx.Module, got {type(fresh).__name__}")
+            raise ArgumentTypeError("init", f"expected init(key) to return an nnx.Module, got {type(fresh).__name__}")
         fresh = nnx.merge(*nnx.split(fresh))
         fresh.eval()
         return nnx.split(fresh, nnx.RngState, ...)[2]
@@ -364,14 +365,14 @@ def from_function(apply: Callable[[Any, jax.Array, str], jax.Array], variables: 
         randomization sanity check).
     """
     if not callable(apply):
-        raise TypeError(f"apply: expected a callable apply(variables, x, layer), got {type(apply).__name__}")
+        raise ArgumentTypeError("apply", f"expected a callable apply(variables, x, layer), got {type(apply).__name__}")
     if kernel_paths is not None and not isinstance(kernel_paths, Mapping):
-        raise TypeError(f"kernel_paths: expected a mapping layer -> keys, got {type(kernel_paths).__name__}")
+        raise ArgumentTypeError("kernel_paths", f"expected a mapping layer -> keys, got {type(kernel_paths).__name__}")
     spec, names, shapes = _input_spec(input_shape, scale, mean, std), _layer_names(layer_names), {}
     for layer in names:
         out = _abstract(lambda v, x, layer=layer: apply(v, x, layer), "apply", spec, variables)
         if not (isinstance(out, jax.ShapeDtypeStruct) and out.ndim >= 1 and out.shape[0] == _BATCH):
-            raise ValueError(f"apply: expected (N, ...) activations for layer {layer!r}, got "
+            raise ArgumentError("apply", f"expected (N, ...) activations for layer {layer!r}, got "
                              f"{getattr(out, 'shape', type(out).__name__)} for N={_BATCH}")
         shapes[("shape", layer)] = out.shape[1:]
     net = Network(apply, variables, names, spec, _check_classes(class_names, out.shape[1:], f"layer {names[-1]!r}"),

@@ -28,6 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxviz.checks import ArgumentError, ArgumentTypeError
+
 __all__ = ["CNN", "CNNLayer", "IMAGE_SHAPE", "check_layer", "forward", "forward_perturbed", "init_variables", "layers"]
 
 Variables = Any  # a Flax variables dict: {"params": ..., "batch_stats": ...}
@@ -116,10 +118,10 @@ def check_layer(model: CNN, layer: str | None) -> None:
     if layer is None:
         return
     if not isinstance(layer, str):
-        raise TypeError(f"layer: expected a layer name (str), got {type(layer).__name__}")
+        raise ArgumentTypeError("layer", f"expected a layer name (str), got {type(layer).__name__}")
     names = model.layer_names()
     if layer not in names:
-        raise ValueError(f"layer: unknown layer {layer!r}; expected one of {', '.join(names)}")
+        raise ArgumentError("layer", f"unknown layer {layer!r}; expected one of {', '.join(names)}")
 
 
 def init_variables(model: CNN, key: jax.Array) -> Variables:

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxviz.checks import ArgumentError, ArgumentTypeError
 from jaxviz.data.images import check_uint8_images
 
 __all__ = ["InputSpec", "LayerInfo", "Network", "resize_images"]
@@ -95,7 +96,7 @@ class InputSpec:
                 raise ValueError(f"{field}: expected a positive int, got {getattr(self, field)!r}")
             object.__setattr__(self, field, int(getattr(self, field)))
         if not isinstance(self.scale, (int, float, np.number)) or not 0 < float(self.scale) < math.inf:
-            raise ValueError(f"scale: expected a positive finite number, got {self.scale!r}")
+            raise ArgumentError("scale", f"expected a positive finite number, got {self.scale!r}")
         object.__setattr__(self, "scale", float(self.scale))
         for field in ("mean", "std"):
             if (value := getattr(self, field)) is not None:
@@ -106,7 +107,7 @@ class InputSpec:
                                      f"{', positive' if field == 'std' else ''}), got {value!r}")
                 object.__setattr__(self, field, tuple(float(v) for v in values))
         if not jnp.issubdtype(np.dtype(self.dtype), jnp.floating):
-            raise TypeError(f"dtype: expected a float dtype, got {np.dtype(self.dtype)}")
+            raise ArgumentTypeError("dtype", f"expected a float dtype, got {np.dtype(self.dtype)}")
         object.__setattr__(self, "dtype", np.dtype(self.dtype))
 
     @property
@@ -169,10 +170,10 @@ def resize_images(images: np.ndarray, height: int, width: int, *, batch_size: in
     ``batch_size`` images go through each compiled call, bounding the float32 memory.
     """
     if getattr(images, "dtype", None) != np.uint8:
-        raise TypeError(f"images: expected uint8 pixels (N, h, w, C), got "
+        raise ArgumentTypeError("images", f"expected uint8 pixels (N, h, w, C), got "
                         f"{getattr(images, 'dtype', type(images).__name__)}")
     if images.ndim != 4:
-        raise ValueError(f"images: expected shape (N, h, w, C), got {tuple(images.shape)}")
+        raise ArgumentError("images", f"expected shape (N, h, w, C), got {tuple(images.shape)}")
     for name, value in (("height", height), ("width", width), ("batch_size", batch_size)):
         if not _is_int(value) or value < 1:
             raise ValueError(f"{name}: expected a positive int, got {value!r}")
@@ -189,15 +190,15 @@ def resize_images(images: np.ndarray, height: int, width: int, *, batch_size: in
 def _layer_names(names: Any) -> tuple[str, ...]:
     if isinstance(names, str) or not isinstance(names, Sequence) or not names or \
             not all(isinstance(n, str) and n for n in names):
-        raise TypeError(f"layer_names: expected a non-empty sequence of non-empty str, got {names!r}")
+        raise ArgumentTypeError("layer_names", f"expected a non-empty sequence of non-empty str, got {names!r}")
     if len(set(names)) != len(names):
-        raise ValueError(f"layer_names: expected distinct names, got {list(names)}")
+        raise ArgumentError("layer_names", f"expected distinct names, got {list(names)}")
     return tuple(names)
 
 
 def _class_names(names: Any) -> tuple[str, ...]:
     if isinstance(names, str) or not isinstance(names, Sequence) or not all(isinstance(c, str) for c in names):
-        raise TypeError(f"class_names: expected a sequence of str, got {names!r}")
+        raise ArgumentTypeError("class_names", f"expected a sequence of str, got {names!r}")
     return tuple(names)
 
 
@@ -261,10 +262,10 @@ class Network:
 
     def __post_init__(self):
         if not callable(self.apply):
-            raise TypeError(f"apply: expected a callable apply(variables, x, layer), got {type(self.apply).__name__}")
+            raise ArgumentTypeError("apply", f"expected a callable apply(variables, x, layer), got {type(self.apply).__name__}")
         object.__setattr__(self, "layer_names", _layer_names(self.layer_names))
         if not isinstance(self.input_spec, InputSpec):
-            raise TypeError(f"input_spec: expected an InputSpec, got {type(self.input_spec).__name__}")
+            raise ArgumentTypeError("input_spec", f"expected an InputSpec, got {type(self.input_spec).__name__}")
         if self.class_names is not None:
             object.__setattr__(self, "class_names", _class_names(self.class_names))
         for field in ("apply_perturbed", "init"):
@@ -276,7 +277,7 @@ class Network:
             object.__setattr__(self, field, types.MappingProxyType(dict(getattr(self, field))))
         for layer, path in self.kernel_paths.items():
             if _array(_find(self.variables, tuple(path))) is None:
-                raise ValueError(f"kernel_paths: expected {layer!r} -> the keys of an array in variables, "
+                raise ArgumentError("kernel_paths", f"expected {layer!r} -> the keys of an array in variables, "
                                  f"got {tuple(path)}")
 
     def to_input(self, images: Any) -> Any:
@@ -299,12 +300,13 @@ class Network:
         """Whether the last layer's outputs are named classes."""
         return self.class_names is not None
 
-    def check_layer(self, layer: Any) -> None:
-        """Raise ``TypeError`` unless ``layer`` is a str, ``ValueError`` unless it is a layer name."""
+    def check_layer(self, layer: Any, name: str = "layer") -> None:
+        """Raise ``ArgumentTypeError`` unless ``layer`` is a str, ``ArgumentError`` unless it is a layer name;
+        both name the argument ``name``."""
         if not isinstance(layer, str):
-            raise TypeError(f"layer: expected a layer name (str), got {type(layer).__name__}")
+            raise ArgumentTypeError(name, f"expected a layer name (str), got {type(layer).__name__}")
         if layer not in self.layer_names:
-            raise ValueError(f"layer: unknown layer {layer!r}; expected one of {', '.join(self.layer_names)}")
+            raise ArgumentError(name, f"unknown layer {layer!r}; expected one of {', '.join(self.layer_names)}")
 
     def check_finite(self, outputs: Any, images: np.ndarray, *, layer: str | None = None, indices: Any = None,
                      name: str = "network") -> None:
@@ -375,14 +377,11 @@ class Network:
         """
         self.check_layer(layer)
         output_layer = self.output_layer if output_layer is None else output_layer
-        try:
-            self.check_layer(output_layer)
-        except (TypeError, ValueError) as e:
-            raise type(e)(str(e).replace("layer:", "output_layer:", 1)) from None
+        self.check_layer(output_layer, "output_layer")
         if self.layer_names.index(output_layer) <= self.layer_names.index(layer):
-            raise ValueError(f"output_layer: expected a layer after {layer!r}, got {output_layer!r}")
+            raise ArgumentError("output_layer", f"expected a layer after {layer!r}, got {output_layer!r}")
         if self.apply_perturbed is None:
-            raise ValueError(f"network: {self.name or 'this network'} has no apply_perturbed, so no gradient with "
+            raise ArgumentError("network", f"{self.name or 'this network'} has no apply_perturbed, so no gradient with "
                              "respect to a layer; pass apply_perturbed= to jaxviz.from_function")
         apply = self.apply_perturbed
 
@@ -424,7 +423,7 @@ class Network:
         layers if it has none."""
         self.check_layer(layer)
         if getattr(kernel := self._kernel(layer), "ndim", 0) != 4:
-            raise ValueError(f"layer: {layer!r} has no conv kernel (kh, kw, in, out); layers with conv kernels: "
+            raise ArgumentError("layer", f"{layer!r} has no conv kernel (kh, kw, in, out); layers with conv kernels: "
                              f"{', '.join(self.conv_layers()) or 'none'}")
         return np.asarray(kernel, np.float32)
 

@@ -32,6 +32,7 @@ import optax
 
 from jaxviz._batching import map_batches
 from jaxviz._progress import progress_bar
+from jaxviz.checks import ArgumentError, ArgumentTypeError
 from jaxviz.data.images import Dataset
 from jaxviz.models.adapters import from_cnn
 from jaxviz.models.checkpoint import (
@@ -127,10 +128,10 @@ class TrainConfig:
     def _checked_widths(self) -> tuple[int, ...]:
         expected = f"1 to {MAX_BLOCKS} positive ints (one per conv block of the {IMAGE_SHAPE[0]}x{IMAGE_SHAPE[1]} input)"
         if isinstance(self.widths, (str, bytes)) or not hasattr(self.widths, "__iter__"):
-            raise TypeError(f"widths: expected {expected}, got {self.widths!r} ({type(self.widths).__name__})")
+            raise ArgumentTypeError("widths", f"expected {expected}, got {self.widths!r} ({type(self.widths).__name__})")
         widths = tuple(self.widths)
         if not 1 <= len(widths) <= MAX_BLOCKS:
-            raise ValueError(f"widths: expected {expected}, got {len(widths)} values {list(widths)}")
+            raise ArgumentError("widths", f"expected {expected}, got {len(widths)} values {list(widths)}")
         return tuple(_check_int(f"widths[{i}]", w, 1) for i, w in enumerate(widths))
 
     def model(self, num_classes: int) -> CNN:
@@ -275,14 +276,14 @@ def train(
         (e.g. a learning rate far too high); the last good checkpoint is kept.
     """
     if not isinstance(config, TrainConfig):
-        raise TypeError(f"config: expected a TrainConfig, got {type(config).__name__}")
+        raise ArgumentTypeError("config", f"expected a TrainConfig, got {type(config).__name__}")
     config.validate()
     _check_dataset("train_set", train_set, minimum=config.batch_size,
                    what=f"batch_size={config.batch_size} images", hint="; lower the batch size")
     if test_set is not None:
         _check_dataset("test_set", test_set, minimum=1, what="1 image")
         if test_set.class_names != train_set.class_names:
-            raise ValueError(f"test_set: expected the training classes {list(train_set.class_names)}, "
+            raise ArgumentError("test_set", f"expected the training classes {list(train_set.class_names)}, "
                              f"got {list(test_set.class_names)}")
     ckpt = None
     if checkpoint_dir is not None:

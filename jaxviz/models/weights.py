@@ -25,6 +25,7 @@ import jax
 import numpy as np
 
 from jaxviz._io import atomic_write_bytes, file_digest
+from jaxviz.checks import ArgumentError
 from jaxviz.data.images import CIFAR10_CLASSES
 from jaxviz.models.adapters import from_cnn
 from jaxviz.models.cnn import CNN, init_variables
@@ -79,7 +80,7 @@ def save_weights(path: str | os.PathLike, model: CNN, variables: dict, *,
     checksum is rewritten too.
     """
     if len(class_names) != model.num_classes:
-        raise ValueError(f"class_names: expected {model.num_classes} names, got {len(class_names)}")
+        raise ArgumentError("class_names", f"expected {model.num_classes} names, got {len(class_names)}")
     payload = {
         "format": FORMAT, "version": VERSION, "architecture": _architecture(model),
         "class_names": list(class_names), "metadata": json.dumps(metadata or {}),
@@ -98,17 +99,17 @@ def _check_shapes(expected: Any, got: Any, path: str) -> None:
     """Raise ``ValueError`` naming the first leaf whose presence or shape differs."""
     if isinstance(expected, dict):
         if not isinstance(got, dict):
-            raise ValueError(f"weights: expected a group at {path or '/'}, got an array")
+            raise ArgumentError("weights", f"expected a group at {path or '/'}, got an array")
         for key in sorted(set(expected) | set(got)):
             where = f"{path}/{key}"
             if key not in got:
-                raise ValueError(f"weights: missing {where} (expected shape {_shape(expected[key])})")
+                raise ArgumentError("weights", f"missing {where} (expected shape {_shape(expected[key])})")
             if key not in expected:
-                raise ValueError(f"weights: unexpected entry {where}: the file is for another architecture")
+                raise ArgumentError("weights", f"unexpected entry {where}: the file is for another architecture")
             _check_shapes(expected[key], got[key], where)
         return
     if isinstance(got, dict) or np.shape(got) != np.shape(expected):
-        raise ValueError(f"weights: {path} has shape {_shape(got)}, the architecture expects {_shape(expected)}")
+        raise ArgumentError("weights", f"{path} has shape {_shape(got)}, the architecture expects {_shape(expected)}")
 
 
 def _shape(x: Any) -> str:
@@ -138,16 +139,16 @@ def load_weights(path: str | os.PathLike, *, sha256: str | None = None, model: C
     if sha256 is not None:
         actual = file_digest(path)
         if actual != sha256:
-            raise ValueError(f"path: {str(path)!r} has SHA-256 {actual}, expected {sha256} "
+            raise ArgumentError("path", f"{str(path)!r} has SHA-256 {actual}, expected {sha256} "
                              "(the file is corrupt or was replaced)")
     try:
         payload = flax.serialization.msgpack_restore(path.read_bytes())
     except Exception as e:  # msgpack raises several types on corrupt input
-        raise ValueError(f"path: {str(path)!r} is not a jaxviz weights file (msgpack error: {e})") from None
+        raise ArgumentError("path", f"{str(path)!r} is not a jaxviz weights file (msgpack error: {e})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"path: {str(path)!r} is not a jaxviz weights file (expected format {FORMAT!r})")
+        raise ArgumentError("path", f"{str(path)!r} is not a jaxviz weights file (expected format {FORMAT!r})")
     if payload.get("version") != VERSION:
-        raise ValueError(f"path: {str(path)!r} has format version {payload.get('version')}, expected {VERSION}")
+        raise ArgumentError("path", f"{str(path)!r} has format version {payload.get('version')}, expected {VERSION}")
     try:
         arch = payload["architecture"]
         file_model = CNN(widths=tuple(arch["widths"]), convs_per_block=int(arch["convs_per_block"]),
@@ -157,9 +158,9 @@ def load_weights(path: str | os.PathLike, *, sha256: str | None = None, model: C
         metadata = json.loads(payload["metadata"])
         stored = payload["variables"]
     except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"path: {str(path)!r} is a damaged jaxviz weights file ({type(e).__name__}: {e})") from None
+        raise ArgumentError("path", f"{str(path)!r} is a damaged jaxviz weights file ({type(e).__name__}: {e})") from None
     if model is not None and _shapes_of(_architecture(model)) != _shapes_of(_architecture(file_model)):
-        raise ValueError(f"path: {str(path)!r} holds weights for architecture {_architecture(file_model)}, "
+        raise ArgumentError("path", f"{str(path)!r} holds weights for architecture {_architecture(file_model)}, "
                          f"expected {_architecture(model)}")
     expected = jax.eval_shape(lambda: init_variables(file_model, jax.random.key(0)))
     expected = flax.serialization.to_state_dict(expected)

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from jaxviz._io import LockHeldError, path_lock, replace_directory
+from jaxviz.checks import ArgumentError, ArgumentTypeError
 
 __all__ = ["check_output_dir", "check_report_dir", "write_folder"]
 
@@ -91,7 +92,7 @@ def check_output_dir(out_dir: str | os.PathLike) -> Path:
     uses ``check_report_dir``, which creates nothing.
     """
     if not isinstance(out_dir, (str, os.PathLike)):
-        raise TypeError(f"out_dir: expected a path (str or os.PathLike), got {type(out_dir).__name__}")
+        raise ArgumentTypeError("out_dir", f"expected a path (str or os.PathLike), got {type(out_dir).__name__}")
     out = Path(out_dir)
     _check_target(out, str(out_dir))
     try:
@@ -114,13 +115,13 @@ def check_report_dir(out_dir: str | os.PathLike) -> Path:
     directory. Returns the absolute path (symbolic links resolved).
     """
     if not isinstance(out_dir, (str, os.PathLike)):
-        raise TypeError(f"out_dir: expected a path (str or os.PathLike), got {type(out_dir).__name__}")
+        raise ArgumentTypeError("out_dir", f"expected a path (str or os.PathLike), got {type(out_dir).__name__}")
     shown = os.fsdecode(out_dir)
     if not shown:
-        raise ValueError("out_dir: expected a directory path, got ''")
+        raise ArgumentError("out_dir", "expected a directory path, got ''")
     out = Path(os.path.realpath(out_dir))
     if out.parent == out:
-        raise ValueError(f"out_dir: expected a directory below a parent directory, got {shown!r}")
+        raise ArgumentError("out_dir", f"expected a directory below a parent directory, got {shown!r}")
     _check_target(out, shown)
     if out.is_dir():
         why = _not_a_report(out)

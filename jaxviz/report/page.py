@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxviz.checks import ArgumentTypeError
 from jaxviz.data.images import Dataset, load_sample
 from jaxviz.models.network import Network
 from jaxviz.models.weights import load_pretrained
@@ -50,14 +51,14 @@ def make_report(out_dir: str | os.PathLike, *, network: Network | None = None, d
     """
     settings = ReportSettings() if settings is None else settings
     if not isinstance(settings, ReportSettings):
-        raise TypeError(f"settings: expected a ReportSettings, got {type(settings).__name__}")
+        raise ArgumentTypeError("settings", f"expected a ReportSettings, got {type(settings).__name__}")
     if network is not None and not isinstance(network, Network):
-        raise TypeError(f"network: expected a jaxviz.Network (e.g. load_pretrained().network, from_linen(...)) "
+        raise ArgumentTypeError("network", f"expected a jaxviz.Network (e.g. load_pretrained().network, from_linen(...)) "
                         f"or None, got {type(network).__name__}")
     if dataset is not None and not isinstance(dataset, Dataset):
-        raise TypeError(f"dataset: expected a Dataset or None, got {type(dataset).__name__}")
+        raise ArgumentTypeError("dataset", f"expected a Dataset or None, got {type(dataset).__name__}")
     if not isinstance(progress, (bool, np.bool_)):
-        raise TypeError(f"progress: expected True or False, got {progress!r} ({type(progress).__name__})")
+        raise ArgumentTypeError("progress", f"expected True or False, got {progress!r} ({type(progress).__name__})")
     check_report_dir(out_dir)
     network = load_pretrained().network if network is None else network
     dataset = prepare(network, load_sample() if dataset is None else dataset, settings)

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from jaxviz.checks import ArgumentError
+
 __all__ = [
     "MAX_COLUMNS", "MAX_ROWS", "check_grid", "image_title", "plot_activation_maps", "plot_attribution_maps", "plot_confusion", "plot_filters", "plot_heatmaps", "plot_masked",
     "plot_occluded_examples", "plot_sanity", "plot_selectivity", "plot_top_k", "plot_training", "plot_tsne", "save_figure",
@@ -117,7 +119,7 @@ def plot_activation_maps(images: np.ndarray, maps: np.ndarray, *, channels: Sequ
     """
     channels = list(range(min(8, maps.shape[-1]))) if channels is None else [int(c) for c in channels]
     if not channels or min(channels) < 0 or max(channels) >= maps.shape[-1]:
-        raise ValueError(f"channels: expected channel indices in [0, {maps.shape[-1]}) of layer {layer or 'the layer'}, "
+        raise ArgumentError("channels", f"expected channel indices in [0, {maps.shape[-1]}) of layer {layer or 'the layer'}, "
                          f"got {channels}")
     n = len(images)
     check_grid(n, len(channels) + 1, what_rows="images", what_cols="channels")

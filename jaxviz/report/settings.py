@@ -9,6 +9,7 @@ import numbers
 import numpy as np
 
 from jaxviz.analysis.unit_occlusion import UNIT_WINDOW
+from jaxviz.checks import ArgumentError, ArgumentTypeError
 from jaxviz.data.images import Dataset
 from jaxviz.evaluation.comparison import METHODS, cam_layer_for
 from jaxviz.evaluation.sanity import GRADIENT_METHODS, randomization_layers
@@ -79,9 +80,9 @@ class ReportSettings:
             if not isinstance(v, str) and not (name == "layer" and v is None):
                 raise TypeError(f"{name}: expected a str, got {v!r} ({type(v).__name__})")
         if self.layer == "":
-            raise ValueError("layer: expected a layer name or None, got ''")
+            raise ArgumentError("layer", "expected a layer name or None, got ''")
         if self.anchor not in ANCHORS:
-            raise ValueError(f"anchor: expected one of {', '.join(map(repr, ANCHORS))}, got {self.anchor!r}")
+            raise ArgumentError("anchor", f"expected one of {', '.join(map(repr, ANCHORS))}, got {self.anchor!r}")
         for name, (lo, hi) in _INT_RANGES.items():
             v = getattr(self, name)
             want = f"an int in [{lo}, {hi}]" if hi is not None else f"an int >= {lo}"
@@ -114,14 +115,14 @@ class ReportSettings:
             units = self.units
             want = f"None or a tuple of 1 to {MAX_UNITS} unit indices (ints >= 0)"
             if not isinstance(units, (tuple, list, range, np.ndarray)) or np.ndim(units) != 1:
-                raise TypeError(f"units: expected {want}, got {units!r} ({type(units).__name__})")
+                raise ArgumentTypeError("units", f"expected {want}, got {units!r} ({type(units).__name__})")
             bad = [u for u in units if not _is_int(u)]
             if bad:
-                raise TypeError(f"units: expected {want}, got {list(units)!r} ({bad[0]!r} is a "
+                raise ArgumentTypeError("units", f"expected {want}, got {list(units)!r} ({bad[0]!r} is a "
                                 f"{type(bad[0]).__name__})")
             if not 1 <= len(units) <= MAX_UNITS or min(units) < 0:
                 more = f" (the most the figures show; got {len(units)})" if len(units) > MAX_UNITS else ""
-                raise ValueError(f"units: expected {want}{more}, got {[int(u) for u in units]}")
+                raise ArgumentError("units", f"expected {want}{more}, got {[int(u) for u in units]}")
             object.__setattr__(self, "units", tuple(int(u) for u in units))
 
 
@@ -167,28 +168,28 @@ def check_against(settings: ReportSettings, network: Network, dataset: Dataset) 
     network.check_layer(layer)
     network.input_spec.check_images(dataset.images, "dataset")
     if len(dataset) < 2:
-        raise ValueError(f"dataset: expected at least 2 images (t-SNE needs 2 points), got {len(dataset)}")
+        raise ArgumentError("dataset", f"expected at least 2 images (t-SNE needs 2 points), got {len(dataset)}")
     if len(dataset.class_names) < 2:
-        raise ValueError(f"dataset: expected images of at least 2 classes (a unit's selectivity compares classes), "
+        raise ArgumentError("dataset", f"expected images of at least 2 classes (a unit's selectivity compares classes), "
                          f"got the one class {dataset.class_names[0]!r}")
     if settings.k > len(dataset):
-        raise ValueError(f"k: expected an int in [1, {len(dataset)}] (the dataset size), got {settings.k}")
+        raise ArgumentError("k", f"expected an int in [1, {len(dataset)}] (the dataset size), got {settings.k}")
     size = min(dataset.images.shape[1:3])
     if settings.window > size:
-        raise ValueError(f"window: expected an int in [1, {size}] (the image size), got {settings.window}")
+        raise ArgumentError("window", f"expected an int in [1, {size}] (the image size), got {settings.window}")
     shape = network.output_shape(layer)
     if len(shape) not in (1, 3):
-        raise ValueError(f"layer: expected a layer with (units,) or (h, w, channels) outputs, {layer!r} has {shape}")
+        raise ArgumentError("layer", f"expected a layer with (units,) or (h, w, channels) outputs, {layer!r} has {shape}")
     width = shape[-1]
     explained = network.output_layer if network.is_classifier else layer
     if "gradcam" in (settings.trust_methods or ()) and (problem := _grad_cam_problem(network, explained)):
-        raise ValueError(f"trust_methods: gradcam: {problem}")
+        raise ArgumentError("trust_methods", f"gradcam: {problem}")
     if settings.sanity_methods and not randomization_layers(network):
-        raise ValueError("sanity_methods: the network has no layer with variables to randomize; pass ()")
+        raise ArgumentError("sanity_methods", "the network has no layer with variables to randomize; pass ()")
     if "gradcam" in (settings.sanity_methods or ()) and (problem := _grad_cam_problem(network, network.output_layer)):
-        raise ValueError(f"sanity_methods: gradcam: {problem}")
+        raise ArgumentError("sanity_methods", f"gradcam: {problem}")
     if settings.units is not None and max(settings.units) >= width:
-        raise ValueError(f"units: expected indices in [0, {width}) for layer {layer}, got {list(settings.units)}")
+        raise ArgumentError("units", f"expected indices in [0, {width}) for layer {layer}, got {list(settings.units)}")
     if settings.units is None and settings.num_units > width:
-        raise ValueError(f"num_units: expected an int in [1, {min(width, MAX_UNITS)}] (layer {layer} has "
+        raise ArgumentError("num_units", f"expected an int in [1, {min(width, MAX_UNITS)}] (layer {layer} has "
                          f"{width} units), got {settings.num_units}")

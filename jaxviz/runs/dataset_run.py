@@ -46,7 +46,8 @@ import numpy as np
 
 from jaxviz._batching import batch_sharding
 from jaxviz._io import LockHeldError, path_lock
-from jaxviz.engine.inputs import check_bool, check_int, fill_array, unit_indices
+from jaxviz.checks import ArgumentError, ArgumentTypeError, check_bool, check_int
+from jaxviz.engine.inputs import fill_array, unit_indices
 from jaxviz.engine.perturb import BLUR_SIGMA
 from jaxviz.engine.plan import chunk_size_for, probe, signature
 from jaxviz.methods.occlusion import WINDOW
@@ -65,13 +66,13 @@ __all__ = ["run_dataset"]
 def _check_source(images: Any, network: Network) -> Any:
     images = getattr(images, "images", images)  # a jaxviz Dataset
     if not all(hasattr(images, a) for a in ("shape", "dtype", "__getitem__")):
-        raise TypeError(f"images: expected an array-like (N, H, W, C) of uint8 that can be sliced (numpy array, "
+        raise ArgumentTypeError("images", f"expected an array-like (N, H, W, C) of uint8 that can be sliced (numpy array, "
                         f"memory map, zarr or tensorstore array, jaxviz.Dataset), got {type(images).__name__}")
     shape = tuple(int(d) for d in images.shape)
     if len(shape) != 4 or shape[0] == 0:
-        raise ValueError(f"images: expected a non-empty (N, H, W, C) array, got shape {shape}")
+        raise ArgumentError("images", f"expected a non-empty (N, H, W, C) array, got shape {shape}")
     if np.dtype(images.dtype) != np.uint8:
-        raise TypeError(f"images: expected uint8 pixels (the network converts them), got {np.dtype(images.dtype)}")
+        raise ArgumentTypeError("images", f"expected uint8 pixels (the network converts them), got {np.dtype(images.dtype)}")
     network.input_spec.check_images(np.zeros((1, *shape[1:]), np.uint8))
     return images
 
@@ -212,10 +213,10 @@ def _check_folder(job: Job, shown: str, overwrite: bool) -> dict | None:
     except ValueError as e:
         if overwrite:
             return None
-        raise ValueError(f"out: {e}") from None
+        raise ArgumentError("out", f"{e}") from None
     if previous is not None and previous != job.settings and not overwrite:
         differ = sorted(key for key in set(previous) | set(job.settings) if previous.get(key) != job.settings.get(key))
-        raise ValueError(f"out: {shown!r} holds a run with other settings ({', '.join(differ)} differ); "
+        raise ArgumentError("out", f"{shown!r} holds a run with other settings ({', '.join(differ)} differ); "
                          f"choose another directory or pass overwrite=True to replace it")
     return None if overwrite else previous
 
@@ -251,11 +252,11 @@ def _job(network, images, out, *, method, layer, units, window, stride, anchor, 
          fill, k, keep_grid, images_per_step, chunk_size, memory_budget, progress) -> Job:
     """Check every argument (errors name it) and plan the run, before any work."""
     if not isinstance(network, Network):
-        raise TypeError(f"network: expected a jaxviz.Network, got {type(network).__name__}")
+        raise ArgumentTypeError("network", f"expected a jaxviz.Network, got {type(network).__name__}")
     if not isinstance(out, (str, Path)):
-        raise TypeError(f"out: expected a directory path, got {type(out).__name__}")
+        raise ArgumentTypeError("out", f"expected a directory path, got {type(out).__name__}")
     if not os.fspath(out):
-        raise ValueError("out: expected a directory path, got ''")
+        raise ArgumentError("out", "expected a directory path, got ''")
     if Path(out).exists() and not Path(out).is_dir():
         raise NotADirectoryError(f"out: expected a directory, but {str(out)!r} is a file")
     images = _check_source(images, network)
@@ -265,11 +266,11 @@ def _job(network, images, out, *, method, layer, units, window, stride, anchor, 
     f = network.score_fn(layer)
     width, example_bytes = probe(f, True, signature(network.variables), (h, w, c), network.input_spec.dtype)
     if len(width) != 1:
-        raise ValueError(f"layer: expected per-unit scores (N, units) from {layer!r}, got per-image shape {width}")
+        raise ArgumentError("layer", f"expected per-unit scores (N, units) from {layer!r}, got per-image shape {width}")
     units = None if units is None else unit_indices(units, width[0])
     kept = width[0] if units is None else len(units)
     if method not in RUN_METHODS:
-        raise ValueError(f"method: expected one of {', '.join(RUN_METHODS)}, got {method!r}")
+        raise ArgumentError("method", f"expected one of {', '.join(RUN_METHODS)}, got {method!r}")
     family, map_shape, scale, options = method_family(method, (h, w, c), window=window, stride=stride,
                                                       anchor=anchor, segments=segments, num_masks=num_masks,
                                                       cells=cells, p=p, seed=seed)
@@ -277,7 +278,7 @@ def _job(network, images, out, *, method, layer, units, window, stride, anchor, 
     batch = min(check_int(images_per_step, "images_per_step", 1), n)  # a larger step would only pad
     keep_grid = check_bool(keep_grid, "keep_grid")
     if isinstance(fill, np.ndarray) and fill.ndim == 4:
-        raise ValueError("fill: per-image fills are not supported over a dataset; give a number, per-channel (C,) "
+        raise ArgumentError("fill", "per-image fills are not supported over a dataset; give a number, per-channel (C,) "
                          "or image (H, W, C) values, or 'blur'")
     head, tail = np.asarray(images[0:1]), np.asarray(images[n - 1:n])  # the only reads before the passes
     fills, per_image_fill = fill_array(fill, network.to_input(head), BLUR_SIGMA)

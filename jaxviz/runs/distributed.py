@@ -17,17 +17,17 @@ from typing import Any
 
 import jax
 
-from jaxviz.engine.inputs import check_int
+from jaxviz.checks import ArgumentError, check_int
 
 __all__ = ["initialize_distributed"]
 
 
 def _check_address(address: Any) -> str:
     if not isinstance(address, str) or not re.fullmatch(r"\[?[\w.:-]+\]?:\d{1,5}", address):
-        raise ValueError(f"coordinator: expected HOST:PORT (process 0's address), got {address!r}")
+        raise ArgumentError("coordinator", f"expected HOST:PORT (process 0's address), got {address!r}")
     port = int(address.rsplit(":", 1)[1])
     if not 0 < port < 65536:
-        raise ValueError(f"coordinator: expected a port in [1, 65535], got {port}")
+        raise ArgumentError("coordinator", f"expected a port in [1, 65535], got {port}")
     return address
 
 
@@ -62,7 +62,7 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
     given = [v is not None for v in (coordinator, num_processes, process_id)]
     if auto:
         if any(given):
-            raise ValueError("auto: detect the cluster from the environment or give coordinator, num_processes and "
+            raise ArgumentError("auto", "detect the cluster from the environment or give coordinator, num_processes and "
                              "process_id, not both")
     elif not any(given):
         return False
@@ -84,7 +84,7 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
                                    shutdown_timeout_seconds=heartbeat_timeout)
     except ValueError as e:  # JAX: "coordinator_address should be defined." when it detects no cluster
         if auto and "defined" in str(e):
-            raise ValueError("auto: no cluster was detected (SLURM, Open MPI, Kubernetes, TPU pod) in the "
+            raise ArgumentError("auto", "no cluster was detected (SLURM, Open MPI, Kubernetes, TPU pod) in the "
                              "environment; give coordinator, num_processes and process_id instead") from None
         raise
     return True

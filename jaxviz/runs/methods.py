@@ -19,7 +19,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from jaxviz.engine.inputs import check_int, check_seed
+from jaxviz.checks import ArgumentError, check_int, check_seed
 from jaxviz.engine.perturb import MaskFamily
 from jaxviz.methods.ablation import grid_segments, segment_generator
 from jaxviz.methods.occlusion import check_windows, window_masks
@@ -59,4 +59,4 @@ def method_family(method: Any, image_shape: tuple[int, int, int], *, window: Any
                             (cells, (h, w)))
         return family, (h, w), 1.0 / (num_masks * p), {"num_masks": num_masks, "cells": cells, "p": p,
                                                        "seed": seed}
-    raise ValueError(f"method: expected one of {', '.join(RUN_METHODS)}, got {method!r}")
+    raise ArgumentError("method", f"expected one of {', '.join(RUN_METHODS)}, got {method!r}")

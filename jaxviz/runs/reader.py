@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxviz.checks import ArgumentError, ArgumentTypeError
 from jaxviz.runs import store
 
 __all__ = ["Run", "damaged", "expected_arrays", "open_run", "read_settings"]
@@ -111,7 +112,7 @@ def open_run(path: str | os.PathLike) -> Run:
       ``settings.json`` is damaged (rerun with ``overwrite=True``).
     """
     if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
-        raise TypeError(f"path: expected a run directory (str or os.PathLike), got {path!r}"[:200])
+        raise ArgumentTypeError("path", f"expected a run directory (str or os.PathLike), got {path!r}"[:200])
     shown = os.fsdecode(path)
     if os.path.exists(path) and not os.path.isdir(path):
         raise NotADirectoryError(f"path: expected a run directory, but {shown!r} is a file")
@@ -119,7 +120,7 @@ def open_run(path: str | os.PathLike) -> Run:
     try:
         settings = read_settings(path)
     except ValueError as e:
-        raise ValueError(f"path: {e}") from None
+        raise ArgumentError("path", f"{e}") from None
     if settings is None:
         raise FileNotFoundError(f"path: no jaxviz run in {shown!r} (settings.json is missing)")
     _, record, _ = store.latest_record(path)
