@@ -6,14 +6,14 @@ The package is layered; data flows one way and a layer imports only those before
     models    Network (the one model interface) and its adapters; the built-in CNN,
               its weights and training
     engine    evaluating a network on many inputs: layer activations, the perturbation
-              engine (masks made on the device) and occlusion on it
-    attribution  perturbation methods on the engine (RISE, feature ablation),
-              gradient methods (saliency, integrated gradients, SmoothGrad, Grad-CAM),
-              the randomization sanity check and faithfulness metrics
+              engine (masks made on the device), the gradient engine, chunk planning
+    methods   attribution methods, one module each (occlusion, RISE, feature ablation,
+              saliency, input x gradient, integrated gradients, SmoothGrad, Grad-CAM),
+              and the registry (``METHODS``) that every caller reads
+    evaluation  faithfulness metrics, the randomization sanity check, method comparison
     runs      a perturbation method over a whole dataset: streamed to a zarr store,
               resumable, across processes with jax.distributed
-    analysis  top-K, unit selectivity, masks, filters, t-SNE, classification metrics,
-              method comparison
+    analysis  top-K, unit selectivity, masks, filters, t-SNE, classification metrics
     report    figures (the only matplotlib user, imported lazily) and the HTML report
     cli       the ``jaxviz`` command
 
@@ -49,10 +49,11 @@ from jaxviz.analysis.units import (
 )
 from jaxviz.data import CIFAR10_CLASSES, Dataset, cache_dir, load_cifar10, load_image_folder, load_sample
 from jaxviz.engine.activations import activation_maps, layer_features
-from jaxviz.evaluation.comparison import MethodComparison, compare_methods
+from jaxviz.evaluation.comparison import MethodComparison, attribute, compare_methods
 from jaxviz.evaluation.faithfulness import Curve, MuFidelity, deletion_curve, insertion_curve, mu_fidelity
-from jaxviz.evaluation.sanity import GRADIENT_METHODS, SanityCheck, randomization_test
+from jaxviz.evaluation.sanity import SanityCheck, randomization_test
 from jaxviz.methods.ablation import Ablation, feature_ablation, grid_segments, slic_segments
+from jaxviz.methods.base import Attribution, Method
 from jaxviz.methods.gradcam import GradCam, grad_cam
 from jaxviz.methods.gradients import (
     Gradients,
@@ -62,6 +63,7 @@ from jaxviz.methods.gradients import (
     smoothgrad,
 )
 from jaxviz.methods.occlusion import Occlusion, occlude, occlude_one, unit_indices, window_spans
+from jaxviz.methods.registry import METHODS
 from jaxviz.methods.rise import Rise, rise, rise_masks
 from jaxviz.models.adapters import from_cnn, from_function, from_linen, from_nnx
 from jaxviz.models.checkpoint import check_output_file, prepare_checkpoint_dir
@@ -84,15 +86,14 @@ from jaxviz.report.render import jsonable
 from jaxviz.report.settings import check_against as check_report_settings
 from jaxviz.runs.dataset_run import run_dataset
 from jaxviz.runs.distributed import initialize_distributed
-from jaxviz.runs.methods import RUN_METHODS
 from jaxviz.runs.reader import Run, open_run
 from jaxviz.runs.store import RunStoreError
 
 __version__ = "0.2.0"  # the one version number: pyproject.toml builds with it (a literal, read without importing)
 
 __all__ = [
-    "RUN_METHODS", "Run", "RunStoreError", "initialize_distributed", "open_run", "run_dataset",
-    "GRADIENT_METHODS", "GradCam", "Gradients", "SanityCheck", "grad_cam", "input_x_gradient",
+    "METHODS", "Attribution", "Method", "attribute", "Run", "RunStoreError", "initialize_distributed", "open_run", "run_dataset",
+    "GradCam", "Gradients", "SanityCheck", "grad_cam", "input_x_gradient",
     "integrated_gradients", "randomization_test", "saliency", "smoothgrad",
     "Ablation", "Curve", "MethodComparison", "MuFidelity", "Rise", "compare_methods", "deletion_curve",
     "feature_ablation", "grid_segments", "insertion_curve", "mu_fidelity", "rise", "rise_masks", "slic_segments",

@@ -13,9 +13,9 @@ import jaxviz
 from jaxviz.analysis.unit_occlusion import UNIT_WINDOW
 from jaxviz.cli import build_parser
 from jaxviz.engine.perturb import BLUR_SIGMA
-from jaxviz.evaluation import comparison as trust
 from jaxviz.evaluation import faithfulness
 from jaxviz.methods.occlusion import WINDOW
+from jaxviz.methods.registry import METHODS
 
 from numerics import assert_close
 
@@ -56,8 +56,7 @@ def test_blur_fill_is_a_gaussian_of_blur_sigma(x, method):
 
 def test_occluder_window_defaults():
     assert (WINDOW, UNIT_WINDOW) == (8, 11)  # the values before they had one owner
-    assert default(jaxviz.run_dataset, "window") == WINDOW
-    assert default(trust.compare_methods, "window") == default(trust.method_map, "window") == WINDOW
+    assert METHODS["occlusion"].options().window == WINDOW  # read by compare_methods, run_dataset, the CLI
     assert build_parser().parse_args(["attribute", "--method", "occlusion", "--out", "o"]).window == WINDOW
     assert default(jaxviz.occlude_top_images, "window") == UNIT_WINDOW
     assert jaxviz.ReportSettings().window == UNIT_WINDOW

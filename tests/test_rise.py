@@ -384,27 +384,20 @@ def test_rise_weighted_sum_has_one_precision_for_rise_and_dataset_runs():
     assert dots and all(set(e.params["precision"]) == {jax.lax.Precision.HIGHEST} for e in dots)
 
 
-def test_num_masks_defaults_have_one_owner_each():
-    """``rise`` of one map defaults to ``NUM_MASKS``; everything that makes many maps at once (a dataset run, a method
-    comparison, the report, the CLI) to the deliberately cheaper ``NUM_MASKS_MANY``."""
-    import inspect
-
+def test_num_masks_default_has_one_owner():
+    """``NUM_MASKS`` is ``rise``'s default and RISE's option default (``RiseOptions``), which the comparison,
+    dataset runs and the command line read; the report gives its own cheaper ``rise_masks``."""
     import jaxviz
     from jaxviz.cli import build_parser
-    from jaxviz.evaluation import comparison as trust
-    from jaxviz.methods.rise import NUM_MASKS, NUM_MASKS_MANY
+    from jaxviz.methods.registry import METHODS
+    from jaxviz.methods.rise import NUM_MASKS
 
-    assert (NUM_MASKS, NUM_MASKS_MANY) == (4000, 1000)  # the values before they had one owner
+    assert NUM_MASKS == 4000  # the value before it had one owner
     x = jnp.asarray(np.random.default_rng(0).random((1, 8, 8, 1), np.float32))
     one = rise(lambda x: x.sum((1, 2)), x, cells=2, fill=0.0)
     assert one.num_masks == NUM_MASKS
-
-    def default(fn, name):
-        return inspect.signature(fn).parameters[name].default
-
-    assert default(jaxviz.run_dataset, "num_masks") == NUM_MASKS_MANY
-    assert default(trust.compare_methods, "rise_masks") == default(trust.method_map, "rise_masks") == NUM_MASKS_MANY
-    assert jaxviz.ReportSettings().rise_masks == NUM_MASKS_MANY
+    assert METHODS["rise"].options().num_masks == NUM_MASKS
     parser = build_parser()
-    assert parser.parse_args(["faithfulness"]).num_masks == NUM_MASKS_MANY
-    assert parser.parse_args(["attribute", "--method", "rise", "--out", "o"]).num_masks == NUM_MASKS_MANY
+    assert parser.parse_args(["faithfulness"]).num_masks == NUM_MASKS
+    assert parser.parse_args(["attribute", "--method", "rise", "--out", "o"]).num_masks == NUM_MASKS
+    assert jaxviz.ReportSettings().rise_masks == 1000  # the report's comparison: a quarter, its own setting

@@ -17,8 +17,8 @@ def net(tiny_model, tiny_variables):
 
 def test_maps_and_scores_equal_the_methods_called_one_by_one(net):
     images = make_uint8_images(3, seed=5)
-    options = dict(window=8, stride=8, rise_masks=40, rise_cells=4, segments=4, steps=8, mu_grid=4, num_subsets=12,
-                   ig_steps=4, nt_samples=3)
+    options = dict(window=8, stride=8, num_masks=40, cells=4, segments=4, steps=8, mu_grid=4, num_subsets=12,
+                   n_steps=4, nt_samples=3)
     got = jaxviz.compare_methods(net, images, **options)
     logits = jaxviz.layer_features(net, images)
     np.testing.assert_array_equal(got.targets, logits.argmax(-1))  # a classifier explains its prediction
@@ -74,8 +74,8 @@ def test_a_unit_of_a_network_without_classes(tiny_model, tiny_variables):
     net = jaxviz.from_cnn(tiny_model, tiny_variables)  # no class names: explain a unit
     images = make_uint8_images(2, seed=6)
     got = jaxviz.compare_methods(net, images, layer="fc1", targets=np.array([3, 5]), window=16, stride=16,
-                                 rise_masks=8, rise_cells=2, segments=2, steps=4, mu_grid=2, num_subsets=4,
-                                 methods=("occlusion", "gradcam", "ig"), ig_steps=2)
+                                 num_masks=8, cells=2, segments=2, steps=4, mu_grid=2, num_subsets=4,
+                                 methods=("occlusion", "gradcam", "ig"), n_steps=2)
     assert got.layer == "fc1" and got.targets.tolist() == [3, 5]
     assert list(got.maps) == ["occlusion", "Grad-CAM", "integrated gradients"]
     assert all(m.shape == (2, 32, 32) for m in got.maps.values())
@@ -134,7 +134,7 @@ def test_every_methods_requirements_are_checked_before_any_method_runs():
     assert calls == [], "a method ran before Grad-CAM was refused"
     for kwargs, words in [({"seed": 2**32}, "^seed: "), ({"seed": -1}, "^seed: "),
                           ({"steps": 32 * 32 + 1}, r"^steps: expected an int in \[1, 1024\]"),
-                          ({"ig_steps": 0, "methods": ("occlusion", "ig")}, "^ig_steps: "),
+                          ({"n_steps": 0, "methods": ("occlusion", "ig")}, "^n_steps: "),
                           ({"segments": 33, "methods": ("occlusion", "ablation")}, "^segments: "),
                           ({"mu_grid": 33}, r"^mu_grid: expected an int in \[1, 32\]"),
                           ({"num_subsets": 1}, "^num_subsets: ")]:

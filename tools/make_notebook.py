@@ -194,7 +194,7 @@ method passes when the Spearman correlation falls towards 0."""),
 check = jaxviz.randomization_test(net, images8, methods=("saliency", "ig", "gradcam"), mode="cascading", seed=0)
 print("randomized, top first:", check.layers)
 print(check.sentence())"""),
-    ("code", """plots.plot_sanity(check.layers, {jaxviz.GRADIENT_METHODS[m]: v for m, v in check.mean().items()},
+    ("code", """plots.plot_sanity(check.layers, {check.labels[m]: v for m, v in check.mean().items()},
                   mode=check.mode, threshold=0.5)"""),
     ("md", """## Bring your own model
 

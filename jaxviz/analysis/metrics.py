@@ -22,7 +22,7 @@ def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: i
         raise ArgumentError("predictions", f"expected shape {labels.shape} like labels, got {predictions.shape}")
     for name, arr in (("labels", labels), ("predictions", predictions)):
         if arr.size and (arr.min() < 0 or arr.max() >= num_classes):
-            raise ValueError(f"{name}: expected values in [0, {num_classes}), got {arr.min()}..{arr.max()}")
+            raise ArgumentError(f"{name}", f"expected values in [0, {num_classes}), got {arr.min()}..{arr.max()}")
     cm = np.zeros((num_classes, num_classes), np.int64)
     np.add.at(cm, (labels, predictions), 1)
     return cm

@@ -17,7 +17,7 @@ import dataclasses
 import numpy as np
 
 from jaxviz.analysis.topk import TopK, top_k_images
-from jaxviz.checks import ArgumentError
+from jaxviz.checks import ArgumentError, ArgumentTypeError
 from jaxviz.engine.inputs import unit_indices
 
 __all__ = ["Selectivity", "SimilarUnits", "UnitPair", "UnitStudy", "active_in_top_k", "pick_units", "similar_units", "study_units",
@@ -50,9 +50,9 @@ class Selectivity:
 def check_count(value, name: str) -> int:
     """Raise unless ``value`` is a positive int (not a bool); return it as an int."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name}: expected a positive int, got {value!r}")
+        raise ArgumentTypeError(f"{name}", f"expected a positive int, got {value!r}")
     if value < 1:
-        raise ValueError(f"{name}: expected a positive int, got {value}")
+        raise ArgumentError(f"{name}", f"expected a positive int, got {value}")
     return int(value)
 
 

@@ -29,38 +29,34 @@ from jaxviz.cli._options import (
     add_model,
     as_option,
     check_writable,
+    flag,
     int_list,
     load,
     model_outputs,
     positive_int,
 )
-from jaxviz.cli.commands import _dataset_fill, _fill, _indices
+from jaxviz.cli.commands import _indices, resolve_fill
 from jaxviz.cli.runs import add_run_options, check_run_options, run_all
-from jaxviz.evaluation.comparison import METHODS, cam_layer_for, check_methods, explained_function, method_map
-from jaxviz.evaluation.sanity import GRADIENT_METHODS, MODES, PASS_THRESHOLD, format_correlation
-from jaxviz.methods.gradients import IG_METHODS, NT_TYPES
-from jaxviz.methods.occlusion import WINDOW
-from jaxviz.methods.rise import NUM_MASKS_MANY
-from jaxviz.runs.methods import RUN_METHODS
+from jaxviz.evaluation.comparison import attribute, check_methods
+from jaxviz.evaluation.sanity import DEFAULT_METHODS, MODES, PASS_THRESHOLD, SANITY_OPTIONS, format_correlation
+from jaxviz.methods import registry
+from jaxviz.methods.base import explain, options_fields
 
-__all__ = ["METHODS", "add_attribute", "add_faithfulness", "add_sanity", "cmd_attribute", "cmd_faithfulness",
+__all__ = ["add_attribute", "add_faithfulness", "add_sanity", "cmd_attribute", "cmd_faithfulness",
            "cmd_sanity"]
 
-# METHODS: CLI name -> the name compare_methods (and the figures) use
 METRICS = (("deletion_auc", "deletion AUC", "lower"), ("insertion_auc", "insertion AUC", "higher"),
            ("mu_fidelity", "MuFidelity", "higher"))
 DEFAULT_IMAGES = 4
 DEFAULT_SANITY_IMAGES = 16
 # the API's argument -> the option that sets it, for errors that reach the user (``as_option``); a command
 # uses the entries whose option it has
+# (the methods' options are named after their fields: ``--num-masks`` sets ``num_masks``)
 API_OPTIONS = {
-    "n_steps": "--n-steps", "ig_steps": "--n-steps", "steps": "--steps", "layer": "--layer", "units": "--units",
-    "attribution": "--methods", "methods": "--methods", "network": "--model", "num_masks": "--num-masks",
-    "rise_masks": "--num-masks", "cells": "--cells", "rise_cells": "--cells", "p": "--p", "rise_p": "--p",
-    "seed": "--seed", "nt_samples": "--nt-samples", "nt_type": "--nt-type", "stdevs": "--stdevs",
-    "cam_layer": "--cam-layer", "segments": "--segments", "window": "--window", "stride": "--stride",
-    "grid": "--mu-grid", "mu_grid": "--mu-grid", "num_subsets": "--num-subsets", "targets": "--targets",
-    "fill": "--fill", "baselines": "--fill", "ig_method": "--ig-method",
+    "steps": "--steps", "layer": "--layer", "units": "--units", "attribution": "--methods", "methods": "--methods",
+    "network": "--model", "grid": "--mu-grid", "mu_grid": "--mu-grid", "num_subsets": "--num-subsets",
+    "targets": "--targets", "baselines": "--fill",
+    **{name: flag(name) for m in registry.METHODS.values() for name in options_fields(m.options)},
 }
 
 
@@ -116,7 +112,37 @@ def _methods_from(known) -> callable:
     return parse
 
 
-_method_list = _methods_from(METHODS)
+_method_list = _methods_from(registry.names())
+# argparse types of the methods' options where a field's annotation does not say enough
+_OPTION_TYPES = {"seed": _seed, "p": _probability, "stdevs": _stdev, "fill": str, "cam_layer": str,
+                 "segments": positive_int}
+FILL_CLI_HELP = ("a value, one per channel (r,g,b), 'mean' (of the explained images; of the whole dataset with "
+                 "--all) or 'blur', in model-input space")
+
+
+def add_method_options(g, methods, defaults: dict | None = None, skip: tuple[str, ...] = ()) -> None:
+    """One option per field of the methods' options dataclasses (``--num-masks`` for ``num_masks``), with its
+    default (``defaults`` where given) and help text, prefixed by the methods that take it."""
+    fields: dict = {}
+    for m in methods:
+        for name, field in options_fields(m.options).items():
+            fields.setdefault(name, (field, []))[1].append(m.label)
+    for name, (field, labels) in fields.items():
+        if name in skip:
+            continue
+        default = (defaults or {}).get(name, field.default)
+        default = "0" if name == "fill" and default == 0 else default  # parsed by resolve_fill
+        hint = str(field.type)
+        kind = _OPTION_TYPES.get(name) or (positive_int if hint == "int" else float if hint == "float" else str)
+        text = FILL_CLI_HELP if name == "fill" else field.metadata["help"]
+        g.add_argument(flag(name), dest=name, type=kind, default=default, choices=field.metadata["choices"],
+                       help=f"{', '.join(labels)}: {text}" + ("" if default is None else f" (default: {default})"))
+
+
+def method_options(args, methods) -> dict:
+    """The methods' options as parsed (their fields' names), ``fill`` as given (``resolve_fill`` turns it
+    into values)."""
+    return {name: getattr(args, name) for m in methods for name in options_fields(m.options)}
 
 
 # --------------------------------------------------------------------------- parsers
@@ -135,48 +161,17 @@ def _add_common(p: argparse.ArgumentParser):
     g.add_argument("--layer", help="explain a unit of this layer (its activations averaged over space) instead of "
                                    "a classifier's softmax probability (default: the output layer; the layer before "
                                    "it for a model without class names)")
-    g = p.add_argument_group("methods")
-    g.add_argument("--window", type=positive_int, default=WINDOW,
-                   help=f"occlusion: occluder size in pixels (default: {WINDOW})")
-    g.add_argument("--stride", type=positive_int, default=4, help="occlusion: occluder step in pixels (default: 4)")
-    g.add_argument("--num-masks", type=positive_int, default=NUM_MASKS_MANY,
-                   help=f"RISE: random masks (default: {NUM_MASKS_MANY})")
-    g.add_argument("--cells", type=positive_int, default=7, help="RISE: mask grid cells per side (default: 7)")
-    g.add_argument("--seed", type=_seed, default=0,
-                   help="seed of RISE's masks, SmoothGrad's noise (and MuFidelity's subsets) (default: 0)")
-    _add_gradient_options(g)
-    return g
-
-
-def _add_gradient_options(g, n_steps: int = 50) -> None:
-    g.add_argument("--n-steps", type=positive_int, default=n_steps,
-                   help=f"integrated gradients: points on the path (default: {n_steps})")
-    g.add_argument("--nt-samples", type=positive_int, default=25, help="SmoothGrad: noisy samples (default: 25)")
-    g.add_argument("--stdevs", type=_stdev, default=0.15,
-                   help="SmoothGrad: the noise's standard deviation in model-input units (default: 0.15)")
-    g.add_argument("--cam-layer", help="Grad-CAM: the layer with spatial maps (default: the last one at least 7x7 "
-                                       "before the explained layer)")
+    return p.add_argument_group("methods")
 
 
 def add_attribute(sub) -> None:
-    p = sub.add_parser("attribute", help="attribution maps (occlusion, RISE, feature ablation, saliency, input x "
-                                         "gradient, integrated gradients, SmoothGrad or Grad-CAM): .npz + PNG")
-    p.add_argument("--method", required=True, choices=tuple(METHODS), help="the attribution method")
+    p = sub.add_parser("attribute", help="attribution maps (" + ", ".join(registry.labels().values()) + "): .npz + PNG")
+    p.add_argument("--method", required=True, choices=registry.names(), help="the attribution method")
     g = _add_common(p)
-    g.add_argument("--p", type=_probability, default=0.5, help="RISE: probability that a cell is kept (default: 0.5)")
-    seg = g.add_mutually_exclusive_group()
-    seg.add_argument("--segments", type=positive_int, default=8,
-                     help="feature ablation: a SEGMENTS x SEGMENTS grid of segments (default: 8)")
-    seg.add_argument("--slic", type=positive_int, metavar="N",
-                     help="feature ablation: about N SLIC superpixels per image instead of the grid "
-                          "(needs scikit-image)")
-    g.add_argument("--fill", default="0", help="what replaces removed pixels (and integrated gradients' baseline): a "
-                                               "value, one per channel (r,g,b), 'mean' or 'blur', in model-input space "
-                                               "(default: 0)")
-    g.add_argument("--ig-method", choices=IG_METHODS, default="gausslegendre",
-                   help="integrated gradients: the integration rule (default: gausslegendre)")
-    g.add_argument("--nt-type", choices=NT_TYPES, default="smoothgrad",
-                   help="SmoothGrad: mean, mean of squares or variance of the saliency (default: smoothgrad)")
+    add_method_options(g, registry.METHODS.values())
+    g.add_argument("--slic", type=positive_int, metavar="N",
+                   help="feature ablation: about N SLIC superpixels per image instead of the --segments grid "
+                        "(needs scikit-image)")
     p.add_argument("--out", required=True, help="output directory (attribution.npz, attribution.png), or the run's "
                                                 "store with --all")
     add_run_options(p)
@@ -192,12 +187,13 @@ def add_sanity(sub) -> None:
     g = p.add_argument_group("the check")
     g.add_argument("--images", type=int_list, help=f"dataset indices, e.g. 0,5,9 (default: "
                                                    f"{DEFAULT_SANITY_IMAGES} images, one per class in turn)")
-    g.add_argument("--methods", type=_methods_from(GRADIENT_METHODS), default=("saliency", "ig", "gradcam"),
-                   help=f"gradient methods from {','.join(GRADIENT_METHODS)} (default: saliency,ig,gradcam)")
+    sanity = registry.names(sanity=True)
+    g.add_argument("--methods", type=_methods_from(sanity), default=DEFAULT_METHODS,
+                   help=f"methods from {','.join(sanity)} (default: {','.join(DEFAULT_METHODS)})")
     g.add_argument("--mode", choices=MODES, default="cascading",
                    help="randomize from the top layer down (cascading) or one layer at a time (default: cascading)")
     g.add_argument("--seed", type=_seed, default=0, help="seed of the random weights and SmoothGrad's noise")
-    _add_gradient_options(g, n_steps=16)
+    add_method_options(g, [registry.METHODS[m] for m in sanity], SANITY_OPTIONS, skip=("seed",))
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--out", help="also write sanity.json and sanity.png in this directory")
     p.set_defaults(func=cmd_sanity)
@@ -207,11 +203,10 @@ def add_faithfulness(sub) -> None:
     p = sub.add_parser("faithfulness", help="which map to trust? deletion / insertion AUC and MuFidelity of "
                                             "the perturbation and gradient methods' maps")
     g = _add_common(p)
-    g.add_argument("--segments", type=positive_int, default=8,
-                   help="feature ablation: a SEGMENTS x SEGMENTS grid of segments (default: 8)")
+    add_method_options(g, registry.METHODS.values())
     g = p.add_argument_group("metrics")
-    g.add_argument("--methods", type=_method_list, default=tuple(METHODS),
-                   help=f"methods to report (default: {','.join(METHODS)})")
+    g.add_argument("--methods", type=_method_list, default=registry.names(),
+                   help=f"methods to report (default: {','.join(registry.names())})")
     g.add_argument("--steps", type=positive_int, default=50,
                    help="deletion / insertion steps, at most the pixels of an image (default: 50)")
     g.add_argument("--mu-grid", type=positive_int, default=8, help="MuFidelity: cells per side (default: 8)")
@@ -242,27 +237,8 @@ def _named_as_options(args):
 
 def _explained(args, network: jaxviz.Network) -> tuple[str, bool, int]:
     """The explained layer, whether it is a classifier's softmax, and its number of outputs."""
-    if network.is_classifier and args.layer in (None, network.output_layer):
-        layer, softmax = network.output_layer, True
-        outputs = int(np.prod(network.output_shape(layer)))
-    else:
-        layer, softmax = args.layer or network.feature_layer, False
-        network.check_layer(layer, "--layer")
-        outputs = network.num_units(layer)  # network.score_fn's scores
-    return layer, softmax, outputs
-
-
-def _check_sizes(args, h: int, w: int, n: int) -> None:
-    """Every count that must fit the image size, or the int32 pair indices of the engine."""
-    if args.window > min(h, w):
-        raise ValueError(f"--window: expected 1 <= window <= the image size ({h}x{w}), got {args.window}")
-    for option, value in (("--cells", args.cells), ("--segments", getattr(args, "segments", None)),
-                          ("--mu-grid", getattr(args, "mu_grid", None))):
-        if value is not None and value > min(h, w):
-            raise ValueError(f"{option}: expected at most the image size ({min(h, w)} cells per side on "
-                             f"{h}x{w} images), got {value}")
-    if n * args.num_masks >= 2**31:
-        raise ValueError(f"--num-masks: expected images * num_masks < 2**31, got {n} * {args.num_masks}")
+    explained = explain(network, args.layer)
+    return explained.layer, explained.softmax, explained.outputs
 
 
 def _default_images(data: jaxviz.Dataset, count: int) -> np.ndarray:
@@ -292,30 +268,7 @@ def _prepare(args):
             what = "classes" if softmax else "units"
             raise ValueError(f"--targets: expected indices in [0, {outputs}) ({layer} has {outputs} {what}), "
                              f"got {list(args.targets)}")
-    h, w = network.input_spec.shape[:2]
-    _check_sizes(args, h, w, len(idx))
-    _check_cam_layer(args, network, layer)
     return data, network, idx, layer, softmax, targets
-
-
-def _check_cam_layer(args, network: jaxviz.Network, layer: str) -> None:
-    """--cam-layer: a layer with spatial maps before the explained one (or a default exists), when Grad-CAM runs."""
-    methods = getattr(args, "methods", None) or (getattr(args, "method", None),)
-    if "gradcam" not in methods:
-        return
-    if args.cam_layer is not None:
-        network.check_layer(args.cam_layer, "--cam-layer")
-        if args.cam_layer not in network.spatial_layers() or \
-                network.layer_names.index(args.cam_layer) >= network.layer_names.index(layer):
-            before = [n for n in network.spatial_layers()
-                      if network.layer_names.index(n) < network.layer_names.index(layer)]
-            raise ValueError(f"--cam-layer: expected a layer with (h, w, channels) maps before {layer!r}: "
-                             f"{', '.join(before) or 'there is none'}; got {args.cam_layer!r}")
-    else:
-        try:
-            cam_layer_for(network, layer, None)
-        except ValueError as e:
-            raise ValueError(f"--layer: {e}".replace("layer: ", "", 1)) from None
 
 
 def _targets(network, images, idx, layer: str, softmax: bool, targets) -> tuple[np.ndarray, np.ndarray | None]:
@@ -362,9 +315,7 @@ def _check_slic() -> None:
 
 def _attribute_all(args) -> None:
     """``--all``: a perturbation method over every image into a resumable store (the layer's raw scores)."""
-    if args.method not in RUN_METHODS:
-        raise ValueError(f"--method: with --all, one of {', '.join(RUN_METHODS)} (the perturbation methods), "
-                         f"got {args.method}")
+    method = registry.get(args.method, argument="--method", run=True)
     for option, value in (("--images", args.images), ("--targets", args.targets), ("--slic", args.slic)):
         if value is not None:
             raise ValueError(f"{option}: not with --all (every image and every kept unit is explained)")
@@ -372,11 +323,9 @@ def _attribute_all(args) -> None:
     def choose(data, network):
         layer = args.layer or network.output_layer
         network.check_layer(layer, "--layer")
-        h, w = network.input_spec.shape[:2]
-        _check_sizes(args, h, w, 1)
-        return {"layer": layer, "units": args.units, "fill": _dataset_fill(args.fill, data, network),
-                "window": args.window, "stride": args.stride, "segments": args.segments,
-                "num_masks": args.num_masks, "cells": args.cells, "p": args.p, "seed": args.seed}
+        options = {k: v for k, v in method_options(args, (method,)).items() if k != "fill"}
+        return {"layer": layer, "units": args.units, "fill": resolve_fill(args.fill, data, network, mean_over="dataset"),
+                **options}
 
     run_all(args, args.method, choose, _command_options(args))  # run_dataset's errors name the options
 
@@ -399,51 +348,36 @@ def cmd_attribute(args) -> None:
         plots.check_grid(len(idx), 2, what_rows="images", what_cols="methods")
     except ValueError as e:
         raise as_option(e, ("images",)) from None
+    method = registry.METHODS[args.method]
+    options = method_options(args, (method,))
     with _named_as_options(args):  # the method's requirements, before any work
-        check_methods(network, (args.method,), layer=layer, cam_layer=args.cam_layer,
-                      segments=args.segments if args.slic is None else None, ig_steps=args.n_steps,
-                      ig_method=args.ig_method, nt_type=args.nt_type, nt_samples=args.nt_samples, seed=args.seed)
+        check_methods(network, (args.method,), layer=layer, **options)
     images = data.images[idx]
     x = network.to_input(images)
-    fill = _fill(args.fill, x)
+    if "fill" in options:
+        options["fill"] = resolve_fill(args.fill, images, network, mean_over="images")
+    if args.slic is not None:
+        options["segments"] = jaxviz.slic_segments(images, n_segments=args.slic)
     targets, predicted = _targets(network, images, idx, layer, softmax, targets)
-    f = explained_function(network, layer)[1]
-    settings: dict = {"fill": args.fill}
-    options = {"window": args.window, "stride": args.stride, "fill": fill, "rise_masks": args.num_masks,
-               "rise_cells": args.cells, "rise_p": args.p, "seed": args.seed, "ig_steps": args.n_steps,
-               "ig_method": args.ig_method, "nt_type": args.nt_type, "nt_samples": args.nt_samples,
-               "stdevs": args.stdevs, "cam_layer": args.cam_layer}
-    if args.method == "occlusion":
-        settings.update(window=args.window, stride=args.stride, anchor="centered")
-    elif args.method == "rise":
-        settings.update(num_masks=args.num_masks, cells=args.cells, p=args.p, seed=args.seed)
-    elif args.method == "ablation":
-        if args.slic is not None:
-            options["segments"] = jaxviz.slic_segments(images, n_segments=args.slic)
-            settings.update(slic=args.slic)
-        else:
-            options["segments"] = args.segments
-            settings.update(segments=args.segments)
-    elif args.method == "ig":
-        settings = {"baselines": args.fill, "n_steps": args.n_steps, "method": args.ig_method}
-    elif args.method == "smoothgrad":
-        settings = {"nt_type": args.nt_type, "nt_samples": args.nt_samples, "stdevs": args.stdevs, "seed": args.seed}
-    elif args.method == "gradcam":
-        settings = {"layer": cam_layer_for(network, layer, args.cam_layer), "relu": True, "interpolation": "bilinear"}
-    else:
-        settings = {"abs": True} if args.method == "saliency" else {}
+    f = explain(network, layer).f
     start = time.perf_counter()
     with _named_as_options(args):
-        maps = method_map(network, x, args.method, layer=layer, targets=targets, progress=True, **options)
+        attribution = attribute(network, x, args.method, layer=layer, targets=targets, options=options, progress=True)
     seconds = time.perf_counter() - start
-    maps = np.asarray(maps, np.float32)
+    maps = np.asarray(attribution.maps, np.float32)
+    settings = dict(attribution.settings)
+    if "fill" in settings:
+        settings["fill"] = args.fill
+    if args.slic is not None:
+        settings["slic"] = args.slic
+        settings.pop("segments", None)
     base = np.asarray(jax.jit(f)(network.variables, x))[np.arange(len(idx)), targets]
     explained = "softmax probability" if softmax else "mean activation"
     record = {"method": args.method, "layer": layer, "explained": explained, "images": idx.tolist(),
               "targets": targets.tolist(), "settings": settings}
-    fig = plots.plot_attribution_maps(images, {METHODS[args.method]: maps},
+    fig = plots.plot_attribution_maps(images, {method.label: maps},
                                       titles=_titles(network, data, idx, targets, predicted, layer),
-                                      title=f"{METHODS[args.method]}: {explained} of {layer}")
+                                      title=f"{method.label}: {explained} of {layer}")
     out.mkdir(parents=True, exist_ok=True)
     # both files or neither: each is written under a temporary name, then both are renamed
     with jaxviz.atomic_path(out / "attribution.png") as png, jaxviz.atomic_path(out / "attribution.npz") as npz:
@@ -461,7 +395,7 @@ def cmd_attribute(args) -> None:
 
 def _table(record: dict) -> str:
     header = ["method", *(f"{label} ({better} better)" for _, label, better in METRICS)]
-    rows = [[METHODS[m], *(f"{record['methods'][m][key]:.4f}" for key, _, _ in METRICS)] for m in record["methods"]]
+    rows = [[registry.METHODS[m].label, *(f"{record['methods'][m][key]:.4f}" for key, _, _ in METRICS)] for m in record["methods"]]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = [f"{len(record['images'])} images, {record['explained']} of {record['layer']}, "
              f"{record['settings']['steps']} steps (means over the images)",
@@ -476,20 +410,22 @@ def cmd_faithfulness(args) -> None:
     """The chosen methods' maps of the same targets, scored; a table or JSON."""
     out = check_writable(args.out, directory=True, option="--out") if args.out else None
     data, network, idx, layer, softmax, targets = _prepare(args)
+    methods = registry.resolve(args.methods, argument="--methods")
+    options = method_options(args, methods)
     with _named_as_options(args):  # every method's requirements, before any work
-        check_methods(network, args.methods, layer=layer, cam_layer=args.cam_layer, segments=args.segments,
-                      ig_steps=args.n_steps, nt_samples=args.nt_samples, steps=args.steps, seed=args.seed)
+        check_methods(network, args.methods, layer=layer, steps=args.steps, mu_grid=args.mu_grid,
+                      num_subsets=args.num_subsets, **options)
     images = data.images[idx]
+    if "fill" in options:
+        options["fill"] = resolve_fill(args.fill, images, network, mean_over="images")
     targets, predicted = _targets(network, images, idx, layer, softmax, targets)
     start = time.perf_counter()
     with _named_as_options(args):
         selected = jaxviz.compare_methods(
-            network, images, targets=targets, layer=layer, methods=args.methods, window=args.window,
-            stride=args.stride, rise_masks=args.num_masks, rise_cells=args.cells, segments=args.segments,
-            ig_steps=args.n_steps, nt_samples=args.nt_samples, stdevs=args.stdevs, cam_layer=args.cam_layer,
-            steps=args.steps, mu_grid=args.mu_grid, num_subsets=args.num_subsets, seed=args.seed, progress=True)
+            network, images, targets=targets, layer=layer, methods=args.methods, steps=args.steps,
+            mu_grid=args.mu_grid, num_subsets=args.num_subsets, progress=True, **options)
     seconds = time.perf_counter() - start
-    chosen = {METHODS[m]: m for m in args.methods}  # label -> CLI name, in the order asked
+    chosen = {m.label: m.name for m in methods}  # label -> CLI name, in the order asked
     means = selected.means()
     record = {
         "layer": layer, "explained": "softmax probability" if softmax else "mean activation",
@@ -501,12 +437,8 @@ def cmd_faithfulness(args) -> None:
         "ranking": [chosen[k] for k in selected.ranking()],
         "ranks": {chosen[k]: v for k, v in selected.ranks().items()},
         "sentence": selected.sentence() if len(chosen) > 1 else None,
-        "settings": {"window": args.window, "stride": args.stride, "anchor": "centered", "fill": 0,
-                     "num_masks": args.num_masks, "cells": args.cells, "segments": args.segments,
-                     "n_steps": args.n_steps, "nt_samples": args.nt_samples, "stdevs": args.stdevs,
-                     "cam_layer": cam_layer_for(network, layer, args.cam_layer) if "gradcam" in args.methods else None,
-                     "steps": args.steps, "mu_grid": args.mu_grid, "num_subsets": args.num_subsets,
-                     "seed": args.seed},
+        "settings": {**{k: getattr(args, k) for k in options}, "steps": args.steps, "mu_grid": args.mu_grid,
+                     "num_subsets": args.num_subsets, "seed": args.seed},
         "seconds": round(seconds, 3),
     }
     text = json.dumps(record, indent=2, allow_nan=False)  # before anything is written: a NaN fails here
@@ -533,17 +465,14 @@ def cmd_sanity(args) -> None:
         _default_images(data, DEFAULT_SANITY_IMAGES)
     if len(idx) == 0:
         raise ValueError("--data: the dataset has no images")
-    if "gradcam" in args.methods:
-        if args.cam_layer is not None and args.cam_layer not in network.spatial_layers():
-            raise ValueError(f"--cam-layer: expected a layer with (h, w, channels) maps: "
-                             f"{', '.join(network.spatial_layers()) or 'there is none'}; got {args.cam_layer!r}")
-        if not network.spatial_layers():
-            raise ValueError("--methods: gradcam needs a layer with spatial maps; this network has none")
+    methods = registry.resolve(args.methods, argument="--methods", sanity=True)
+    options = {k: v for k, v in method_options(args, methods).items() if k != "seed"}
+    if "fill" in options:
+        options["fill"] = resolve_fill(args.fill, data.images[idx], network, mean_over="images")
     start = time.perf_counter()
     with _named_as_options(args):
         check = jaxviz.randomization_test(network, data.images[idx], methods=args.methods, mode=args.mode,
-                                          seed=args.seed, n_steps=args.n_steps, nt_samples=args.nt_samples,
-                                          stdevs=args.stdevs, cam_layer=args.cam_layer, progress=True)
+                                          seed=args.seed, progress=True, **options)
     seconds = time.perf_counter() - start
     means = check.mean()
     record = {
@@ -552,24 +481,23 @@ def cmd_sanity(args) -> None:
         "targets": check.targets.tolist(), "threshold": PASS_THRESHOLD, "passes": check.passes(),
         "final": check.final(), "mean": means, "per_image": check.correlations,
         "sentence": check.sentence(),
-        "settings": {"methods": list(args.methods), "n_steps": args.n_steps, "nt_samples": args.nt_samples,
-                     "stdevs": args.stdevs, "cam_layer": args.cam_layer, "seed": args.seed},
+        "settings": {"methods": list(args.methods), **{k: getattr(args, k) for k in options}, "seed": args.seed},
         "seconds": round(seconds, 3),
     }
     text = json.dumps(jaxviz.jsonable(record), indent=2, allow_nan=False)  # undefined correlations (NaN): null
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         jaxviz.atomic_write_bytes(out / "sanity.json", text.encode())
-        fig = plots.plot_sanity(check.layers, {GRADIENT_METHODS[m]: v for m, v in means.items()}, mode=check.mode,
+        fig = plots.plot_sanity(check.layers, {check.labels[m]: v for m, v in means.items()}, mode=check.mode,
                                 threshold=PASS_THRESHOLD)
         plots.save_figure(fig, out / "sanity.png")
     if args.json:
         print(text)
     else:
-        width = max(len(GRADIENT_METHODS[m]) for m in check.methods)
+        width = max(len(check.labels[m]) for m in check.methods)
         lines = [f"{len(idx)} images, {check.mode} randomization of {', '.join(check.layers)} "
                  f"({check.initializer} initializer); mean Spearman correlation with the trained model's map:"]
-        lines += [f"  {GRADIENT_METHODS[m]:<{width}}  " + " ".join(f"{format_correlation(v):>5}" for v in means[m])
+        lines += [f"  {check.labels[m]:<{width}}  " + " ".join(f"{format_correlation(v):>5}" for v in means[m])
                   for m in check.methods]
         lines.append(check.sentence())
         print("\n".join(lines))

@@ -12,6 +12,7 @@ import numpy as np
 
 import jaxviz
 from jaxviz import plots
+from jaxviz.checks import ArgumentError
 from jaxviz.cli._options import (
     as_option,
     check_writable,
@@ -67,7 +68,7 @@ def _indices(values, data, option: str) -> np.ndarray:
     """``--images``: dataset indices in [0, N)."""
     idx = np.asarray(values, np.int64)
     if idx.min() < 0 or idx.max() >= len(data):
-        raise ValueError(f"{option}: expected indices in [0, {len(data)}) (the dataset has {len(data)} images), "
+        raise ArgumentError(f"{option}", f"expected indices in [0, {len(data)}) (the dataset has {len(data)} images), "
                          f"got {list(values)}")
     return idx
 
@@ -156,31 +157,29 @@ def cmd_topk(args) -> None:
     print(json.dumps(record["selectivity"]))
 
 
-def _fill(text: str, x: np.ndarray):
+def resolve_fill(text: str, images, network: jaxviz.Network, *, mean_over: str):
+    """``--fill`` as a method takes it, in model-input space: ``"blur"``, a number, per-channel values, or for
+    ``"mean"`` the per-channel mean of ``images`` in model input: ``mean_over="images"`` (uint8 images: the
+    explained or occluded ones) or ``"dataset"`` (a ``Dataset``: every image, accumulated over blocks in
+    float64, as a run over the whole dataset uses). The one reading of --fill."""
+    if mean_over not in ("images", "dataset"):
+        raise ValueError(f"mean_over: expected 'images' or 'dataset', got {mean_over!r}")
+    channels = network.input_spec.shape[-1]
     if text == "blur":
         return "blur"
-    if text == "mean":  # per-channel mean of the occluded images
-        return x.mean(axis=(0, 1, 2))
+    if text == "mean":
+        pixels = images.images if mean_over == "dataset" else images
+        total = sum(np.asarray(network.to_input(pixels[i:i + 1024]), np.float64).sum((0, 1, 2))
+                    for i in range(0, len(pixels), 1024))
+        return (total / max(pixels[..., 0].size, 1)).astype(np.float32)
     try:
         values = [float(v) for v in text.split(",")]
     except ValueError:
         values = []
-    channels = x.shape[-1]
     if len(values) not in (1, channels) or not np.all(np.isfinite(values)):
         raise ValueError(f"--fill: expected a number, {channels} comma-separated numbers (one per channel, "
                          f"in model-input space), 'mean' or 'blur'; got {text!r}")
     return values[0] if len(values) == 1 else np.asarray(values, np.float32)
-
-
-def _dataset_fill(text: str, data, network):
-    """``--fill`` of a run over the whole dataset (``--all``): 'mean' is the per-channel mean of every image
-    (accumulated over blocks, in float64), the rest as ``_fill``."""
-    x_fill = _fill(text, network.to_input(data.images[:1]))  # checks the option
-    if text == "mean":
-        total = sum(np.asarray(network.to_input(data.images[i:i + 1024]), np.float64).sum((0, 1, 2))
-                    for i in range(0, len(data), 1024))
-        x_fill = (total / data.images[..., 0].size).astype(np.float32)
-    return x_fill
 
 
 def _classes(text: str, class_names: tuple[str, ...]) -> tuple[int, ...]:
@@ -214,7 +213,7 @@ def _occlude_all(args) -> None:
             args.layer, args.units = network.output_layer, _classes(args.classes, network.class_names)
         settings = _checked(args, OCCLUDE_FIELDS, data, network, uses_k=False)
         return {"layer": settings.layer or network.feature_layer, "units": settings.units,
-                "fill": _dataset_fill(args.fill, data, network),
+                "fill": resolve_fill(args.fill, data, network, mean_over="dataset"),
                 "window": settings.window, "stride": settings.stride, "anchor": settings.anchor, "k": settings.k}
 
     run_all(args, "occlusion", choose)
@@ -236,12 +235,12 @@ def cmd_occlude(args) -> None:
     if args.images is not None and args.layer is None:  # given images: the output layer's units by default
         args.layer = network.output_layer
     settings = _checked(args, OCCLUDE_FIELDS, data, network, uses_k=args.images is None)
-    x_fill = _fill(args.fill, network.to_input(data.images[:1]))  # checks the option before any work
+    x_fill = resolve_fill("0" if args.fill == "mean" else args.fill, None, network, mean_over="images")  # checked
     start = time.perf_counter()
     if args.images is None:  # the notebook: the top-K images of each unit, regrouped per unit
         layer, study = _study(data, network, settings)
         if args.fill == "mean":  # per-channel mean of the images that are occluded
-            x_fill = _fill("mean", network.to_input(data.images[study.shown_indices()]))
+            x_fill = resolve_fill("mean", data.images[study.shown_indices()], network, mean_over="images")
         result = jaxviz.occlude_top_images(network, study, data.images, layer=layer, window=settings.window,
                                            stride=settings.stride, anchor=settings.anchor, fill=x_fill,
                                            threshold=settings.threshold, sigma=settings.sigma, progress=True)
@@ -254,7 +253,7 @@ def cmd_occlude(args) -> None:
         plain = data.subset(idx).images
         model_outputs(network, plain, idx, layer=layer)
         if args.fill == "mean":
-            x_fill = _fill("mean", network.to_input(plain))
+            x_fill = resolve_fill("mean", plain, network, mean_over="images")
         occ = jaxviz.occlude(network.score_fn(layer), network.to_input(plain), params=network.variables,
                              window=settings.window, stride=settings.stride, fill=x_fill, anchor=settings.anchor,
                              units=settings.units, progress=True)

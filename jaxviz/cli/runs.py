@@ -15,6 +15,7 @@ import jax
 import numpy as np
 
 import jaxviz
+from jaxviz.checks import ArgumentError
 from jaxviz.cli._options import as_option, check_writable, load, positive_int
 
 __all__ = ["add_run_options", "check_run_options", "run_all"]
@@ -51,7 +52,7 @@ def check_run_options(args) -> None:
                           ("--coordinator", args.coordinator), ("--num-processes", args.num_processes),
                           ("--process-id", args.process_id), ("--distributed", args.distributed)):
         if value not in (None, False):
-            raise ValueError(f"{option}: only with --all (a run over the whole dataset)")
+            raise ArgumentError(f"{option}", "only with --all (a run over the whole dataset)")
 
 
 def _as_options(e: Exception, options: typing.Mapping[str, str] | None = None) -> Exception:

@@ -102,11 +102,11 @@ def check_uint8_images(images: np.ndarray, name: str) -> None:
       ValueError: the wrong rank.
     """
     if not isinstance(images, np.ndarray):
-        raise TypeError(f"{name}: expected a numpy uint8 array (N, H, W, C), got {type(images).__name__}")
+        raise ArgumentTypeError(f"{name}", f"expected a numpy uint8 array (N, H, W, C), got {type(images).__name__}")
     if images.dtype != np.uint8:
-        raise TypeError(f"{name}: expected uint8 images (N, H, W, C), got {images.dtype}{_uint8_hint(images)}")
+        raise ArgumentTypeError(f"{name}", f"expected uint8 images (N, H, W, C), got {images.dtype}{_uint8_hint(images)}")
     if images.ndim != 4 or images.shape[-1] < 1:
-        raise ValueError(f"{name}: expected shape (N, H, W, C), got {images.shape}")
+        raise ArgumentError(f"{name}", f"expected shape (N, H, W, C), got {images.shape}")
 
 
 def to_grayscale(images: np.ndarray) -> np.ndarray:

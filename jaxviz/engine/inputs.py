@@ -34,18 +34,18 @@ def unit_indices(units: Any, width: int, name: str = "units") -> tuple[int, ...]
       ValueError: empty, out of range, or a mask of the wrong length.
     """
     if isinstance(units, (str, bytes)) or not hasattr(units, "__len__") and not isinstance(units, np.ndarray):
-        raise TypeError(f"{name}: expected a sequence of int indices or a boolean mask, got {type(units).__name__}")
+        raise ArgumentTypeError(f"{name}", f"expected a sequence of int indices or a boolean mask, got {type(units).__name__}")
     arr = np.asarray(units)
     if arr.dtype == bool:
         if arr.shape != (width,):
-            raise ValueError(f"{name}: a boolean mask must have shape ({width},) (one entry per unit), "
+            raise ArgumentError(f"{name}", f"a boolean mask must have shape ({width},) (one entry per unit), "
                              f"got shape {arr.shape}")
         arr = np.flatnonzero(arr)
     elif arr.size and not np.issubdtype(arr.dtype, np.integer):
-        raise TypeError(f"{name}: expected int indices (or a boolean mask), got dtype {arr.dtype}: {units!r}")
+        raise ArgumentTypeError(f"{name}", f"expected int indices (or a boolean mask), got dtype {arr.dtype}: {units!r}")
     indices = tuple(int(u) for u in arr.reshape(-1))
     if not indices or min(indices) < 0 or max(indices) >= width:
-        raise ValueError(f"{name}: expected at least one index in [0, {width}) of f's last output axis, "
+        raise ArgumentError(f"{name}", f"expected at least one index in [0, {width}) of f's last output axis, "
                          f"got {list(indices)}")
     return indices
 
@@ -73,7 +73,7 @@ def fill_array(fill: Any, images: jax.Array, blur_sigma: float, name: str = "fil
     expected = f"a number, per-channel ({c},), image ({h}, {w}, {c}) or per-image ({n}, {h}, {w}, {c}) values, or 'blur'"
     if isinstance(fill, str):
         if fill != "blur":
-            raise ValueError(f"{name}: expected {expected}; got the string {fill!r}")
+            raise ArgumentError(f"{name}", f"expected {expected}; got the string {fill!r}")
         if not isinstance(blur_sigma, (int, float, np.integer, np.floating)) or not 0 < blur_sigma < np.inf:
             raise ArgumentError("blur_sigma", f"expected a positive number of pixels, got {blur_sigma!r}")
         from scipy.ndimage import gaussian_filter
@@ -82,17 +82,17 @@ def fill_array(fill: Any, images: jax.Array, blur_sigma: float, name: str = "fil
     if fill is None or isinstance(fill, (bool, np.bool_)) or not (
             isinstance(fill, (int, float, np.number, np.ndarray, jax.Array, list, tuple))):
         hint = " (convert it with .numpy() first)" if type(fill).__module__.startswith("torch") else ""
-        raise TypeError(f"{name}: expected {expected}; got {type(fill).__name__}{hint}")
+        raise ArgumentTypeError(f"{name}", f"expected {expected}; got {type(fill).__name__}{hint}")
     try:
         arr = jnp.asarray(fill, images.dtype)
     except (TypeError, ValueError) as e:
-        raise TypeError(f"{name}: expected {expected}; got {fill!r} ({e})") from None
+        raise ArgumentTypeError(f"{name}", f"expected {expected}; got {fill!r} ({e})") from None
     allowed = {(): False, (c,): False, (h, w, c): False, (n, h, w, c): True}
     if arr.shape not in allowed:
-        raise ValueError(f"{name}: expected a scalar, shape ({c},), ({h}, {w}, {c}) or ({n}, {h}, {w}, {c}), "
+        raise ArgumentError(f"{name}", f"expected a scalar, shape ({c},), ({h}, {w}, {c}) or ({n}, {h}, {w}, {c}), "
                          f"or 'blur'; got shape {tuple(arr.shape)}")
     if not bool(jnp.isfinite(arr).all()):
-        raise ValueError(f"{name}: contains NaN or infinite values")
+        raise ArgumentError(f"{name}", "contains NaN or infinite values")
     per_image = allowed[arr.shape]
     return (arr if per_image else jnp.broadcast_to(arr, (h, w, c))), per_image
 

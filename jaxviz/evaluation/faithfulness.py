@@ -25,8 +25,9 @@ and the masks are generated on the device from a compact description.
   correlation, over the subsets, between the attribution summed over a subset
   and the drop ``f(x) - f(x with the subset filled)``.
 
-Outputs: ``targets`` (N,) ints pick, for image n, entry ``targets[n]`` of f's
-last output axis *after* ``units`` (as ``Occlusion.pixel_map``); without them
+Outputs: ``targets`` (N,) ints pick, for image n, output ``targets[n]`` of f (an
+index of f's outputs, which must be among the kept ``units``: the one meaning of
+targets, ``jaxviz.methods.base``); without them
 every kept output is scored. All outputs are computed either way (one compiled
 program whatever the targets; pass ``units`` to compute fewer).
 """
@@ -46,6 +47,7 @@ from jaxviz.checks import ArgumentError, ArgumentTypeError, check_int, check_see
 from jaxviz.engine.inputs import check_x
 from jaxviz.engine.perturb import BLUR_SIGMA, MaskFamily, perturbed_outputs, prepare
 from jaxviz.methods.ablation import grid_segments
+from jaxviz.methods.base import target_positions
 
 __all__ = ["Curve", "MuFidelity", "check_mu_fidelity_lattice", "check_steps", "deletion_curve", "insertion_curve", "mu_fidelity"]
 
@@ -139,15 +141,14 @@ def _check_targets(targets: Any, n: int) -> np.ndarray | None:
     return arr.astype(np.int64)
 
 
-def _check_target_range(targets: np.ndarray | None, kept: tuple[int, ...]) -> None:
+def _target_positions(targets: np.ndarray | None, p) -> np.ndarray | None:
+    """The explained outputs (indices of f's outputs, among the kept ``units``) as positions on the kept axis."""
     if targets is None:
-        return
-    if not kept:
+        return None
+    if not p.kept:
         raise ArgumentError("targets", "f returns one value per image (shape (N,)), there is no output to pick; "
-                         "pass targets=None")
-    if targets.min() < 0 or targets.max() >= kept[-1]:
-        raise ArgumentError("targets", f"expected values in [0, {kept[-1]}) (the kept last output axis), "
-                         f"got {targets.min()}..{targets.max()}")
+                                       "pass targets=None")
+    return target_positions(targets, len(targets), p.units, p.kept[-1])
 
 
 def _pick(values: np.ndarray, targets: np.ndarray | None) -> np.ndarray:
@@ -248,7 +249,7 @@ def deletion_curve(
     ranks = _ranks(_check_attribution(attribution, x))
     targets = _check_targets(targets, x.shape[0])
     p = prepare(f, x, fill=fill, units=units, params=params, blur_sigma=blur_sigma)
-    _check_target_range(targets, p.kept)
+    targets = _target_positions(targets, p)
     h, w = x.shape[1:3]
     counts = _step_counts(h * w, steps)
     family = MaskFamily(_ranked_generator((h, w), mode == "insertion"),
@@ -364,7 +365,7 @@ def mu_fidelity(
     values = _check_attribution(attribution, x)
     targets = _check_targets(targets, n)
     p = prepare(f, x, fill=fill, units=units, params=params, blur_sigma=blur_sigma)
-    _check_target_range(targets, p.kept)
+    targets = _target_positions(targets, p)
     cells = grid * grid
     size = max(1, int(np.floor(float(subset_fraction) * cells + 0.5)))
     cell_map = grid_segments(h, w, cells=grid)  # the regular lattice, as feature ablation's grid

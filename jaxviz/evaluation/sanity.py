@@ -38,19 +38,20 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.stats import rankdata
 
-from jaxviz.checks import ArgumentError, ArgumentTypeError, check_int, check_seed
-from jaxviz.engine.backprop import PathFamily, gradient_sums, plan_gradients
+from jaxviz.checks import ArgumentError, ArgumentTypeError, check_seed
+from jaxviz.engine.backprop import plan_gradients
 from jaxviz.engine.plan import signature
-from jaxviz.methods.gradcam import check_grad_cam_network, default_cam_layer, grad_cam_maps
-from jaxviz.methods.gradients import _at_image, _check_stdevs, _noisy, _path_generator, ig_coefficients
+from jaxviz.methods import registry
+from jaxviz.methods.base import explain
 from jaxviz.methods.rise import seed_key
-from jaxviz.models.network import Network, unit_scores_of
+from jaxviz.models.network import Network
 
-__all__ = ["GRADIENT_METHODS", "MODES", "SanityCheck", "format_correlation", "randomization_layers",
+__all__ = ["DEFAULT_METHODS", "MODES", "SANITY_OPTIONS", "SanityCheck", "format_correlation", "randomization_layers",
            "randomization_test", "randomized_variables"]
 
-GRADIENT_METHODS = {"saliency": "saliency", "ixg": "input × gradient", "ig": "integrated gradients",
-                    "smoothgrad": "SmoothGrad", "gradcam": "Grad-CAM"}
+DEFAULT_METHODS = ("saliency", "ig", "gradcam")  # the paper's; every method with randomized_maps can run
+# the check's own defaults where they differ from the methods' (it runs every method once per randomized set)
+SANITY_OPTIONS = {"n_steps": 16, "nt_samples": 8}
 MODES = ("cascading", "independent")
 PASS_THRESHOLD = 0.5
 DRAWS = 4  # draws of the randomized variables before a layer that never changes is refused
@@ -61,7 +62,7 @@ class SanityCheck:
     """The result of ``randomization_test``.
 
     Attributes:
-      methods: the methods' short names (keys of ``GRADIENT_METHODS``).
+      methods: the methods' registered names.
       layers: the randomized layers, top first.
       mode: ``"cascading"`` or ``"independent"``.
       correlations: method -> float (len(layers), N): Spearman correlation of each image's map on
@@ -76,6 +77,11 @@ class SanityCheck:
     correlations: dict
     targets: np.ndarray
     initializer: str
+
+    @property
+    def labels(self) -> dict:
+        """method -> its display name (figures, tables)."""
+        return {m: registry.METHODS[m].label for m in self.methods}
 
     def mean(self) -> dict:
         """method -> float (len(layers),): the mean correlation over the images (NaNs left out)."""
@@ -100,7 +106,7 @@ class SanityCheck:
         final, ok = self.final(), self.passes(threshold)
         where = "with every layer randomized" if self.mode == "cascading" else "averaged over single-layer randomizations"
         verdict = {True: "passes", False: "fails", None: "no verdict: constant maps"}
-        parts = [f"{GRADIENT_METHODS.get(m, m)} {format_correlation(final[m])} ({verdict[ok[m]]})"
+        parts = [f"{registry.METHODS[m].label} {format_correlation(final[m])} ({verdict[ok[m]]})"
                  for m in self.methods]
         return (f"Mean Spearman correlation with the trained model's map {where} (pass: below {threshold:g}): "
                 f"{', '.join(parts)}.")
@@ -188,14 +194,6 @@ def randomized_variables(network: Network, layers: Sequence[str], *, mode: str =
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(network.variables), stacked), initializer
 
 
-def _absolute_maps(maps: np.ndarray, channels: bool) -> np.ndarray:
-    """(P, N, H, W[, C]) -> (P, N, H * W) absolute values (channels summed)."""
-    maps = np.abs(maps)
-    if channels:
-        maps = maps.sum(axis=-1)
-    return maps.reshape(*maps.shape[:2], -1)
-
-
 def spearman(reference: np.ndarray, others: np.ndarray) -> np.ndarray:
     """Spearman correlation of ``reference`` (N, D) with each ``others[j]`` (P, N, D) row by row: (P, N);
     ties share their average rank; NaN where a row is constant."""
@@ -206,41 +204,40 @@ def spearman(reference: np.ndarray, others: np.ndarray) -> np.ndarray:
         return (rest * ref).sum(-1) / np.sqrt((rest * rest).sum(-1) * (ref * ref).sum(-1))
 
 
-def randomization_test(network: Network, images: np.ndarray, *,
-                       methods: Sequence[str] = ("saliency", "ig", "gradcam"), mode: str = "cascading",
-                       layers: Sequence[str] | None = None, targets: Any = None, seed: int = 0, n_steps: int = 16,
-                       nt_samples: int = 8, stdevs: float = 0.15, cam_layer: str | None = None,
-                       chunk_size: int | None = None, memory_budget: int | None = None,
+def randomization_test(network: Network, images: np.ndarray, *, methods: Sequence[str] = DEFAULT_METHODS,
+                       mode: str = "cascading", layers: Sequence[str] | None = None, targets: Any = None,
+                       seed: int = 0, chunk_size: int | None = None, memory_budget: int | None = None,
                        vmap_sets: bool | None = None, devices: Sequence[jax.Device] | None = None,
-                       progress: bool = False) -> SanityCheck:
-    """Adebayo et al.'s model-randomization test for gradient methods (see the module docstring).
+                       progress: bool = False, **options: Any) -> SanityCheck:
+    """Adebayo et al.'s model-randomization test (see the module docstring).
 
     Args:
       network: the trained model.
       images: uint8 (N, H, W, C) of the network's input size.
-      methods: short names from ``GRADIENT_METHODS`` (``saliency``, ``ixg``, ``ig``, ``smoothgrad``,
-        ``gradcam``).
+      methods: registered names of methods the check can run (``registry.names(sanity=True)``: saliency,
+        ixg, ig, smoothgrad, gradcam).
       mode: ``"cascading"`` (from the top layer down) or ``"independent"`` (one layer at a time).
       layers: the layers to randomize, in that order; default ``randomization_layers(network)``.
       targets: int (N,) outputs of the output layer to explain; default the trained model's argmax.
-      seed: the randomized weights' (and SmoothGrad's noise) seed, in [0, 2**32).
-      n_steps: integrated gradients' steps (Gauss-Legendre, zero baseline).
-      nt_samples, stdevs: SmoothGrad's samples and noise.
-      cam_layer: Grad-CAM's layer (default ``default_cam_layer``).
+      seed: the randomized weights' (and SmoothGrad's noise, unless ``options`` give one) seed, in [0, 2**32).
       vmap_sets: evaluate the trained and every randomized set in one ``vmap`` over the stacked
         variables (default on accelerators), or one after the other through the same compiled
         program (default on CPU, where XLA runs convolutions vmapped over their kernels as
         grouped convolutions, 3.8x slower in benchmarks/results/gradients_cpu.json).
       chunk_size, memory_budget, devices, progress: as in ``jaxviz.saliency``.
+      **options: the methods' options by name (``n_steps``, ``nt_samples``, ``stdevs``, ``cam_layer``...);
+        ``SANITY_OPTIONS`` where not given (16 integration steps, 8 SmoothGrad samples), else the methods'
+        defaults.
 
     Returns:
       ``SanityCheck`` with each method's correlations per randomized set and image.
     """
+    from jaxviz.evaluation.comparison import method_options  # the one reader of options by name
+
     if not isinstance(network, Network):
         raise ArgumentTypeError("network", f"expected a jaxviz.Network, got {type(network).__name__}")
     network.input_spec.check_images(images)
-    if isinstance(methods, str) or not methods or any(m not in GRADIENT_METHODS for m in methods):
-        raise ArgumentError("methods", f"expected names from {', '.join(GRADIENT_METHODS)}, got {methods!r}")
+    chosen = registry.resolve(methods, sanity=True)
     if not isinstance(mode, str) or mode not in MODES:
         raise ArgumentError("mode", f"expected one of {', '.join(MODES)}, got {mode!r}")
     if len(images) == 0:
@@ -257,16 +254,12 @@ def randomization_test(network: Network, images: np.ndarray, *,
     elif isinstance(layers, str) or not layers or any(n not in every for n in layers) or len(set(layers)) < len(layers):
         raise ArgumentError("layers", f"expected distinct layers with variables from {', '.join(every)}, got {layers!r}")
     layers = tuple(layers)
-    n_steps, nt_samples = check_int(n_steps, "n_steps", 1), check_int(nt_samples, "nt_samples", 1)
-    stdev = _check_stdevs(stdevs)
-    cam_layer = default_cam_layer(network) if cam_layer is None and "gradcam" in methods else cam_layer
-    if cam_layer is not None and (cam_layer not in network.layer_names or len(network.output_shape(cam_layer)) != 3):
-        raise ArgumentError("cam_layer", f"expected a layer with (h, w, channels) maps, from "
-                         f"{', '.join(network.spatial_layers())}; got {cam_layer!r}")
-    output = network.output_layer
-    if "gradcam" in methods:
-        check_grad_cam_network(network, cam_layer, output)  # before any method runs
-    f = network.score_fn(output)  # the output layer's scores (unit_scores_of), Grad-CAM's too
+    per_method = method_options(chosen, {**SANITY_OPTIONS, "seed": seed, **options})
+    explained = explain(network, network.output_layer)
+    explained = dataclasses.replace(explained, f=network.score_fn(network.output_layer), softmax=False)
+    for method in chosen:  # every method's requirements, before any runs
+        method.check(explained, per_method[method.name])
+    f = explained.f  # the output layer's scores (unit_scores_of), Grad-CAM's too
     x = network.to_input(images)
     scores = np.asarray(jax.jit(f)(network.variables, x))  # what the gradients explain: conv maps averaged
     network.check_finite(scores, images)  # NaN scores have no argmax and no gradient worth correlating
@@ -277,33 +270,21 @@ def randomization_test(network: Network, images: np.ndarray, *,
     if vmap_sets is None:
         vmap_sets = jax.default_backend() != "cpu"
     per_set = [stacked] if vmap_sets else [jax.tree_util.tree_map(lambda a, j=j: a[j], stacked) for j in range(sets)]
-    stack = sets if vmap_sets else 0
-    plans = [plan_gradients(f, x, params=v, targets=targets, units=None, params_sig=signature(network.variables))
-             for v in per_set]
-    alphas, weights = ig_coefficients(n_steps, "gausslegendre")
-    zero = jnp.zeros(x.shape[1:], x.dtype)
-    families = {
-        "saliency": (PathFamily(_at_image, (), 1), {"absolute": True}, False),
-        "ixg": (PathFamily(_at_image, (), 1), {}, True),
-        "ig": (PathFamily(_path_generator(False), (zero, jnp.asarray(alphas), jnp.asarray(weights)), n_steps), {},
-               True),
-        "smoothgrad": (PathFamily(_noisy, (seed_key(seed), jnp.float32(stdev), jnp.float32(1 / nt_samples)), nt_samples),
-                       {"absolute": True}, False),
-    }
-    engine = {"chunk_size": chunk_size, "memory_budget": memory_budget, "devices": devices, "stacked": stack}
+    made = []
+
+    def plans():  # one plan per variable set, made once and shared by the methods
+        if not made:
+            made.extend(plan_gradients(f, x, params=v, targets=targets, units=None,
+                                       params_sig=signature(network.variables)) for v in per_set)
+        return made
+
+    engine = {"chunk_size": chunk_size, "memory_budget": memory_budget, "devices": devices,
+              "stacked": sets if vmap_sets else 0}
     correlations = {}
-    for method in methods:
-        if method == "gradcam":
-            maps = np.stack([grad_cam_maps(
-                network, jnp.asarray(x), layer=cam_layer, output_layer=output, score=unit_scores_of,
-                mode="targets", units=None, targets=plans[0].targets, relu=False, interpolation="bilinear",
-                variables=v, stacked=stack, chunk_size=chunk_size, memory_budget=memory_budget, devices=devices,
-                progress=progress and "Grad-CAM")[0][..., 0] for v in per_set]).reshape(sets, *x.shape[:3])
-            flat = _absolute_maps(maps, channels=False)
-        else:
-            family, options, times_input = families[method]
-            sums = np.stack([gradient_sums(plan, family, **options, **engine, progress=progress and method)[0]
-                             for plan in plans]).reshape(sets, *x.shape, 1)
-            flat = _absolute_maps(sums[..., 0] * (np.asarray(x) if times_input else 1), channels=True)
-        correlations[method] = spearman(flat[0], flat[1:]).astype(np.float32)
-    return SanityCheck(tuple(methods), layers, mode, correlations, np.asarray(plans[0].targets), initializer)
+    for method in chosen:
+        maps = method.randomized_maps(network, x, options=per_method[method.name], plans=plans, engine=engine,
+                                      progress=progress and method.label)
+        flat = np.asarray(maps).reshape(sets, len(x), -1)
+        correlations[method.name] = spearman(flat[0], flat[1:]).astype(np.float32)
+    return SanityCheck(tuple(m.name for m in chosen), layers, mode, correlations, np.asarray(plans()[0].targets),
+                       initializer)

@@ -41,8 +41,10 @@ from jaxviz.checks import ArgumentError, ArgumentTypeError, check_int, check_pai
 from jaxviz.data.images import check_uint8_images
 from jaxviz.engine.inputs import check_x
 from jaxviz.engine.perturb import BLUR_SIGMA, MaskFamily, perturbed_outputs, prepare
+from jaxviz.methods.base import Attribution, Explained, Method, RunFamily, option, select_targets
+from jaxviz.methods.occlusion import FILL_HELP
 
-__all__ = ["Ablation", "feature_ablation", "grid_segments", "segment_generator", "segment_labels", "slic_segments"]
+__all__ = ["METHOD", "Ablation", "AblationOptions", "feature_ablation", "grid_segments", "segment_generator", "segment_labels", "slic_segments"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +74,11 @@ class Ablation:
         n = self.scores.shape[0]
         labels = self.segments if self.segments.ndim == 3 else np.broadcast_to(self.segments, (n, *self.segments.shape))
         return self.scores[np.arange(n)[:, None, None], labels]
+
+    def pixel_map(self, targets: Any = None) -> np.ndarray:
+        """``maps``, or with ``targets`` (int (N,): outputs of f, among the kept ``units``) each image's map of
+        its target, (N, H, W)."""
+        return self.maps if targets is None else select_targets(self.maps, targets, self.units)
 
 
 # --------------------------------------------------------------------------- masks on the device
@@ -246,3 +253,47 @@ def feature_ablation(
                                             progress=progress and "ablation")
     scores[np.arange(size)[None, :] >= counts[:, None]] = 0  # labels an image lacks: empty masks
     return Ablation(scores, base, labels, counts, prepared.units, chunk)
+
+
+# --------------------------------------------------------------------------- the registered method
+
+
+@dataclasses.dataclass(frozen=True)
+class AblationOptions:
+    """Feature ablation as an attribution method (``jaxviz attribute --method ablation``, ``compare_methods``,
+    ``run_dataset``): a ``segments`` x ``segments`` grid, or given segment ids (``slic_segments``)."""
+
+    segments: Any = option(8, "a SEGMENTS x SEGMENTS grid of segments (or (H, W) / (N, H, W) segment ids)")
+    fill: Any = option(0.0, FILL_HELP)
+
+
+def _check(explained: Explained, options: AblationOptions) -> None:
+    h, w = explained.network.input_spec.shape[:2]
+    segment_labels(options.segments, h, w)
+
+
+def _run(explained: Explained, x: Any, *, targets: np.ndarray, options: AblationOptions,
+         execution: dict) -> Attribution:
+    units = tuple(int(u) for u in np.unique(targets))  # only the explained outputs are kept
+    result = feature_ablation(explained.f, x, segments=options.segments, fill=options.fill, units=units,
+                              params=explained.network.variables, **execution)
+    settings = {"segments": options.segments if isinstance(options.segments, int) else "given", "fill": options.fill}
+    return Attribution(result.pixel_map(targets), targets, "ablation", settings, result)
+
+
+def _run_family(options: AblationOptions, image_shape: tuple[int, int, int]) -> RunFamily:
+    h, w, _ = image_shape
+    cells_side = check_int(options.segments, "segments", 1, min(h, w))
+    labels = grid_segments(h, w, cells=cells_side)
+    family = MaskFamily(segment_generator(False), jnp.asarray(labels[None]), cells_side * cells_side, (False,))
+    return RunFamily(family, (cells_side, cells_side), "difference", 1.0, {"segments": cells_side})
+
+
+def _describe(options: AblationOptions) -> str:
+    if isinstance(options.segments, int):
+        return f"feature ablation over an {options.segments}x{options.segments} grid"
+    return "feature ablation over given segments"
+
+
+METHOD = Method("ablation", "feature ablation", "perturbation", AblationOptions, _run, _check, _describe,
+                run_family=_run_family)

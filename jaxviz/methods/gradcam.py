@@ -36,9 +36,11 @@ from jaxviz.checks import ArgumentError, ArgumentTypeError, check_bool
 from jaxviz.engine.backprop import check_targets, unit_cotangents
 from jaxviz.engine.inputs import check_x, unit_indices
 from jaxviz.engine.plan import chunk_size_for, probe, signature
+from jaxviz.methods.base import Attribution, Explained, Method, option, select_targets, softmax_score
 from jaxviz.models.network import Network, unit_scores_of
 
-__all__ = ["GradCam", "INTERPOLATIONS", "check_grad_cam_network", "default_cam_layer", "grad_cam"]
+__all__ = ["METHOD", "GradCam", "GradCamOptions", "INTERPOLATIONS", "cam_layer_for", "check_grad_cam_network",
+           "default_cam_layer", "grad_cam"]
 
 INTERPOLATIONS = ("bilinear", "nearest")
 MIN_CAM_SIZE = 7  # the default layer is the last whose maps are at least this big (7x7, VGG's last conv)
@@ -66,6 +68,17 @@ class GradCam:
     targets: np.ndarray | None
     units: tuple[int, ...] | None
     chunk_size: int
+
+    def pixel_map(self, targets: Any = None) -> np.ndarray:
+        """``attributions``; with ``targets`` (int (N,): outputs, the ones explained or among the kept
+        ``units``), each image's map of its target, (N, H, W)."""
+        if targets is None:
+            return self.attributions
+        if self.units is None or self.targets is not None:
+            if self.targets is None or not np.array_equal(np.asarray(targets), self.targets):
+                raise ArgumentError("targets", f"expected the explained outputs {self.targets!r}, got {targets!r}")
+            return self.attributions
+        return select_targets(self.attributions, targets, self.units)
 
 
 def check_grad_cam_network(network: Network, cam_layer: str, output_layer: str) -> None:
@@ -230,3 +243,82 @@ def grad_cam(network: Network, x: Any, *, layer: str | None = None, output_layer
     if targets is not None:
         maps, small = maps[..., 0], small[..., 0]
     return GradCam(maps.astype(np.float32), small.astype(np.float32), layer, output_layer, targets, units, size)
+
+
+# --------------------------------------------------------------------------- the registered method
+
+
+def cam_layer_for(network: Network, layer: str, cam_layer: str | None) -> str:
+    """Grad-CAM's layer for explaining ``layer``: ``cam_layer``, else the default one if it comes
+    before ``layer``, else the last layer with spatial maps before it."""
+    if cam_layer is not None:
+        return cam_layer
+    position = network.layer_names.index(layer)
+    default = default_cam_layer(network)
+    if network.layer_names.index(default) < position:
+        return default
+    before = [n for n in network.spatial_layers() if network.layer_names.index(n) < position]
+    if not before:
+        raise ArgumentError("layer", f"Grad-CAM needs a layer with spatial maps before {layer!r}; there is none")
+    return before[-1]
+
+
+@dataclasses.dataclass(frozen=True)
+class GradCamOptions:
+    """Grad-CAM as an attribution method (rectified, upsampled bilinearly)."""
+
+    cam_layer: str | None = option(None, "the layer with spatial maps (default: the last one at least 7x7 before "
+                                         "the explained layer)")
+
+
+def _problem(explained: Explained, options: GradCamOptions) -> str | None:
+    network = explained.network
+    if network.apply_perturbed is None:
+        return "the network has no apply_perturbed (from_function without it), so no gradient at a layer"
+    try:
+        cam_layer_for(network, explained.layer, options.cam_layer)
+    except ArgumentError as e:
+        return e.message
+    return None
+
+
+def _check(explained: Explained, options: GradCamOptions) -> None:
+    network = explained.network
+    if options.cam_layer is not None:
+        network.check_layer(options.cam_layer, "cam_layer")
+        position = network.layer_names.index(explained.layer)
+        before = [n for n in network.spatial_layers() if network.layer_names.index(n) < position]
+        if options.cam_layer not in before:
+            raise ArgumentError("cam_layer", f"expected a layer with (h, w, channels) maps before "
+                                             f"{explained.layer!r}: {', '.join(before) or 'there is none'}; got "
+                                             f"{options.cam_layer!r}")
+    check_grad_cam_network(network, cam_layer_for(network, explained.layer, options.cam_layer), explained.layer)
+
+
+def _run(explained: Explained, x: Any, *, targets: np.ndarray, options: GradCamOptions,
+         execution: dict) -> Attribution:
+    layer = cam_layer_for(explained.network, explained.layer, options.cam_layer)
+    result = grad_cam(explained.network, x, layer=layer, output_layer=explained.layer,
+                      score=softmax_score if explained.softmax else None, targets=targets, **execution)
+    return Attribution(result.attributions, np.asarray(targets), "gradcam", {"cam_layer": layer}, result)
+
+
+def _randomized_maps(network: Network, x: jax.Array, *, options: GradCamOptions, plans: Callable, engine: dict,
+                     progress: Any) -> np.ndarray:
+    """Unrectified Grad-CAM maps of the output layer's scores under every variable set, absolute: (sets, N, H, W)
+    (unrectified, so that a map rectified to all zeros leaves no correlation undefined)."""
+    layer = cam_layer_for(network, network.output_layer, options.cam_layer)
+    stacked = engine["stacked"]
+    targets = plans()[0].targets
+    sets = [grad_cam_maps(network, jnp.asarray(x), layer=layer, output_layer=network.output_layer,
+                          score=unit_scores_of, mode="targets", units=None, targets=targets, relu=False,
+                          interpolation="bilinear", variables=plan.params, stacked=stacked,
+                          chunk_size=engine["chunk_size"], memory_budget=engine["memory_budget"],
+                          devices=engine["devices"], progress=progress and "Grad-CAM")[0][..., 0]
+            for plan in plans()]
+    return np.abs(np.concatenate(sets).reshape(-1, *x.shape[:3]))
+
+
+METHOD = Method("gradcam", "Grad-CAM", "cam", GradCamOptions, _run, _check,
+                lambda options: "Grad-CAM (at " + (options.cam_layer or "the last layer with maps of at least 7x7") + ")",
+                problem=_problem, randomized_maps=_randomized_maps)

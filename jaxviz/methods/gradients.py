@@ -38,9 +38,11 @@ from jaxviz.checks import ArgumentError, ArgumentTypeError, check_bool, check_in
 from jaxviz.engine.backprop import GradientPlan, PathFamily, gradient_sums, plan_gradients, readout
 from jaxviz.engine.inputs import fill_array
 from jaxviz.engine.perturb import BLUR_SIGMA
+from jaxviz.methods.base import Attribution, Explained, Method, option, select_targets
+from jaxviz.methods.occlusion import FILL_HELP
 from jaxviz.methods.rise import seed_key
 
-__all__ = ["Gradients", "IG_METHODS", "NT_TYPES", "check_noise_tunnel", "input_x_gradient", "integrated_gradients", "ig_coefficients",
+__all__ = ["GradientOptions", "Gradients", "IntegratedGradientsOptions", "SmoothGradOptions", "METHODS", "IG_METHODS", "NT_TYPES", "check_noise_tunnel", "input_x_gradient", "integrated_gradients", "ig_coefficients",
            "saliency", "smoothgrad"]
 
 IG_METHODS = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
@@ -68,9 +70,18 @@ class Gradients:
     chunk_size: int
     delta: np.ndarray | None = None
 
-    def pixel_map(self) -> np.ndarray:
-        """The attributions summed over the channels: float32 (N, H, W) or (N, H, W, U)."""
-        return self.attributions.sum(axis=3, dtype=np.float32)
+    def pixel_map(self, targets: Any = None) -> np.ndarray:
+        """The attributions summed over the channels: float32 (N, H, W) or (N, H, W, U); with ``targets``
+        (int (N,): outputs of f, the ones explained or among the kept ``units``), each image's map of its
+        target, (N, H, W)."""
+        summed = self.attributions.sum(axis=3, dtype=np.float32)
+        if targets is None:
+            return summed
+        if self.units is None:  # one output per image was explained: it must be the one asked for
+            if self.targets is None or not np.array_equal(np.asarray(targets), self.targets):
+                raise ArgumentError("targets", f"expected the explained outputs {self.targets!r}, got {targets!r}")
+            return summed
+        return select_targets(summed, targets, self.units)
 
 
 # --------------------------------------------------------------------------- inputs made on the device
@@ -275,3 +286,117 @@ def smoothgrad(f: Callable, x: Any, *, nt_type: str = "smoothgrad", nt_samples: 
     if out is None:
         out = squares - means * means
     return _result(_shaped(out, plan), nt_type, plan, size)
+
+
+# --------------------------------------------------------------------------- the registered methods
+
+
+@dataclasses.dataclass(frozen=True)
+class GradientOptions:
+    """Saliency and input x gradient have no options (saliency is ``|gradient|``)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class IntegratedGradientsOptions:
+    """Integrated gradients as an attribution method; ``fill`` is the path's start (the baseline)."""
+
+    n_steps: int = option(50, "points on the path")
+    ig_method: str = option("gausslegendre", "the integration rule", choices=IG_METHODS)
+    fill: Any = option(0.0, FILL_HELP)
+
+
+@dataclasses.dataclass(frozen=True)
+class SmoothGradOptions:
+    """SmoothGrad (or SmoothGrad-squared, VarGrad) of the saliency as an attribution method."""
+
+    nt_type: str = option("smoothgrad", "mean, mean of squares or variance of the saliency", choices=NT_TYPES)
+    nt_samples: int = option(25, "noisy samples")
+    stdevs: float = option(0.15, "the noise's standard deviation in model-input units")
+    seed: int = option(0, "seed of the random masks (and SmoothGrad's noise), in [0, 2**32)")
+
+
+def _no_check(explained: Explained, options: Any) -> None:
+    pass
+
+
+def _check_ig(explained: Explained, options: IntegratedGradientsOptions) -> None:
+    from jaxviz.checks import renamed_arguments
+    with renamed_arguments({"method": "ig_method"}):
+        ig_coefficients(options.n_steps, options.ig_method)
+
+
+def _check_smoothgrad(explained: Explained, options: SmoothGradOptions) -> None:
+    check_noise_tunnel(options.nt_type, options.nt_samples)
+    _check_stdevs(options.stdevs)
+    seed_key(options.seed)
+
+
+def _calls(name: str) -> Callable:
+    """``run`` of a gradient method: the explained function's gradient of each image's target."""
+    def run(explained: Explained, x: Any, *, targets: np.ndarray, options: Any, execution: dict) -> Attribution:
+        common = {"params": explained.network.variables, "targets": targets, **execution}
+        if name == "saliency":
+            result = saliency(explained.f, x, **common)
+        elif name == "ixg":
+            result = input_x_gradient(explained.f, x, **common)
+        elif name == "ig":
+            result = integrated_gradients(explained.f, x, baselines=options.fill, n_steps=options.n_steps,
+                                          method=options.ig_method, **common)
+        else:
+            result = smoothgrad(explained.f, x, nt_type=options.nt_type, nt_samples=options.nt_samples,
+                                stdevs=options.stdevs, seed=options.seed, **common)
+        return Attribution(result.pixel_map(), np.asarray(targets), name, dataclasses.asdict(options), result)
+
+    return run
+
+
+def _randomized(name: str) -> Callable:
+    """``randomized_maps`` of a gradient method: its absolute maps, channels summed, under every variable set
+    (``plans()``: one ``GradientPlan`` per set, shared by the methods of a sanity check)."""
+    def maps(network, x: jax.Array, *, options: Any, plans: Callable, engine: dict, progress: Any) -> np.ndarray:
+        flags, times_input = {"absolute": name in ("saliency", "smoothgrad")}, name in ("ixg", "ig")
+        if name == "ig":
+            alphas, weights = ig_coefficients(options.n_steps, options.ig_method)
+            start, per_image = fill_array(options.fill, x, BLUR_SIGMA)
+            family = PathFamily(_path_generator(per_image), (start, jnp.asarray(alphas), jnp.asarray(weights)),
+                                len(alphas))
+            difference = np.asarray(x - (start if per_image else start[None]))
+        elif name == "smoothgrad":
+            family = PathFamily(_noisy, (seed_key(options.seed), jnp.float32(options.stdevs),
+                                         jnp.float32(1 / options.nt_samples)), options.nt_samples)
+            flags["squares"] = options.nt_type != "smoothgrad"
+        else:
+            family = PathFamily(_at_image, (), 1)
+            difference = np.asarray(x)
+        sets = []
+        for plan in plans():
+            means, squares, _ = gradient_sums(plan, family, **flags, **engine, progress=progress)
+            if name == "smoothgrad":
+                means = (means if options.nt_type == "smoothgrad" else squares if options.nt_type == "smoothgrad_sq"
+                         else squares - means * means)
+            sets.append(means)
+        sums = np.concatenate(sets).reshape(-1, *x.shape)  # (sets, N, H, W, C)
+        if times_input:
+            sums = sums * difference
+        return np.abs(sums).sum(axis=-1)
+
+    return maps
+
+
+def _describe_ig(options: IntegratedGradientsOptions) -> str:
+    start = "a black image" if options.fill == 0 else f"fill {options.fill}"
+    rule = "Gauss-Legendre" if options.ig_method == "gausslegendre" else options.ig_method.replace("_", " ")
+    return f"integrated gradients ({options.n_steps} {rule} steps from {start})"
+
+
+METHODS = (
+    Method("saliency", "saliency", "gradient", GradientOptions, _calls("saliency"), _no_check,
+           lambda options: "saliency (|gradient|)", randomized_maps=_randomized("saliency")),
+    Method("ixg", "input × gradient", "gradient", GradientOptions, _calls("ixg"), _no_check,
+           lambda options: "input × gradient", randomized_maps=_randomized("ixg")),
+    Method("ig", "integrated gradients", "gradient", IntegratedGradientsOptions, _calls("ig"), _check_ig,
+           _describe_ig, randomized_maps=_randomized("ig")),
+    Method("smoothgrad", "SmoothGrad", "gradient", SmoothGradOptions, _calls("smoothgrad"), _check_smoothgrad,
+           lambda options: f"SmoothGrad ({options.nt_samples} samples, noise {options.stdevs})",
+           randomized_maps=_randomized("smoothgrad")),
+)

@@ -41,8 +41,9 @@ import numpy as np
 from jaxviz.checks import ArgumentError, check_pair
 from jaxviz.engine.inputs import check_images, unit_indices
 from jaxviz.engine.perturb import BLUR_SIGMA, MaskFamily, perturbed_outputs, prepare
+from jaxviz.methods.base import Attribution, Explained, Method, RunFamily, option, select_targets
 
-__all__ = ["Occlusion", "WINDOW", "check_windows", "occlude", "occlude_one", "unit_indices", "window_spans"]
+__all__ = ["METHOD", "Occlusion", "OcclusionOptions", "WINDOW", "check_windows", "occlude", "occlude_one", "unit_indices", "window_spans"]
 
 ANCHORS = ("centered", "valid")
 # The default occluder size (pixels) where occlusion is one attribution method: run_dataset, compare_methods and
@@ -122,22 +123,13 @@ class Occlusion:
         """Per-pixel attribution: the mean grid value of the windows covering each pixel.
 
         Args:
-          targets: optional int (N,): for image n keep only output
-            ``targets[n]`` of the (kept) last output axis, as Captum's
-            ``target``; this keeps memory at (N, H, W).
+          targets: optional int (N,): for image n keep only output ``targets[n]`` of f (an index of f's
+            outputs, among the kept ``units``), as Captum's ``target``; this keeps memory at (N, H, W).
 
         Returns:
           float32 (N, H, W, *out) or, with ``targets``, (N, H, W, *out[:-1]).
         """
-        grid = self.grid
-        if targets is not None:
-            targets = np.asarray(targets)
-            n, units = grid.shape[0], grid.shape[-1]
-            if targets.shape != (n,) or not np.issubdtype(targets.dtype, np.integer):
-                raise ArgumentError("targets", f"expected {n} integers (one per image), got shape {targets.shape}")
-            if targets.min() < 0 or targets.max() >= units:
-                raise ArgumentError("targets", f"expected values in [0, {units}), got {targets.min()}..{targets.max()}")
-            grid = np.take_along_axis(grid, targets.reshape((n,) + (1,) * (grid.ndim - 1)), axis=-1)[..., 0]
+        grid = self.grid if targets is None else select_targets(self.grid, targets, self.units)
         rows, cols = self._cover()
         total = np.einsum("ry,nrc...->nyc...", rows, grid, optimize=True)
         total = np.einsum("cx,nyc...->nyx...", cols, total, optimize=True)
@@ -267,3 +259,50 @@ def occlude(
         devices=devices, progress=progress and "occlusion", materialize=materialize, out=flat)
     grid = outputs.reshape(grid_shape) if grid_out is None else grid_out
     return Occlusion(base, grid, rows, cols, (h, w), p.units, size)
+
+
+# --------------------------------------------------------------------------- the registered method
+
+FILL_HELP = ("what replaces removed pixels: a number, per-channel or image values in model-input space, or 'blur' "
+             "(a blurred copy)")
+
+
+@dataclasses.dataclass(frozen=True)
+class OcclusionOptions:
+    """Occlusion as an attribution method (``jaxviz attribute --method occlusion``, ``compare_methods``,
+    ``run_dataset``)."""
+
+    window: int = option(WINDOW, "occluder size in pixels")
+    stride: int = option(4, "occluder step in pixels")
+    anchor: str = option("centered", "occluder placement", choices=ANCHORS)
+    fill: Any = option(0.0, FILL_HELP)
+
+
+def _check(explained: Explained, options: OcclusionOptions) -> None:
+    h, w, c = explained.network.input_spec.shape
+    check_windows(jnp.zeros((1, h, w, c)), options.window, options.stride, options.anchor)
+
+
+def _run(explained: Explained, x: Any, *, targets: np.ndarray, options: OcclusionOptions,
+         execution: dict) -> Attribution:
+    units = tuple(int(u) for u in np.unique(targets))  # only the explained outputs are kept
+    result = occlude(explained.f, x, window=options.window, stride=options.stride, anchor=options.anchor,
+                     fill=options.fill, units=units, params=explained.network.variables, **execution)
+    return Attribution(result.pixel_map(targets), targets, "occlusion", dataclasses.asdict(options), result)
+
+
+def _run_family(options: OcclusionOptions, image_shape: tuple[int, int, int]) -> RunFamily:
+    h, w, c = image_shape
+    rows, cols = check_windows(jnp.zeros((1, h, w, c)), options.window, options.stride, options.anchor)
+    settings = {"window": list(np.broadcast_to(options.window, 2).tolist()),
+                "stride": list(np.broadcast_to(options.stride, 2).tolist()), "anchor": options.anchor,
+                "row_spans": rows.tolist(), "col_spans": cols.tolist()}
+    return RunFamily(window_masks((h, w), rows, cols), (len(rows), len(cols)), "difference", 1.0, settings)
+
+
+def _describe(options: OcclusionOptions) -> str:
+    return f"occlusion ({options.window}x{options.window} window, stride {options.stride})"
+
+
+METHOD = Method("occlusion", "occlusion", "perturbation", OcclusionOptions, _run, _check, _describe,
+                run_family=_run_family)

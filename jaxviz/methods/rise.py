@@ -38,15 +38,13 @@ import numpy as np
 from jaxviz.checks import ArgumentError, ArgumentTypeError, check_int, check_seed
 from jaxviz.engine.inputs import check_x
 from jaxviz.engine.perturb import BLUR_SIGMA, MaskFamily, mask_weighted_sum, prepare
+from jaxviz.methods.base import Attribution, Explained, Method, RunFamily, option, select_targets
+from jaxviz.methods.occlusion import FILL_HELP
 
-__all__ = ["NUM_MASKS", "NUM_MASKS_MANY", "Rise", "check_keep_probability", "rise", "rise_generator", "rise_masks",
+__all__ = ["METHOD", "NUM_MASKS", "Rise", "RiseOptions", "check_keep_probability", "rise", "rise_generator", "rise_masks",
            "seed_key"]
 
 NUM_MASKS = 4000  # rise's default number of random masks (the paper: 4000 to 8000 for one map)
-# The deliberately cheaper default where RISE makes many maps at once: a dataset run (run_dataset), one method of
-# a comparison (compare_methods, method_map, the report's "Which map to trust?" section) and the CLI's
-# --num-masks. A quarter of the cost of NUM_MASKS, at about twice the noise (it falls as 1 / sqrt(masks)).
-NUM_MASKS_MANY = 1000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +66,11 @@ class Rise:
     p: float
     chunk_size: int
     units: tuple[int, ...] | None = None
+
+    def pixel_map(self, targets: Any = None) -> np.ndarray:
+        """``maps``, or with ``targets`` (int (N,): outputs of f, among the kept ``units``) each image's map of
+        its target, (N, H, W)."""
+        return self.maps if targets is None else select_targets(self.maps, targets, self.units)
 
 
 # --------------------------------------------------------------------------- masks on the device
@@ -239,3 +242,50 @@ def rise(
                                          devices=devices, progress=progress and "rise")
     maps = (sums / np.float32(num_masks * p)).astype(np.float32)
     return Rise(maps, base, num_masks, p, size, prepared.units)
+
+
+# --------------------------------------------------------------------------- the registered method
+
+
+@dataclasses.dataclass(frozen=True)
+class RiseOptions:
+    """RISE as an attribution method (``jaxviz attribute --method rise``, ``compare_methods``, ``run_dataset``)."""
+
+    num_masks: int = option(NUM_MASKS, "random masks")
+    cells: int = option(7, "mask grid cells per side")
+    p: float = option(0.5, "probability that a cell is kept")
+    seed: int = option(0, "seed of the random masks (and SmoothGrad's noise), in [0, 2**32)")
+    fill: Any = option(0.0, FILL_HELP)
+
+
+def _check(explained: Explained, options: RiseOptions) -> None:
+    h, w = explained.network.input_spec.shape[:2]
+    check_int(options.num_masks, "num_masks", 1)
+    check_int(options.cells, "cells", 1, min(h, w))
+    check_keep_probability(options.p)
+    check_seed(options.seed)
+
+
+def _run(explained: Explained, x: Any, *, targets: np.ndarray, options: RiseOptions, execution: dict) -> Attribution:
+    units = tuple(int(u) for u in np.unique(targets))  # only the explained outputs are kept
+    result = rise(explained.f, x, num_masks=options.num_masks, cells=options.cells, p=options.p, seed=options.seed,
+                  fill=options.fill, units=units, params=explained.network.variables, **execution)
+    return Attribution(result.pixel_map(targets), targets, "rise", dataclasses.asdict(options), result)
+
+
+def _run_family(options: RiseOptions, image_shape: tuple[int, int, int]) -> RunFamily:
+    h, w, _ = image_shape
+    num_masks = check_int(options.num_masks, "num_masks", 1)
+    cells = check_int(options.cells, "cells", 1, min(h, w))
+    p = check_keep_probability(options.p)
+    seed = check_seed(options.seed)
+    family = MaskFamily(rise_generator(cells, (h, w)), (seed_key(seed), jnp.float32(p)), num_masks, (cells, (h, w)))
+    return RunFamily(family, (h, w), "weighted_sum", 1.0 / (num_masks * p),
+                     {"num_masks": num_masks, "cells": cells, "p": p, "seed": seed})
+
+
+def _describe(options: RiseOptions) -> str:
+    return f"RISE ({options.num_masks} random masks)"
+
+
+METHOD = Method("rise", "RISE", "perturbation", RiseOptions, _run, _check, _describe, run_family=_run_family)

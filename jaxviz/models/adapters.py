@@ -64,7 +64,7 @@ def _abstract(fn: Callable, argument: str, spec: InputSpec, variables: Any) -> A
     try:
         return jax.eval_shape(fn, variables, jax.ShapeDtypeStruct((_BATCH, *spec.shape), spec.dtype))
     except Exception as error:  # noqa: BLE001 - whatever the user's model raises
-        raise ValueError(f"{argument}: running it on a {'x'.join(map(str, spec.shape))} input failed with "
+        raise ArgumentError(f"{argument}", f"running it on a {'x'.join(map(str, spec.shape))} input failed with "
                          f"{_one_line(error)}") from error
 
 

@@ -19,6 +19,7 @@ import jax
 import numpy as np
 
 from jaxviz._io import atomic_write_bytes
+from jaxviz.checks import ArgumentError, ArgumentTypeError
 from jaxviz.data.images import Dataset
 
 __all__ = ["CHECKPOINT_FILE", "check_output_file", "load_checkpoint", "prepare_checkpoint_dir", "run_identity",
@@ -45,7 +46,7 @@ def _probe_writable(directory: Path, name: str) -> None:
     try:
         fd, tmp = tempfile.mkstemp(prefix=".jaxviz-write-test.", suffix=".tmp", dir=directory)
     except OSError as e:
-        raise ValueError(f"{name}: cannot write to directory {str(directory)!r} ({e.strerror or e})") from None
+        raise ArgumentError(f"{name}", f"cannot write to directory {str(directory)!r} ({e.strerror or e})") from None
     os.close(fd)
     os.unlink(tmp)
 
@@ -59,22 +60,22 @@ def prepare_checkpoint_dir(checkpoint_dir: str | os.PathLike, name: str = "check
         cannot be created or written to; the message starts with ``name``.
     """
     if not isinstance(checkpoint_dir, (str, os.PathLike)):
-        raise TypeError(f"{name}: expected a directory path, got {type(checkpoint_dir).__name__}")
+        raise ArgumentTypeError(f"{name}", f"expected a directory path, got {type(checkpoint_dir).__name__}")
     directory = Path(checkpoint_dir)
     existing = _nearest_existing(directory)
     if existing.exists() and not existing.is_dir():
         if existing == directory:
-            raise ValueError(f"{name}: expected a directory for checkpoints, got {str(directory)!r}, "
+            raise ArgumentError(f"{name}", f"expected a directory for checkpoints, got {str(directory)!r}, "
                              f"which is a file, not a directory")
-        raise ValueError(f"{name}: cannot create directory {str(directory)!r}: {str(existing)!r} "
+        raise ArgumentError(f"{name}", f"cannot create directory {str(directory)!r}: {str(existing)!r} "
                          f"is a file, not a directory")
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise ValueError(f"{name}: cannot create directory {str(directory)!r} ({e.strerror or e})") from None
+        raise ArgumentError(f"{name}", f"cannot create directory {str(directory)!r} ({e.strerror or e})") from None
     ckpt = directory / CHECKPOINT_FILE
     if ckpt.exists() and not ckpt.is_file():
-        raise ValueError(f"{name}: {str(ckpt)!r} is a directory, expected a checkpoint file (or nothing)")
+        raise ArgumentError(f"{name}", f"{str(ckpt)!r} is a directory, expected a checkpoint file (or nothing)")
     _probe_writable(directory, name)
     return directory
 
@@ -90,13 +91,13 @@ def check_output_file(path: str | os.PathLike, name: str = "out") -> Path:
       ValueError: the message starts with ``name`` and says what is wrong.
     """
     if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"{name}: expected a file path, got {type(path).__name__}")
+        raise ArgumentTypeError(f"{name}", f"expected a file path, got {type(path).__name__}")
     path = Path(path)
     if path.is_dir():
-        raise ValueError(f"{name}: expected a file path, got {str(path)!r}, which is a directory")
+        raise ArgumentError(f"{name}", f"expected a file path, got {str(path)!r}, which is a directory")
     parent = _nearest_existing(path.parent)
     if not parent.is_dir():
-        raise ValueError(f"{name}: cannot write {str(path)!r}: {str(parent)!r} is a file, not a directory")
+        raise ArgumentError(f"{name}", f"cannot write {str(path)!r}: {str(parent)!r} is a file, not a directory")
     _probe_writable(parent, name)
     return path
 

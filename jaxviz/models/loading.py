@@ -33,6 +33,7 @@ from typing import Any
 import flax.serialization
 import numpy as np
 
+from jaxviz.checks import ArgumentError, ArgumentTypeError
 from jaxviz.models.adapters import _one_line, from_function, from_linen, from_nnx
 from jaxviz.models.network import Network
 
@@ -58,17 +59,17 @@ def _import(source: str, option: str):
             spec.loader.exec_module(module)
         except Exception as error:  # noqa: BLE001 - the user's file may raise anything
             sys.modules.pop(name, None)
-            raise ValueError(f"{option}: importing {source!r} failed with {_one_line(error)}") from error
+            raise ArgumentError(f"{option}", f"importing {source!r} failed with {_one_line(error)}") from error
         finally:
             sys.path.remove(folder)
         return module
     try:
         return importlib.import_module(source)
     except ModuleNotFoundError as error:
-        raise ValueError(f"{option}: no module {source!r} ({error}); give a .py file path or an importable "
+        raise ArgumentError(f"{option}", f"no module {source!r} ({error}); give a .py file path or an importable "
                          "dotted module path") from error
     except Exception as error:  # noqa: BLE001
-        raise ValueError(f"{option}: importing {source!r} failed with {_one_line(error)}") from error
+        raise ArgumentError(f"{option}", f"importing {source!r} failed with {_one_line(error)}") from error
 
 
 # the module-level constants, by the adapter argument they become (to name them in errors)
@@ -82,10 +83,10 @@ def _input_kwargs(module, source: str, option: str, input_shape: Any, default_in
     if shape is None and default_input_shape is not None:
         shape = default_input_shape() if callable(default_input_shape) else default_input_shape
     if shape is None:
-        raise ValueError(f"{option}: {source!r} defines no INPUT_SHAPE = (height, width, channels); define it, "
+        raise ArgumentError(f"{option}", f"{source!r} defines no INPUT_SHAPE = (height, width, channels); define it, "
                          "or pass --input-shape H,W,C, so jaxviz knows the input size")
     if isinstance(shape, (str, bytes)) or not hasattr(shape, "__iter__"):
-        raise ValueError(f"{option}: INPUT_SHAPE: expected (height, width, channels) of positive ints, got {shape!r}")
+        raise ArgumentError(f"{option}", f"INPUT_SHAPE: expected (height, width, channels) of positive ints, got {shape!r}")
     kwargs = {"input_shape": tuple(shape), "class_names": getattr(module, "CLASS_NAMES", None)}
     for const, key in (("INPUT_SCALE", "scale"), ("INPUT_MEAN", "mean"), ("INPUT_STD", "std")):
         if hasattr(module, const):
@@ -114,9 +115,9 @@ def load_variables(path: str | os.PathLike, template: Any, *, option: str = "wei
     try:
         stored = flax.serialization.msgpack_restore(path.read_bytes())
     except Exception as error:  # noqa: BLE001 - msgpack raises several types on corrupt input
-        raise ValueError(f"{option}: {str(path)!r} is not a Flax msgpack state dict ({_one_line(error)})") from None
+        raise ArgumentError(f"{option}", f"{str(path)!r} is not a Flax msgpack state dict ({_one_line(error)})") from None
     if isinstance(stored, dict) and stored.get("format") == "jaxviz-weights":
-        raise ValueError(f"{option}: {str(path)!r} is a jaxviz weights file of the built-in CNN (from `jaxviz "
+        raise ArgumentError(f"{option}", f"{str(path)!r} is a jaxviz weights file of the built-in CNN (from `jaxviz "
                          "train`); a model of your own takes a Flax msgpack state dict of its variables, e.g. "
                          "flax.serialization.to_bytes(variables)")
     stored = _str_keys(stored)  # msgpack keeps int keys (nnx lists); flax state dicts have str keys
@@ -136,18 +137,18 @@ def _shape(x: Any) -> str:
 def _compare(expected: Any, got: Any, where: str, option: str, path: Path) -> None:
     if isinstance(expected, dict):
         if not isinstance(got, dict):
-            raise ValueError(f"{option}: {str(path)!r} has an array at {where or '/'}, the model a group there")
+            raise ArgumentError(f"{option}", f"{str(path)!r} has an array at {where or '/'}, the model a group there")
         for key in sorted(set(expected) | set(got), key=str):
             here = f"{where}/{key}"
             if key not in got:
-                raise ValueError(f"{option}: {str(path)!r} lacks {here} (the model has {_shape(expected[key])} "
+                raise ArgumentError(f"{option}", f"{str(path)!r} lacks {here} (the model has {_shape(expected[key])} "
                                  "there): the file holds the variables of another model")
             if key not in expected:
-                raise ValueError(f"{option}: {str(path)!r} has {here}, which the model does not have: the file "
+                raise ArgumentError(f"{option}", f"{str(path)!r} has {here}, which the model does not have: the file "
                                  "holds the variables of another model")
             _compare(expected[key], got[key], here, option, path)
     elif isinstance(got, dict) or np.shape(got) != np.shape(expected):
-        raise ValueError(f"{option}: {str(path)!r} has {_shape(got)} at {where}, the model expects "
+        raise ArgumentError(f"{option}", f"{str(path)!r} has {_shape(got)} at {where}, the model expects "
                          f"{_shape(expected)}")
 
 
@@ -166,17 +167,17 @@ def load_model(spec: str, *, weights: str | os.PathLike | None = None, option: s
     from flax import linen, nnx
 
     if not isinstance(spec, str) or ":" not in spec.strip(":"):
-        raise ValueError(f"{option}: expected FILE_OR_MODULE:ATTR (e.g. my_resnet.py:build), got {spec!r}")
+        raise ArgumentError(f"{option}", f"expected FILE_OR_MODULE:ATTR (e.g. my_resnet.py:build), got {spec!r}")
     source, attr = spec.rsplit(":", 1)
     module = _import(source, option)
     factory = getattr(module, attr, None)
     if not callable(factory):
-        raise ValueError(f"{option}: {source!r} has no callable {attr!r} "
+        raise ArgumentError(f"{option}", f"{source!r} has no callable {attr!r} "
                          f"(found {type(factory).__name__ if factory is not None else 'nothing'})")
     try:
         made = factory()
     except Exception as error:  # noqa: BLE001 - the user's code may raise anything
-        raise ValueError(f"{option}: {attr}() raised {_one_line(error)}") from error
+        raise ArgumentError(f"{option}", f"{attr}() raised {_one_line(error)}") from error
     if isinstance(made, Network):
         if input_shape is not None:
             raise ValueError("--input-shape: not supported when the model factory returns a jaxviz.Network "
@@ -207,7 +208,7 @@ def load_model(spec: str, *, weights: str | os.PathLike | None = None, option: s
             variables = load_variables(weights, variables, option="--weights")
         return _adapt(from_function, (apply, variables), {**kwargs, "layer_names": layer_names}, option)
     got = type(made).__name__ + (f" of {len(made)} items" if isinstance(made, tuple) else "")
-    raise TypeError(f"{option}: {attr}() must return {RETURNS}; got {got}")
+    raise ArgumentTypeError(f"{option}", f"{attr}() must return {RETURNS}; got {got}")
 
 
 def _adapt(adapter, args: tuple, kwargs: dict, option: str) -> Network:

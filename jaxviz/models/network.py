@@ -93,7 +93,7 @@ class InputSpec:
     def __post_init__(self):
         for field in ("height", "width", "channels"):
             if not _is_int(getattr(self, field)) or getattr(self, field) < 1:
-                raise ValueError(f"{field}: expected a positive int, got {getattr(self, field)!r}")
+                raise ArgumentError(f"{field}", f"expected a positive int, got {getattr(self, field)!r}")
             object.__setattr__(self, field, int(getattr(self, field)))
         if not isinstance(self.scale, (int, float, np.number)) or not 0 < float(self.scale) < math.inf:
             raise ArgumentError("scale", f"expected a positive finite number, got {self.scale!r}")
@@ -103,7 +103,7 @@ class InputSpec:
                 values = np.asarray(value, np.float64).reshape(-1)
                 if values.size != self.channels or not np.all(np.isfinite(values)) or \
                         (field == "std" and np.any(values <= 0)):
-                    raise ValueError(f"{field}: expected {self.channels} finite values (one per channel"
+                    raise ArgumentError(f"{field}", f"expected {self.channels} finite values (one per channel"
                                      f"{', positive' if field == 'std' else ''}), got {value!r}")
                 object.__setattr__(self, field, tuple(float(v) for v in values))
         if not jnp.issubdtype(np.dtype(self.dtype), jnp.floating):
@@ -123,13 +123,13 @@ class InputSpec:
         if isinstance(images, np.ndarray):
             check_uint8_images(images, name)
         elif not hasattr(images, "dtype") or not hasattr(images, "shape"):
-            raise TypeError(f"{name}: expected a uint8 array (N, H, W, C) of pixels, got {type(images).__name__}")
+            raise ArgumentTypeError(f"{name}", f"expected a uint8 array (N, H, W, C) of pixels, got {type(images).__name__}")
         elif images.dtype != np.uint8:
-            raise TypeError(f"{name}: expected uint8 pixels 0..255 (N, H, W, C), got {images.dtype}; pass the raw "
+            raise ArgumentTypeError(f"{name}", f"expected uint8 pixels 0..255 (N, H, W, C), got {images.dtype}; pass the raw "
                             "uint8 images, not model input: the network converts them itself")
         (h, w, c), shape = self.shape, tuple(images.shape)
         if len(shape) != 4:
-            raise ValueError(f"{name}: expected shape (N, {h}, {w}, {c}), got {shape}")
+            raise ArgumentError(f"{name}", f"expected shape (N, {h}, {w}, {c}), got {shape}")
         if shape[1:] != self.shape:
             if shape[1:3] != (h, w):
                 hint = f"Resize them first, e.g. jaxviz.resize_images(images, {h}, {w})"
@@ -137,7 +137,7 @@ class InputSpec:
                 hint = "The channels differ: jaxviz.data.to_grayscale(images) makes RGB grayscale"
             else:
                 hint = "The channels differ: convert them to the channels the network takes"
-            raise ValueError(f"{name}: the network takes {h}x{w} images with {c} channels (N, {h}, {w}, {c}); got "
+            raise ArgumentError(f"{name}", f"the network takes {h}x{w} images with {c} channels (N, {h}, {w}, {c}); got "
                              f"{shape[1]}x{shape[2]} images with {shape[3]} channels. {hint}")
 
     def to_input(self, images: Any) -> Any:
@@ -176,7 +176,7 @@ def resize_images(images: np.ndarray, height: int, width: int, *, batch_size: in
         raise ArgumentError("images", f"expected shape (N, h, w, C), got {tuple(images.shape)}")
     for name, value in (("height", height), ("width", width), ("batch_size", batch_size)):
         if not _is_int(value) or value < 1:
-            raise ValueError(f"{name}: expected a positive int, got {value!r}")
+            raise ArgumentError(f"{name}", f"expected a positive int, got {value!r}")
     images = np.asarray(images)
     if images.shape[1:3] == (height, width):
         return images.copy()
@@ -270,10 +270,10 @@ class Network:
             object.__setattr__(self, "class_names", _class_names(self.class_names))
         for field in ("apply_perturbed", "init"):
             if getattr(self, field) is not None and not callable(getattr(self, field)):
-                raise TypeError(f"{field}: expected a callable or None, got {type(getattr(self, field)).__name__}")
+                raise ArgumentTypeError(f"{field}", f"expected a callable or None, got {type(getattr(self, field)).__name__}")
         for field in ("kernel_paths", "param_paths", "layer_kinds"):
             if unknown := [k for k in getattr(self, field) if k not in self.layer_names]:
-                raise ValueError(f"{field}: expected keys from layer_names, got unknown layers {unknown}")
+                raise ArgumentError(f"{field}", f"expected keys from layer_names, got unknown layers {unknown}")
             object.__setattr__(self, field, types.MappingProxyType(dict(getattr(self, field))))
         for layer, path in self.kernel_paths.items():
             if _array(_find(self.variables, tuple(path))) is None:
@@ -328,7 +328,7 @@ class Network:
         image = np.asarray(images)[bad[:1]]
         first = next((n for n in self.layer_names[:self.layer_names.index(layer) + 1]
                       if not np.isfinite(np.asarray(self.uint8_fn(n)(self.variables, image))).all()), layer)
-        raise ValueError(f"{name}: the model's output is not finite: layer {layer!r} gives NaN or inf for "
+        raise ArgumentError(f"{name}", f"the model's output is not finite: layer {layer!r} gives NaN or inf for "
                          f"{bad.size} of {len(flat)} images ({shown}); the first layer that does on image "
                          f"{int(numbers[bad[0]])} is {first!r}; check the weights and the input scaling")
 

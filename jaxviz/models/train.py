@@ -60,9 +60,9 @@ class TrainingDiverged(ValueError):
 def _check_int(name: str, value: Any, minimum: int, maximum: int | None = None) -> int:
     expected = f"an int >= {minimum}" if maximum is None else f"an int in [{minimum}, {maximum}]"
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name}: expected {expected}, got {value!r} ({type(value).__name__})")
+        raise ArgumentTypeError(f"{name}", f"expected {expected}, got {value!r} ({type(value).__name__})")
     if value < minimum or (maximum is not None and value > maximum):
-        raise ValueError(f"{name}: expected {expected}, got {value}")
+        raise ArgumentError(f"{name}", f"expected {expected}, got {value}")
     return int(value)
 
 
@@ -73,12 +73,12 @@ def _check_float(name: str, value: Any, low: float, high: float, *, low_open: bo
     else:
         expected = f"a number in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name}: expected {expected}, got {value!r} ({type(value).__name__})")
+        raise ArgumentTypeError(f"{name}", f"expected {expected}, got {value!r} ({type(value).__name__})")
     x = float(value)
     ok = (math.isfinite(x) and (x > low if low_open else x >= low)
           and (x < high if high_open else x <= high))
     if not ok:
-        raise ValueError(f"{name}: expected {expected}, got {x!r}")
+        raise ArgumentError(f"{name}", f"expected {expected}, got {x!r}")
     return x
 
 
@@ -230,13 +230,13 @@ def _all_finite(tree) -> jax.Array:
 
 def _check_dataset(name: str, dataset: Any, *, minimum: int, what: str, hint: str = "") -> None:
     if not isinstance(dataset, Dataset):
-        raise TypeError(f"{name}: expected a jaxviz Dataset, got {type(dataset).__name__}")
+        raise ArgumentTypeError(f"{name}", f"expected a jaxviz Dataset, got {type(dataset).__name__}")
     if dataset.images.shape[1:] != IMAGE_SHAPE:
-        raise ValueError(f"{name}: expected images of shape (N, {', '.join(map(str, IMAGE_SHAPE))}), "
+        raise ArgumentError(f"{name}", f"expected images of shape (N, {', '.join(map(str, IMAGE_SHAPE))}), "
                          f"got {dataset.images.shape}")
     if len(dataset) < minimum:
         hint = " (the dataset is empty)" if len(dataset) == 0 else hint
-        raise ValueError(f"{name}: expected at least {what}, got {len(dataset)}{hint}")
+        raise ArgumentError(f"{name}", f"expected at least {what}, got {len(dataset)}{hint}")
 
 
 def train(

@@ -137,7 +137,7 @@ def analyse(network: Network, dataset: Dataset, settings: ReportSettings, *, pro
     done("occlusion")
 
     explained = np.asarray(first_of_class[: s.trust_images], np.int64)
-    common = {"methods": trust_methods(s, network), "window": s.window, "stride": s.stride, "rise_masks": s.rise_masks,
+    common = {"methods": trust_methods(s, network), "window": s.window, "stride": s.stride, "num_masks": s.rise_masks,
               "seed": s.seed}
     if network.is_classifier:
         trust = compare_methods(network, dataset.images[explained], **common)

@@ -30,10 +30,10 @@ MAX_ROWS = 32
 def check_grid(rows: int, cols: int, *, what_rows: str, what_cols: str) -> None:
     """Raise ``ValueError`` for a panel grid too large to read (see ``MAX_ROWS``/``MAX_COLUMNS``)."""
     if cols > MAX_COLUMNS:
-        raise ValueError(f"{what_cols}: a figure shows at most {MAX_COLUMNS} {what_cols} side by side, "
+        raise ArgumentError(f"{what_cols}", f"a figure shows at most {MAX_COLUMNS} {what_cols} side by side, "
                          f"got {cols}; pass fewer")
     if rows > MAX_ROWS:
-        raise ValueError(f"{what_rows}: a figure shows at most {MAX_ROWS} rows of {what_rows}, got {rows}; pass fewer")
+        raise ArgumentError(f"{what_rows}", f"a figure shows at most {MAX_ROWS} rows of {what_rows}, got {rows}; pass fewer")
 
 
 def image_title(prefix: str = "", *, true: str | None = None, predicted: str | None = None,

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import html
-import inspect
 import json
 import time
 from collections.abc import Sequence
@@ -20,8 +19,8 @@ import numpy as np
 
 from jaxviz._io import atomic_write_bytes
 from jaxviz.analysis.filters import filter_grid
-from jaxviz.evaluation.comparison import METHODS, compare_methods
-from jaxviz.evaluation.sanity import GRADIENT_METHODS, PASS_THRESHOLD
+from jaxviz.evaluation.sanity import PASS_THRESHOLD
+from jaxviz.methods import registry
 from jaxviz.report import plots
 from jaxviz.report.analyses import ReportResults
 
@@ -191,14 +190,10 @@ def _trust_section(page: _Page, r: ReportResults) -> None:
 
 
 def _methods_text(s, shown) -> str:
-    defaults = {k: v.default for k, v in inspect.signature(compare_methods).parameters.items()}
-    described = {"occlusion": f"occlusion ({s.window}x{s.window} window, stride {s.stride})",
-                 "rise": f"RISE ({s.rise_masks} random masks)", "ablation": "feature ablation over an 8x8 grid",
-                 "saliency": "saliency (|gradient|)", "ixg": "input × gradient",
-                 "ig": f"integrated gradients ({defaults['ig_steps']} Gauss-Legendre steps from a black image)",
-                 "smoothgrad": f"SmoothGrad ({defaults['nt_samples']} samples, noise {defaults['stdevs']})",
-                 "gradcam": "Grad-CAM (at the last layer with maps of at least 7x7)"}
-    return ", ".join(described[m] for m, label in METHODS.items() if label in shown)
+    """Each compared method in a few words (``Method.describe``), with the options the report gave it."""
+    given = {"window": s.window, "stride": s.stride, "num_masks": s.rise_masks, "seed": s.seed}
+    described = [m.describe(m.options_for(given)) for m in registry.METHODS.values() if m.label in shown]
+    return ", ".join(described)
 
 
 def _sanity_section(page: _Page, r: ReportResults) -> None:
@@ -208,7 +203,7 @@ def _sanity_section(page: _Page, r: ReportResults) -> None:
                "the network has no layer with its own variables to randomize")
         page.section("Sanity check: do the maps depend on the weights?", _p(f"Not run: {why}."))
         return
-    labels = {m: GRADIENT_METHODS[m] for m in c.methods}
+    labels = {m: registry.METHODS[m].label for m in c.methods}
     page.section(
         "Sanity check: do the maps depend on the weights?",
         _p(f"Adebayo et al.'s model-randomization test on {len(r.sanity_images)} images: the layers are "

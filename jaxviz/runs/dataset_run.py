@@ -50,11 +50,9 @@ from jaxviz.checks import ArgumentError, ArgumentTypeError, check_bool, check_in
 from jaxviz.engine.inputs import fill_array, unit_indices
 from jaxviz.engine.perturb import BLUR_SIGMA
 from jaxviz.engine.plan import chunk_size_for, probe, signature
-from jaxviz.methods.occlusion import WINDOW
-from jaxviz.methods.rise import NUM_MASKS_MANY
+from jaxviz.methods import registry
 from jaxviz.models.network import Network
 from jaxviz.runs import store
-from jaxviz.runs.methods import RUN_METHODS, method_family
 from jaxviz.runs.passes import Job, execute, first_record
 from jaxviz.runs.program import MapSpec
 from jaxviz.runs.reader import Run, expected_arrays, open_run, read_settings
@@ -113,11 +111,9 @@ def _create(job: Job) -> None:
 
 
 def run_dataset(network: Network, images: Any, out: str | Path, *, method: str = "occlusion",
-                layer: str | None = None, units: Any = None, window: Any = WINDOW, stride: Any = 4,
-                anchor: str = "centered", segments: int = 8, num_masks: int = NUM_MASKS_MANY, cells: int = 7, p: float = 0.5,
-                seed: int = 0, fill: Any = 0.0, k: int = 9, keep_grid: bool = False, images_per_step: int = 64,
-                chunk_size: int | None = None, memory_budget: int | None = None, overwrite: bool = False,
-                progress: bool = True) -> Run:
+                layer: str | None = None, units: Any = None, fill: Any = 0.0, k: int = 9, keep_grid: bool = False,
+                images_per_step: int = 64, chunk_size: int | None = None, memory_budget: int | None = None,
+                overwrite: bool = False, progress: bool = True, **options: Any) -> Run:
     """Run a perturbation method over every image of a dataset into the store ``out``.
 
     Args:
@@ -130,13 +126,11 @@ def run_dataset(network: Network, images: Any, out: str | Path, *, method: str =
         recomputed from scratch). It must be absent, empty or a run: a
         folder holding anything else is refused, never emptied. One run at a
         time writes a folder (a lock beside it, ``.<name>.lock``).
-      method: ``"occlusion"``, ``"ablation"`` or ``"rise"`` (``jaxviz.runs.methods``).
+      method: a registered method a run can stream (``registry.names(run=True)``: occlusion, rise,
+        ablation).
       layer: the explained layer (default: the output layer); conv maps are
         averaged over space (``Network.score_fn``).
       units: indices of the layer's units to keep (default all), U of them.
-      window, stride, anchor: occlusion, as in ``occlude``.
-      segments: ablation: cells per side.
-      num_masks, cells, p, seed: RISE, as in ``rise``.
       fill: a number, per-channel (C,) or image (H, W, C) values in model
         input space, or ``"blur"``.
       k: images per unit in the top-K mean maps (at most N).
@@ -150,6 +144,9 @@ def run_dataset(network: Network, images: Any, out: str | Path, *, method: str =
       overwrite: start afresh: replace a run made with other settings (or
         a damaged one) instead of refusing or resuming.
       progress: show a progress bar and the ETA (process 0 only).
+      **options: the method's options (its options dataclass: occlusion's ``window``, ``stride``,
+        ``anchor``; ablation's ``segments`` (cells per side); RISE's ``num_masks``, ``cells``, ``p``,
+        ``seed``), defaults there.
 
     Returns:
       The finished ``Run`` (``open_run(out)``).
@@ -162,8 +159,7 @@ def run_dataset(network: Network, images: Any, out: str | Path, *, method: str =
       (an ``OSError``) when writing fails: the steps already recorded stay
       valid.
     """
-    job = _job(network, images, out, method=method, layer=layer, units=units, window=window, stride=stride,
-               anchor=anchor, segments=segments, num_masks=num_masks, cells=cells, p=p, seed=seed, fill=fill, k=k,
+    job = _job(network, images, out, method=method, layer=layer, units=units, options=options, fill=fill, k=k,
                keep_grid=keep_grid, images_per_step=images_per_step, chunk_size=chunk_size,
                memory_budget=memory_budget, progress=progress)
     out, shown = job.out, os.fsdecode(out)
@@ -248,8 +244,7 @@ def _prepare_store(job: Job, shown: str, overwrite: bool) -> None:
         raise
 
 
-def _job(network, images, out, *, method, layer, units, window, stride, anchor, segments, num_masks, cells, p, seed,
-         fill, k, keep_grid, images_per_step, chunk_size, memory_budget, progress) -> Job:
+def _job(network, images, out, *, method, layer, units, options, fill, k, keep_grid, images_per_step, chunk_size, memory_budget, progress) -> Job:
     """Check every argument (errors name it) and plan the run, before any work."""
     if not isinstance(network, Network):
         raise ArgumentTypeError("network", f"expected a jaxviz.Network, got {type(network).__name__}")
@@ -269,11 +264,10 @@ def _job(network, images, out, *, method, layer, units, window, stride, anchor, 
         raise ArgumentError("layer", f"expected per-unit scores (N, units) from {layer!r}, got per-image shape {width}")
     units = None if units is None else unit_indices(units, width[0])
     kept = width[0] if units is None else len(units)
-    if method not in RUN_METHODS:
-        raise ArgumentError("method", f"expected one of {', '.join(RUN_METHODS)}, got {method!r}")
-    family, map_shape, scale, options = method_family(method, (h, w, c), window=window, stride=stride,
-                                                      anchor=anchor, segments=segments, num_masks=num_masks,
-                                                      cells=cells, p=p, seed=seed)
+    chosen = registry.get(method, run=True)
+    if "fill" in options:
+        raise ArgumentError("fill", "given twice")
+    run = chosen.run_family(chosen.make_options(options), (h, w, c))
     k = min(check_int(k, "k", 1), n)
     batch = min(check_int(images_per_step, "images_per_step", 1), n)  # a larger step would only pad
     keep_grid = check_bool(keep_grid, "keep_grid")
@@ -284,17 +278,18 @@ def _job(network, images, out, *, method, layer, units, window, stride, anchor, 
     fills, per_image_fill = fill_array(fill, network.to_input(head), BLUR_SIGMA)
     mesh = batch_sharding().mesh
     per_pair = example_bytes + 2 * h * w * c * 4 + 4 * h * w + 4 * kept  # as the perturbation engine plans
-    per_device = -(-batch // mesh.size) * family.count
+    per_device = -(-batch // mesh.size) * run.family.count
     sub_chunk = chunk_size_for(per_pair, per_device, 1, chunk_size, memory_budget, "(image, mask) pairs")
-    settings = {"format": store.FORMAT, "method": method, **options, "layer": layer,
+    settings = {"format": store.FORMAT, "method": method, **run.settings, "layer": layer,
                 "units": None if units is None else list(units), "k": k, "keep_grid": keep_grid,
                 "fill": _fill_setting(fill, fills), "images_per_step": batch, "images": n,
-                "image_shape": [h, w, c], "map_shape": list(map_shape), "masks_per_image": family.count,
+                "image_shape": [h, w, c], "map_shape": list(run.map_shape), "masks_per_image": run.family.count,
                 "classes": list(network.class_names or ()), "model": network.name or "",
                 "model_fingerprint": _fingerprint(network.variables), "data_fingerprint": _fingerprint(head, tail)}
     return Job(network, images, store.resolve(out), f, units, kept,
                network.score_fn(network.output_layer) if network.is_classifier else None,
-               len(network.class_names) if network.is_classifier else 0, family,
-               MapSpec(method, family.generate, family.count, tuple(map_shape), scale, sub_chunk), fills,
+               len(network.class_names) if network.is_classifier else 0, run.family,
+               MapSpec(method, run.reduce, run.family.generate, run.family.count, tuple(run.map_shape), run.scale,
+                       sub_chunk), fills,
                per_image_fill, k, batch, keep_grid, mesh, bool(progress),
                json.loads(json.dumps(settings)))  # as read back from settings.json

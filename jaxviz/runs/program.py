@@ -39,18 +39,20 @@ class MapSpec:
     """How a method turns the outputs of one image's masks into its map (static, hashable).
 
     Attributes:
-      method: ``"occlusion"``, ``"ablation"`` (difference outputs, one map cell
-        per mask, row-major) or ``"rise"`` (mask-weighted sum over pixels).
+      method: the method's registered name (progress bars, records).
+      reduce: ``"difference"`` (one map cell per mask, row-major: occlusion, ablation) or
+        ``"weighted_sum"`` (each mask's output over the pixels it keeps: RISE), as ``RunFamily.reduce``.
       generate: the masks' generator (``MaskFamily.generate``); it must not
         depend on the image index (the masks are shared by all images).
       count: masks per image.
       map_shape: (R, C) of one image's map.
-      scale: factor on the weighted sum (RISE: ``1 / (num_masks * p)``).
+      scale: factor on the weighted sum.
       sub_chunk: (image, mask) pairs per device per ``f`` call.
       materialize: as in ``occlude``.
     """
 
     method: str
+    reduce: str
     generate: Callable
     count: int
     map_shape: tuple[int, int]
@@ -72,7 +74,7 @@ def _local_maps(spec: MapSpec, f, units, per_image_fill, params, x, fills, data,
                                       spec.materialize)
         return kept_units(f(params, xs), units), masks, image, valid
 
-    if spec.method == "rise":
+    if spec.reduce == "weighted_sum":
         def accumulate(acc, k):
             out, masks, image, valid = outputs(k)
             keep = (1 - masks) * valid[:, None, None]

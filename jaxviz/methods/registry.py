@@ -1,0 +1,60 @@
+"""The registry: every attribution method, by name. The one list every caller reads.
+
+The command line's ``--method`` choices and options, ``compare_methods``,
+``randomization_test``, ``run_dataset`` and the report take their methods from
+here. To add a method: write its module (its function, options dataclass and
+``Method`` record; see ``jaxviz.methods.base``), add it below, and add a row to
+``tests/test_methods_contract.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from jaxviz.checks import ArgumentError, ArgumentTypeError
+from jaxviz.methods import ablation, gradcam, gradients, occlusion, rise
+from jaxviz.methods.base import Method
+
+__all__ = ["METHODS", "get", "labels", "names", "resolve"]
+
+# in the order the figures and tables show them: perturbation, gradient, CAM
+METHODS: dict[str, Method] = {m.name: m for m in (
+    occlusion.METHOD,
+    rise.METHOD,
+    ablation.METHOD,
+    *gradients.METHODS,
+    gradcam.METHOD,
+)}
+
+
+def names(*, run: bool = False, sanity: bool = False) -> tuple[str, ...]:
+    """The registered names; ``run``: only those a dataset run can stream (``Method.run_family``); ``sanity``:
+    only those the randomization sanity check can run (``Method.randomized_maps``)."""
+    return tuple(n for n, m in METHODS.items()
+                 if (not run or m.run_family is not None) and (not sanity or m.randomized_maps is not None))
+
+
+def labels() -> dict[str, str]:
+    """name -> display name."""
+    return {n: m.label for n, m in METHODS.items()}
+
+
+def get(name: str, *, argument: str = "method", run: bool = False, sanity: bool = False) -> Method:
+    """The method called ``name``; an ``ArgumentError`` naming ``argument`` lists the names that fit."""
+    known = names(run=run, sanity=sanity)
+    if not isinstance(name, str) or name not in known:
+        raise ArgumentError(argument, f"expected one of {', '.join(known)}, got {name!r}")
+    return METHODS[name]
+
+
+def resolve(methods: Sequence[str], *, argument: str = "methods", run: bool = False,
+            sanity: bool = False, empty: bool = False) -> tuple[Method, ...]:
+    """Distinct registered names (in the order given) as their methods; ``empty``: none is allowed."""
+    known = names(run=run, sanity=sanity)
+    want = f"distinct names from {', '.join(known)}"
+    if isinstance(methods, str) or not isinstance(methods, (tuple, list)) or not all(
+            isinstance(m, str) for m in methods):
+        raise ArgumentTypeError(argument, f"expected a tuple of {want}, got {methods!r}")
+    if (not methods and not empty) or len(set(methods)) < len(methods) or any(m not in known for m in methods):
+        raise ArgumentError(argument, f"expected {want}, got {tuple(methods)!r}")
+    return tuple(METHODS[m] for m in methods)
