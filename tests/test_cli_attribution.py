@@ -10,7 +10,7 @@ import pytest
 
 import jaxviz
 from jaxviz.cli import main
-from jaxviz.evaluation import comparison as trust
+from jaxviz.methods import gradients as gradients_module
 
 from conftest import assert_one_line_error, write_tiny_cli_setup
 from numerics import assert_close
@@ -124,7 +124,7 @@ def test_attribute_gradient_maps_equal_the_api(setup, capsys, tmp_path, method, 
         assert z["maps"].shape == (2, 32, 32)
         assert_close(z["maps"], want)
     if method == "gradcam":
-        assert record["settings"]["layer"] == "conv3"
+        assert record["settings"]["cam_layer"] == "conv3"
 
 
 def test_sanity_json_matches_the_api(setup, capsys, tmp_path):
@@ -209,6 +209,15 @@ def test_faithfulness_table_of_the_chosen_methods(setup, capsys):
     assert lines[-1].startswith("On this model ")
 
 
+def _no_method_runs(monkeypatch) -> None:
+    """Every method's function fails the test if it runs (the registry's methods call them)."""
+    from jaxviz.methods import ablation, gradcam, gradients, occlusion, rise
+    for module, name in ((occlusion, "occlude"), (rise, "rise"), (ablation, "feature_ablation"),
+                         (gradients, "saliency"), (gradients, "input_x_gradient"), (gradients, "integrated_gradients"),
+                         (gradients, "smoothgrad"), (gradcam, "grad_cam")):
+        monkeypatch.setattr(module, name, lambda *a, _name=name, **k: pytest.fail(f"{_name} ran"))
+
+
 @pytest.mark.parametrize("args,words", [
     (["attribute", "--method", "lime"], ["--method", "lime"]),
     (["attribute", "--method", "ig", "--n-steps", "0"], ["--n-steps", "0"]),
@@ -263,15 +272,13 @@ def test_faithfulness_table_of_the_chosen_methods(setup, capsys):
     (["faithfulness", "--num-masks", "-5"], ["--num-masks", "-5"]),
     (["faithfulness", "--mu-grid", "33"], ["--mu-grid: ", "33"]),
     (["faithfulness", "--segments", "33"], ["--segments: ", "33"]),
-    (["faithfulness", "--p", "0.5"], ["unrecognized arguments: --p"]),  # compare_methods keeps p at 0.5
+    (["faithfulness", "--slic", "5"], ["unrecognized arguments: --slic"]),  # attribute's alone
 ])
 def test_user_errors_exit_2_before_any_work(setup, capsys, tmp_path, monkeypatch, args, words):
     for name in ("occlude", "rise", "feature_ablation", "compare_methods", "layer_features", "slic_segments",
                  "randomization_test"):
         monkeypatch.setattr(jaxviz, name, lambda *a, _name=name, **k: pytest.fail(f"{_name} ran"))
-    for name in ("occlude", "rise", "feature_ablation", "saliency", "input_x_gradient", "integrated_gradients",
-                 "smoothgrad", "grad_cam"):  # what the CLI's method_map calls
-        monkeypatch.setattr(trust, name, lambda *a, _name=name, **k: pytest.fail(f"{_name} ran"))
+    _no_method_runs(monkeypatch)
     for name in ("skimage", "skimage.segmentation"):  # scikit-image missing, whether it is installed or not
         monkeypatch.setitem(sys.modules, name, None)
     code, _, err = run(capsys, *args, *setup["args"], "--out", tmp_path / "err")
@@ -347,9 +354,7 @@ def test_a_function_model_is_refused_by_option_before_any_work(setup, capsys, tm
     without apply_perturbed; both refused in one line before any method runs."""
     model = tmp_path / "function_model.py"
     model.write_text(FUNCTION_MODEL)
-    for name in ("occlude", "rise", "feature_ablation", "saliency", "input_x_gradient", "integrated_gradients",
-                 "smoothgrad", "grad_cam"):
-        monkeypatch.setattr(trust, name, lambda *a, _name=name, **k: pytest.fail(f"{_name} ran"))
+    _no_method_runs(monkeypatch)
     monkeypatch.setattr(jaxviz, "layer_features", lambda *a, **k: pytest.fail("layer_features ran"))
     data = ["--data", "folder", "--data-dir", setup["folder"], "--model", f"{model}:build"]
     code, _, err = run(capsys, *args, *data, "--images", "0,1")
@@ -450,7 +455,7 @@ def test_attribute_writes_both_files_or_neither(setup, capsys, tmp_path, monkeyp
     assert {p.name: p.read_bytes() for p in out_dir.iterdir()} == before  # the old pair, no temporary files
     monkeypatch.undo()
     (tmp_path / "b" / "attribution.png").mkdir(parents=True)  # an output that cannot be written: refused first
-    monkeypatch.setattr(trust, "saliency", lambda *a, **k: pytest.fail("saliency ran"))
+    monkeypatch.setattr(gradients_module, "saliency", lambda *a, **k: pytest.fail("saliency ran"))
     code, _, err = run(capsys, *args[:-1], tmp_path / "b")
     assert_one_line_error(code, err, "--out: ", "attribution.png", "is a directory")
     assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["attribution.png"]

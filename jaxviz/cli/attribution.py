@@ -24,6 +24,7 @@ import numpy as np
 
 import jaxviz
 from jaxviz import plots
+from jaxviz.checks import renamed_arguments
 from jaxviz.cli._options import (
     add_data,
     add_model,
@@ -38,7 +39,14 @@ from jaxviz.cli._options import (
 from jaxviz.cli.commands import _indices, resolve_fill
 from jaxviz.cli.runs import add_run_options, check_run_options, run_all
 from jaxviz.evaluation.comparison import attribute, check_methods
-from jaxviz.evaluation.sanity import DEFAULT_METHODS, MODES, PASS_THRESHOLD, SANITY_OPTIONS, format_correlation
+from jaxviz.evaluation.sanity import (
+    DEFAULT_METHODS,
+    MODES,
+    PASS_THRESHOLD,
+    SANITY_OPTIONS,
+    check_sanity_methods,
+    format_correlation,
+)
 from jaxviz.methods import registry
 from jaxviz.methods.base import explain, options_fields
 
@@ -237,7 +245,8 @@ def _named_as_options(args):
 
 def _explained(args, network: jaxviz.Network) -> tuple[str, bool, int]:
     """The explained layer, whether it is a classifier's softmax, and its number of outputs."""
-    explained = explain(network, args.layer)
+    with renamed_arguments({"layer": "--layer"}):
+        explained = explain(network, args.layer)
     return explained.layer, explained.softmax, explained.outputs
 
 
@@ -437,7 +446,9 @@ def cmd_faithfulness(args) -> None:
         "ranking": [chosen[k] for k in selected.ranking()],
         "ranks": {chosen[k]: v for k, v in selected.ranks().items()},
         "sentence": selected.sentence() if len(chosen) > 1 else None,
-        "settings": {**{k: getattr(args, k) for k in options}, "steps": args.steps, "mu_grid": args.mu_grid,
+        "settings": {**{k: getattr(args, k) for k in options},
+                     **{k: v for s in selected.settings.values() for k, v in s.items() if k not in ("fill", "segments")},
+                     "steps": args.steps, "mu_grid": args.mu_grid,
                      "num_subsets": args.num_subsets, "seed": args.seed},
         "seconds": round(seconds, 3),
     }
@@ -469,6 +480,8 @@ def cmd_sanity(args) -> None:
     options = {k: v for k, v in method_options(args, methods).items() if k != "seed"}
     if "fill" in options:
         options["fill"] = resolve_fill(args.fill, data.images[idx], network, mean_over="images")
+    with _named_as_options(args):  # every method's requirements, before any work
+        check_sanity_methods(network, args.methods, seed=args.seed, **options)
     start = time.perf_counter()
     with _named_as_options(args):
         check = jaxviz.randomization_test(network, data.images[idx], methods=args.methods, mode=args.mode,

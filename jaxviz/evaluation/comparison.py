@@ -44,12 +44,14 @@ class MethodComparison:
       maps: method name -> float32 (n, H, W) attribution maps (positive: supports the target).
       scores: method name -> metric name -> float (n,): ``deletion_auc``,
         ``insertion_auc``, ``mu_fidelity`` per image.
+      settings: method name -> the options that made its maps (``Attribution.settings``).
     """
 
     targets: np.ndarray
     layer: str
     maps: dict
     scores: dict
+    settings: dict = dataclasses.field(default_factory=dict)
 
     def means(self) -> dict:
         """method -> metric -> mean over the images."""
@@ -125,7 +127,7 @@ def attribute(network: Network, x: Any, method: str, *, targets: Any, layer: str
     """
     chosen = registry.get(method)
     explained = explain(network, layer)
-    opts = method_options((chosen,), options)[chosen.name]
+    opts = chosen.make_options(options)  # an option the method does not have is refused
     chosen.check(explained, opts)
     targets = _checked_targets(explained, targets, len(x))
     return chosen.run(explained, x, targets=targets, options=opts,
@@ -205,14 +207,15 @@ def compare_methods(network: Network, images: np.ndarray, *, targets: np.ndarray
     common = {"params": network.variables, "units": tuple(int(u) for u in np.unique(targets)), "targets": targets}
     x = network.to_input(images)
     per_method = method_options(chosen, options)
-    maps, scores = {}, {}
+    maps, scores, settings = {}, {}, {}
     for method in chosen:
-        maps[method.label] = attribution = method.run(explained, x, targets=targets, options=per_method[method.name],
-                                                      execution={"progress": progress}).maps
+        made = method.run(explained, x, targets=targets, options=per_method[method.name],
+                          execution={"progress": progress})
+        maps[method.label], settings[method.label] = attribution, _ = made.maps, made.settings
         curves = {mode: deletion_curve(explained.f, x, attribution, mode=mode, steps=steps,
                                        progress=progress, **common).auc for mode in ("deletion", "insertion")}
         mu = mu_fidelity(explained.f, x, attribution, grid=mu_grid, num_subsets=num_subsets, seed=seed,
                          progress=progress, **common).score
         scores[method.label] = {"deletion_auc": curves["deletion"], "insertion_auc": curves["insertion"],
                                 "mu_fidelity": mu}
-    return MethodComparison(targets, explained.layer, maps, scores)
+    return MethodComparison(targets, explained.layer, maps, scores, settings)

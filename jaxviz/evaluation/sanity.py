@@ -46,7 +46,7 @@ from jaxviz.methods.base import explain
 from jaxviz.methods.rise import seed_key
 from jaxviz.models.network import Network
 
-__all__ = ["DEFAULT_METHODS", "MODES", "SANITY_OPTIONS", "SanityCheck", "format_correlation", "randomization_layers",
+__all__ = ["DEFAULT_METHODS", "MODES", "SANITY_OPTIONS", "check_sanity_methods", "SanityCheck", "format_correlation", "randomization_layers",
            "randomization_test", "randomized_variables"]
 
 DEFAULT_METHODS = ("saliency", "ig", "gradcam")  # the paper's; every method with randomized_maps can run
@@ -204,6 +204,21 @@ def spearman(reference: np.ndarray, others: np.ndarray) -> np.ndarray:
         return (rest * ref).sum(-1) / np.sqrt((rest * rest).sum(-1) * (ref * ref).sum(-1))
 
 
+def check_sanity_methods(network: Network, methods: Sequence[str], *, seed: int = 0,
+                         **options: Any) -> tuple[tuple, dict]:
+    """The methods (registered, with ``randomized_maps``) and their options (``SANITY_OPTIONS`` where not
+    given), each method's requirements checked before any work: ``(methods, name -> options)``."""
+    from jaxviz.evaluation.comparison import method_options  # the one reader of options by name
+
+    chosen = registry.resolve(methods, sanity=True)
+    per_method = method_options(chosen, {**SANITY_OPTIONS, "seed": seed, **options})
+    explained = dataclasses.replace(explain(network, network.output_layer), f=network.score_fn(network.output_layer),
+                                    softmax=False)  # the output layer's scores, as the check explains them
+    for method in chosen:
+        method.check(explained, per_method[method.name])
+    return chosen, per_method
+
+
 def randomization_test(network: Network, images: np.ndarray, *, methods: Sequence[str] = DEFAULT_METHODS,
                        mode: str = "cascading", layers: Sequence[str] | None = None, targets: Any = None,
                        seed: int = 0, chunk_size: int | None = None, memory_budget: int | None = None,
@@ -232,12 +247,9 @@ def randomization_test(network: Network, images: np.ndarray, *, methods: Sequenc
     Returns:
       ``SanityCheck`` with each method's correlations per randomized set and image.
     """
-    from jaxviz.evaluation.comparison import method_options  # the one reader of options by name
-
     if not isinstance(network, Network):
         raise ArgumentTypeError("network", f"expected a jaxviz.Network, got {type(network).__name__}")
     network.input_spec.check_images(images)
-    chosen = registry.resolve(methods, sanity=True)
     if not isinstance(mode, str) or mode not in MODES:
         raise ArgumentError("mode", f"expected one of {', '.join(MODES)}, got {mode!r}")
     if len(images) == 0:
@@ -254,12 +266,8 @@ def randomization_test(network: Network, images: np.ndarray, *, methods: Sequenc
     elif isinstance(layers, str) or not layers or any(n not in every for n in layers) or len(set(layers)) < len(layers):
         raise ArgumentError("layers", f"expected distinct layers with variables from {', '.join(every)}, got {layers!r}")
     layers = tuple(layers)
-    per_method = method_options(chosen, {**SANITY_OPTIONS, "seed": seed, **options})
-    explained = explain(network, network.output_layer)
-    explained = dataclasses.replace(explained, f=network.score_fn(network.output_layer), softmax=False)
-    for method in chosen:  # every method's requirements, before any runs
-        method.check(explained, per_method[method.name])
-    f = explained.f  # the output layer's scores (unit_scores_of), Grad-CAM's too
+    chosen, per_method = check_sanity_methods(network, methods, seed=seed, **options)
+    f = network.score_fn(network.output_layer)  # the output layer's scores (unit_scores_of), Grad-CAM's too
     x = network.to_input(images)
     scores = np.asarray(jax.jit(f)(network.variables, x))  # what the gradients explain: conv maps averaged
     network.check_finite(scores, images)  # NaN scores have no argmax and no gradient worth correlating

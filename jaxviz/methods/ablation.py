@@ -160,8 +160,8 @@ def segment_labels(segments: Any, height: int, width: int) -> Any:
         return segments
     try:
         return grid_segments(height, width, cells=int(segments))
-    except ValueError as e:
-        raise ValueError(str(e).replace("cells:", "segments: a grid of", 1)) from None
+    except ArgumentError as e:
+        raise ArgumentError("segments", f"a grid of {e.message}") from None
 
 
 def slic_segments(images_uint8: np.ndarray, *, n_segments: int = 50, compactness: float = 10.0) -> np.ndarray:
