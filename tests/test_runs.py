@@ -19,7 +19,7 @@ import pytest
 import jaxviz
 from jaxviz.runs import store
 
-from conftest import assert_one_line_error, make_uint8_images, write_tiny_cli_setup
+from conftest import assert_one_line_error, make_uint8_images, without_compilation_cache, write_tiny_cli_setup
 from numerics import assert_close
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -194,7 +194,8 @@ def _env(devices: int = 1) -> dict:
 
 def _worker(out, devices: int = 1, **options) -> subprocess.Popen:
     options = {"n": 24, "run": WORKER_RUN, **options}
-    return subprocess.Popen([sys.executable, str(WORKER), str(out), json.dumps(options)], env=_env(devices),
+    env = without_compilation_cache(_env(devices)) if "limit_bytes" in options else _env(devices)
+    return subprocess.Popen([sys.executable, str(WORKER), str(out), json.dumps(options)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -382,7 +383,7 @@ def test_cli_file_size_limit_gives_one_line_error(cli_setup, tmp_path):
     """``ulimit -f 1`` (1 KiB files): the first record cannot be written; one line says so and how to resume."""
     command = [sys.executable, "-m", "jaxviz.cli", "occlude", "--all", "--weights", cli_setup["weights"], "--data",
                "folder", "--data-dir", cli_setup["folder"], "--layer", "fc1", "--out", str(tmp_path / "run")]
-    proc = subprocess.run(["bash", "-c", 'ulimit -f 1 && exec "$@"', "bash", *command], env=_env(),
+    proc = subprocess.run(["bash", "-c", 'ulimit -f 1 && exec "$@"', "bash", *command], env=without_compilation_cache(_env()),
                           capture_output=True, text=True, timeout=300)
     assert_one_line_error(proc.returncode, proc.stderr, "could not write", "File too large", "run the same command")
 
