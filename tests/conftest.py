@@ -6,6 +6,7 @@ a CPU; nothing touches the network or ../shared.
 
 from __future__ import annotations
 
+import collections
 import importlib.util
 import os
 import shutil
@@ -40,6 +41,13 @@ def pytest_configure(config):
     jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])  # jax was imported above
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Files with the most slow tests first, so that xdist (--dist loadfile) starts the long files early and the
+    short ones fill in at the end; the order of the tests within a file is kept."""
+    slow = collections.Counter(item.path for item in items if item.get_closest_marker("slow"))
+    items.sort(key=lambda item: -slow[item.path])  # a stable sort
 
 
 def pytest_unconfigure(config):
