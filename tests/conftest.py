@@ -6,8 +6,12 @@ a CPU; nothing touches the network or ../shared.
 
 from __future__ import annotations
 
+import collections
 import importlib.util
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import jax
@@ -20,6 +24,42 @@ from jaxviz.models.cnn import CNN, init_variables
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 TINY_WIDTHS = (4, 8)
 TINY_HIDDEN = 16
+JAX_CACHE_KEY = pytest.StashKey[str]()  # the session's compilation cache folder
+
+
+def pytest_configure(config):
+    """One persistent JAX compilation cache for the whole test session, its xdist workers and every process
+    they start (README blocks, the notebook's kernel, command lines, run workers): the same small programs are
+    compiled in many tests and processes, and XLA's compile is most of their time on a CPU. The cache is a
+    fresh folder of this session (never the user's cache), removed at the end; entries are keyed by the
+    program, its compile options, the devices and the JAX version, so a hit runs the same executable."""
+    if not hasattr(config, "workerinput"):  # the controller (or a run without xdist); workers inherit the variables
+        cache = tempfile.mkdtemp(prefix="jaxviz-tests-jax-cache-")
+        config.stash[JAX_CACHE_KEY] = cache
+        os.environ.update({"JAX_COMPILATION_CACHE_DIR": cache, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+                           "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"})
+    jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])  # jax was imported above
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Files with the most slow tests first, so that xdist (--dist loadfile) starts the long files early and the
+    short ones fill in at the end; the order of the tests within a file is kept."""
+    slow = collections.Counter(item.path for item in items if item.get_closest_marker("slow"))
+    items.sort(key=lambda item: -slow[item.path])  # a stable sort
+
+
+def pytest_unconfigure(config):
+    cache = config.stash.get(JAX_CACHE_KEY, None)
+    if cache:
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+def without_compilation_cache(env: dict) -> dict:
+    """``env`` for a process whose file size is limited (``ulimit -f``): its cache writes would fail and leave
+    truncated entries that the session's other processes would then read."""
+    return {k: v for k, v in env.items() if k != "JAX_COMPILATION_CACHE_DIR"}
 
 
 def make_tiny_model(**overrides) -> CNN:

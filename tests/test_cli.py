@@ -147,11 +147,13 @@ def test_small_commands_write_their_outputs(setup, capsys):
         assert (r / f).read_bytes()[:4] == b"\x89PNG", f
 
 
+@pytest.mark.slow
 def test_report_command(setup, capsys):
     out_dir = setup["root"] / "report"
     code, out, err = run(capsys, "report", "--data", "folder", "--data-dir", setup["folder"], "--weights",
                          setup["weights"], "--k", "2", "--num-units", "2", "--tsne-points", "12", "--tsne-iter",
-                         "300", "--window", "11", "--stride", "8", "--out", out_dir)
+                         "300", "--window", "11", "--stride", "8", "--rise-masks", "64", "--sanity-images", "3",
+                         "--out", out_dir)
     assert code == 0, err
     assert (out_dir / "index.html").exists() and "wrote" in out
     (setup["root"] / "afile").write_text("x")

@@ -163,6 +163,7 @@ def test_attribute_a_unit_of_a_layer(setup, capsys, tmp_path):
     assert json.loads(out)["explained"] == "mean activation"
 
 
+@pytest.mark.slow
 def test_faithfulness_json_matches_deletion_curves(setup, capsys, tmp_path):
     out_dir = tmp_path / "faith"
     code, out, err = run(capsys, "faithfulness", *setup["args"], "--images", "0,3", *FAST, "--steps", 10,

@@ -272,6 +272,7 @@ def test_second_call_does_not_retrace(weights, x, attribution):
     np.testing.assert_array_equal(mu.drops, mu_again.drops)  # same subsets, same images
 
 
+@pytest.mark.slow
 def test_same_deletion_curve_on_four_devices(tmp_path):
     script = textwrap.dedent("""
         import json, sys, jax, jax.numpy as jnp, numpy as np

@@ -318,6 +318,7 @@ def test_chunk_size_does_not_change_results(cnn_pair_jax):
         assert_close(cam.attributions, cams[0].attributions)
 
 
+@pytest.mark.slow
 def test_same_result_on_four_devices(tmp_path):
     script = textwrap.dedent("""
         import json, sys, jax, numpy as np

@@ -5,6 +5,7 @@ import importlib.util
 from pathlib import Path
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,6 +45,7 @@ def test_committed_notebook_matches_its_generator_and_has_figures():
     assert not errors
 
 
+@pytest.mark.slow
 def test_notebook_executes_headless(tmp_path):
     nb = _generator().build()
     NotebookClient(nb, timeout=600, kernel_name="python3",

@@ -249,6 +249,7 @@ def test_second_call_and_new_images_do_not_retrace(images):
     assert not np.allclose(other.grid, first.grid)
 
 
+@pytest.mark.slow
 def test_same_result_on_four_devices(tmp_path):
     script = textwrap.dedent("""
         import json, sys, jax, numpy as np, jaxviz

@@ -75,6 +75,7 @@ def _heavy_imports(code: str) -> list[str]:
     return ast.literal_eval(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_numerics_modules_do_not_import_matplotlib():
     # jaxviz/__init__ imports jaxviz.report.plots, which must import matplotlib only when drawing
     assert _heavy_imports("import jaxviz") == []

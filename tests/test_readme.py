@@ -16,6 +16,7 @@ def test_the_readme_has_python_examples():
     assert len(BLOCKS) >= 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
 def test_readme_python_block_runs(index, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "JAXVIZ_PROGRESS": "0"}

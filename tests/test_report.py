@@ -279,7 +279,9 @@ def test_too_small_dataset_is_rejected(small, tmp_path, size):
 
 # --------------------------------------------------------------------------- user models
 
-USER_SETTINGS = jaxviz.ReportSettings(k=2, num_units=2, tsne_points=6, tsne_iter=250, window=16, stride=16)
+# every method compares and the sanity check runs, on fewer RISE masks and images than the defaults (time only)
+USER_SETTINGS = jaxviz.ReportSettings(k=2, num_units=2, tsne_points=6, tsne_iter=250, window=16, stride=16,
+                                      rise_masks=64, trust_images=2, sanity_images=3)
 
 
 def cifar_images(n: int, size: int = 64, seed: int = 7) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
@@ -287,6 +289,7 @@ def cifar_images(n: int, size: int = 64, seed: int = 7) -> tuple[np.ndarray, np.
     return make_uint8_images(n, seed, size), np.arange(n) % 3, ("cat", "dog", "ship")
 
 
+@pytest.mark.slow
 def test_report_of_a_linen_resnet(tmp_path):
     example = load_example("resnet_linen")
     module, variables = example.build()
@@ -340,6 +343,7 @@ def test_report_of_a_network_without_class_names(tmp_path):
     assert not (tmp_path / "r2").exists()
 
 
+@pytest.mark.slow
 def test_report_through_the_cli_with_an_nnx_model(tmp_path, capsys):
     from PIL import Image
 
@@ -351,7 +355,8 @@ def test_report_through_the_cli_with_an_nnx_model(tmp_path, capsys):
     out = tmp_path / "r1"
     code = main(["report", "--model", str(EXAMPLES / "resnet_nnx.py") + ":build", "--data", "folder",
                  "--data-dir", str(data_dir), "--layer", "stage2", "--k", "2", "--num-units", "2",
-                 "--tsne-points", "6", "--tsne-iter", "250", "--window", "16", "--stride", "16", "--out", str(out)])
+                 "--tsne-points", "6", "--tsne-iter", "250", "--window", "16", "--stride", "16",
+                 "--rise-masks", "64", "--trust-images", "2", "--sanity-images", "3", "--out", str(out)])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert f"wrote {out / 'index.html'}" in captured.out
@@ -466,6 +471,7 @@ def signal_script(small, tmp_path_factory):
     return [sys.executable, str(script)], [str(root / "weights.msgpack"), str(root / "data.npz")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=["INT", "TERM", "KILL"])
 def test_a_signal_mid_report_leaves_the_earlier_report(small, report, signal_script, tmp_path, fast_tsne, sig):
     """A run interrupted after its first figure: the folder is exactly the earlier report, nothing left beside."""

@@ -165,6 +165,7 @@ def test_chunk_size_does_not_change_results(x):
         assert_close(result.maps, results[0].maps, err_msg=f"chunk {result.chunk_size}")
 
 
+@pytest.mark.slow
 def test_same_result_on_four_devices(tmp_path, x):
     script = textwrap.dedent("""
         import json, sys, jax, numpy as np

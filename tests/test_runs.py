@@ -19,7 +19,7 @@ import pytest
 import jaxviz
 from jaxviz.runs import store
 
-from conftest import assert_one_line_error, make_uint8_images, write_tiny_cli_setup
+from conftest import assert_one_line_error, make_uint8_images, without_compilation_cache, write_tiny_cli_setup
 from numerics import assert_close
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -194,7 +194,8 @@ def _env(devices: int = 1) -> dict:
 
 def _worker(out, devices: int = 1, **options) -> subprocess.Popen:
     options = {"n": 24, "run": WORKER_RUN, **options}
-    return subprocess.Popen([sys.executable, str(WORKER), str(out), json.dumps(options)], env=_env(devices),
+    env = without_compilation_cache(_env(devices)) if "limit_bytes" in options else _env(devices)
+    return subprocess.Popen([sys.executable, str(WORKER), str(out), json.dumps(options)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -247,6 +248,7 @@ def _wait_for_record(out: Path, seq: int, proc: subprocess.Popen, timeout: float
 
 
 # record names: pass 1, the next step; pass 2, STEPS + the next step
+@pytest.mark.slow
 @pytest.mark.parametrize("point,seq", [("pass 1, after 2 steps", 2), ("pass 2, after 3 steps", STEPS + 3)])
 def test_resume_after_kill_9_gives_the_same_store(one_process, tmp_path, point, seq):
     out = tmp_path / "run"
@@ -265,6 +267,7 @@ def test_resume_after_kill_9_gives_the_same_store(one_process, tmp_path, point, 
     assert_same_store(one_process, out)
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one(one_process, two_processes):
     one, two = _arrays(one_process), _arrays(two_processes)
     for name in ("predicted", "topk_images", "class_counts"):
@@ -278,6 +281,7 @@ def test_two_processes_equal_one(one_process, two_processes):
     np.testing.assert_array_equal(np.take_along_axis(flat, position[:, None], 1)[:, 0], two["max_drop"])
 
 
+@pytest.mark.slow
 def test_a_dead_process_stops_the_others_and_the_rerun_resumes(two_processes, tmp_path):
     out = tmp_path / "run"
     start = time.monotonic()
@@ -294,6 +298,7 @@ def test_a_dead_process_stops_the_others_and_the_rerun_resumes(two_processes, tm
     assert_same_store(two_processes, out)
 
 
+@pytest.mark.slow
 def test_an_exception_in_one_process_stops_the_others(tmp_path):
     """A process that raises leaves; the others, waiting in a collective, stop after the timeouts, not never."""
     start = time.monotonic()
@@ -305,6 +310,7 @@ def test_an_exception_in_one_process_stops_the_others(tmp_path):
     assert code0 != 0 and ("another task died" in err0 or "unhealthy" in err0), err0[-2000:]
 
 
+@pytest.mark.slow
 def test_a_full_disk_fails_clearly_and_keeps_the_completed_steps(one_process, tmp_path):
     out = tmp_path / "run"
     code, _, err = _finish(_worker(out, limit_at_step=3, limit_bytes=600))  # ulimit -f, mid-run
@@ -382,7 +388,7 @@ def test_cli_file_size_limit_gives_one_line_error(cli_setup, tmp_path):
     """``ulimit -f 1`` (1 KiB files): the first record cannot be written; one line says so and how to resume."""
     command = [sys.executable, "-m", "jaxviz.cli", "occlude", "--all", "--weights", cli_setup["weights"], "--data",
                "folder", "--data-dir", cli_setup["folder"], "--layer", "fc1", "--out", str(tmp_path / "run")]
-    proc = subprocess.run(["bash", "-c", 'ulimit -f 1 && exec "$@"', "bash", *command], env=_env(),
+    proc = subprocess.run(["bash", "-c", 'ulimit -f 1 && exec "$@"', "bash", *command], env=without_compilation_cache(_env()),
                           capture_output=True, text=True, timeout=300)
     assert_one_line_error(proc.returncode, proc.stderr, "could not write", "File too large", "run the same command")
 

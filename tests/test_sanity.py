@@ -90,6 +90,7 @@ def test_randomized_sets_replace_exactly_the_chosen_layers(tiny_net, mode):
                                                   err_msg=f"set {j} {collection}/{name}/{leaf}")
 
 
+@pytest.mark.slow
 def test_vmapped_sets_equal_one_set_at_a_time(tiny_net):
     images = make_uint8_images(3, 2)
     kwargs = {"methods": ("saliency", "ig", "smoothgrad", "gradcam"), "n_steps": 3, "nt_samples": 2}
@@ -101,6 +102,7 @@ def test_vmapped_sets_equal_one_set_at_a_time(tiny_net):
         np.testing.assert_allclose(got, want, atol=1e-3, err_msg=method)  # ranks of near-equal values may swap
 
 
+@pytest.mark.slow
 def test_sanity_check_on_an_nnx_model_with_and_without_its_initializer():
     from flax import nnx
 

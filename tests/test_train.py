@@ -235,6 +235,7 @@ SIGKILL_SCRIPT = textwrap.dedent("""
 """).replace("{epoch}", str(CRASH_EPOCH)).replace("{step}", str(CRASH_STEP))
 
 
+@pytest.mark.slow
 def test_resume_after_real_sigkill(tmp_path, easy_dataset, reference_run):
     data_file = tmp_path / "data.npz"
     np.savez(data_file, images=easy_dataset.images, labels=easy_dataset.labels,

@@ -15,6 +15,7 @@ def net(tiny_model, tiny_variables):
     return jaxviz.from_cnn(tiny_model, tiny_variables, tuple(f"c{i}" for i in range(10)))
 
 
+@pytest.mark.slow
 def test_maps_and_scores_equal_the_methods_called_one_by_one(net):
     images = make_uint8_images(3, seed=5)
     options = dict(window=8, stride=8, num_masks=40, cells=4, segments=4, steps=8, mu_grid=4, num_subsets=12,
