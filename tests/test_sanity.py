@@ -136,7 +136,7 @@ def test_result_summaries(linear_net):
     ({"mode": "random"}, ValueError, ["mode", "cascading"]),
     ({"layers": ["pool1"]}, ValueError, ["layers", "logits"]),
     ({"n_steps": 0}, ValueError, ["n_steps"]),
-    ({"stdevs": -1.0}, ValueError, ["stdevs"]),
+    ({"stdevs": -1.0, "methods": ("smoothgrad",)}, ValueError, ["stdevs"]),
     ({"cam_layer": "fc1"}, ValueError, ["cam_layer", "conv1"]),
 ])
 def test_bad_input(tiny_net, kwargs, error, words):

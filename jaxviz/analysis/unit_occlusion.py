@@ -91,7 +91,7 @@ def occlude_top_images(network: Network, study: UnitStudy, images: np.ndarray, *
                   anchor=anchor, fill=fill, units=study.units, progress=progress)
     rows = np.arange(len(flat))
     heat = occ.grid[rows, ..., owner]  # (units * K, rows, cols): each image's own unit
-    pixel = occ.pixel_map(owner)
+    pixel = occ.pixel_map(np.asarray(study.units)[owner])  # each image's own unit (an output of f)
     masked = np.stack([apply_mask(images[i], heatmap_mask(h, images.shape[1:3], threshold=threshold, sigma=sigma))
                        for i, h in zip(flat, heat)])
     u = len(study.units)

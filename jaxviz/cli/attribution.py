@@ -324,7 +324,10 @@ def _check_slic() -> None:
 
 def _attribute_all(args) -> None:
     """``--all``: a perturbation method over every image into a resumable store (the layer's raw scores)."""
-    method = registry.get(args.method, argument="--method", run=True)
+    if args.method not in registry.names(run=True):
+        raise ValueError(f"--method: with --all, one of {', '.join(registry.names(run=True))} (the perturbation "
+                         f"methods a dataset run can stream), got {args.method}")
+    method = registry.METHODS[args.method]
     for option, value in (("--images", args.images), ("--targets", args.targets), ("--slic", args.slic)):
         if value is not None:
             raise ValueError(f"{option}: not with --all (every image and every kept unit is explained)")

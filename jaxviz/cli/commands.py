@@ -268,7 +268,8 @@ def cmd_occlude(args) -> None:
             else:
                 titles.append(plots.image_title(f"image {i}\n", true=true, explained="strongest: " + (
                     classes[unit] if classes is not None else f"{layer}[{unit}]"), sep="\n"))
-        images, pixel = plain[None], occ.pixel_map(targets)[None]
+        explained = np.asarray(occ.units)[targets] if occ.units else targets  # outputs of f
+        images, pixel = plain[None], occ.pixel_map(explained)[None]
         masked = np.stack([jaxviz.apply_mask(im, jaxviz.heatmap_mask(h, im.shape[:2], threshold=settings.threshold,
                                                                      sigma=settings.sigma))
                            for im, h in zip(plain, heat)])[None]
@@ -278,7 +279,7 @@ def cmd_occlude(args) -> None:
     plots.save_figure(plots.plot_masked(masked, titles), out / "masks.png")
     arrays = {"base": occ.base, "grid": occ.grid, "images": idx, "row_spans": occ.row_spans,
               "col_spans": occ.col_spans, "units": np.asarray(occ.units or [], np.int64), "targets": targets,
-              "pixel": occ.pixel_map(targets)}
+              "pixel": pixel[0] if args.images is not None else occ.pixel_map(np.asarray(occ.units)[targets])}
     with jaxviz.atomic_path(out / "occlusion.npz") as tmp, open(tmp, "wb") as fh:
         np.savez_compressed(fh, **arrays)
     print(json.dumps({"npz": str(out / "occlusion.npz"), "layer": layer, "images": len(idx),

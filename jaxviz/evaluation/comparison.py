@@ -24,10 +24,10 @@ from jaxviz.checks import ArgumentError, check_seed, renamed_arguments
 from jaxviz.engine.activations import layer_features
 from jaxviz.evaluation.faithfulness import check_mu_fidelity_lattice, check_steps, deletion_curve, mu_fidelity
 from jaxviz.methods import registry
-from jaxviz.methods.base import Attribution, Explained, Method, explain, options_fields
+from jaxviz.methods.base import Attribution, Explained, Method, explain
 from jaxviz.models.network import Network
 
-__all__ = ["METRICS", "MethodComparison", "attribute", "check_methods", "compare_methods", "method_options"]
+__all__ = ["METRICS", "MethodComparison", "attribute", "check_methods", "compare_methods"]
 
 METRICS = ("deletion_auc", "insertion_auc", "mu_fidelity")
 BETTER = {"deletion_auc": "lower", "insertion_auc": "higher", "mu_fidelity": "higher"}
@@ -98,17 +98,6 @@ def _names(names: list[str]) -> str:
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
-def method_options(methods: Sequence[Method], values: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Each method's options dataclass from one mapping of option names to values (an option several methods
-    share, such as ``seed`` or ``fill``, goes to each of them); a name no registered method has is refused."""
-    values = dict(values or {})
-    every = {name: m.name for m in registry.METHODS.values() for name in options_fields(m.options)}
-    unknown = [k for k in values if k not in every]
-    if unknown:
-        raise ArgumentError(unknown[0], f"not an option of any method (the options: {', '.join(sorted(every))})")
-    return {m.name: m.options_for(values) for m in methods}
-
-
 def attribute(network: Network, x: Any, method: str, *, targets: Any, layer: str | None = None,
               options: Mapping[str, Any] | None = None, chunk_size: int | None = None,
               memory_budget: int | None = None, progress: bool = False) -> Attribution:
@@ -163,7 +152,7 @@ def check_methods(network: Network, methods: Sequence[str], *, layer: str | None
     if mu_grid is not None:
         with renamed_arguments({"grid": "mu_grid"}):
             check_mu_fidelity_lattice(mu_grid, num_subsets, h, w)
-    for method, opts in method_options(chosen, {"seed": seed, **options}).items():
+    for method, opts in registry.method_options(chosen, {"seed": seed, **options}).items():
         registry.METHODS[method].check(explained, opts)
     return chosen
 
@@ -206,12 +195,13 @@ def compare_methods(network: Network, images: np.ndarray, *, targets: np.ndarray
     targets = _checked_targets(explained, targets, len(images))
     common = {"params": network.variables, "units": tuple(int(u) for u in np.unique(targets)), "targets": targets}
     x = network.to_input(images)
-    per_method = method_options(chosen, options)
+    per_method = registry.method_options(chosen, options)
     maps, scores, settings = {}, {}, {}
     for method in chosen:
         made = method.run(explained, x, targets=targets, options=per_method[method.name],
                           execution={"progress": progress})
-        maps[method.label], settings[method.label] = attribution, _ = made.maps, made.settings
+        attribution = maps[method.label] = made.maps
+        settings[method.label] = made.settings
         curves = {mode: deletion_curve(explained.f, x, attribution, mode=mode, steps=steps,
                                        progress=progress, **common).auc for mode in ("deletion", "insertion")}
         mu = mu_fidelity(explained.f, x, attribution, grid=mu_grid, num_subsets=num_subsets, seed=seed,

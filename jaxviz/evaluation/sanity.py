@@ -208,10 +208,8 @@ def check_sanity_methods(network: Network, methods: Sequence[str], *, seed: int 
                          **options: Any) -> tuple[tuple, dict]:
     """The methods (registered, with ``randomized_maps``) and their options (``SANITY_OPTIONS`` where not
     given), each method's requirements checked before any work: ``(methods, name -> options)``."""
-    from jaxviz.evaluation.comparison import method_options  # the one reader of options by name
-
     chosen = registry.resolve(methods, sanity=True)
-    per_method = method_options(chosen, {**SANITY_OPTIONS, "seed": seed, **options})
+    per_method = registry.method_options(chosen, {**SANITY_OPTIONS, "seed": seed, **options})
     explained = dataclasses.replace(explain(network, network.output_layer), f=network.score_fn(network.output_layer),
                                     softmax=False)  # the output layer's scores, as the check explains them
     for method in chosen:

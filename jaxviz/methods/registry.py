@@ -9,13 +9,14 @@ here. To add a method: write its module (its function, options dataclass and
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from jaxviz.checks import ArgumentError, ArgumentTypeError
 from jaxviz.methods import ablation, gradcam, gradients, occlusion, rise
-from jaxviz.methods.base import Method
+from jaxviz.methods.base import Method, options_fields
 
-__all__ = ["METHODS", "get", "labels", "names", "resolve"]
+__all__ = ["METHODS", "get", "labels", "method_options", "names", "resolve"]
 
 # in the order the figures and tables show them: perturbation, gradient, CAM
 METHODS: dict[str, Method] = {m.name: m for m in (
@@ -58,3 +59,15 @@ def resolve(methods: Sequence[str], *, argument: str = "methods", run: bool = Fa
     if (not methods and not empty) or len(set(methods)) < len(methods) or any(m not in known for m in methods):
         raise ArgumentError(argument, f"expected {want}, got {tuple(methods)!r}")
     return tuple(METHODS[m] for m in methods)
+
+
+def method_options(methods: Sequence[Method], values: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Each method's options dataclass from one mapping of option names to values (an option several methods
+    share, such as ``seed`` or ``fill``, goes to each of them; one the given methods lack is left to the others);
+    a name no registered method has is refused."""
+    values = dict(values or {})
+    every = {name for m in METHODS.values() for name in options_fields(m.options)}
+    unknown = [k for k in values if k not in every]
+    if unknown:
+        raise ArgumentError(unknown[0], f"not an option of any method (the options: {', '.join(sorted(every))})")
+    return {m.name: m.options_for(values) for m in methods}

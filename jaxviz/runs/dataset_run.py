@@ -267,7 +267,7 @@ def _job(network, images, out, *, method, layer, units, options, fill, k, keep_g
     chosen = registry.get(method, run=True)
     if "fill" in options:
         raise ArgumentError("fill", "given twice")
-    run = chosen.run_family(chosen.make_options(options), (h, w, c))
+    run = chosen.run_family(registry.method_options((chosen,), options)[chosen.name], (h, w, c))
     k = min(check_int(k, "k", 1), n)
     batch = min(check_int(images_per_step, "images_per_step", 1), n)  # a larger step would only pad
     keep_grid = check_bool(keep_grid, "keep_grid")
