@@ -19,18 +19,20 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["PAIR_LIMIT", "SEED_LIMIT", "ArgumentError", "ArgumentTypeError", "check_bool", "check_choice",
+__all__ = ["PAIR_LIMIT", "SEED_LIMIT", "ArgumentError", "ArgumentTypeError", "NamedArgumentError",
+           "NotADirectoryArgumentError", "PathExistsError", "PathNotFoundError", "check_bool", "check_choice",
            "check_int", "check_pair", "check_pair_count", "check_positive_count", "check_seed", "renamed_arguments"]
 
 SEED_LIMIT = 2**32  # seeds are uint32: a larger one would wrap around to a smaller seed silently
 PAIR_LIMIT = 2**31  # the engines index (image, mask) pairs with int32
 
 
-class ArgumentError(ValueError):
-    """A bad argument. ``argument``: its name (``"n_steps"``, ``"widths[1]"``, ``"--window"``);
-    ``message``: what was expected and what was given; ``str(error)`` is ``"argument: message"``.
+class NamedArgumentError(Exception):
+    """Base of every error that names its argument. ``argument``: its name (``"n_steps"``,
+    ``"widths[1]"``, ``"--window"``); ``message``: what was expected and what was given;
+    ``str(error)`` is ``"argument: message"``.
 
-    ``ArgumentError("name: message")`` (one string) splits the name off the text, so that
+    ``Error("name: message")`` (one string) splits the name off the text, so that
     ``type(error)(text)`` rebuilds an error of the same kind.
     """
 
@@ -40,7 +42,7 @@ class ArgumentError(ValueError):
         super().__init__(f"{argument}: {message}")
         self.argument, self.message = argument, message
 
-    def renamed(self, argument: str) -> ArgumentError:
+    def renamed(self, argument: str) -> NamedArgumentError:
         """The same error naming ``argument`` instead (an index such as ``[1]`` is kept)."""
         index = self.argument[len(self.argument.partition("[")[0]):]
         return type(self)(argument + index, self.message)
@@ -51,8 +53,24 @@ class ArgumentError(ValueError):
         return self.argument.partition("[")[0]
 
 
+class ArgumentError(NamedArgumentError, ValueError):
+    """A bad argument (also a ``ValueError``)."""
+
+
 class ArgumentTypeError(ArgumentError, TypeError):
     """An argument of the wrong type (also a ``TypeError``)."""
+
+
+class PathExistsError(NamedArgumentError, FileExistsError):
+    """A path argument that names something that must not be replaced (also a ``FileExistsError``)."""
+
+
+class PathNotFoundError(NamedArgumentError, FileNotFoundError):
+    """A path argument that names nothing (also a ``FileNotFoundError``)."""
+
+
+class NotADirectoryArgumentError(NamedArgumentError, NotADirectoryError):
+    """A path argument that names a file where a directory is expected (also a ``NotADirectoryError``)."""
 
 
 def _is_int(value: Any) -> bool:
@@ -125,11 +143,11 @@ def check_pair_count(images: int, count: int, name: str, what: str) -> None:
 
 @contextlib.contextmanager
 def renamed_arguments(names: Mapping[str, str]) -> Iterator[None]:
-    """Inside, an ``ArgumentError`` naming a key of ``names`` names its value instead (``{"n_steps":
+    """Inside, a ``NamedArgumentError`` naming a key of ``names`` names its value instead (``{"n_steps":
     "ig_steps"}``, or the command line's ``{"n_steps": "--n-steps"}``): the one way an error is renamed."""
     try:
         yield
-    except ArgumentError as e:
+    except NamedArgumentError as e:
         if e.base_name not in names:
             raise
         raise e.renamed(names[e.base_name]) from None

@@ -183,7 +183,7 @@ BAD_SETTINGS = [
     ({"units": (1.5,)}, TypeError, "units"),
     ({"units": (True,)}, TypeError, "units"),
     ({"units": "1,2"}, TypeError, "units"),
-    ({"trust_methods": ()}, ValueError, "trust_methods: expected None or a tuple of distinct names from occlusion"),
+    ({"trust_methods": ()}, ValueError, "trust_methods: expected None or a non-empty tuple of distinct names from occlusion"),
     ({"trust_methods": ("rise", "lime")}, ValueError, "trust_methods"),
     ({"trust_methods": "rise"}, TypeError, "trust_methods"),
     ({"sanity_methods": ("rise",)}, ValueError, r"sanity_methods: .* from saliency, ixg, ig, smoothgrad, gradcam"),

@@ -13,7 +13,7 @@ import typing
 from pathlib import Path
 
 import jaxviz
-from jaxviz.checks import ArgumentError
+from jaxviz.checks import NamedArgumentError, NotADirectoryArgumentError
 from jaxviz.data import to_grayscale
 
 DATA_CHOICES = ("sample", "cifar10", "folder")
@@ -92,7 +92,7 @@ def as_option(error: Exception, names: typing.Sequence[str],
     (``{"ig_steps": "--n-steps"}``); an index is kept (``widths[1]`` -> ``--widths[1]``). Every other error
     is returned as it is. The one place where the command line renames arguments."""
     renames = {**{n: flag(n) for n in names}, **(options or {})}
-    if isinstance(error, ArgumentError) and error.base_name in renames:
+    if isinstance(error, NamedArgumentError) and error.base_name in renames:
         return error.renamed(renames[error.base_name])
     return error
 
@@ -209,7 +209,7 @@ def check_writable(path: str | os.PathLike, *, directory: bool, option: str) -> 
     path = Path(path)
     if path.exists():
         if directory and not path.is_dir():
-            raise NotADirectoryError(f"{option}: expected a directory, but {str(path)!r} is a file")
+            raise NotADirectoryArgumentError(f"{option}: expected a directory, but {str(path)!r} is a file")
         if not directory and path.is_dir():
             raise IsADirectoryError(f"{option}: expected a file name, but {str(path)!r} is a directory")
         target = path if directory else path.parent
@@ -218,7 +218,7 @@ def check_writable(path: str | os.PathLike, *, directory: bool, option: str) -> 
     while not target.exists():
         target = target.parent
     if not target.is_dir():
-        raise NotADirectoryError(f"{option}: cannot create {str(path)!r}: {str(target)!r} is a file")
+        raise NotADirectoryArgumentError(f"{option}: cannot create {str(path)!r}: {str(target)!r} is a file")
     if not os.access(target, os.W_OK | os.X_OK):
         raise PermissionError(f"{option}: cannot write {str(path)!r}: {str(target)!r} is not writable")
     return path

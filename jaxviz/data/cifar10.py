@@ -37,7 +37,7 @@ import numpy as np
 
 from jaxviz._io import atomic_path, file_digest
 from jaxviz._progress import progress_bar
-from jaxviz.checks import ArgumentError
+from jaxviz.checks import ArgumentError, PathNotFoundError
 from jaxviz.data.images import CIFAR10_CLASSES, Dataset
 
 __all__ = ["CIFAR10_BASE_URL", "RECORDS_PER_FILE", "DownloadError", "cache_dir", "load_cifar10"]
@@ -137,7 +137,7 @@ def load_cifar10(split: str = "test", *, data_dir: str | os.PathLike | None = No
     if data_dir is not None:
         root = Path(data_dir).expanduser()
         if not root.is_dir():
-            raise FileNotFoundError(f"data_dir: expected an existing directory, got {str(root)!r}")
+            raise PathNotFoundError(f"data_dir: expected an existing directory, got {str(root)!r}")
     else:
         root = cache_dir()
     folder, archive = root / spec["folder"], root / spec["archive"]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxviz.checks import ArgumentError, ArgumentTypeError
+from jaxviz.checks import ArgumentError, ArgumentTypeError, PathNotFoundError
 
 __all__ = [
     "CIFAR10_CLASSES",
@@ -192,7 +192,7 @@ def load_image_folder(root: str | os.PathLike, *, class_names: Sequence[str] | N
     """
     root = Path(root)
     if not root.exists():
-        raise FileNotFoundError(f"root: expected a directory of class folders, got {str(root)!r} (does not exist)")
+        raise PathNotFoundError(f"root: expected a directory of class folders, got {str(root)!r} (does not exist)")
     if not root.is_dir():
         raise FileNotFoundError(
             f"root: expected a directory of class folders (root/<class>/<image>), got {str(root)!r}, "
@@ -210,7 +210,7 @@ def load_image_folder(root: str | os.PathLike, *, class_names: Sequence[str] | N
         class_names = _check_class_names(class_names)
         missing = [c for c in class_names if c not in found]
         if missing:
-            raise FileNotFoundError(f"class_names: no folder for {missing} under {str(root)!r} (found {found})")
+            raise PathNotFoundError(f"class_names: no folder for {missing} under {str(root)!r} (found {found})")
 
     files = []
     for name in class_names:

@@ -49,13 +49,15 @@ def get(name: str, *, argument: str = "method", run: bool = False, sanity: bool 
 
 
 def resolve(methods: Sequence[str], *, argument: str = "methods", run: bool = False,
-            sanity: bool = False, empty: bool = False) -> tuple[Method, ...]:
-    """Distinct registered names (in the order given) as their methods; ``empty``: none is allowed."""
+            sanity: bool = False, empty: bool = False, optional: bool = False) -> tuple[Method, ...]:
+    """Distinct registered names (in the order given) as their methods; ``empty``: none is allowed;
+    ``optional``: the caller also takes None (the message says so)."""
     known = names(run=run, sanity=sanity)
-    want = f"distinct names from {', '.join(known)}"
+    want = (f"{'None or ' if optional else ''}a {'' if empty else 'non-empty '}tuple of distinct names from "
+            f"{', '.join(known)}")
     if isinstance(methods, str) or not isinstance(methods, (tuple, list)) or not all(
             isinstance(m, str) for m in methods):
-        raise ArgumentTypeError(argument, f"expected a tuple of {want}, got {methods!r}")
+        raise ArgumentTypeError(argument, f"expected {want}, got {methods!r}")
     if (not methods and not empty) or len(set(methods)) < len(methods) or any(m not in known for m in methods):
         raise ArgumentError(argument, f"expected {want}, got {tuple(methods)!r}")
     return tuple(METHODS[m] for m in methods)

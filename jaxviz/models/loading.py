@@ -33,7 +33,7 @@ from typing import Any
 import flax.serialization
 import numpy as np
 
-from jaxviz.checks import ArgumentError, ArgumentTypeError
+from jaxviz.checks import ArgumentError, ArgumentTypeError, PathNotFoundError
 from jaxviz.models.adapters import _one_line, from_function, from_linen, from_nnx
 from jaxviz.models.network import Network
 
@@ -48,7 +48,7 @@ def _import(source: str, option: str):
     path = Path(source)
     if source.endswith(".py") or os.sep in source or "/" in source:
         if not path.is_file():
-            raise FileNotFoundError(f"{option}: no Python file at {source!r}")
+            raise PathNotFoundError(f"{option}: no Python file at {source!r}")
         name = f"jaxviz_user_model_{abs(hash(str(path.resolve())))}"
         spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
@@ -111,7 +111,7 @@ def load_variables(path: str | os.PathLike, template: Any, *, option: str = "wei
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{option}: no weights file at {str(path)!r}")
+        raise PathNotFoundError(f"{option}: no weights file at {str(path)!r}")
     try:
         stored = flax.serialization.msgpack_restore(path.read_bytes())
     except Exception as error:  # noqa: BLE001 - msgpack raises several types on corrupt input

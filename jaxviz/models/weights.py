@@ -25,7 +25,7 @@ import jax
 import numpy as np
 
 from jaxviz._io import atomic_write_bytes, file_digest
-from jaxviz.checks import ArgumentError
+from jaxviz.checks import ArgumentError, PathNotFoundError
 from jaxviz.data.images import CIFAR10_CLASSES
 from jaxviz.models.adapters import from_cnn
 from jaxviz.models.cnn import CNN, init_variables
@@ -135,7 +135,7 @@ def load_weights(path: str | os.PathLike, *, sha256: str | None = None, model: C
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"path: no weights file at {str(path)!r}")
+        raise PathNotFoundError(f"path: no weights file at {str(path)!r}")
     if sha256 is not None:
         actual = file_digest(path)
         if actual != sha256:

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from jaxviz._io import LockHeldError, path_lock, replace_directory
-from jaxviz.checks import ArgumentError, ArgumentTypeError
+from jaxviz.checks import ArgumentError, ArgumentTypeError, NotADirectoryArgumentError, PathExistsError
 
 __all__ = ["check_output_dir", "check_report_dir", "write_folder"]
 
@@ -75,12 +75,12 @@ def _check_target(out: Path, shown: str) -> None:
     """``out`` is a directory or absent, and its nearest existing ancestor a writable directory."""
     if os.path.lexists(out) and not out.is_dir():
         what = "a broken symbolic link" if not out.exists() else "a file"
-        raise NotADirectoryError(f"out_dir: expected a directory, but {shown!r} is {what}")
+        raise NotADirectoryArgumentError(f"out_dir: expected a directory, but {shown!r} is {what}")
     ancestor = out.parent
     while not os.path.lexists(ancestor) and ancestor != ancestor.parent:
         ancestor = ancestor.parent
     if not ancestor.is_dir():
-        raise NotADirectoryError(f"out_dir: cannot create {shown!r}: {str(ancestor)!r} is a file, not a directory")
+        raise NotADirectoryArgumentError(f"out_dir: cannot create {shown!r}: {str(ancestor)!r} is a file, not a directory")
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise PermissionError(f"out_dir: cannot write {shown!r}: the directory {str(ancestor)!r} is not writable")
 
@@ -126,7 +126,7 @@ def check_report_dir(out_dir: str | os.PathLike) -> Path:
     if out.is_dir():
         why = _not_a_report(out)
         if why is not None:
-            raise FileExistsError(f"out_dir: refusing to replace {shown!r}: {why}; "
+            raise PathExistsError(f"out_dir: refusing to replace {shown!r}: {why}; "
                                   "choose another directory or empty it")
         if not os.access(out, os.W_OK | os.X_OK):
             raise PermissionError(f"out_dir: {shown!r} is not writable")

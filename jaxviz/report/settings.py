@@ -106,7 +106,7 @@ class ReportSettings:
             v = getattr(self, name)
             if v is not None:
                 chosen = registry.resolve(tuple(v) if isinstance(v, list) else v, argument=name, sanity=sanity,
-                                          empty=sanity)
+                                          empty=sanity, optional=True)
                 object.__setattr__(self, name, tuple(m.name for m in chosen))
         if self.units is not None:
             units = self.units

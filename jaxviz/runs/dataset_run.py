@@ -46,7 +46,14 @@ import numpy as np
 
 from jaxviz._batching import batch_sharding
 from jaxviz._io import LockHeldError, path_lock
-from jaxviz.checks import ArgumentError, ArgumentTypeError, check_bool, check_int
+from jaxviz.checks import (
+    ArgumentError,
+    ArgumentTypeError,
+    NotADirectoryArgumentError,
+    PathExistsError,
+    check_bool,
+    check_int,
+)
 from jaxviz.engine.inputs import fill_array, unit_indices
 from jaxviz.engine.perturb import BLUR_SIGMA
 from jaxviz.engine.plan import chunk_size_for, probe, signature
@@ -203,7 +210,7 @@ def _check_folder(job: Job, shown: str, overwrite: bool) -> dict | None:
     A run with other settings, or damaged settings, is refused unless ``overwrite`` (then: afresh)."""
     why = store.not_a_run(job.out)
     if why is not None:
-        raise FileExistsError(f"out: refusing to write into {shown!r}: {why}; choose another directory or empty it")
+        raise PathExistsError(f"out: refusing to write into {shown!r}: {why}; choose another directory or empty it")
     try:
         previous = read_settings(job.out)
     except ValueError as e:
@@ -253,7 +260,7 @@ def _job(network, images, out, *, method, layer, units, options, fill, k, keep_g
     if not os.fspath(out):
         raise ArgumentError("out", "expected a directory path, got ''")
     if Path(out).exists() and not Path(out).is_dir():
-        raise NotADirectoryError(f"out: expected a directory, but {str(out)!r} is a file")
+        raise NotADirectoryArgumentError(f"out: expected a directory, but {str(out)!r} is a file")
     images = _check_source(images, network)
     n, h, w, c = (int(d) for d in images.shape)
     layer = network.output_layer if layer is None else layer

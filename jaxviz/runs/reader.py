@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxviz.checks import ArgumentError, ArgumentTypeError
+from jaxviz.checks import ArgumentError, ArgumentTypeError, NotADirectoryArgumentError, PathNotFoundError
 from jaxviz.runs import store
 
 __all__ = ["Run", "damaged", "expected_arrays", "open_run", "read_settings"]
@@ -115,14 +115,14 @@ def open_run(path: str | os.PathLike) -> Run:
         raise ArgumentTypeError("path", f"expected a run directory (str or os.PathLike), got {path!r}"[:200])
     shown = os.fsdecode(path)
     if os.path.exists(path) and not os.path.isdir(path):
-        raise NotADirectoryError(f"path: expected a run directory, but {shown!r} is a file")
+        raise NotADirectoryArgumentError(f"path: expected a run directory, but {shown!r} is a file")
     path = store.resolve(path)
     try:
         settings = read_settings(path)
     except ValueError as e:
         raise ArgumentError("path", f"{e}") from None
     if settings is None:
-        raise FileNotFoundError(f"path: no jaxviz run in {shown!r} (settings.json is missing)")
+        raise PathNotFoundError(f"path: no jaxviz run in {shown!r} (settings.json is missing)")
     _, record, _ = store.latest_record(path)
     complete = record is not None and int(record["phase"]) == 3 and all(
         store.array_opens(path, name) for name in expected_arrays(settings, True))
