@@ -20,8 +20,9 @@ import jaxviz
 from jaxviz.checks import ArgumentError
 from jaxviz.cli import main
 from jaxviz.evaluation.comparison import attribute
-from jaxviz.methods.base import KINDS, Attribution, explain, options_fields
-from jaxviz.methods.registry import METHODS, names
+from jaxviz.methods import registry
+from jaxviz.methods.base import KINDS, Attribution, Method, explain, option, options_fields
+from jaxviz.methods.registry import METHODS, names, register
 
 from conftest import make_uint8_images, write_tiny_cli_setup
 from numerics import assert_close
@@ -116,6 +117,16 @@ def test_bad_options_are_refused_before_any_compilation(net, images, name, compi
     assert info.value.argument == word and len(compiles) == before
 
 
+@pytest.mark.parametrize(("name", "options"), [("rise", {"num_masks": 2**30}), ("smoothgrad", {"nt_samples": 2**30})])
+def test_the_engines_refuse_more_pairs_than_int32_indexes_before_compiling(net, images, name, options, compiles):
+    """The engines number (image, sample) pairs with int32: 3 images * 2**30 samples is refused by the engine's
+    one guard (``checks.check_pair_count``), naming the option that set the count, before any compilation."""
+    before = len(compiles)
+    with pytest.raises(ArgumentError, match=r"< 2\*\*31") as info:
+        attribute(net, net.to_input(images), name, targets=np.zeros(3, np.int64), options=options)
+    assert info.value.argument == next(iter(options)) and len(compiles) == before
+
+
 @pytest.mark.parametrize("name", list(METHODS))
 def test_the_command_line_map_is_the_api_map(net, tiny_model, tiny_variables, tmp_path, capsys, name):
     weights, folder, _ = write_tiny_cli_setup(tmp_path, tiny_model, tiny_variables, per_class=1)
@@ -181,3 +192,49 @@ np.savez(sys.argv[1], **{{n: attribute(net, net.to_input(images), n, targets=tar
     for name in METHODS:
         one = _run(net, images, name).maps
         assert_close(four[name], one, scale=one)
+
+
+@dataclasses.dataclass(frozen=True)
+class _ConstantOptions:
+    value: float = option(1.0, "the value of every pixel of the map")
+
+
+def _constant_maps(explained, x, *, targets, options, execution):
+    return Attribution(np.full(x.shape[:3], options.value, np.float32), targets, "constant",
+                       dataclasses.asdict(options), result=None)
+
+
+def _constant_method(name="constant", **changes):
+    record = Method(name, "constant map", "perturbation", _ConstantOptions, _constant_maps,
+                    check=lambda explained, options: None, describe=lambda options: f"{options.value}")
+    return dataclasses.replace(record, **changes)
+
+
+def test_a_registered_method_runs_through_attribute_and_compare_methods(net, images, monkeypatch):
+    monkeypatch.setattr(registry, "METHODS", dict(registry.METHODS))  # the built-in registry stays as it was
+    register(_constant_method())
+    assert "constant" in registry.names() and "constant" not in METHODS
+    x = net.to_input(images)
+    got = attribute(net, x, "constant", targets=np.arange(3), options={"value": 2.0})
+    np.testing.assert_array_equal(got.maps, np.full((3, 32, 32), 2.0, np.float32))
+    comparison = jaxviz.compare_methods(net, images, methods=("constant", "saliency"), steps=8, mu_grid=4,
+                                        num_subsets=16)
+    assert set(comparison.maps) == {"constant map", "saliency"}
+    np.testing.assert_array_equal(comparison.maps["constant map"], np.ones((3, 32, 32), np.float32))
+    # a constant map carries no ranking: MuFidelity's correlation with it is undefined or 0, never high
+    assert not np.nanmax(np.abs(comparison.scores["constant map"]["mu_fidelity"])) > 1e-6
+    with pytest.raises(ArgumentError, match="value"):
+        attribute(net, x, "constant", targets=np.arange(3), options={"window": 3})
+
+
+@pytest.mark.parametrize(("record", "word"), [
+    (_constant_method("saliency"), "already registered"),
+    (_constant_method("Bad name"), "lowercase identifier"),
+    (_constant_method(kind="learned"), "kind"),
+    (_constant_method(options=dict), "options dataclass"),
+])
+def test_register_refuses_a_bad_record(record, word, monkeypatch):
+    monkeypatch.setattr(registry, "METHODS", dict(registry.METHODS))
+    with pytest.raises(ArgumentError, match=word):
+        register(record)
+    assert set(registry.METHODS) == set(METHODS)

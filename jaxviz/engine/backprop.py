@@ -42,7 +42,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxviz._batching import batch_sharding, to_host
 from jaxviz._progress import progress_bar
-from jaxviz.checks import ArgumentError, ArgumentTypeError
+from jaxviz.checks import ArgumentError, ArgumentTypeError, check_pair_count
 from jaxviz.engine.inputs import check_x, unit_indices
 from jaxviz.engine.perturb import _with_params
 from jaxviz.engine.plan import abstract, chunk_size_for, probe, signature
@@ -61,11 +61,14 @@ class PathFamily:
         function or an ``lru_cache``-d partial (it keys the compiled-program cache).
       data: pytree of arrays it reads (per-image arrays are indexed by ``image_index``).
       count: inputs per image.
+      argument: the argument that sets ``count`` (``n_steps``, ``nt_samples``), which the engine's
+        int32 pair-count error names.
     """
 
     generate: Callable
     data: Any
     count: int
+    argument: str = "count"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,6 +235,7 @@ def gradient_sums(plan: GradientPlan, family: PathFamily, *, absolute: bool = Fa
       targets or a scalar f), with a leading (sets,) axis when ``stacked``.
     """
     n, h, w, c = plan.images.shape
+    check_pair_count(n, family.count, family.argument, "inputs per image")
     pairs = n * family.count
     sharding = batch_sharding(None if devices is None else tuple(devices))
     replicated = NamedSharding(sharding.mesh, PartitionSpec())

@@ -33,11 +33,11 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxviz._batching import batch_sharding, map_batches, to_host
 from jaxviz._progress import progress_bar
-from jaxviz.checks import ArgumentError, ArgumentTypeError
+from jaxviz.checks import ArgumentError, ArgumentTypeError, check_pair_count
 from jaxviz.engine.inputs import check_images, fill_array, unit_indices
 from jaxviz.engine.plan import chunk_size_for, probe, signature
 
-__all__ = ["BLUR_SIGMA", "MASK_SUM_PRECISION", "MaskFamily", "Prepared", "kept_units", "mask_weighted_sum",
+__all__ = ["BLUR_SIGMA", "MASK_SUM_PRECISION", "MaskFamily", "Prepared", "bytes_per_pair", "kept_units", "mask_weighted_sum",
            "mask_weighted_sum_of_chunk", "perturbed_outputs", "perturbed_pairs", "prepare"]
 
 BLUR_SIGMA = 3.0  # pixels: the Gaussian blur of fill="blur", the default of every method that takes it
@@ -74,12 +74,15 @@ class MaskFamily:
       count: masks per image.
       static: hashable settings the generator closes over through
         ``functools.partial`` (part of the cache key).
+      argument: the argument that sets ``count`` (``num_masks``, ``segments``, ...), which the
+        engine's int32 pair-count error names.
     """
 
     generate: Callable
     data: Any
     count: int
     static: tuple = ()
+    argument: str = "count"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,11 +180,18 @@ def _base_program(f, units):
     return jax.jit(lambda params, images: kept_units(f(params, images), units))
 
 
+def bytes_per_pair(example_bytes: int, image_shape: tuple[int, int, int], itemsize: int, kept: int) -> int:
+    """The perturbation engine's memory model, the one every perturbation program (and a dataset run)
+    plans its chunks with: f's working set per example (``probe``), plus the gathered and the perturbed
+    image (``image_shape`` (H, W, C) of ``itemsize`` bytes), the float32 mask and the ``kept`` float32
+    outputs of one (image, mask) pair."""
+    h, w, c = image_shape
+    return example_bytes + 2 * h * w * c * itemsize + 4 * h * w + 4 * kept
+
+
 def _chunk_size(p: Prepared, pairs: int, shards: int, chunk_size: Any, memory_budget: Any) -> int:
-    """Pairs per compiled call (``chunk_size_for``): f's working set, plus the gathered and the perturbed
-    image, the mask and the kept output, per pair."""
-    h, w = p.images.shape[1:3]
-    per_pair = p.example_bytes + 2 * p.images[0].nbytes + 4 * h * w + 4 * math.prod(p.kept)
+    """Pairs per compiled call (``chunk_size_for`` at ``bytes_per_pair``)."""
+    per_pair = bytes_per_pair(p.example_bytes, p.images.shape[1:], p.images.dtype.itemsize, math.prod(p.kept))
     return chunk_size_for(per_pair, pairs, shards, chunk_size, memory_budget, "(image, mask) pairs")
 
 
@@ -207,6 +217,7 @@ def perturbed_outputs(p: Prepared, family: MaskFamily, *, difference: bool, chun
       ``(base (N, *kept), outputs (N, count, *kept), chunk_size)``.
     """
     n = p.images.shape[0]
+    check_pair_count(n, family.count, family.argument, "masks per image")
     pairs = n * family.count
     shape = (n, family.count, *p.kept)
     if out is None:
@@ -247,6 +258,7 @@ def mask_weighted_sum(p: Prepared, family: MaskFamily, *, chunk_size: Any = None
       ``(base (N, *kept), sums float32 (N, H, W, *kept), chunk_size)``.
     """
     n, h, w = p.images.shape[:3]
+    check_pair_count(n, family.count, family.argument, "masks per image")
     pairs = n * family.count
     sharding = batch_sharding(None if devices is None else tuple(devices))
     replicated = NamedSharding(sharding.mesh, PartitionSpec())

@@ -158,7 +158,7 @@ def check_methods(network: Network, methods: Sequence[str], *, layer: str | None
 
 
 def compare_methods(network: Network, images: np.ndarray, *, targets: np.ndarray | None = None,
-                    layer: str | None = None, methods: Sequence[str] = registry.names(), steps: int = 50,
+                    layer: str | None = None, methods: Sequence[str] | None = None, steps: int = 50,
                     mu_grid: int = 8, num_subsets: int = 128, seed: int = 0, progress: bool = False,
                     **options: Any) -> MethodComparison:
     """The chosen methods' maps of each image's target, with their faithfulness.
@@ -170,7 +170,7 @@ def compare_methods(network: Network, images: np.ndarray, *, targets: np.ndarray
         classifier (explaining its softmax), or unit 0 of ``layer`` otherwise.
       layer: for a network without class names, the layer whose unit is explained
         (default ``network.feature_layer``); a classifier's output layer by default.
-      methods: registered names (default all of them, ``registry.names()``).
+      methods: registered names (default None: all of them, ``registry.names()``, at the call).
       steps: deletion / insertion steps, at most the pixels of an image.
       mu_grid, num_subsets: MuFidelity's grid of cells and number of random subsets.
       seed: MuFidelity's seed, and the methods' (RISE's masks, SmoothGrad's noise) unless ``options``
@@ -186,6 +186,7 @@ def compare_methods(network: Network, images: np.ndarray, *, targets: np.ndarray
     """
     network.input_spec.check_images(images)
     explained = explain(network, layer)
+    methods = registry.names() if methods is None else methods
     options = {"seed": seed, **options}
     chosen = check_methods(network, methods, layer=explained.layer, steps=steps, mu_grid=mu_grid,
                            num_subsets=num_subsets, **options)

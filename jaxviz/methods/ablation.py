@@ -246,7 +246,7 @@ def feature_ablation(
     size = int(counts.max())
     per_image = labels.ndim == 3
     family = MaskFamily(segment_generator(per_image), jnp.asarray(labels if per_image else labels[None]), size,
-                        (per_image,))
+                        (per_image,), "segments")
     prepared = prepare(f, x, fill=fill, units=units, params=params, blur_sigma=BLUR_SIGMA)
     base, scores, chunk = perturbed_outputs(prepared, family, difference=True, chunk_size=chunk_size,
                                             memory_budget=memory_budget, devices=devices,

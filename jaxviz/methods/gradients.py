@@ -219,7 +219,8 @@ def integrated_gradients(f: Callable, x: Any, *, baselines: Any = 0.0, n_steps: 
     alphas, weights = ig_coefficients(n_steps, method)
     plan = plan_gradients(f, x, params=params, targets=targets, units=units)
     base, per_image = fill_array(baselines, plan.images, BLUR_SIGMA, name="baselines")
-    family = PathFamily(_path_generator(per_image), (base, jnp.asarray(alphas), jnp.asarray(weights)), len(alphas))
+    family = PathFamily(_path_generator(per_image), (base, jnp.asarray(alphas), jnp.asarray(weights)), len(alphas),
+                        "n_steps")
     sums, _, size = _run(plan, family, _engine_options(chunk_size, memory_budget, devices,
                          progress and "integrated gradients"))
     diff = np.asarray(plan.images - (base if per_image else base[None]), np.float32)
@@ -276,10 +277,7 @@ def smoothgrad(f: Callable, x: Any, *, nt_type: str = "smoothgrad", nt_samples: 
     stdev, absolute = _check_stdevs(stdevs), check_bool(abs, "abs")
     key = seed_key(seed)
     plan = plan_gradients(f, x, params=params, targets=targets, units=units)
-    if plan.images.shape[0] * nt_samples >= 2**31:
-        raise ArgumentError("nt_samples", f"expected N * nt_samples < 2**31 (pair indices are int32), got "
-                         f"{plan.images.shape[0]} * {nt_samples}")
-    family = PathFamily(_noisy, (key, jnp.float32(stdev), jnp.float32(1 / nt_samples)), nt_samples)
+    family = PathFamily(_noisy, (key, jnp.float32(stdev), jnp.float32(1 / nt_samples)), nt_samples, "nt_samples")
     means, squares, size = _run(plan, family, _engine_options(chunk_size, memory_budget, devices,
                                 progress and nt_type), absolute=absolute, squares=nt_type != "smoothgrad")
     out = {"smoothgrad": means, "smoothgrad_sq": squares}.get(nt_type)
@@ -359,11 +357,12 @@ def _randomized(name: str) -> Callable:
             alphas, weights = ig_coefficients(options.n_steps, options.ig_method)
             start, per_image = fill_array(options.fill, x, BLUR_SIGMA)
             family = PathFamily(_path_generator(per_image), (start, jnp.asarray(alphas), jnp.asarray(weights)),
-                                len(alphas))
+                                len(alphas), "n_steps")
             difference = np.asarray(x - (start if per_image else start[None]))
         elif name == "smoothgrad":
             family = PathFamily(_noisy, (seed_key(options.seed), jnp.float32(options.stdevs),
-                                         jnp.float32(1 / options.nt_samples)), options.nt_samples)
+                                         jnp.float32(1 / options.nt_samples)), options.nt_samples,
+                                "nt_samples")
             flags["squares"] = options.nt_type != "smoothgrad"
         else:
             family = PathFamily(_at_image, (), 1)

@@ -163,7 +163,8 @@ def _box_generator(shape: tuple[int, int]) -> Callable:
 def window_masks(image_shape: tuple[int, int], rows: np.ndarray, cols: np.ndarray) -> MaskFamily:
     """Every window position as a ``MaskFamily`` (row-major over positions)."""
     boxes = np.concatenate([np.repeat(rows, len(cols), 0), np.tile(cols, (len(rows), 1))], axis=1)
-    return MaskFamily(_box_generator(tuple(image_shape)), jnp.asarray(boxes, jnp.int32), len(boxes))
+    return MaskFamily(_box_generator(tuple(image_shape)), jnp.asarray(boxes, jnp.int32), len(boxes),
+                      argument="stride")
 
 
 def check_windows(images: jax.Array, window: Any, stride: Any, anchor: Any) -> tuple[np.ndarray, np.ndarray]:

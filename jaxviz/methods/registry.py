@@ -2,21 +2,24 @@
 
 The command line's ``--method`` choices and options, ``compare_methods``,
 ``randomization_test``, ``run_dataset`` and the report take their methods from
-here. To add a method: write its module (its function, options dataclass and
-``Method`` record; see ``jaxviz.methods.base``), add it below, and add a row to
-``tests/test_methods_contract.py``.
+here. To add a method to jaxviz: write its module (its function, options dataclass
+and ``Method`` record; see ``jaxviz.methods.base``), add it below, and add a row
+to ``tests/test_methods_contract.py``. To try one of your own without editing
+jaxviz, ``register`` its record: ``attribute``, ``compare_methods`` and, when the
+record has the hooks, ``randomization_test`` and ``run_dataset`` take its name.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from jaxviz.checks import ArgumentError, ArgumentTypeError
 from jaxviz.methods import ablation, gradcam, gradients, occlusion, rise
-from jaxviz.methods.base import Method, options_fields
+from jaxviz.methods.base import KINDS, Method, options_fields
 
-__all__ = ["METHODS", "get", "labels", "method_options", "names", "resolve"]
+__all__ = ["METHODS", "get", "labels", "method_options", "names", "register", "resolve"]
 
 # in the order the figures and tables show them: perturbation, gradient, CAM
 METHODS: dict[str, Method] = {m.name: m for m in (
@@ -26,6 +29,38 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     *gradients.METHODS,
     gradcam.METHOD,
 )}
+
+
+def register(method: Method, *, replace: bool = False) -> Method:
+    """Add ``method`` to the registry (after the built-in ones) and return it.
+
+    Its record is checked as the contract test checks the built-in ones: a ``Method`` whose name is a new
+    lowercase identifier (``replace=True`` replaces a method of that name), a kind of ``KINDS``, and an
+    options dataclass whose every field has a default and help text (``jaxviz.methods.base.option``).
+    """
+    if not isinstance(method, Method):
+        raise ArgumentTypeError("method", f"expected a jaxviz.methods.base.Method, got {type(method).__name__}")
+    name = method.name
+    if not isinstance(name, str) or not name.isidentifier() or name != name.lower():
+        raise ArgumentError("method", f"expected a lowercase identifier as the name, got {name!r}")
+    if name in METHODS and not replace:
+        raise ArgumentError("method", f"expected a new name, got {name!r}, already registered (replace=True "
+                                      "replaces it)")
+    if method.kind not in KINDS:
+        raise ArgumentError("method", f"expected a kind of {', '.join(KINDS)}, got {method.kind!r}")
+    if not dataclasses.is_dataclass(method.options) or not isinstance(method.options, type):
+        raise ArgumentTypeError("method", f"expected an options dataclass, got {method.options!r}")
+    for field in dataclasses.fields(method.options):
+        if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            raise ArgumentError("method", f"expected a default for every option, got none for {field.name!r}")
+        if not field.metadata.get("help"):
+            raise ArgumentError("method", f"expected help text for every option (jaxviz.methods.base.option), "
+                                          f"got none for {field.name!r}")
+    for hook in ("run", "check", "describe", "problem"):
+        if not callable(getattr(method, hook)):
+            raise ArgumentTypeError("method", f"expected a callable {hook}, got {getattr(method, hook)!r}")
+    METHODS[name] = method
+    return method
 
 
 def names(*, run: bool = False, sanity: bool = False) -> tuple[str, ...]:

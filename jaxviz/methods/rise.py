@@ -224,12 +224,10 @@ def rise(
     check_seed(seed)
     if masks is None:
         num_masks = check_int(NUM_MASKS if num_masks is None else num_masks, "num_masks", 1)
-        if num_masks * x.shape[0] >= 2**31:
-            raise ArgumentError("num_masks", f"expected N * num_masks < 2**31 (pair indices are int32), got "
-                             f"{x.shape[0]} * {num_masks}")
         cells = check_int(cells, "cells", 1, min(h, w))
         p = check_keep_probability(p)
-        family = MaskFamily(rise_generator(cells, (h, w)), (seed_key(seed), jnp.float32(p)), num_masks, (cells, (h, w)))
+        family = MaskFamily(rise_generator(cells, (h, w)), (seed_key(seed), jnp.float32(p)), num_masks, (cells, (h, w)),
+                            "num_masks")
     else:
         given = _check_masks(masks, h, w)
         if num_masks is not None and (isinstance(num_masks, (bool, np.bool_)) or num_masks != given.shape[0]):
@@ -279,7 +277,8 @@ def _run_family(options: RiseOptions, image_shape: tuple[int, int, int]) -> RunF
     cells = check_int(options.cells, "cells", 1, min(h, w))
     p = check_keep_probability(options.p)
     seed = check_seed(options.seed)
-    family = MaskFamily(rise_generator(cells, (h, w)), (seed_key(seed), jnp.float32(p)), num_masks, (cells, (h, w)))
+    family = MaskFamily(rise_generator(cells, (h, w)), (seed_key(seed), jnp.float32(p)), num_masks, (cells, (h, w)),
+                            "num_masks")
     return RunFamily(family, (h, w), "weighted_sum", 1.0 / (num_masks * p),
                      {"num_masks": num_masks, "cells": cells, "p": p, "seed": seed})
 

@@ -55,7 +55,7 @@ from jaxviz.checks import (
     check_int,
 )
 from jaxviz.engine.inputs import fill_array, unit_indices
-from jaxviz.engine.perturb import BLUR_SIGMA
+from jaxviz.engine.perturb import BLUR_SIGMA, bytes_per_pair
 from jaxviz.engine.plan import chunk_size_for, probe, signature
 from jaxviz.methods import registry
 from jaxviz.models.network import Network
@@ -284,7 +284,7 @@ def _job(network, images, out, *, method, layer, units, options, fill, k, keep_g
     head, tail = np.asarray(images[0:1]), np.asarray(images[n - 1:n])  # the only reads before the passes
     fills, per_image_fill = fill_array(fill, network.to_input(head), BLUR_SIGMA)
     mesh = batch_sharding().mesh
-    per_pair = example_bytes + 2 * h * w * c * 4 + 4 * h * w + 4 * kept  # as the perturbation engine plans
+    per_pair = bytes_per_pair(example_bytes, (h, w, c), np.dtype(np.float32).itemsize, kept)  # float32 inputs
     per_device = -(-batch // mesh.size) * run.family.count
     sub_chunk = chunk_size_for(per_pair, per_device, 1, chunk_size, memory_budget, "(image, mask) pairs")
     settings = {"format": store.FORMAT, "method": method, **run.settings, "layer": layer,
