@@ -111,20 +111,40 @@ def test_maps_do_not_depend_on_the_chunk_size(net, images, name):
 @pytest.mark.parametrize("name", list(METHODS))
 def test_bad_options_are_refused_before_any_compilation(net, images, name, compiles):
     bad, word = ROWS[name][1], ROWS[name][2]
+    x = net.to_input(images)
     before = len(compiles)
     with pytest.raises(ArgumentError) as info:
-        attribute(net, net.to_input(images), name, targets=np.zeros(3, np.int64), options=bad)
+        attribute(net, x, name, targets=np.zeros(3, np.int64), options=bad)
     assert info.value.argument == word and len(compiles) == before
 
 
-@pytest.mark.parametrize(("name", "options"), [("rise", {"num_masks": 2**30}), ("smoothgrad", {"nt_samples": 2**30})])
-def test_the_engines_refuse_more_pairs_than_int32_indexes_before_compiling(net, images, name, options, compiles):
-    """The engines number (image, sample) pairs with int32: 3 images * 2**30 samples is refused by the engine's
-    one guard (``checks.check_pair_count``), naming the option that set the count, before any compilation."""
-    before = len(compiles)
+@pytest.mark.parametrize(("function", "option"), [(jaxviz.rise, "num_masks"), (jaxviz.smoothgrad, "nt_samples")])
+def test_more_pairs_than_int32_indexes_are_refused_before_f_is_traced(net, images, function, option):
+    """The engines number (image, sample) pairs with int32: 3 images * 2**30 samples is refused by the one rule
+    (``checks.check_pair_count``), naming the option that set the count, before ``f`` is traced."""
+    traced = []
+
+    def f(params, x):
+        traced.append(x.shape)
+        return net.layer_fn("fc1")(params, x)
+
     with pytest.raises(ArgumentError, match=r"< 2\*\*31") as info:
-        attribute(net, net.to_input(images), name, targets=np.zeros(3, np.int64), options=options)
-    assert info.value.argument == next(iter(options)) and len(compiles) == before
+        function(f, net.to_input(images), params=net.variables, **{option: 2**30})
+    assert info.value.argument == option and traced == []
+
+
+def test_the_perturbation_engine_refuses_more_pairs_than_int32_indexes(net, images):
+    """The engine's own guard, for any mask family (here one of 2**30 masks per image), names the family's
+    argument before the chunk program is built."""
+    from jaxviz.engine.perturb import MaskFamily, perturbed_outputs, prepare
+
+    prepared = prepare(net.layer_fn("fc1"), net.to_input(images), fill=0.0, units=None, params=net.variables,
+                       blur_sigma=3.0)
+    family = MaskFamily(lambda data, image, index: data, np.zeros((32, 32), np.float32), 2**30,
+                        argument="num_boxes")
+    with pytest.raises(ArgumentError, match=r"3 \* 1073741824") as info:
+        perturbed_outputs(prepared, family, difference=True)
+    assert info.value.argument == "num_boxes"
 
 
 @pytest.mark.parametrize("name", list(METHODS))

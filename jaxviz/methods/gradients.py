@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxviz.checks import ArgumentError, ArgumentTypeError, check_bool, check_int
+from jaxviz.checks import ArgumentError, ArgumentTypeError, check_bool, check_int, check_pair_count
 from jaxviz.engine.backprop import GradientPlan, PathFamily, gradient_sums, plan_gradients, readout
 from jaxviz.engine.inputs import fill_array
 from jaxviz.engine.perturb import BLUR_SIGMA
@@ -276,6 +276,7 @@ def smoothgrad(f: Callable, x: Any, *, nt_type: str = "smoothgrad", nt_samples: 
     nt_samples = check_noise_tunnel(nt_type, nt_samples)
     stdev, absolute = _check_stdevs(stdevs), check_bool(abs, "abs")
     key = seed_key(seed)
+    check_pair_count(len(x) if np.ndim(x) else 1, nt_samples, "nt_samples", "samples")  # before f is traced
     plan = plan_gradients(f, x, params=params, targets=targets, units=units)
     family = PathFamily(_noisy, (key, jnp.float32(stdev), jnp.float32(1 / nt_samples)), nt_samples, "nt_samples")
     means, squares, size = _run(plan, family, _engine_options(chunk_size, memory_budget, devices,

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxviz.checks import ArgumentError, ArgumentTypeError, check_int, check_seed
+from jaxviz.checks import ArgumentError, ArgumentTypeError, check_int, check_pair_count, check_seed
 from jaxviz.engine.inputs import check_x
 from jaxviz.engine.perturb import BLUR_SIGMA, MaskFamily, mask_weighted_sum, prepare
 from jaxviz.methods.base import Attribution, Explained, Method, RunFamily, option, select_targets
@@ -224,6 +224,7 @@ def rise(
     check_seed(seed)
     if masks is None:
         num_masks = check_int(NUM_MASKS if num_masks is None else num_masks, "num_masks", 1)
+        check_pair_count(x.shape[0], num_masks, "num_masks", "masks")  # before f is traced
         cells = check_int(cells, "cells", 1, min(h, w))
         p = check_keep_probability(p)
         family = MaskFamily(rise_generator(cells, (h, w)), (seed_key(seed), jnp.float32(p)), num_masks, (cells, (h, w)),

@@ -110,9 +110,7 @@ def _module_network(apply: Callable, variables: Any, found: dict, paths: dict, l
     net = Network(apply, variables, names, spec, _check_classes(class_names, tuple(getattr(output, "shape", ())[1:]),
                                                                 "the model output"),
                   kernels, param_paths, {n: found[paths[n]][0] for n in names}, name, apply_perturbed, init)
-    for n in names:
-        net._cache[("shape", n)] = found[paths[n]][1].shape[1:]
-    return net
+    return net.with_output_shapes({n: found[paths[n]][1].shape[1:] for n in names})
 
 
 def from_cnn(model: Any, variables: Any, class_names: Sequence[str] | None = None) -> Network:
@@ -144,8 +142,7 @@ def from_cnn(model: Any, variables: Any, class_names: Sequence[str] | None = Non
                   {n: ("params", n, "kernel") for n in names if _find(variables, ("params", n, "kernel")) is not None},
                   {n: tuple(p for p in ps if _find(variables, p) is not None) for n, ps in paths.items()},
                   {r.name: r.kind for r in rows}, "CNN", apply_perturbed, init)
-    net._cache.update({("shape", r.name): r.output_shape for r in rows})
-    return net
+    return net.with_output_shapes({r.name: r.output_shape for r in rows})
 
 
 def from_linen(module: Any, variables: Any, *, input_shape: Sequence[int], class_names: Sequence[str] | None = None,
@@ -374,9 +371,8 @@ def from_function(apply: Callable[[Any, jax.Array, str], jax.Array], variables: 
         if not (isinstance(out, jax.ShapeDtypeStruct) and out.ndim >= 1 and out.shape[0] == _BATCH):
             raise ArgumentError("apply", f"expected (N, ...) activations for layer {layer!r}, got "
                              f"{getattr(out, 'shape', type(out).__name__)} for N={_BATCH}")
-        shapes[("shape", layer)] = out.shape[1:]
+        shapes[layer] = out.shape[1:]
     net = Network(apply, variables, names, spec, _check_classes(class_names, out.shape[1:], f"layer {names[-1]!r}"),
                   {k: tuple(v) for k, v in (kernel_paths or {}).items()}, name=getattr(apply, "__name__", ""),
                   apply_perturbed=apply_perturbed, init=init)
-    net._cache.update(shapes)
-    return net
+    return net.with_output_shapes(shapes)

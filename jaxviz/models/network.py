@@ -395,6 +395,13 @@ class Network:
         """The layers with (h, w, channels) maps, in forward order."""
         return tuple(n for n in self.layer_names if len(self.output_shape(n)) == 3)
 
+    def with_output_shapes(self, shapes: Mapping[str, Sequence[int]]) -> Network:
+        """This network, knowing the output shapes (layer -> shape without the batch axis) that an adapter
+        already found while tracing it, so ``output_shape`` need not trace again. Returns ``self``."""
+        for layer, shape in shapes.items():
+            self._cache[("shape", layer)] = tuple(int(d) for d in shape)
+        return self
+
     def output_shape(self, layer: str) -> tuple[int, ...]:
         """The layer's activation shape without the batch axis, by ``jax.eval_shape`` (no compute)."""
         fn, x = self.layer_fn(layer), jax.ShapeDtypeStruct((1, *self.input_spec.shape), self.input_spec.dtype)
