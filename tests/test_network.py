@@ -354,6 +354,7 @@ def test_linen_validates(linen_model):
 
 def test_nnx_matches_linen_twin_at_every_layer(nnx_net, linen_net, linen_layers, x_small):
     assert nnx_net.layer_names == linen_net.layer_names
+    assert nnx_net.feature_layer == linen_net.feature_layer == "pool"  # the layer before the head: the report's
     assert nnx_net.class_names == linen_net.class_names
     got = all_layers(nnx_net, x_small)
     for name in linen_net.layer_names:

@@ -28,7 +28,7 @@ from jaxviz.models.weights import Weights
 from jaxviz.report import analyses, folder
 from jaxviz.report import settings as settings_module
 
-from conftest import EXAMPLES, load_example, make_uint8_images
+from conftest import EXAMPLES, make_uint8_images
 
 # most tests run three of the comparison's methods (one per engine, and Grad-CAM); the default (every method)
 # runs in the tests of the ResNet and the unlabelled network
@@ -290,26 +290,6 @@ def cifar_images(n: int, size: int = 64, seed: int = 7) -> tuple[np.ndarray, np.
 
 
 @pytest.mark.slow
-def test_report_of_a_linen_resnet(tmp_path):
-    example = load_example("resnet_linen")
-    module, variables = example.build()
-    net = jaxviz.from_linen(module, variables, input_shape=example.INPUT_SHAPE, class_names=example.CLASS_NAMES,
-                            apply_kwargs={"train": False})
-    images, labels, classes = cifar_images(6)
-    data = Dataset(images, labels, classes, source="random 64x64 images")
-    results = jaxviz.make_report(tmp_path / "r1", network=net, dataset=data, settings=USER_SETTINGS, progress=False)
-    page, saved = check_complete(tmp_path / "r1", results)
-    assert saved["settings"]["layer"] == "pool" == net.feature_layer  # the layer before the head
-    assert saved["network"] == {"name": "ResNet", "input_shape": [64, 64, 3], "layers": list(net.layer_names)}
-    assert saved["evaluation"]["images"] == 6 and saved["evaluation"]["class_names"] == list(example.CLASS_NAMES)
-    assert saved["units"]["count"] == 64 and len(saved["units"]["shown"]) == 2
-    assert saved["occlusion"]["images"] == 2 * 2 and saved["tsne"]["points"] == 6
-    assert {"confusion.png", "topk.png", "selectivity.png", "occlusion_masks.png", "occlusion_heatmaps.png",
-            "trust.png", "sanity.png", "tsne.png", "filters_stem_conv.png", "filters_stage1_block0_conv1.png", "activations_stem_conv.png",
-            "activations_stage1_block0_conv1.png"} == set(saved["figures"])
-    assert "stage2/block0/proj" in page and "not evaluated" not in page
-
-
 def unlabelled_apply(variables, x, layer):
     """A network without classes: a 1x1 conv with ReLU ("maps", 6 channels), then a 5-d "embedding"."""
     maps = jax.nn.relu(jnp.einsum("nhwc,cd->nhwd", x, variables["mix"]) + variables["bias"])
