@@ -174,7 +174,6 @@ def test_train_writes_loadable_weights(setup, capsys):
     assert [h["epoch"] for h in loaded.metadata["history"]] == [1]
 
 
-@pytest.mark.slow
 def test_console_script_entry_point():
     # the `jaxviz` script that `pip install` writes (pyproject's [project.scripts]), not `python -m`
     beside = Path(sys.executable).parent / ("jaxviz.exe" if os.name == "nt" else "jaxviz")

@@ -127,7 +127,6 @@ def test_attribute_gradient_maps_equal_the_api(setup, capsys, tmp_path, method, 
         assert record["settings"]["cam_layer"] == "conv3"
 
 
-@pytest.mark.slow
 def test_sanity_json_matches_the_api(setup, capsys, tmp_path):
     out_dir = tmp_path / "sanity"
     code, out, err = run(capsys, "sanity", *setup["args"], "--images", "0,2,4", "--methods", "saliency,gradcam",
@@ -410,7 +409,6 @@ def test_report_api_refuses_a_nan_model(tiny_model, tiny_variables, tiny_dataset
                                        jaxviz.ReportSettings(k=2, num_units=2))
 
 
-@pytest.mark.slow
 def test_default_images_take_each_class_in_turn_and_titles_show_label_and_prediction(setup, capsys, tmp_path,
                                                                                       monkeypatch):
     """The folder is sorted by class (3 classes of 2): the defaults are 0, 2, 4 (the first of each), then 1;

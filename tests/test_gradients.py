@@ -256,7 +256,6 @@ def test_every_ig_rule_against_captum_itself_on_a_smooth_model():
 # ------------------------------------------------------------------ (d) SmoothGrad, all units, invariance
 
 
-@pytest.mark.slow
 def test_smoothgrad_equals_a_per_sample_loop_with_the_same_noise():
     x = np.asarray(jax.random.uniform(jax.random.key(8), (3, 4, 5, 2)), np.float32)
 
@@ -279,7 +278,6 @@ def test_smoothgrad_equals_a_per_sample_loop_with_the_same_noise():
         assert_close(got.attributions, value, scale=square if nt_type == "vargrad" else value, err_msg=nt_type)
 
 
-@pytest.mark.slow
 def test_every_unit_at_once_equals_per_unit_calls(cnn_pair_jax):
     net, x = cnn_pair_jax
     f, units = net.layer_fn("fc1"), [0, 5, 9, 15]

@@ -579,7 +579,6 @@ def test_variables_with_a_typed_prng_key_can_be_analysed(tmp_path):
     _check_engines(net, lambda x: x.mean((1, 2)) @ w, images, tmp_path)
 
 
-@pytest.mark.slow
 def test_nnx_dropout_model_can_be_analysed(tmp_path):
     """The eval-mode module closed over as a constant is the reference; the RNG state is no variable, so
     the randomization test (which draws new variables) runs too."""

@@ -296,7 +296,6 @@ def unlabelled_apply(variables, x, layer):
     return maps if layer == "maps" else maps.mean(axis=(1, 2)) @ variables["proj"]
 
 
-@pytest.mark.slow
 def test_report_of_a_network_without_class_names(tmp_path):
     rng = np.random.default_rng(3)
     variables = {"mix": rng.normal(0, 1, (3, 6)).astype(np.float32), "bias": rng.normal(0, 0.3, 6).astype(np.float32),

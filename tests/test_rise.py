@@ -158,7 +158,6 @@ def test_seeded_and_reproducible(x):
 # ------------------------------------------------------------------ (d) chunks and devices
 
 
-@pytest.mark.slow
 def test_chunk_size_does_not_change_results(x):
     results = [rise(conv, x, num_masks=45, cells=3, chunk_size=c) for c in (1, 7, 44, None)]
     assert results[1].chunk_size <= 7 and results[3].chunk_size == 90
