@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 from scipy.stats import rankdata
 
-from jaxviz.checks import ArgumentError, check_seed, renamed_arguments
+from jaxviz.checks import check_seed, renamed_arguments
 from jaxviz.engine.activations import layer_features
 from jaxviz.evaluation.faithfulness import check_mu_fidelity_lattice, check_steps, deletion_curve, mu_fidelity
 from jaxviz.methods import registry
-from jaxviz.methods.base import Attribution, Explained, Method, explain
+from jaxviz.methods.base import Attribution, Explained, Method, explain, target_positions
 from jaxviz.models.network import Network
 
 __all__ = ["METRICS", "MethodComparison", "attribute", "check_methods", "compare_methods"]
@@ -124,13 +124,8 @@ def attribute(network: Network, x: Any, method: str, *, targets: Any, layer: str
 
 
 def _checked_targets(explained: Explained, targets: Any, n: int) -> np.ndarray:
-    targets = np.asarray(targets)
-    width = explained.outputs
-    if targets.shape != (n,) or not np.issubdtype(targets.dtype, np.integer) or (
-            targets.size and (targets.min() < 0 or targets.max() >= width)):
-        raise ArgumentError("targets", f"expected {n} ints in [0, {width}) (one output of {explained.layer} per "
-                                       f"image), got {targets.tolist() if targets.ndim else targets!r}")
-    return targets.astype(np.int64)
+    """int64 (n,) outputs of the explained layer (``target_positions``' check, naming the layer)."""
+    return target_positions(targets, n, None, explained.outputs, of=explained.layer)
 
 
 def check_methods(network: Network, methods: Sequence[str], *, layer: str | None = None,

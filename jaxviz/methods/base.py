@@ -183,16 +183,18 @@ class Method:
         return self.options(**{k: v for k, v in values.items() if k in fields})
 
 
-def target_positions(targets: Any, n: int, units: tuple[int, ...] | None, width: int | None = None) -> np.ndarray:
+def target_positions(targets: Any, n: int, units: tuple[int, ...] | None, width: int | None = None, *,
+                     of: str = "f") -> np.ndarray:
     """Each image's explained output (``targets``: int (N,), indices of f's outputs) as its position on the
-    kept axis of a result that kept ``units`` (``None``: every output, ``width`` of them when known)."""
+    kept axis of a result that kept ``units`` (``None``: every output, ``width`` of them when known); the one
+    check of ``targets``. ``of`` names what the outputs are of, in the errors (``f``, a layer)."""
     targets = np.asarray(targets)
     if targets.shape != (n,) or not np.issubdtype(targets.dtype, np.integer):
-        raise ArgumentError("targets", f"expected {n} ints (one output of f per image), got "
+        raise ArgumentError("targets", f"expected {n} ints (one output of {of} per image), got "
                                        f"{targets.tolist() if targets.ndim else targets!r}")
     if units is None:
         if targets.size and (targets.min() < 0 or (width is not None and targets.max() >= width)):
-            raise ArgumentError("targets", f"expected outputs in [0, {width}), got {targets.tolist()}")
+            raise ArgumentError("targets", f"expected outputs in [0, {width}) (of {of}), got {targets.tolist()}")
         return targets.astype(np.int64)
     where = {u: i for i, u in reversed(list(enumerate(units)))}
     missing = [int(t) for t in targets if int(t) not in where]

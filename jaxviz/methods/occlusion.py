@@ -84,11 +84,14 @@ def occlude_one(image: jax.Array, fill: jax.Array, box: jax.Array) -> jax.Array:
     Returns:
       (H, W, C): ``image`` with ``fill`` inside the box.
     """
-    h, w = image.shape[:2]
-    rows = jnp.arange(h)[:, None]
-    cols = jnp.arange(w)[None, :]
-    inside = (rows >= box[0]) & (rows < box[1]) & (cols >= box[2]) & (cols < box[3])
-    return jnp.where(inside[..., None], fill, image).astype(image.dtype)
+    return jnp.where(_inside(box, image.shape[:2])[..., None], fill, image).astype(image.dtype)
+
+
+def _inside(box: jax.Array, shape: tuple[int, int]) -> jax.Array:
+    """bool (H, W): the pixels of the half-open ``box`` (row_start, row_stop, col_start, col_stop)."""
+    rows = jnp.arange(shape[0])[:, None]
+    cols = jnp.arange(shape[1])[None, :]
+    return (rows >= box[0]) & (rows < box[1]) & (cols >= box[2]) & (cols < box[3])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,11 +151,7 @@ class Occlusion:
 
 def _box_mask(boxes: jax.Array, image: jax.Array, index: jax.Array, *, shape: tuple[int, int]) -> jax.Array:
     """Mask ``index`` of the window family: 1 inside box ``boxes[index]`` (any image)."""
-    box = boxes[index]
-    rows = jnp.arange(shape[0])[:, None]
-    cols = jnp.arange(shape[1])[None, :]
-    inside = (rows >= box[0]) & (rows < box[1]) & (cols >= box[2]) & (cols < box[3])
-    return inside.astype(jnp.float32)
+    return _inside(boxes[index], shape).astype(jnp.float32)
 
 
 @functools.lru_cache(maxsize=64)

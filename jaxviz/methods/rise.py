@@ -170,6 +170,21 @@ def seed_key(seed: Any) -> jax.Array:
     return jax.random.key(check_seed(seed))
 
 
+def _checked_options(num_masks: Any, cells: Any, p: Any, seed: Any,
+                     size: tuple[int, int]) -> tuple[int, int, float, int]:
+    """RISE's random-mask options checked, the one rule for ``rise``, its registry record and its dataset runs."""
+    seed = check_seed(seed)
+    num_masks = check_int(num_masks, "num_masks", 1)
+    cells = check_int(cells, "cells", 1, min(size))
+    return num_masks, cells, check_keep_probability(p), seed
+
+
+def _random_masks(num_masks: int, cells: int, p: float, seed: int, size: tuple[int, int]) -> MaskFamily:
+    """The random masks of checked options, made on the device (``rise_generator``)."""
+    return MaskFamily(rise_generator(cells, size), (seed_key(seed), jnp.float32(p)), num_masks, (cells, size),
+                      "num_masks")
+
+
 def rise(
     f: Callable,
     x: Any,
@@ -221,15 +236,13 @@ def rise(
     if not callable(f):
         raise ArgumentTypeError("f", f"expected a callable, got {type(f).__name__}")
     h, w = x.shape[1:3]
-    check_seed(seed)
     if masks is None:
-        num_masks = check_int(NUM_MASKS if num_masks is None else num_masks, "num_masks", 1)
+        num_masks, cells, p, seed = _checked_options(NUM_MASKS if num_masks is None else num_masks, cells, p, seed,
+                                                     (h, w))
         check_pair_count(x.shape[0], num_masks, "num_masks", "masks")  # before f is traced
-        cells = check_int(cells, "cells", 1, min(h, w))
-        p = check_keep_probability(p)
-        family = MaskFamily(rise_generator(cells, (h, w)), (seed_key(seed), jnp.float32(p)), num_masks, (cells, (h, w)),
-                            "num_masks")
+        family = _random_masks(num_masks, cells, p, seed, (h, w))
     else:
+        check_seed(seed)  # unused with given masks, but a bad one is still refused
         given = _check_masks(masks, h, w)
         if num_masks is not None and (isinstance(num_masks, (bool, np.bool_)) or num_masks != given.shape[0]):
             raise ArgumentError("num_masks", f"expected None with masks (their number, {given.shape[0]}, is used), "
@@ -258,11 +271,8 @@ class RiseOptions:
 
 
 def _check(explained: Explained, options: RiseOptions) -> None:
-    h, w = explained.network.input_spec.shape[:2]
-    check_int(options.num_masks, "num_masks", 1)
-    check_int(options.cells, "cells", 1, min(h, w))
-    check_keep_probability(options.p)
-    check_seed(options.seed)
+    _checked_options(options.num_masks, options.cells, options.p, options.seed,
+                     explained.network.input_spec.shape[:2])
 
 
 def _run(explained: Explained, x: Any, *, targets: np.ndarray, options: RiseOptions, execution: dict) -> Attribution:
@@ -274,13 +284,8 @@ def _run(explained: Explained, x: Any, *, targets: np.ndarray, options: RiseOpti
 
 def _run_family(options: RiseOptions, image_shape: tuple[int, int, int]) -> RunFamily:
     h, w, _ = image_shape
-    num_masks = check_int(options.num_masks, "num_masks", 1)
-    cells = check_int(options.cells, "cells", 1, min(h, w))
-    p = check_keep_probability(options.p)
-    seed = check_seed(options.seed)
-    family = MaskFamily(rise_generator(cells, (h, w)), (seed_key(seed), jnp.float32(p)), num_masks, (cells, (h, w)),
-                            "num_masks")
-    return RunFamily(family, (h, w), "weighted_sum", 1.0 / (num_masks * p),
+    num_masks, cells, p, seed = _checked_options(options.num_masks, options.cells, options.p, options.seed, (h, w))
+    return RunFamily(_random_masks(num_masks, cells, p, seed, (h, w)), (h, w), "weighted_sum", 1.0 / (num_masks * p),
                      {"num_masks": num_masks, "cells": cells, "p": p, "seed": seed})
 
 
