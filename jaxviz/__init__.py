@@ -88,6 +88,7 @@ from jaxviz.runs.dataset_run import run_dataset
 from jaxviz.runs.distributed import initialize_distributed
 from jaxviz.runs.reader import Run, open_run
 from jaxviz.runs.store import RunStoreError
+from jaxviz.visualization.visualize import Visualization, visualize
 
 __version__ = "0.2.0"  # the one version number: pyproject.toml builds with it (a literal, read without importing)
 
@@ -108,4 +109,5 @@ __all__ = [
     "normalize", "occlude", "occlude_one", "occlude_top_images", "per_unit", "pick_units", "plots",
     "pretrained_sha256", "resize_images", "save_weights", "similar_units", "study_units", "top_k_images", "train",
     "tsne", "unit_indices", "unit_scores", "unit_selectivity", "window_spans",
+    "Visualization", "visualize",
 ]

@@ -40,6 +40,7 @@ from jaxviz.cli.commands import (
     cmd_tsne,
 )
 from jaxviz.cli.runs import add_run_options
+from jaxviz.cli.visualize import add_visualize
 from jaxviz.methods.occlusion import ANCHORS
 
 __all__ = ["build_parser", "main"]
@@ -148,6 +149,7 @@ def build_parser() -> Parser:
     add_attribute(sub)
     add_faithfulness(sub)
     add_sanity(sub)
+    add_visualize(sub)
     return parser
 
 

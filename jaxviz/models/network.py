@@ -151,6 +151,19 @@ class InputSpec:
         self.check_images(images)
         x, k = images.astype(np.float32), round(1.0 / self.scale)
         x = x / np.float32(k) if k >= 1 and 1.0 / k == self.scale else x * np.float32(self.scale)
+        return self._normalized(x)
+
+    def from_pixels(self, pixels: Any) -> Any:
+        """float pixels in [0, 1] (N, H, W, C), jax (also traced, differentiable) or numpy -> ``dtype`` model
+        input: ``to_input``'s conversion of ``pixels * 255`` (its float path: feature visualization optimizes
+        these pixels). With the default ``scale`` of 1 / 255 the pixels are the input, before ``mean`` / ``std``.
+        """
+        k = round(1.0 / self.scale)
+        factor = 255.0 / k if k >= 1 and 1.0 / k == self.scale else 255.0 * self.scale
+        return self._normalized(pixels * np.float32(factor) if factor != 1.0 else pixels)
+
+    def _normalized(self, x: Any) -> Any:
+        """``(x - mean) / std`` in float32, as ``dtype``."""
         if self.mean is not None:
             x = x - np.asarray(self.mean, np.float32)
         if self.std is not None:

@@ -162,6 +162,37 @@ def plot_top_k(images: np.ndarray, units: Sequence[int], *, labels: np.ndarray |
     return fig
 
 
+def plot_visualizations(images: np.ndarray, units: Sequence[int], *, notes: Sequence[str] | None = None,
+                        columns: int = 8, title: str = "", fig=None):
+    """Feature visualizations: each unit's images, units in rows of ``columns`` panels.
+
+    Args:
+      images: uint8 (U, B, H, W, C) from ``jaxviz.visualize``.
+      units: the unit numbers (titled "unit N") or strings, one per unit.
+      notes: optional text under each unit's first image (its exemplar ratio, the predicted class...).
+    """
+    u, b = images.shape[:2]
+    panels = u * b
+    cols = min(columns * b if b > 1 else columns, panels)
+    rows = -(-panels // cols)
+    check_grid(rows, cols, what_rows="rows of units", what_cols="images per row")
+    fig = _figure(fig, (max(1.2 * cols + 0.3, 0.09 * len(title)), 1.35 * rows + 0.6))
+    axes = _axes_grid(fig, rows, cols)
+    for ax in axes.flat[panels:]:
+        ax.set_axis_off()
+    for i in range(u):
+        for j in range(b):
+            ax = axes.flat[i * b + j]
+            _show(ax, images[i, j])
+            if j == 0:
+                ax.set_title(_column_title(units[i]), fontsize=8)
+                if notes is not None:
+                    ax.set_xlabel(notes[i], fontsize=6, labelpad=1)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
 def plot_masked(images: np.ndarray, units: Sequence[int], *, title: str = "", fig=None):
     """The notebook's ``vis_occ`` output: masked images (K, units, H, W, 3), unit numbers as titles."""
     return plot_top_k(images, units, title=title or "Occlusion masks (kept: the parts that drive the unit)",

@@ -1,0 +1,125 @@
+"""``jaxviz visualize``: what each unit of a layer looks for, with the honesty numbers beside each picture."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+
+import jaxviz
+from jaxviz import plots
+from jaxviz.cli._options import add_data, add_model, as_option, check_writable, load, positive_int
+from jaxviz.visualization.objectives import OBJECTIVES
+from jaxviz.visualization.parameterizations import PARAMETERIZATIONS
+from jaxviz.visualization.transforms import TRANSFORM_NAMES
+from jaxviz.visualization.visualize import check_visualization
+
+__all__ = ["add_visualize", "cmd_visualize", "unit_selection"]
+
+# the API's arguments that are the command's options of the same name (underscores as dashes)
+_OPTIONS = ("layer", "units", "objective", "steps", "lr", "param", "transforms", "batch", "diversity", "seed")
+
+
+def unit_selection(text: str) -> tuple[int, ...] | slice:
+    """argparse type: ``0:16`` (a range, either end may be left out) or comma-separated unit numbers."""
+    if ":" in text:
+        start, _, stop = text.partition(":")
+        try:
+            return slice(int(start) if start.strip() else 0, int(stop) if stop.strip() else None)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected START:STOP or comma-separated ints, got {text!r}") from None
+    try:
+        values = tuple(int(t) for t in text.replace(",", " ").split())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected START:STOP or comma-separated ints, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected START:STOP or comma-separated ints, got {text!r}")
+    return values
+
+
+def add_visualize(sub) -> None:
+    p = sub.add_parser("visualize", help="feature visualization: the image each unit of a layer looks for, next to "
+                                         "its exemplar ratio and predicted class (PNG grid, .npz, JSON)")
+    add_model(p)
+    add_data(p)
+    g = p.add_argument_group("visualization")
+    g.add_argument("--layer", help="a layer with (h, w, channels) maps or dense units (default: the layer before "
+                                   "the output)")
+    g.add_argument("--units", type=unit_selection, help="units to draw: START:STOP or a comma-separated list "
+                                                        "(default: every unit of --layer)")
+    g.add_argument("--objective", choices=OBJECTIVES, default="channel",
+                   help="channel: the unit's map averaged over space; neuron: its centre position")
+    g.add_argument("--negative", action="store_true", help="minimize: what suppresses each unit")
+    g.add_argument("--steps", type=positive_int, default=512, help="optimizer steps (default: 512)")
+    g.add_argument("--lr", type=float, default=0.05, help="Adam's learning rate (default: 0.05)")
+    g.add_argument("--param", choices=PARAMETERIZATIONS, default="fourier", help="image parameterization")
+    g.add_argument("--no-decorrelate", action="store_true", help="no colour decorrelation")
+    g.add_argument("--transforms", default="standard",
+                   help=f"standard, none, or comma-separated names from {','.join(TRANSFORM_NAMES)}")
+    g.add_argument("--batch", type=positive_int, default=1, help="images per unit (default: 1)")
+    g.add_argument("--diversity", type=float, default=0.0, help="weight of the diversity term (needs --batch >= 2)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--k", type=positive_int, default=10,
+                   help="top-K images of the data per unit: the exemplar ratio and the majority class")
+    p.add_argument("--out", default="visualize", help="output directory")
+    p.set_defaults(func=cmd_visualize)
+
+
+def cmd_visualize(args) -> None:
+    out = check_writable(args.out, directory=True, option="--out")
+    data, network = load(args)
+    layer = args.layer or network.feature_layer
+    transforms = args.transforms if args.transforms in ("standard", "none") else tuple(
+        t.strip() for t in args.transforms.split(",") if t.strip())
+    try:
+        network.check_layer(layer)
+        units = args.units
+        width = network.num_units(layer)
+        if isinstance(units, slice):
+            units = tuple(range(width))[units]
+            if not units:
+                raise ValueError(f"--units: expected a range of units in [0, {width}), got "
+                                 f"{args.units.start}:{'' if args.units.stop is None else args.units.stop}")
+        if args.k > len(data):
+            raise ValueError(f"--k: expected at most the {len(data)} images of the data, got {args.k}")
+        check_visualization(network, layer, units, objective=args.objective, steps=args.steps, lr=args.lr,
+                            param=args.param, transforms=transforms, batch=args.batch, diversity=args.diversity,
+                            seed=args.seed)
+    except (ValueError, TypeError) as e:
+        raise as_option(e, _OPTIONS) from None
+    scores = jaxviz.unit_scores(jaxviz.layer_features(network, data.images, layer=layer, progress="features"))
+    top = jaxviz.top_k_images(scores, args.k)
+    chosen = tuple(range(width)) if units is None else tuple(units)
+    dead = [u for u in chosen if not top.values[0, u] > 0]  # never active on the data: said, not drawn
+    live = [u for u in chosen if top.values[0, u] > 0]
+    if not live:
+        raise ValueError(f"--units: every chosen unit of {layer} is dead on the data (never above 0), got {dead[:8]}")
+    result = jaxviz.visualize(network, layer, live, objective=args.objective, negative=args.negative,
+                              steps=args.steps, lr=args.lr, param=args.param, decorrelate=not args.no_decorrelate,
+                              transforms=transforms, batch=args.batch, diversity=args.diversity, seed=args.seed,
+                              progress=True)
+    ratio = result.exemplar_ratio(top)
+    units = list(result.units)
+    record = {"layer": layer, "units": units, "settings": result.settings, "data": data.source,
+              "activation": result.activation.tolist(), "exemplar_ratio": [float(r) for r in ratio],
+              "dead_units": dead}
+    notes = [f"x{r:.1f}" for r in ratio]
+    if network.is_classifier:
+        flat = result.images.reshape(-1, *result.images.shape[2:])
+        predicted = jaxviz.layer_features(network, flat).argmax(-1).reshape(result.images.shape[:2])
+        majority = [int(np.bincount(data.labels[top.indices[:, u]], minlength=len(data.class_names)).argmax())
+                    for u in units]
+        record["predicted_class"] = [[network.class_names[c] for c in row] for row in predicted]
+        record["majority_class"] = [data.class_names[c] for c in majority]
+        notes = [f"{n} {network.class_names[p[0]]}" for n, p in zip(notes, predicted)]
+    out.mkdir(parents=True, exist_ok=True)
+    jaxviz.atomic_write_bytes(out / "visualizations.json", json.dumps(record, indent=2).encode())
+    with jaxviz.atomic_path(out / "visualizations.npz") as tmp, open(tmp, "wb") as f:
+        np.savez(f, images=result.images, activation=result.activation, trace=result.trace,
+                 units=np.asarray(units), exemplar_ratio=ratio)
+    title = f"What {layer} units look for ({args.steps} steps; x: activation over the best of {len(data)} images)"
+    plots.save_figure(plots.plot_visualizations(result.images, units, notes=notes, title=title),
+                      out / "visualizations.png")
+    print(json.dumps({"out": str(out), "units": len(units), "dead": len(dead),
+                      "above_best_image": int((ratio > 1).sum())}))

@@ -1,0 +1,220 @@
+"""Feature visualization against independent references: closed-form maximizers, numpy's FFT and covariance,
+scipy's affine warp, per-unit calls; invariance to chunking; no recompilation; bad input refused first."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.ndimage
+
+import jaxviz
+from jaxviz.checks import ArgumentError
+from jaxviz.visualization import parameterizations, transforms
+from jaxviz.visualization.visualize import visualize
+
+from conftest import make_uint8_images
+from numerics import assert_close
+
+SIZE = (8, 8, 3)
+COMPILES = "/jax/core/compile/backend_compile_duration"
+
+
+def _linear_network(w: np.ndarray, *, mean=None, std=None) -> jaxviz.Network:
+    """A dense layer ``units`` = x . w (w: (8 * 8 * 3, U)) and a quadratic layer ``-(x - a)^2`` summed."""
+
+    def apply(variables, x, layer):
+        flat = x.reshape(x.shape[0], -1)
+        if layer == "units":
+            return flat @ variables["w"]
+        return -jnp.sum((flat[:, :, None] - variables["a"][None]) ** 2, axis=1)
+
+    a = np.linspace(-0.5, 1.5, w.shape[0] * 2, dtype=np.float32).reshape(w.shape[0], 2)
+    return jaxviz.from_function(apply, {"w": w, "a": a}, layer_names=("units", "quadratic"), input_shape=SIZE,
+                                mean=mean, std=std)
+
+
+@pytest.fixture(scope="module")
+def linear():
+    w = np.random.default_rng(0).normal(0, 1, (int(np.prod(SIZE)), 3)).astype(np.float32)
+    return w, _linear_network(w)
+
+
+@pytest.fixture(scope="module")
+def compiles():
+    events = []
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda name, *a, **k: events.append(name) if name == COMPILES else None)
+    return events
+
+
+@pytest.fixture(scope="module")
+def net(tiny_model, tiny_variables):
+    return jaxviz.from_cnn(tiny_model, tiny_variables, tuple(f"c{i}" for i in range(10)))
+
+
+# --------------------------------------------------------------------------- closed forms
+
+
+def test_a_linear_unit_with_an_l2_penalty_reaches_w_over_2_lambda(linear):
+    """max_x w.x - lam |x|^2 is at x = w / (2 lam): pixels, no transforms, no squashing, no decorrelation."""
+    w, net = linear
+    lam = 2.0
+    got = visualize(net, "units", objective="channel", param="pixel", decorrelate=False, squash=False,
+                    transforms="none", l2=lam, steps=400, lr=0.02)
+    want = (w / (2 * lam)).T.reshape(3, *SIZE)
+    assert_close(got.pixels[:, 0], want, rel=5e-3)
+    np.testing.assert_allclose(got.activation[:, 0], np.sum(w * w, axis=0) / (2 * lam), rtol=1e-3)
+    assert got.trace.shape == (3, 400) and got.trace[:, -1].min() > got.trace[:, 0].max()
+
+
+def test_a_quadratic_unit_reaches_its_centre_through_the_input_spec(linear):
+    """max_x -|x - a|^2 is at x = a in *input* space; with mean and std the pixels are a * std + mean."""
+    w, _ = linear
+    mean, std = (0.1, 0.2, 0.3), (0.5, 0.25, 2.0)
+    net = _linear_network(w, mean=mean, std=std)
+    got = visualize(net, "quadratic", objective="channel", param="pixel", decorrelate=False, squash=False,
+                    transforms="none", steps=500, lr=0.02)
+    a = np.linspace(-0.5, 1.5, int(np.prod(SIZE)) * 2, dtype=np.float32).reshape(-1, 2)
+    want = a.T.reshape(2, *SIZE) * np.asarray(std, np.float32) + np.asarray(mean, np.float32)
+    assert_close(got.pixels[:, 0], want, rel=5e-3)
+
+
+def test_negative_minimizes(linear):
+    w, net = linear
+    got = visualize(net, "units", units=[1], negative=True, param="pixel", decorrelate=False, squash=False,
+                    transforms="none", l2=2.0, steps=400, lr=0.02)
+    want = (-w[:, 1] / 4.0).reshape(SIZE)
+    assert_close(got.pixels[0, 0], want, rel=5e-3)
+
+
+# --------------------------------------------------------------------------- parameterizations
+
+
+def test_the_fourier_image_is_numpys_irfft2_of_the_scaled_spectrum():
+    h, w = 6, 7
+    spectrum = np.random.default_rng(1).normal(0, 1, (2, 3, h, w // 2 + 1)).astype(np.float32)
+    scale = np.empty((h, w // 2 + 1))
+    for ky in range(h):  # frequencies in cycles per pixel, loop by loop
+        fy = (ky if ky < (h + 1) // 2 else ky - h) / h
+        for kx in range(w // 2 + 1):
+            f = np.hypot(fy, kx / w)
+            scale[ky, kx] = np.sqrt(h * w) / max(f, 1 / max(h, w))
+    np.testing.assert_allclose(parameterizations.fourier_scale(h, w), scale, rtol=1e-6)
+    want = np.fft.irfft2((spectrum[0] + 1j * spectrum[1]) * scale, s=(h, w)).transpose(1, 2, 0) / 4
+    got = parameterizations.fourier_image(jnp.asarray(spectrum), jnp.asarray(scale, jnp.float32), (h, w))
+    assert_close(np.asarray(got), want, scale=want)
+
+
+def test_the_colour_matrix_is_a_square_root_of_the_pixel_covariance():
+    images = make_uint8_images(20, seed=3)
+    images[..., 1] = images[..., 0] // 2 + images[..., 1] // 2  # correlated channels
+    matrix = parameterizations.colour_matrix(images)
+    pixels = images.reshape(-1, 3) / 255.0
+    cov = np.cov(pixels, rowvar=False)
+    root = matrix.astype(np.float64)
+    np.testing.assert_allclose(root @ root.T, cov / np.linalg.eigvalsh(cov).max(), rtol=1e-4, atol=1e-6)
+    assert np.isclose(np.linalg.norm(root, axis=0).max(), 1.0, atol=1e-6)
+
+
+def test_decorrelation_and_squashing_make_the_image():
+    params = jnp.asarray(np.random.default_rng(2).normal(0, 1, (5, 4, 3)), jnp.float32)
+    colour = parameterizations.sample_colour_matrix()
+    got = parameterizations.to_image(params, parameterization="pixel", size=(5, 4), colour=jnp.asarray(colour),
+                                     squash=True)
+    want = 1 / (1 + np.exp(-(np.asarray(params) @ colour.T)))
+    assert_close(np.asarray(got), want, scale=want)
+
+
+# --------------------------------------------------------------------------- transforms
+
+
+@pytest.mark.parametrize(("shift", "scale", "angle"), [((0, 0), 1.0, 0.0), ((2, -1), 1.0, 0.0),
+                                                       ((0, 0), 1.1, 0.0), ((1, 1), 0.9, 7.0), ((0, 0), 1.0, -10.0)])
+def test_the_warp_is_scipys_affine_transform(shift, scale, angle):
+    image = np.random.default_rng(4).uniform(0, 1, (9, 12, 3)).astype(np.float32)
+    matrix = transforms.warp_matrix(np.float64(scale), np.float64(angle))
+    centre = np.array([(9 - 1) / 2, (12 - 1) / 2])
+    offset = centre - matrix @ centre - np.asarray(shift, np.float64)
+    want = np.stack([scipy.ndimage.affine_transform(image[..., c].astype(np.float64), matrix, offset=offset, order=1,
+                                                    mode="grid-constant", cval=transforms.FILL) for c in range(3)], -1)
+    got = transforms.warp(jnp.asarray(image), jnp.asarray(shift, jnp.float32), jnp.float32(scale),
+                          jnp.float32(angle))
+    assert_close(np.asarray(got), want, rel=1e-5)
+
+
+def test_standard_transforms_are_scaled_to_the_image_size():
+    small, lucid = transforms.Transforms.standard(32), transforms.Transforms.standard(224)
+    assert small.jitter == 2 and lucid.jitter == 12
+    assert small.scales == lucid.scales and min(small.scales) == 0.9 and max(small.scales) == 1.1
+    assert small.angles == tuple(float(a) for a in range(-10, 11))
+    shift, scale, angle = transforms.draw(jax.random.key(0), small)
+    assert np.all(np.abs(np.asarray(shift)) <= 2) and np.isclose(small.scales, float(scale)).any()
+    assert float(angle) in small.angles
+
+
+# --------------------------------------------------------------------------- one program for every unit
+
+
+def test_all_units_at_once_equal_per_unit_calls_and_any_chunk_size(net):
+    common = dict(steps=6, batch=2, diversity=0.5, seed=3)
+    every = visualize(net, "conv2", **common)
+    assert every.images.shape == (4, 2, 32, 32, 3) and every.images.dtype == np.uint8
+    assert every.activation.shape == (4, 2) and every.trace.shape == (4, 6) and every.units == tuple(range(4))
+    one = visualize(net, "conv2", units=[3], **common)
+    assert_close(one.pixels[0], every.pixels[3], rel=1e-5)
+    chunked = visualize(net, "conv2", chunk_size=3, **common)
+    assert_close(chunked.pixels, every.pixels, rel=1e-5)
+    assert_close(chunked.activation, every.activation, scale=every.activation, rel=1e-4)
+
+
+def test_a_second_call_compiles_nothing_and_reproduces_the_images(net, compiles):
+    first = visualize(net, "fc1", units=[0, 3, 7], steps=4)
+    before = len(compiles)
+    again = visualize(net, "fc1", units=[0, 3, 7], steps=4)
+    assert len(compiles) == before
+    np.testing.assert_array_equal(again.pixels, first.pixels)  # the same program on the same inputs
+
+
+def test_objectives_neuron_direction_and_callable(net):
+    neuron = visualize(net, "conv2", units=[1], objective="neuron", steps=3)
+    direction = visualize(net, "conv2", objective=np.eye(4, dtype=np.float32)[[0, 1]], steps=3)
+    assert direction.units == (0, 1) and direction.images.shape[0] == 2
+    channel = visualize(net, "conv2", units=[0, 1], steps=3)  # targets 0 and 1: the same keys
+    assert_close(direction.pixels, channel.pixels, rel=1e-5)  # e_0 and e_1 are channels 0 and 1
+    custom = visualize(net, "conv2", objective=lambda a: a[..., 1].max(), steps=3)
+    assert custom.units == (0,) and np.isfinite(custom.activation).all() and np.isfinite(neuron.activation).all()
+
+
+def test_exemplar_ratio_divides_by_the_units_best_image(net):
+    images = make_uint8_images(6, seed=5)
+    top = jaxviz.top_k_images(jaxviz.unit_scores(jaxviz.layer_features(net, images, layer="fc1")), 2)
+    got = visualize(net, "fc1", units=[0, 2], steps=3)
+    best = top.values[0, [0, 2]]
+    want = np.where(best > 0, got.activation.max(1) / np.where(best > 0, best, 1), np.nan)
+    np.testing.assert_allclose(got.exemplar_ratio(top), want, rtol=1e-6)
+
+
+@pytest.mark.parametrize(("kwargs", "word"), [
+    ({"layer": "nope"}, "layer"),
+    ({"objective": "spatial"}, "objective"),
+    ({"objective": np.ones(5)}, "objective"),
+    ({"param": "maco!"}, "param"),
+    ({"transforms": ["jitter", "shear"]}, "transforms"),
+    ({"units": [4]}, "units"),
+    ({"steps": 0}, "steps"),
+    ({"lr": 0.0}, "lr"),
+    ({"lr": float("nan")}, "lr"),
+    ({"batch": 0}, "batch"),
+    ({"diversity": 1.0}, "diversity"),
+    ({"l2": -1.0}, "l2"),
+    ({"seed": -1}, "seed"),
+    ({"chunk_size": 0}, "chunk_size"),
+])
+def test_bad_input_is_refused_before_compiling(net, compiles, kwargs, word):
+    args = {"layer": "conv2", **kwargs}
+    before = len(compiles)
+    with pytest.raises((ArgumentError, TypeError)) as info:
+        visualize(net, args.pop("layer"), **args)
+    assert getattr(info.value, "argument", word) == word and len(compiles) == before
