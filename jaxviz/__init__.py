@@ -23,6 +23,7 @@ built-in CIFAR-10 CNN, ``from_linen``/``from_nnx``/``from_function`` for yours.
 
 from jaxviz._batching import map_batches
 from jaxviz._io import atomic_path, atomic_write_bytes
+from jaxviz._version import __version__ as __version__  # the one version number
 from jaxviz.analysis.embedding import Embedding, knn_agreement, tsne
 from jaxviz.analysis.filters import filter_grid
 from jaxviz.analysis.masks import apply_mask, heatmap_mask, normalize
@@ -89,8 +90,6 @@ from jaxviz.runs.distributed import initialize_distributed
 from jaxviz.runs.reader import Run, open_run
 from jaxviz.runs.store import RunStoreError
 from jaxviz.visualization.visualize import Visualization, visualize
-
-__version__ = "0.2.0"  # the one version number: pyproject.toml builds with it (a literal, read without importing)
 
 __all__ = [
     "METHODS", "Attribution", "Method", "attribute", "Run", "RunStoreError", "initialize_distributed", "open_run", "run_dataset",

@@ -3,6 +3,7 @@ scipy's affine warp, per-unit calls; invariance to chunking; no recompilation; b
 
 from __future__ import annotations
 
+import flax.linen
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,7 +15,7 @@ from jaxviz.checks import ArgumentError
 from jaxviz.visualization import parameterizations, transforms
 from jaxviz.visualization.visualize import visualize
 
-from conftest import make_uint8_images
+from conftest import assert_one_line_error, make_uint8_images, write_tiny_cli_setup
 from numerics import assert_close
 
 SIZE = (8, 8, 3)
@@ -218,3 +219,100 @@ def test_bad_input_is_refused_before_compiling(net, compiles, kwargs, word):
     with pytest.raises((ArgumentError, TypeError)) as info:
         visualize(net, args.pop("layer"), **args)
     assert getattr(info.value, "argument", word) == word and len(compiles) == before
+
+
+# --------------------------------------------------------------------------- units silent at the start
+
+
+def test_the_redirected_relu_gradient_is_lucids():
+    from jaxviz.visualization.relu import redirected_relu
+
+    x = jnp.asarray([[-1.0, 2.0, -3.0], [-1.0, -2.0, -0.5]])  # example 0 has a live input, example 1 none
+    g = jnp.asarray([[0.5, -1.0, -2.0], [0.5, -1.0, -2.0]])
+    _, vjp = jax.vjp(redirected_relu, x)
+    (got,) = vjp(g)
+    # example 0: the ordinary gradient (x > 0); example 1: everything but a push lower of a negative input (g > 0)
+    np.testing.assert_array_equal(np.asarray(got), [[0.0, -1.0, 0.0], [0.0, -1.0, -2.0]])
+    np.testing.assert_array_equal(np.asarray(redirected_relu(x)), np.maximum(np.asarray(x), 0))
+
+
+def test_a_unit_silent_at_the_start_is_drawn_with_the_redirected_gradient():
+    """relu(w . x - 3) is 0 on the grey start: the ordinary gradient is 0 and the image never moves; the redirected
+    one reaches the unit's positive side."""
+    w = np.random.default_rng(6).normal(0, 1, (int(np.prod(SIZE)), 2)).astype(np.float32)
+
+    def apply(variables, x, layer):
+        return jax.nn.relu(x.reshape(x.shape[0], -1) @ variables["w"] - 3.0)  # looked up at call time
+
+    net = jaxviz.from_function(apply, {"w": w}, layer_names=("units",), input_shape=SIZE)
+    relu, linen_relu = jax.nn.relu, flax.linen.relu
+    common = dict(steps=60, transforms="none", decorrelate=False, lr=0.05)
+    silent = visualize(net, "units", redirect_relu=False, **common)
+    drawn = visualize(net, "units", **common)
+    assert np.all(silent.activation == 0) and np.all(silent.trace == 0)
+    assert np.all(drawn.activation > 1.0)
+    assert jax.nn.relu is relu and flax.linen.relu is linen_relu  # restored after tracing
+
+
+# --------------------------------------------------------------------------- the command line
+
+
+def test_the_command_writes_the_grid_the_arrays_and_the_honesty_numbers(tiny_model, tiny_variables, tmp_path,
+                                                                         capsys):
+    import json
+
+    from jaxviz.cli import main
+
+    weights, folder, _ = write_tiny_cli_setup(tmp_path, tiny_model, tiny_variables, per_class=2)
+    common = ["--weights", str(weights), "--data", "folder", "--data-dir", str(folder)]
+    code = main(["visualize", *common, "--layer", "fc1", "--units", "0:4", "--steps", "4", "--k", "3",
+                 "--out", str(tmp_path / "vis")])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    record = json.loads((tmp_path / "vis" / "visualizations.json").read_text())
+    saved = np.load(tmp_path / "vis" / "visualizations.npz")
+    assert sorted(record["units"] + record["dead_units"]) == [0, 1, 2, 3]
+    assert list(saved["units"]) == record["units"] and saved["images"].shape[0] == len(record["units"])
+    # the API on the same network and units gives the same images (the same program on the same inputs)
+    net = jaxviz.load_weights(weights).network
+    want = visualize(net, "fc1", record["units"], steps=4)
+    np.testing.assert_array_equal(saved["images"], want.images)
+    data = jaxviz.load_image_folder(folder).with_classes(jaxviz.CIFAR10_CLASSES)
+    top = jaxviz.top_k_images(jaxviz.unit_scores(jaxviz.layer_features(net, data.images, layer="fc1")), 3)
+    np.testing.assert_allclose(record["exemplar_ratio"], want.exemplar_ratio(top), rtol=1e-6)
+    assert len(record["predicted_class"]) == len(record["units"]) and (tmp_path / "vis" / "visualizations.png").is_file()
+    assert json.loads(captured.out.strip().splitlines()[-1])["units"] == len(record["units"])
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["--layer", "nope"], ("--layer", "unknown layer")),
+    (["--units", "20:30"], ("--units",)),
+    (["--units", "0,99"], ("--units",)),
+    (["--steps", "0"], ("--steps",)),
+    (["--lr", "-1"], ("--lr",)),
+    (["--transforms", "jitter,shear"], ("--transforms",)),
+    (["--batch", "1", "--diversity", "2"], ("--diversity",)),
+    (["--k", "99"], ("--k",)),
+])
+def test_the_command_names_the_option_in_one_line(tiny_model, tiny_variables, tmp_path, capsys, args, words):
+    from jaxviz.cli import main
+
+    weights, folder, _ = write_tiny_cli_setup(tmp_path, tiny_model, tiny_variables, per_class=1)
+    try:
+        code = main(["visualize", "--weights", str(weights), "--data", "folder", "--data-dir", str(folder), *args,
+                     "--out", str(tmp_path / "vis")])
+    except SystemExit as e:  # argparse's own type errors
+        code = e.code
+    err = capsys.readouterr().err
+    assert_one_line_error(code, err, *words)
+    assert not (tmp_path / "vis").exists()
+
+
+@pytest.mark.slow
+def test_the_benchmark_dry_run_measures_both_layers():
+    from benchmarks import feature_vis
+
+    record = feature_vis.main(["--dry-run"])
+    assert [r["layer"] for r in record["rows"]] == ["conv6", "fc1"]
+    for row in record["rows"]:
+        assert row["units"] == 2 and row["steps"] == 3 and row["seconds"] > 0 and row["roof_seconds"] > 0

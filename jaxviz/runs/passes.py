@@ -19,6 +19,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxviz._progress import progress_bar
+from jaxviz._version import __version__
 from jaxviz.engine.inputs import fill_array
 from jaxviz.engine.perturb import BLUR_SIGMA, MaskFamily
 from jaxviz.models.network import Network
@@ -239,10 +240,8 @@ def execute(job: Job, record: dict) -> None:
         done = job.n - (step * job.batch if phase == 2 else 0)
         forwards = done * job.family.count
         grid_bytes = done * job.positions * job.kept * 4 if job.keep_grid else 0
-        import jaxviz
-
         store.write_json(job.out / "summary.json", {
-            "jaxviz": jaxviz.__version__, "jax": jax.__version__, "backend": jax.default_backend(),
+            "jaxviz": __version__, "jax": jax.__version__, "backend": jax.default_backend(),
             "processes": jax.process_count(), "devices": job.mesh.size, "images": job.n, "steps": job.steps,
             "method": job.spec.method, "masks_per_image": job.family.count,
             "images_per_step": job.batch, "pairs_per_call": job.spec.sub_chunk,

@@ -17,6 +17,7 @@ reassociation).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import inspect
@@ -49,6 +50,7 @@ from jaxviz.visualization.parameterizations import (
     sample_colour_matrix,
     to_image,
 )
+from jaxviz.visualization.relu import redirected_relus
 from jaxviz.visualization.transforms import Transforms, check_transforms, draw, warp
 
 __all__ = ["Visualization", "check_visualization", "visualize"]
@@ -113,6 +115,7 @@ class _Config:
     l2: float
     tv: float
     negative: bool
+    redirect: bool
 
 
 def _finite(value: Any, name: str, *, positive: bool = False) -> float:
@@ -220,7 +223,7 @@ class _Plan:
 
 def _plan(network: Network, layer: str, units: Any, *, objective: Any, negative: Any, steps: Any, lr: Any,
           param: Any, decorrelate: Any, squash: Any, transforms: Any, batch: Any, diversity: Any, l1: Any, l2: Any,
-          tv: Any, seed: Any, chunk_size: Any, memory_budget: Any, progress: Any) -> _Plan:
+          tv: Any, seed: Any, redirect_relu: Any, chunk_size: Any, memory_budget: Any, progress: Any) -> _Plan:
     """Every argument of ``visualize`` checked, before any work."""
     if not isinstance(network, Network):
         raise ArgumentTypeError("network", f"expected a jaxviz.Network, got {type(network).__name__}")
@@ -245,8 +248,9 @@ def _plan(network: Network, layer: str, units: Any, *, objective: Any, negative:
     check_positive_count(chunk_size, "chunk_size", "units")
     check_positive_count(memory_budget, "memory_budget", "bytes")
     check_bool(progress, "progress")
+    redirect = check_bool(redirect_relu, "redirect_relu")
     config = _Config(target, param, (h, w), c, network.input_spec, colour is not None, squash, moves, steps, lr,
-                     batch, diversity, l1, l2, tv, negative)
+                     batch, diversity, l1, l2, tv, negative, redirect)
     return _Plan(config, chosen, colour, target.directions)
 
 
@@ -265,7 +269,7 @@ def visualize(network: Network, layer: str, units: Sequence[int] | None = None, 
               negative: bool = False, steps: int = 512, lr: float = 0.05, param: str = "fourier",
               decorrelate: Any = True, squash: bool = True, transforms: Any = "standard", batch: int = 1,
               diversity: float = 0.0, l1: float = 0.0, l2: float = 0.0, tv: float = 0.0, seed: int = 0,
-              chunk_size: int | None = None, memory_budget: int | None = None,
+              redirect_relu: bool = True, chunk_size: int | None = None, memory_budget: int | None = None,
               devices: Sequence[jax.Device] | None = None, progress: bool = False) -> Visualization:
     """The images that maximize (``negative``: minimize) each unit of ``layer``, all units in one compiled program.
 
@@ -287,6 +291,8 @@ def visualize(network: Network, layer: str, units: Sequence[int] | None = None, 
       batch: images per target; with ``diversity > 0`` they are pushed apart (Lucid's Gram-matrix diversity).
       l1, l2, tv: penalties on each image: L1 about grey, L2 about 0, total variation.
       seed: in [0, 2**32); a target's images depend only on the seed and the target.
+      redirect_relu: Lucid's redirected ReLU gradient (``relu.redirected_relus``), so that a unit silent at the
+        starting image is still drawn; the objective values are the model's own either way.
       chunk_size, memory_budget, devices, progress: targets per compiled call (default: planned from
         ``memory_budget``), the devices the targets are sharded over, a progress bar over the chunks.
 
@@ -298,8 +304,8 @@ def visualize(network: Network, layer: str, units: Sequence[int] | None = None, 
     """
     plan = _plan(network, layer, units, objective=objective, negative=negative, steps=steps, lr=lr, param=param,
                  decorrelate=decorrelate, squash=squash, transforms=transforms, batch=batch, diversity=diversity,
-                 l1=l1, l2=l2, tv=tv, seed=seed, chunk_size=chunk_size, memory_budget=memory_budget,
-                 progress=progress)
+                 l1=l1, l2=l2, tv=tv, seed=seed, redirect_relu=redirect_relu, chunk_size=chunk_size,
+                 memory_budget=memory_budget, progress=progress)
     config, chosen, colour, target_directions = plan.config, plan.units, plan.colour, plan.directions
     h, w = config.size
     c = config.channels
@@ -324,7 +330,8 @@ def visualize(network: Network, layer: str, units: Sequence[int] | None = None, 
             part = list(chosen[start:start + size])
             padded = np.asarray(part + [part[0]] * (size - len(part)), np.int32)  # padding repeats a target
             keys = jax.vmap(lambda u: jax.random.fold_in(root, u))(jnp.asarray(padded))
-            out = program(*args, jax.device_put(padded, sharding), jax.device_put(keys, sharding))
+            with redirected_relus() if config.redirect else contextlib.nullcontext():  # traced on the first call
+                out = program(*args, jax.device_put(padded, sharding), jax.device_put(keys, sharding))
             p, v, t = (to_host(a)[:len(part)] for a in out)
             pixels.append(p)
             values.append(v)
@@ -335,6 +342,7 @@ def visualize(network: Network, layer: str, units: Sequence[int] | None = None, 
     settings = {"objective": objective if isinstance(objective, str) else config.objective.kind, "negative": config.negative,
                 "steps": config.steps, "lr": config.lr, "param": param, "decorrelate": colour is not None,
                 "squash": config.squash, "transforms": dataclasses.asdict(config.transforms), "batch": config.batch,
-                "diversity": config.diversity, "l1": config.l1, "l2": config.l2, "tv": config.tv, "seed": seed}
+                "diversity": config.diversity, "l1": config.l1, "l2": config.l2, "tv": config.tv, "seed": seed,
+                "redirect_relu": config.redirect}
     return Visualization(images, pixels, np.concatenate(values).astype(np.float32),
                          np.concatenate(traces).astype(np.float32), chosen, layer, settings)
