@@ -128,6 +128,29 @@ def test_decorrelation_and_squashing_make_the_image():
     assert_close(np.asarray(got), want, scale=want)
 
 
+def test_maco_keeps_the_magnitude_and_optimizes_the_phase_only():
+    """The spectrum's magnitude is the mean spectrum of the data, exactly; only the phase comes from the latent."""
+    images = make_uint8_images(7, seed=8, size=8)
+    magnitude = parameterizations.mean_spectrum(images)
+    want = np.mean([np.abs(np.fft.rfft2(images[i, :, :, c] / 255.0)) for i in range(7) for c in range(3)], axis=0)
+    assert magnitude.shape == (3, 8, 5)
+    np.testing.assert_allclose(magnitude.mean(0), want, rtol=1e-5)
+    latent = jnp.asarray(np.random.default_rng(9).normal(0, 1, (8, 8, 3)), jnp.float32)
+    spectrum = parameterizations.maco_spectrum(latent, jnp.asarray(magnitude))
+    real = np.fft.irfft2(np.asarray(spectrum), s=(8, 8))  # a real image whose spectrum has that magnitude
+    np.testing.assert_allclose(np.abs(np.fft.rfft2(real)), magnitude, rtol=1e-4, atol=1e-5 * magnitude.max())
+    image = parameterizations.maco_image(latent, jnp.asarray(magnitude), (8, 8))
+    assert abs(float(image.mean())) < 1e-5 and abs(float(image.std()) - 1) < 1e-3
+    other = parameterizations.maco_image(latent * 3.0, jnp.asarray(magnitude), (8, 8))  # the phase of 3z is z's
+    assert_close(np.asarray(other), np.asarray(image), rel=1e-5)
+
+
+def test_maco_visualizes_with_the_samples_spectrum(net):
+    got = visualize(net, "conv2", units=[0, 1], param="maco", steps=3)
+    assert got.images.shape == (2, 1, 32, 32, 3) and np.isfinite(got.activation).all()
+    assert got.settings["param"] == "maco"
+
+
 # --------------------------------------------------------------------------- transforms
 
 
@@ -202,6 +225,8 @@ def test_exemplar_ratio_divides_by_the_units_best_image(net):
     ({"objective": "spatial"}, "objective"),
     ({"objective": np.ones(5)}, "objective"),
     ({"param": "maco!"}, "param"),
+    ({"param": "maco", "magnitude": np.ones((3, 32, 16))}, "magnitude"),
+    ({"param": "fourier", "magnitude": np.ones((3, 32, 17))}, "magnitude"),
     ({"transforms": ["jitter", "shear"]}, "transforms"),
     ({"units": [4]}, "units"),
     ({"steps": 0}, "steps"),

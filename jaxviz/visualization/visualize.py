@@ -48,6 +48,7 @@ from jaxviz.visualization.parameterizations import (
     PARAMETERIZATIONS,
     init_params,
     sample_colour_matrix,
+    sample_spectrum,
     to_image,
 )
 from jaxviz.visualization.relu import redirected_relus
@@ -142,11 +143,34 @@ def _colour(decorrelate: Any, channels: int) -> np.ndarray | None:
     return matrix
 
 
-def _loss(config: _Config, layer_fn: Callable, variables: Any, directions: Any, colour: Any, params: jax.Array,
-          unit: jax.Array, keys: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _magnitude(magnitude: Any, param: str, size: tuple[int, int], channels: int) -> np.ndarray | None:
+    if param != "maco":
+        if magnitude is not None:
+            raise ArgumentError("magnitude", f"expected None with param={param!r} (it is MaCo's), got an array")
+        return None
+    want = (channels, size[0], size[1] // 2 + 1)
+    if magnitude is None:
+        if channels != 3:
+            raise ArgumentError("magnitude", f"expected a {want} spectrum magnitude for {channels}-channel images "
+                                             "(the default is the RGB sample's), got None")
+        return sample_spectrum(*size)
+    magnitude = np.asarray(magnitude, np.float32)
+    if magnitude.shape != want or not np.isfinite(magnitude).all() or (magnitude < 0).any():
+        raise ArgumentError("magnitude", f"expected a finite, non-negative spectrum magnitude of shape {want} "
+                                         f"(parameterizations.mean_spectrum(images)), got shape {magnitude.shape}")
+    return magnitude
+
+
+def _image_fn(config: _Config, colour: Any, magnitude: Any) -> Callable:
+    """One image's parameters -> its pixels (``parameterizations.to_image`` with the config's settings)."""
+    return functools.partial(to_image, parameterization=config.parameterization, size=config.size, colour=colour,
+                             squash=config.squash, magnitude=magnitude)
+
+
+def _loss(config: _Config, layer_fn: Callable, variables: Any, directions: Any, colour: Any, magnitude: Any,
+          params: jax.Array, unit: jax.Array, keys: jax.Array) -> tuple[jax.Array, jax.Array]:
     """One target's loss over its ``batch`` images (params (B, ...)) at one step; aux: the objective per image."""
-    image = functools.partial(to_image, parameterization=config.parameterization, size=config.size, colour=colour,
-                              squash=config.squash)
+    image = _image_fn(config, colour, magnitude)
     images = jax.vmap(image)(params)
     seen = images
     if not config.transforms.identity:
@@ -163,13 +187,13 @@ def _loss(config: _Config, layer_fn: Callable, variables: Any, directions: Any, 
 
 
 def _one_target(config: _Config, layer_fn: Callable, variables: Any, directions: Any, colour: Any,
-                unit: jax.Array, key: jax.Array):
+                magnitude: Any, unit: jax.Array, key: jax.Array):
     """One target's images, final objective and trace."""
     image_keys = jax.vmap(lambda b: jax.random.fold_in(key, b))(jnp.arange(config.batch))
     init_keys, step_keys = jax.vmap(jax.random.split, out_axes=1)(image_keys)
     params = jax.vmap(lambda k: init_params(k, config.parameterization, config.size, config.channels))(init_keys)
     optimizer = optax.adam(config.lr)
-    loss = functools.partial(_loss, config, layer_fn, variables, directions, colour)
+    loss = functools.partial(_loss, config, layer_fn, variables, directions, colour, magnitude)
 
     def step(carry, i):
         params, state = carry
@@ -179,8 +203,7 @@ def _one_target(config: _Config, layer_fn: Callable, variables: Any, directions:
         return (optax.apply_updates(params, updates), state), jnp.mean(values)
 
     (params, _), trace = jax.lax.scan(step, (params, optimizer.init(params)), jnp.arange(config.steps))
-    pixels = jax.vmap(functools.partial(to_image, parameterization=config.parameterization, size=config.size,
-                                        colour=colour, squash=config.squash))(params)
+    pixels = jax.vmap(_image_fn(config, colour, magnitude))(params)
     shown = jnp.round(jnp.clip(pixels, 0, 1) * 255) / 255 if config.squash else pixels
     activations = layer_fn(variables, config.spec.from_pixels(shown))
     values = jax.vmap(lambda a: config.objective.value(a, unit, directions))(activations)
@@ -191,11 +214,11 @@ def _one_target(config: _Config, layer_fn: Callable, variables: Any, directions:
 def _program(config: _Config, layer_fn: Callable, sharding: NamedSharding):
     replicated = NamedSharding(sharding.mesh, PartitionSpec())
 
-    def chunk(variables, directions, colour, units, keys):
-        return jax.vmap(functools.partial(_one_target, config, layer_fn, variables, directions, colour))(units, keys)
+    def chunk(variables, directions, colour, magnitude, units, keys):
+        one = functools.partial(_one_target, config, layer_fn, variables, directions, colour, magnitude)
+        return jax.vmap(one)(units, keys)
 
-    return jax.jit(chunk, in_shardings=(replicated, replicated, replicated, sharding, sharding),
-                   out_shardings=sharding)
+    return jax.jit(chunk, in_shardings=(replicated,) * 4 + (sharding, sharding), out_shardings=sharding)
 
 
 def _check_units(units: Any, targets: int) -> tuple[int, ...]:
@@ -219,11 +242,13 @@ class _Plan:
     units: tuple[int, ...]
     colour: np.ndarray | None
     directions: np.ndarray | None
+    magnitude: np.ndarray | None
 
 
 def _plan(network: Network, layer: str, units: Any, *, objective: Any, negative: Any, steps: Any, lr: Any,
           param: Any, decorrelate: Any, squash: Any, transforms: Any, batch: Any, diversity: Any, l1: Any, l2: Any,
-          tv: Any, seed: Any, redirect_relu: Any, chunk_size: Any, memory_budget: Any, progress: Any) -> _Plan:
+          tv: Any, seed: Any, redirect_relu: Any, magnitude: Any, chunk_size: Any, memory_budget: Any,
+          progress: Any) -> _Plan:
     """Every argument of ``visualize`` checked, before any work."""
     if not isinstance(network, Network):
         raise ArgumentTypeError("network", f"expected a jaxviz.Network, got {type(network).__name__}")
@@ -251,7 +276,7 @@ def _plan(network: Network, layer: str, units: Any, *, objective: Any, negative:
     redirect = check_bool(redirect_relu, "redirect_relu")
     config = _Config(target, param, (h, w), c, network.input_spec, colour is not None, squash, moves, steps, lr,
                      batch, diversity, l1, l2, tv, negative, redirect)
-    return _Plan(config, chosen, colour, target.directions)
+    return _Plan(config, chosen, colour, target.directions, _magnitude(magnitude, param, (h, w), c))
 
 
 def check_visualization(network: Network, layer: str, units: Sequence[int] | None = None, **options: Any) -> None:
@@ -269,7 +294,7 @@ def visualize(network: Network, layer: str, units: Sequence[int] | None = None, 
               negative: bool = False, steps: int = 512, lr: float = 0.05, param: str = "fourier",
               decorrelate: Any = True, squash: bool = True, transforms: Any = "standard", batch: int = 1,
               diversity: float = 0.0, l1: float = 0.0, l2: float = 0.0, tv: float = 0.0, seed: int = 0,
-              redirect_relu: bool = True, chunk_size: int | None = None, memory_budget: int | None = None,
+              redirect_relu: bool = True, magnitude: Any = None, chunk_size: int | None = None, memory_budget: int | None = None,
               devices: Sequence[jax.Device] | None = None, progress: bool = False) -> Visualization:
     """The images that maximize (``negative``: minimize) each unit of ``layer``, all units in one compiled program.
 
@@ -282,7 +307,8 @@ def visualize(network: Network, layer: str, units: Sequence[int] | None = None, 
         ``f(activation (H, W, C) or (C,)) -> ()`` (one target).
       negative: minimize instead: what suppresses the unit.
       steps: optimizer steps (optax Adam at learning rate ``lr``).
-      param: ``"fourier"`` (a 1/f-scaled spectrum, Lucid's) or ``"pixel"``.
+      param: ``"fourier"`` (a 1/f-scaled spectrum, Lucid's), ``"pixel"``, or ``"maco"`` (MaCo: the phase only,
+        the spectrum magnitude fixed to ``magnitude``).
       decorrelate: colour decorrelation: True (the RGB covariance root of the embedded CIFAR-10 sample), False,
         or a (C, C) matrix (``parameterizations.colour_matrix(your images)``).
       squash: a sigmoid maps the image into [0, 1]; False leaves it unbounded (a closed-form check).
@@ -291,6 +317,8 @@ def visualize(network: Network, layer: str, units: Sequence[int] | None = None, 
       batch: images per target; with ``diversity > 0`` they are pushed apart (Lucid's Gram-matrix diversity).
       l1, l2, tv: penalties on each image: L1 about grey, L2 about 0, total variation.
       seed: in [0, 2**32); a target's images depend only on the seed and the target.
+      magnitude: with ``param="maco"``: float (C, H, W // 2 + 1), the fixed magnitude
+        (``parameterizations.mean_spectrum(your images)``); default the embedded sample's.
       redirect_relu: Lucid's redirected ReLU gradient (``relu.redirected_relus``), so that a unit silent at the
         starting image is still drawn; the objective values are the model's own either way.
       chunk_size, memory_budget, devices, progress: targets per compiled call (default: planned from
@@ -304,7 +332,7 @@ def visualize(network: Network, layer: str, units: Sequence[int] | None = None, 
     """
     plan = _plan(network, layer, units, objective=objective, negative=negative, steps=steps, lr=lr, param=param,
                  decorrelate=decorrelate, squash=squash, transforms=transforms, batch=batch, diversity=diversity,
-                 l1=l1, l2=l2, tv=tv, seed=seed, redirect_relu=redirect_relu, chunk_size=chunk_size,
+                 l1=l1, l2=l2, tv=tv, seed=seed, redirect_relu=redirect_relu, magnitude=magnitude, chunk_size=chunk_size,
                  memory_budget=memory_budget, progress=progress)
     config, chosen, colour, target_directions = plan.config, plan.units, plan.colour, plan.directions
     h, w = config.size
@@ -318,10 +346,7 @@ def visualize(network: Network, layer: str, units: Sequence[int] | None = None, 
     program = _program(config, layer_fn, sharding)
     replicated = NamedSharding(sharding.mesh, PartitionSpec())
     directions = np.zeros((1, c), np.float32) if target_directions is None else target_directions
-    args = jax.device_put((network.variables, directions, np.zeros((c, c), np.float32) if colour is None else colour),
-                          replicated)
-    if colour is None:
-        args = (args[0], args[1], None)
+    args = jax.device_put((network.variables, directions, colour, plan.magnitude), replicated)
     root = jax.random.key(seed)
     batch = config.batch
     pixels, values, traces = [], [], []
