@@ -341,3 +341,16 @@ def test_the_benchmark_dry_run_measures_both_layers():
     assert [r["layer"] for r in record["rows"]] == ["conv6", "fc1"]
     for row in record["rows"]:
         assert row["units"] == 2 and row["steps"] == 3 and row["seconds"] > 0 and row["roof_seconds"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("layer", "units"), [("fc1", [3, 6, 7, 8]), ("conv6", [0, 5, 10, 15])])
+def test_pretrained_units_are_drawn_above_their_best_sample_image(layer, units):
+    """The issue's bar, on a handful of units: a visualization excites its unit more than the unit's best image
+    of the embedded sample (exemplar ratio > 1) for at least 90% of the live ones."""
+    net = jaxviz.load_pretrained().network
+    images = jaxviz.load_sample().images
+    top = jaxviz.top_k_images(jaxviz.unit_scores(jaxviz.layer_features(net, images, layer=layer)), 1)
+    ratio = visualize(net, layer, units, steps=256).exemplar_ratio(top)
+    live = np.isfinite(ratio)
+    assert live.sum() >= 3 and np.mean(ratio[live] > 1) >= 0.9, ratio
