@@ -181,16 +181,20 @@ def test_standard_transforms_are_scaled_to_the_image_size():
 # --------------------------------------------------------------------------- one program for every unit
 
 
-def test_all_units_at_once_equal_per_unit_calls_and_any_chunk_size(net):
+def test_all_units_at_once_equal_one_unit_per_call(net):
+    """Every unit in one chunk == one unit per chunk (``chunk_size=1``: each unit alone in its program, as a call
+    for that unit alone runs it): a unit's images depend on the seed and the unit only."""
     common = dict(steps=6, batch=2, diversity=0.5, seed=3)
     every = visualize(net, "conv2", **common)
     assert every.images.shape == (4, 2, 32, 32, 3) and every.images.dtype == np.uint8
     assert every.activation.shape == (4, 2) and every.trace.shape == (4, 6) and every.units == tuple(range(4))
-    one = visualize(net, "conv2", units=[3], **common)
-    assert_close(one.pixels[0], every.pixels[3], rel=1e-5)
-    chunked = visualize(net, "conv2", chunk_size=3, **common)
-    assert_close(chunked.pixels, every.pixels, rel=1e-5)
-    assert_close(chunked.activation, every.activation, scale=every.activation, rel=1e-4)
+    alone = visualize(net, "conv2", chunk_size=1, **common)
+    # other batch shapes reassociate the float32 sums; Adam divides by sqrt(v), which turns last-bit differences of
+    # near-zero gradients into visible ones after a few steps: 5e-4 of the pixel range, not 1e-5
+    assert_close(alone.pixels, every.pixels, rel=5e-4)
+    assert_close(alone.activation, every.activation, scale=every.activation, rel=5e-4)
+    np.testing.assert_array_equal(visualize(net, "conv2", units=[3], chunk_size=1, **common).pixels[0],
+                                  alone.pixels[3])  # the same program on the same inputs
 
 
 def test_a_second_call_compiles_nothing_and_reproduces_the_images(net, compiles):
@@ -214,8 +218,8 @@ def test_objectives_neuron_direction_and_callable(net):
 def test_exemplar_ratio_divides_by_the_units_best_image(net):
     images = make_uint8_images(6, seed=5)
     top = jaxviz.top_k_images(jaxviz.unit_scores(jaxviz.layer_features(net, images, layer="fc1")), 2)
-    got = visualize(net, "fc1", units=[0, 2], steps=3)
-    best = top.values[0, [0, 2]]
+    got = visualize(net, "fc1", units=[0, 3, 7], steps=4)  # the program of the test above
+    best = top.values[0, [0, 3, 7]]
     want = np.where(best > 0, got.activation.max(1) / np.where(best > 0, best, 1), np.nan)
     np.testing.assert_allclose(got.exemplar_ratio(top), want, rtol=1e-6)
 
@@ -262,12 +266,12 @@ def test_the_redirected_relu_gradient_is_lucids():
 
 
 def test_a_unit_silent_at_the_start_is_drawn_with_the_redirected_gradient():
-    """relu(w . x - 3) is 0 on the grey start: the ordinary gradient is 0 and the image never moves; the redirected
-    one reaches the unit's positive side."""
+    """relu(w . (x - 0.5) - 3) is 0 near the grey start: the ordinary gradient is 0 and the image never moves; the
+    redirected one reaches the unit's positive side."""
     w = np.random.default_rng(6).normal(0, 1, (int(np.prod(SIZE)), 2)).astype(np.float32)
 
     def apply(variables, x, layer):
-        return jax.nn.relu(x.reshape(x.shape[0], -1) @ variables["w"] - 3.0)  # looked up at call time
+        return jax.nn.relu((x.reshape(x.shape[0], -1) - 0.5) @ variables["w"] - 3.0)  # looked up at call time
 
     net = jaxviz.from_function(apply, {"w": w}, layer_names=("units",), input_shape=SIZE)
     relu, linen_relu = jax.nn.relu, flax.linen.relu

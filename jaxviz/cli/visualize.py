@@ -81,11 +81,11 @@ def cmd_visualize(args) -> None:
             if not units:
                 raise ValueError(f"--units: expected a range of units in [0, {width}), got "
                                  f"{args.units.start}:{'' if args.units.stop is None else args.units.stop}")
-        if args.k > len(data):
-            raise ValueError(f"--k: expected at most the {len(data)} images of the data, got {args.k}")
         check_visualization(network, layer, units, objective=args.objective, steps=args.steps, lr=args.lr,
                             param=args.param, transforms=transforms, batch=args.batch, diversity=args.diversity,
                             seed=args.seed)
+        if args.k > len(data):
+            raise ValueError(f"--k: expected at most the {len(data)} images of the data, got {args.k}")
     except (ValueError, TypeError) as e:
         raise as_option(e, _OPTIONS) from None
     scores = jaxviz.unit_scores(jaxviz.layer_features(network, data.images, layer=layer, progress="features"))
