@@ -335,8 +335,7 @@ def visualize(network: Network, layer: str, units: Sequence[int] | None = None, 
                  l1=l1, l2=l2, tv=tv, seed=seed, redirect_relu=redirect_relu, magnitude=magnitude, chunk_size=chunk_size,
                  memory_budget=memory_budget, progress=progress)
     config, chosen, colour, target_directions = plan.config, plan.units, plan.colour, plan.directions
-    h, w = config.size
-    c = config.channels
+    (h, w), c, batch = config.size, config.channels, config.batch
     layer_fn = network.layer_fn(layer)
     sharding = batch_sharding(None if devices is None else tuple(devices))
     _, example_bytes = probe(layer_fn, True, signature(network.variables), (h, w, c), network.input_spec.dtype)
@@ -348,7 +347,6 @@ def visualize(network: Network, layer: str, units: Sequence[int] | None = None, 
     directions = np.zeros((1, c), np.float32) if target_directions is None else target_directions
     args = jax.device_put((network.variables, directions, colour, plan.magnitude), replicated)
     root = jax.random.key(seed)
-    batch = config.batch
     pixels, values, traces = [], [], []
     with progress_bar(total=len(chosen), desc="units", disable=not progress, unit="unit") as bar:
         for start in range(0, len(chosen), size):
