@@ -26,8 +26,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxviz.checks import ArgumentError, ArgumentTypeError
+from jaxviz.checks import ArgumentError
 from jaxviz.data import load_sample
+from jaxviz.data.images import check_uint8_images
 from jaxviz.models.network import resize_images
 
 __all__ = ["INIT_SD", "PARAMETERIZATIONS", "colour_matrix", "fourier_image", "fourier_scale", "init_params",
@@ -73,10 +74,9 @@ def maco_image(latent: jax.Array, magnitude: jax.Array, size: tuple[int, int]) -
 def mean_spectrum(images: np.ndarray) -> np.ndarray:
     """float32 (C, H, W // 2 + 1): the mean magnitude of the ``rfft2`` of each channel of ``images`` (uint8
     (N, H, W, C), as pixels in [0, 1]): MaCo's fixed magnitude, from the data the model saw."""
-    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 or not len(images):
-        raise ArgumentTypeError("images", f"expected uint8 images (N, H, W, C), got "
-                                          f"{getattr(images, 'dtype', type(images).__name__)} "
-                                          f"{getattr(images, 'shape', '')}")
+    check_uint8_images(images, "images")
+    if not len(images):
+        raise ArgumentError("images", "expected at least one image, got none")
     total = 0.0
     for start in range(0, len(images), 256):
         pixels = np.moveaxis(images[start:start + 256].astype(np.float64) / 255.0, -1, 1)  # (n, C, H, W)
@@ -125,10 +125,9 @@ def colour_matrix(images: np.ndarray) -> np.ndarray:
     """float32 (3, 3): the square root of the RGB covariance of ``images`` (uint8 (N, H, W, 3), as pixels in [0, 1]),
     ``U sqrt(S)`` from its eigendecomposition, divided by its largest column norm (Lucid's normalization of its
     ImageNet matrix; here computed from the data the model saw)."""
-    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-        raise ArgumentTypeError("images", f"expected uint8 RGB images (N, H, W, 3), got "
-                                          f"{getattr(images, 'dtype', type(images).__name__)} "
-                                          f"{getattr(images, 'shape', '')}")
+    check_uint8_images(images, "images")
+    if images.shape[-1] != 3:
+        raise ArgumentError("images", f"expected RGB images (N, H, W, 3), got {images.shape[-1]} channels")
     pixels = images.reshape(-1, 3).astype(np.float64) / 255.0
     if len(pixels) < 2:
         raise ArgumentError("images", f"expected at least 2 pixels, got {len(pixels)}")
