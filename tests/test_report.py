@@ -28,7 +28,7 @@ from jaxviz.models.weights import Weights
 from jaxviz.report import analyses, folder
 from jaxviz.report import settings as settings_module
 
-from conftest import EXAMPLES, make_uint8_images
+from conftest import make_uint8_images
 
 # most tests run three of the comparison's methods (one per engine, and Grad-CAM); the default (every method)
 # runs in the tests of the ResNet and the unlabelled network
@@ -289,7 +289,6 @@ def cifar_images(n: int, size: int = 64, seed: int = 7) -> tuple[np.ndarray, np.
     return make_uint8_images(n, seed, size), np.arange(n) % 3, ("cat", "dog", "ship")
 
 
-@pytest.mark.slow
 def unlabelled_apply(variables, x, layer):
     """A network without classes: a 1x1 conv with ReLU ("maps", 6 channels), then a 5-d "embedding"."""
     maps = jax.nn.relu(jnp.einsum("nhwc,cd->nhwd", x, variables["mix"]) + variables["bias"])
@@ -323,28 +322,30 @@ def test_report_of_a_network_without_class_names(tmp_path):
     assert not (tmp_path / "r2").exists()
 
 
-@pytest.mark.slow
 def test_report_through_the_cli_with_an_nnx_model(tmp_path, capsys):
+    """``--model`` with an nnx module holding Dropout (an RNG key and counter in its state): the whole report. The
+    nnx ResNet of ``examples/`` equals its linen twin layer by layer (test_network), whose report the README runs."""
     from PIL import Image
 
-    images, labels, classes = cifar_images(6, seed=8)
+    source = Path(__file__).resolve().parent / "dropout_nnx.py"
+    images, labels = make_uint8_images(6, 8, 32), np.arange(6) % 3
     data_dir = tmp_path / "images"
     for i, (image, label) in enumerate(zip(images, labels)):
-        (data_dir / classes[label]).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image).save(data_dir / classes[label] / f"{i}.png")
+        (data_dir / ("cat", "dog", "bird")[label]).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(data_dir / ("cat", "dog", "bird")[label] / f"{i}.png")
     out = tmp_path / "r1"
-    code = main(["report", "--model", str(EXAMPLES / "resnet_nnx.py") + ":build", "--data", "folder",
-                 "--data-dir", str(data_dir), "--layer", "stage2", "--k", "2", "--num-units", "2",
-                 "--tsne-points", "6", "--tsne-iter", "250", "--window", "16", "--stride", "16",
-                 "--rise-masks", "64", "--trust-images", "2", "--sanity-images", "3", "--out", str(out)])
+    code = main(["report", "--model", f"{source}:build", "--data", "folder", "--data-dir", str(data_dir),
+                 "--layer", "conv", "--k", "2", "--num-units", "2", "--tsne-points", "6", "--tsne-iter", "250",
+                 "--window", "16", "--stride", "16", "--rise-masks", "64", "--trust-images", "2",
+                 "--sanity-images", "3", "--out", str(out)])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert f"wrote {out / 'index.html'}" in captured.out
     saved = json.loads((out / "results.json").read_text())
     page, _ = check_complete(out, saved)
-    assert saved["settings"]["layer"] == "stage2" and saved["units"]["count"] == 32
-    assert saved["network"]["name"] == "ResNet" and saved["evaluation"]["images"] == 6
-    assert "filters_stem_conv.png" in saved["figures"]
+    assert saved["settings"]["layer"] == "conv" and saved["units"]["count"] == 4
+    assert saved["network"]["name"] == "DropoutNet" and saved["evaluation"]["images"] == 6
+    assert "filters_conv.png" in saved["figures"] and saved["sanity"] is not None
 
 
 # --------------------------------------------------------------------------- the output folder: one whole report

@@ -146,7 +146,7 @@ def test_maco_keeps_the_magnitude_and_optimizes_the_phase_only():
 
 
 def test_maco_visualizes_with_the_samples_spectrum(net):
-    got = visualize(net, "conv2", units=[0, 1], param="maco", steps=3)
+    got = visualize(net, "conv2", units=[0, 1], param="maco", transforms="none", steps=3)
     assert got.images.shape == (2, 1, 32, 32, 3) and np.isfinite(got.activation).all()
     assert got.settings["param"] == "maco"
 
@@ -206,12 +206,13 @@ def test_a_second_call_compiles_nothing_and_reproduces_the_images(net, compiles)
 
 
 def test_objectives_neuron_direction_and_callable(net):
-    neuron = visualize(net, "conv2", units=[1], objective="neuron", steps=3)
-    direction = visualize(net, "conv2", objective=np.eye(4, dtype=np.float32)[[0, 1]], steps=3)
+    plain = dict(steps=3, param="pixel", decorrelate=False, transforms="none", redirect_relu=False)  # quick compiles
+    neuron = visualize(net, "conv2", units=[1], objective="neuron", **plain)
+    direction = visualize(net, "conv2", objective=np.eye(4, dtype=np.float32)[[0, 1]], **plain)
     assert direction.units == (0, 1) and direction.images.shape[0] == 2
-    channel = visualize(net, "conv2", units=[0, 1], steps=3)  # targets 0 and 1: the same keys
+    channel = visualize(net, "conv2", units=[0, 1], **plain)  # targets 0 and 1: the same keys
     assert_close(direction.pixels, channel.pixels, rel=1e-5)  # e_0 and e_1 are channels 0 and 1
-    custom = visualize(net, "conv2", objective=lambda a: a[..., 1].max(), steps=3)
+    custom = visualize(net, "conv2", objective=lambda a: a[..., 1].max(), **plain)
     assert custom.units == (0,) and np.isfinite(custom.activation).all() and np.isfinite(neuron.activation).all()
 
 
@@ -355,6 +356,6 @@ def test_pretrained_units_are_drawn_above_their_best_sample_image(layer, units):
     net = jaxviz.load_pretrained().network
     images = jaxviz.load_sample().images
     top = jaxviz.top_k_images(jaxviz.unit_scores(jaxviz.layer_features(net, images, layer=layer)), 1)
-    ratio = visualize(net, layer, units, steps=256).exemplar_ratio(top)
+    ratio = visualize(net, layer, units, steps=128).exemplar_ratio(top)
     live = np.isfinite(ratio)
     assert live.sum() >= 3 and np.mean(ratio[live] > 1) >= 0.9, ratio
