@@ -25,7 +25,8 @@ from benchmarks._env import environment
 
 ROOT = Path(__file__).resolve().parents[1]
 README_FIGURES = ("topk.png", "selectivity.png", "occlusion_masks.png", "occlusion_heatmaps.png", "tsne.png",
-                  "confusion.png", "filters_conv1.png", "activations_conv1.png", "trust.png", "sanity.png")
+                  "confusion.png", "filters_conv1.png", "activations_conv1.png", "trust.png", "sanity.png",
+                  "visualizations.png")
 
 
 def main() -> None:

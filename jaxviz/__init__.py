@@ -26,6 +26,7 @@ from jaxviz._io import atomic_path, atomic_write_bytes
 from jaxviz._version import __version__ as __version__  # the one version number
 from jaxviz.analysis.embedding import Embedding, knn_agreement, tsne
 from jaxviz.analysis.filters import filter_grid
+from jaxviz.analysis.looks_for import UnitVisualizations, visualize_with_exemplars
 from jaxviz.analysis.masks import apply_mask, heatmap_mask, normalize
 from jaxviz.analysis.metrics import (
     ClassificationReport,
@@ -108,5 +109,5 @@ __all__ = [
     "normalize", "occlude", "occlude_one", "occlude_top_images", "per_unit", "pick_units", "plots",
     "pretrained_sha256", "resize_images", "save_weights", "similar_units", "study_units", "top_k_images", "train",
     "tsne", "unit_indices", "unit_scores", "unit_selectivity", "window_spans",
-    "Visualization", "visualize",
+    "UnitVisualizations", "Visualization", "visualize", "visualize_with_exemplars",
 ]

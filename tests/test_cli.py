@@ -153,7 +153,7 @@ def test_report_command(setup, capsys):
     code, out, err = run(capsys, "report", "--data", "folder", "--data-dir", setup["folder"], "--weights",
                          setup["weights"], "--k", "2", "--num-units", "2", "--tsne-points", "12", "--tsne-iter",
                          "300", "--window", "11", "--stride", "8", "--rise-masks", "64", "--sanity-images", "3",
-                         "--out", out_dir)
+                         "--vis-steps", "4", "--out", out_dir)
     assert code == 0, err
     assert (out_dir / "index.html").exists() and "wrote" in out
     (setup["root"] / "afile").write_text("x")

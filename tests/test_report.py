@@ -31,9 +31,10 @@ from jaxviz.report import settings as settings_module
 from conftest import make_uint8_images
 
 # most tests run three of the comparison's methods (one per engine, and Grad-CAM); the default (every method)
-# runs in the tests of the ResNet and the unlabelled network
+# runs in the tests of the user models; feature visualization runs in the module's report and the user models'
 SETTINGS = jaxviz.ReportSettings(k=3, num_units=3, window=11, stride=8, tsne_points=40, tsne_iter=300,
-                                 trust_methods=("occlusion", "saliency", "gradcam"), sanity_methods=("saliency", "gradcam"))
+                                 trust_methods=("occlusion", "saliency", "gradcam"), sanity_methods=("saliency", "gradcam"),
+                                 vis_steps=0)
 
 
 @pytest.fixture(scope="module")
@@ -79,14 +80,16 @@ def earlier_report(report, where: Path) -> tuple[Path, dict]:
 def report(small, tmp_path_factory):
     weights, data = small
     out = tmp_path_factory.mktemp("report")
-    results = jaxviz.make_report(out, network=weights.network, dataset=data, settings=SETTINGS, progress=False)
+    settings = dataclasses.replace(SETTINGS, vis_steps=4)
+    results = jaxviz.make_report(out, network=weights.network, dataset=data, settings=settings, progress=False)
     return out, results, weights, data
 
 
 SECTIONS = ("Model", "Answers to the notebook", "Accuracy and confusions", "Filters", "Activation maps",
-            "Top-K images per unit", "Occlusion", "Which map to trust?", "Sanity check: do the maps depend on the weights?",
+            "Top-K images per unit", "Occlusion", "What each shown unit looks for", "Which map to trust?", "Sanity check: do the maps depend on the weights?",
             "t-SNE", "Run settings and timings")
-STAGES = {"evaluate", "filters", "activations", "features", "top-k", "occlusion", "trust", "sanity", "t-SNE"}
+STAGES = {"evaluate", "filters", "activations", "features", "top-k", "occlusion", "visualization", "trust", "sanity",
+          "t-SNE"}
 
 
 def check_complete(out: Path, results: dict, min_files: int = 10) -> tuple[str, dict]:
@@ -135,12 +138,38 @@ def test_similar_units_table_lists_each_pair_once(report):
     assert set(keys) == {frozenset((p["a"], p["b"])) for p in similar["overlap"] + similar["correlated"]}
 
 
+def test_what_each_unit_looks_for_equals_visualize_and_the_top_k(report):
+    """The section's numbers, from independent computations: the pictures are visualize's (the same program), the
+    exemplar ratio its activation over the unit's largest score on the data (numpy), the predicted class the
+    argmax of the logits of the pictures, the majority class a bincount of the top-K labels."""
+    out, results, weights, data = report
+    net, looks = weights.network, results["looks_for"]
+    shown = results["units"]["shown"]
+    scores = np.asarray(jaxviz.layer_features(net, data.images, layer="fc1"))
+    assert sorted(looks["units"] + looks["dead"]) == sorted(shown)
+    assert looks["dead"] == [u for u in shown if scores[:, u].max() <= 0] and looks["steps"] == 4
+    vis = jaxviz.visualize(net, "fc1", looks["units"], steps=4, seed=SETTINGS.seed)
+    np.testing.assert_allclose(looks["exemplar_ratio"], vis.activation[:, 0] / scores[:, looks["units"]].max(0),
+                               rtol=1e-5)
+    predicted = np.asarray(jaxviz.layer_features(net, vis.images[:, 0])).argmax(-1)
+    assert looks["predicted_class"] == [net.class_names[c] for c in predicted]
+    order = np.argsort(-scores, axis=0, kind="stable")[:SETTINGS.k]  # ties to the lower index, as top_k
+    majority = [np.bincount(data.labels[order[:, u]], minlength=4).argmax() for u in looks["units"]]
+    assert looks["majority_class"] == [data.class_names[c] for c in majority]
+    page = (out / "index.html").read_text().split("<h2>What each shown unit looks for", 1)[1].split("</section>")[0]
+    assert "visualizations.png" in results["figures"] and "exemplar ratio" in page
+    for u, ratio in zip(looks["units"], looks["exemplar_ratio"]):
+        assert f"<td>{u}</td><td>{ratio:.3f}</td>" in page, (u, ratio)
+
+
 def test_named_units_are_shown(small, tmp_path):
     weights, data = small
-    settings = jaxviz.ReportSettings(**{**SETTINGS.__dict__, "units": (2, 0)})
+    settings = jaxviz.ReportSettings(**{**SETTINGS.__dict__, "units": (2, 0)})  # vis_steps=0
     out = tmp_path / "new" / "r1"  # absent, parent too: created at the end
     results = jaxviz.make_report(out, network=weights.network, dataset=data, settings=settings, progress=False)
     assert results["units"]["shown"] == [2, 0]
+    assert results["looks_for"] is None and "visualizations.png" not in results["figures"]
+    assert "Not run: vis_steps is 0." in (out / "index.html").read_text()
     assert sorted(snapshot(out)) == sorted(["index.html", "results.json", *results["figures"]])
     assert leftovers(out) == []
 
@@ -281,7 +310,7 @@ def test_too_small_dataset_is_rejected(small, tmp_path, size):
 
 # every method compares and the sanity check runs, on fewer RISE masks and images than the defaults (time only)
 USER_SETTINGS = jaxviz.ReportSettings(k=2, num_units=2, tsne_points=6, tsne_iter=250, window=16, stride=16,
-                                      rise_masks=64, trust_images=2, sanity_images=3)
+                                      rise_masks=64, trust_images=2, sanity_images=3, vis_steps=4)
 
 
 def cifar_images(n: int, size: int = 64, seed: int = 7) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
@@ -337,7 +366,7 @@ def test_report_through_the_cli_with_an_nnx_model(tmp_path, capsys):
     code = main(["report", "--model", f"{source}:build", "--data", "folder", "--data-dir", str(data_dir),
                  "--layer", "conv", "--k", "2", "--num-units", "2", "--tsne-points", "6", "--tsne-iter", "250",
                  "--window", "16", "--stride", "16", "--rise-masks", "64", "--trust-images", "2",
-                 "--sanity-images", "3", "--out", str(out)])
+                 "--sanity-images", "3", "--vis-steps", "4", "--out", str(out)])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert f"wrote {out / 'index.html'}" in captured.out

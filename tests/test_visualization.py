@@ -3,6 +3,8 @@ scipy's affine warp, per-unit calls; invariance to chunking; no recompilation; b
 
 from __future__ import annotations
 
+import dataclasses
+
 import flax.linen
 import jax
 import jax.numpy as jnp
@@ -223,6 +225,33 @@ def test_exemplar_ratio_divides_by_the_units_best_image(net):
     best = top.values[0, [0, 3, 7]]
     want = np.where(best > 0, got.activation.max(1) / np.where(best > 0, best, 1), np.nan)
     np.testing.assert_allclose(got.exemplar_ratio(top), want, rtol=1e-6)
+
+
+def test_dead_units_are_listed_not_drawn_and_the_honesty_numbers(net, compiles):
+    """visualize_with_exemplars: a unit never above 0 on the data is listed, not drawn; the rest are visualize's
+    pictures (the program of the tests above), with a numpy majority class and the argmax of their logits."""
+    images, labels = make_uint8_images(6, seed=5), np.arange(6) % 3
+    top = jaxviz.top_k_images(jaxviz.unit_scores(jaxviz.layer_features(net, images, layer="fc1")), 2)
+    values = top.values.copy()
+    values[:, 9] = np.minimum(values[:, 9], 0.0)  # unit 9 made dead on these images
+    top = dataclasses.replace(top, values=values)
+    got = jaxviz.visualize_with_exemplars(net, "fc1", top, labels, 3, [0, 3, 7, 9], steps=4)
+    want = visualize(net, "fc1", units=[0, 3, 7], steps=4)
+    assert got.units == (0, 3, 7) and got.dead == (9,)
+    np.testing.assert_array_equal(got.visualization.images, want.images)
+    np.testing.assert_allclose(got.exemplar_ratio, want.exemplar_ratio(top), rtol=1e-6)
+    logits = np.asarray(jaxviz.layer_features(net, want.images[:, 0]))
+    np.testing.assert_array_equal(got.predicted_class[:, 0], logits.argmax(-1))
+    majority = [np.bincount(labels[top.indices[:, u]], minlength=3).argmax() for u in (0, 3, 7)]
+    np.testing.assert_array_equal(got.majority_class, majority)
+    assert got.notes(net.class_names)[0] == f"x{got.exemplar_ratio[0]:.1f} {net.class_names[logits[0].argmax()]}"
+    before = len(compiles)
+    with pytest.raises(ArgumentError, match="every chosen unit is dead") as info:
+        jaxviz.visualize_with_exemplars(net, "fc1", top, labels, 3, [9], steps=4)
+    assert info.value.argument == "units"
+    with pytest.raises(ArgumentError) as info:
+        jaxviz.visualize_with_exemplars(net, "conv2", top, labels, 3, steps=4)  # top of fc1's 16 units
+    assert info.value.argument == "top" and len(compiles) == before
 
 
 @pytest.mark.parametrize(("kwargs", "word"), [

@@ -21,7 +21,7 @@ CELLS = [
 The teaching session in JAX with **jaxviz**: we load a CNN trained on CIFAR-10, look at its first- and
 second-layer filters and their activation maps, build a feature extractor at the fully connected layer,
 find the images each unit likes most, measure how class-selective units are, slide an occluder over those
-images to see which parts drive each unit, and embed the features with t-SNE. Then we ask which
+images to see which parts drive each unit, draw what each unit looks for, and embed the features with t-SNE. Then we ask which
 attribution map to trust, perturbation and gradient methods side by side, and whether the maps pass the
 randomization sanity check.
 
@@ -114,6 +114,22 @@ copies = np.stack([[np.asarray(jaxviz.occlude_one(x, 0.0, np.array([r0, r1, c0, 
 plots.plot_occluded_examples(copies)"""),
     ("code", """plots.plot_masked(occ.masked, units)"""),
     ("code", """plots.plot_heatmaps(occ.images, occ.pixel, units)"""),
+    ("md", """## What does each unit look for? Feature visualization
+
+Top-K images show what a unit responds to *in the data*; feature visualization asks the unit itself: start
+from a random image and follow the gradient to the image that excites the unit most (Olah et al., Distill
+2017). `jaxviz.visualize` does it for many units at once in one compiled program: a decorrelated Fourier
+parameterization, random jitter, scale and rotation at every step, optax Adam. Such pictures can mislead, so
+`visualize_with_exemplars` puts two numbers beside each: the **exemplar ratio** (the activation the picture
+reaches over the unit's best image of the data; above 1 it excites the unit more than any of them) and the
+class the network **predicts for the picture**, beside the majority class of the unit's top-10. Here 128
+steps per unit, a quarter of `visualize`'s default."""),
+    ("code", """looks = jaxviz.visualize_with_exemplars(net, "fc1", study.top, data.labels, len(class_names), units, steps=128)
+for u, ratio, pred, major in zip(looks.units, looks.exemplar_ratio, looks.predicted_class[:, 0], looks.majority_class):
+    print(f"unit {u:3d}: x{ratio:.1f} its best image; the picture is taken for a {class_names[pred]}, "
+          f"its top-10 are mostly {class_names[major]}")
+plots.plot_visualizations(looks.visualization.images, looks.units, notes=looks.notes(class_names),
+                          title="What five fc1 units look for")"""),
     ("md", """## t-SNE of the features
 
 scikit-learn's `TSNE` with PCA initialisation and a fixed seed (its current parameter is `max_iter`; the

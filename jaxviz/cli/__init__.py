@@ -59,6 +59,7 @@ REPORT_HELP = {
     "sanity_methods": "gradient methods of the randomization sanity check, from saliency,ixg,ig,smoothgrad,gradcam, "
                       "or none",
     "sanity_images": "images of the sanity check (the first of each class)",
+    "vis_steps": "feature-visualization steps per shown unit (0: no such section)",
 }
 TRAIN_HELP = {
     "epochs": "epochs", "batch_size": "images per step", "peak_lr": "peak learning rate (also --lr)",

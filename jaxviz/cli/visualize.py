@@ -9,6 +9,7 @@ import numpy as np
 
 import jaxviz
 from jaxviz import plots
+from jaxviz.analysis.looks_for import visualize_with_exemplars
 from jaxviz.cli._options import add_data, add_model, as_option, check_writable, load, positive_int
 from jaxviz.visualization.objectives import OBJECTIVES
 from jaxviz.visualization.parameterizations import PARAMETERIZATIONS
@@ -90,29 +91,22 @@ def cmd_visualize(args) -> None:
         raise as_option(e, _OPTIONS) from None
     scores = jaxviz.unit_scores(jaxviz.layer_features(network, data.images, layer=layer, progress="features"))
     top = jaxviz.top_k_images(scores, args.k)
-    chosen = tuple(range(width)) if units is None else tuple(units)
-    dead = [u for u in chosen if not top.values[0, u] > 0]  # never active on the data: said, not drawn
-    live = [u for u in chosen if top.values[0, u] > 0]
-    if not live:
-        raise ValueError(f"--units: every chosen unit of {layer} is dead on the data (never above 0), got {dead[:8]}")
-    result = jaxviz.visualize(network, layer, live, objective=args.objective, negative=args.negative,
-                              steps=args.steps, lr=args.lr, param=args.param, decorrelate=not args.no_decorrelate,
-                              transforms=transforms, batch=args.batch, diversity=args.diversity, seed=args.seed,
-                              progress=True)
-    ratio = result.exemplar_ratio(top)
-    units = list(result.units)
+    try:
+        looks = visualize_with_exemplars(network, layer, top, data.labels, len(data.class_names), units,
+                                         objective=args.objective, negative=args.negative, steps=args.steps,
+                                         lr=args.lr, param=args.param, decorrelate=not args.no_decorrelate,
+                                         transforms=transforms, batch=args.batch, diversity=args.diversity,
+                                         seed=args.seed, progress=True)
+    except (ValueError, TypeError) as e:  # every chosen unit dead on the data
+        raise as_option(e, _OPTIONS) from None
+    result, ratio, units, dead = looks.visualization, looks.exemplar_ratio, list(looks.units), list(looks.dead)
     record = {"layer": layer, "units": units, "settings": result.settings, "data": data.source,
               "activation": result.activation.tolist(), "exemplar_ratio": [float(r) for r in ratio],
               "dead_units": dead}
-    notes = [f"x{r:.1f}" for r in ratio]
-    if network.is_classifier:
-        flat = result.images.reshape(-1, *result.images.shape[2:])
-        predicted = jaxviz.layer_features(network, flat).argmax(-1).reshape(result.images.shape[:2])
-        majority = [int(np.bincount(data.labels[top.indices[:, u]], minlength=len(data.class_names)).argmax())
-                    for u in units]
-        record["predicted_class"] = [[network.class_names[c] for c in row] for row in predicted]
-        record["majority_class"] = [data.class_names[c] for c in majority]
-        notes = [f"{n} {network.class_names[p[0]]}" for n, p in zip(notes, predicted)]
+    if looks.predicted_class is not None:
+        record["predicted_class"] = [[network.class_names[c] for c in row] for row in looks.predicted_class]
+        record["majority_class"] = [data.class_names[c] for c in looks.majority_class]
+    notes = looks.notes(network.class_names if network.is_classifier else None)
     out.mkdir(parents=True, exist_ok=True)
     jaxviz.atomic_write_bytes(out / "visualizations.json", json.dumps(record, indent=2).encode())
     with jaxviz.atomic_path(out / "visualizations.npz") as tmp, open(tmp, "wb") as f:

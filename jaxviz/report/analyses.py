@@ -14,6 +14,7 @@ import numpy as np
 
 from jaxviz._progress import progress_bar
 from jaxviz.analysis.embedding import Embedding, knn_agreement, tsne
+from jaxviz.analysis.looks_for import UnitVisualizations, visualize_with_exemplars
 from jaxviz.analysis.metrics import ClassificationReport, classification_report
 from jaxviz.analysis.topk import unit_scores
 from jaxviz.analysis.unit_occlusion import UnitOcclusion, occlude_top_images
@@ -27,7 +28,8 @@ from jaxviz.report.settings import ReportSettings, check_against, sanity_methods
 
 __all__ = ["ReportResults", "analyse"]
 
-STAGES = ("evaluate", "filters", "activations", "features", "top-k", "occlusion", "trust", "sanity", "t-SNE")
+STAGES = ("evaluate", "filters", "activations", "features", "top-k", "occlusion", "visualization", "trust", "sanity",
+          "t-SNE")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +47,8 @@ class ReportResults:
       study: top-K, selectivity and the shown units of ``layer``.
       similar: the unit pairs with overlapping top-K sets and correlated activations.
       occlusion: the shown units' top images, occluded.
+      looks_for: the shown units' feature visualizations beside their top-K images (``None`` when
+        ``settings.vis_steps`` is 0, or every shown unit is dead on the data).
       trust_images: dataset indices of the images whose maps ``trust`` compares.
       trust: the ``trust_methods``' maps of those images (their predicted class for a
         classifier, else the first shown unit of ``layer``) and their faithfulness.
@@ -66,6 +70,7 @@ class ReportResults:
     study: UnitStudy
     similar: SimilarUnits
     occlusion: UnitOcclusion
+    looks_for: UnitVisualizations | None
     trust_images: np.ndarray
     trust: MethodComparison
     sanity_images: np.ndarray
@@ -136,6 +141,12 @@ def analyse(network: Network, dataset: Dataset, settings: ReportSettings, *, pro
                                    anchor=s.anchor, threshold=s.threshold, sigma=s.sigma)
     done("occlusion")
 
+    looks_for = None
+    if s.vis_steps and study.alive[list(study.units)].any():
+        looks_for = visualize_with_exemplars(network, layer, study.top, dataset.labels, classes, study.units,
+                                             steps=s.vis_steps, seed=s.seed, progress=progress)
+    done("visualization")
+
     explained = np.asarray(first_of_class[: s.trust_images], np.int64)
     common = {"methods": trust_methods(s, network), "window": s.window, "stride": s.stride, "num_masks": s.rise_masks,
               "seed": s.seed}
@@ -160,4 +171,4 @@ def analyse(network: Network, dataset: Dataset, settings: ReportSettings, *, pro
     done("t-SNE")
     bar.close()
     return ReportResults(s, layer, network, dataset, evaluation, kernels, shown, activations, study, similar,
-                         occlusion, explained, trust, sanity_images, sanity, embedding, knn, timings)
+                         occlusion, looks_for, explained, trust, sanity_images, sanity, embedding, knn, timings)

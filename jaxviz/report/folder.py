@@ -38,7 +38,7 @@ from jaxviz.checks import ArgumentError, ArgumentTypeError, NotADirectoryArgumen
 __all__ = ["check_output_dir", "check_report_dir", "write_folder"]
 
 _REPORT_FILES = ("index.html", "results.json")
-_REPORT_PNG = re.compile(r"(confusion|topk|selectivity|occlusion_masks|occlusion_heatmaps|trust|tsne|"
+_REPORT_PNG = re.compile(r"(confusion|topk|selectivity|occlusion_masks|occlusion_heatmaps|visualizations|trust|tsne|"
                          r"filters_\w+|activations_\w+)\.png")
 _WRITE_LEFTOVER = re.compile(r"\..+\.[A-Za-z0-9_]+\.tmp")  # atomic_path's temporary names (killed writes)
 

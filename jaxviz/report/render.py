@@ -166,6 +166,45 @@ def _units_section(page: _Page, r: ReportResults, u: dict) -> None:
                     "Per-pixel occlusion effect (mean over the windows covering each pixel)."))
 
 
+def _looks_for(r: ReportResults) -> dict | None:
+    """The feature visualizations' honesty numbers for the page and the JSON."""
+    v = r.looks_for
+    if v is None:
+        return None
+    names, classes = r.dataset.class_names, r.network.class_names if r.network.is_classifier else None
+    return {"units": list(v.units), "dead": list(v.dead), "steps": v.visualization.settings["steps"],
+            "exemplar_ratio": [float(x) for x in v.exemplar_ratio],
+            "predicted_class": None if v.predicted_class is None else [classes[int(p[0])] for p in v.predicted_class],
+            "majority_class": [names[int(c)] for c in v.majority_class],
+            "majority_share": [float(x) for x in v.majority_share], "settings": v.visualization.settings}
+
+
+def _looks_for_section(page: _Page, r: ReportResults, looks: dict | None) -> None:
+    title = "What each shown unit looks for"
+    if looks is None:
+        why = "vis_steps is 0" if r.settings.vis_steps == 0 else "every shown unit is dead on this data"
+        page.section(title, _p(f"Not run: {why}."))
+        return
+    v, k = r.looks_for, r.settings.k
+    predicted = looks["predicted_class"] or ["n/a"] * len(v.units)
+    rows = [(u, ratio, p, f"{m} ({share:.0%})") for u, ratio, p, m, share in
+            zip(v.units, looks["exemplar_ratio"], predicted, looks["majority_class"], looks["majority_share"])]
+    dead = (f" Not drawn, dead on this data (never above 0): units {', '.join(map(str, v.dead))}." if v.dead else "")
+    page.section(
+        title,
+        _p(f"For each shown unit of {r.layer}, an image optimized to maximize it ({looks['steps']} Adam steps on a "
+           "decorrelated Fourier parameterization, random jitter, scale and rotation; jaxviz.visualize, all units "
+           "in one compiled program). Pictures like these can mislead, so each comes with two checks against the "
+           f"data: the exemplar ratio (the activation the picture reaches over the unit's largest on the "
+           f"{len(r.dataset)} images; above 1, it excites the unit more than any of them) and the class the network "
+           f"predicts for the picture, beside the majority class of the unit's top {k} images (compare with the "
+           f"top-K figure above, same units, same order).{dead}"),
+        page.figure(plots.plot_visualizations(v.visualization.images, list(v.units), notes=v.notes(
+            r.network.class_names if r.network.is_classifier else None), title=f"What {r.layer} units look for"),
+            "visualizations", "Each unit's picture; under it the exemplar ratio and the class predicted for it."),
+        _table(["unit", "exemplar ratio", "predicted class of the picture", f"majority class of the top {k}"], rows))
+
+
 def _trust_section(page: _Page, r: ReportResults) -> None:
     t, s = r.trust, r.settings
     names = r.network.class_names if r.network.is_classifier and t.layer == r.network.output_layer else None
@@ -273,6 +312,8 @@ def render(r: ReportResults, out: Path) -> dict:
     _evaluation_section(page, r)
     _filter_sections(page, r)
     _units_section(page, r, units)
+    looks = _looks_for(r)
+    _looks_for_section(page, r, looks)
     _trust_section(page, r)
     _sanity_section(page, r)
     _tsne_section(page, r, knn)
@@ -286,6 +327,7 @@ def render(r: ReportResults, out: Path) -> dict:
         "units": units,
         "occlusion": {"positions": list(r.occlusion.occlusion.grid.shape[1:3]),
                       "images": int(r.occlusion.occlusion.grid.shape[0])},
+        "looks_for": looks,
         "trust": {"images": r.trust_images.tolist(), "layer": r.trust.layer, "targets": r.trust.targets.tolist(),
                   "means": r.trust.means(), "ranking": r.trust.ranking(), "sentence": r.trust.sentence(),
                   "per_image": jsonable(r.trust.scores)},

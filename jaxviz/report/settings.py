@@ -25,6 +25,7 @@ MAX_UNITS = 16  # the most units the report's per-unit figures show (one column 
 _INT_RANGES = {"num_units": (1, MAX_UNITS), "k": (1, None), "window": (1, None), "stride": (1, None),
                "tsne_points": (2, None), "tsne_iter": (250, None), "activation_images": (1, None),
                "trust_images": (1, MAX_UNITS), "rise_masks": (1, None), "sanity_images": (1, MAX_UNITS),
+               "vis_steps": (0, None),
                "seed": (0, 2**32 - 1)}
 
 
@@ -73,6 +74,9 @@ class ReportSettings:
     sanity_methods: tuple[str, ...] | None = None  # of the randomization test; None: saliency, ig, gradcam
     # (those the network supports); () skips the test
     sanity_images: int = 8  # images of the randomization test (the first of each class), 1 to MAX_UNITS
+    # feature-visualization steps per shown unit, >= 0 (0 skips the section): a quarter of visualize's 512, enough
+    # for every live unit of the pretrained CNN to pass its best sample image (benchmarks/results/feature_vis_cpu.json)
+    vis_steps: int = 128
     seed: int = 0  # t-SNE seed, in [0, 2**32)
 
     def __post_init__(self):
