@@ -199,6 +199,38 @@ def test_all_units_at_once_equal_one_unit_per_call(net):
                                   alone.pixels[3])  # the same program on the same inputs
 
 
+@pytest.mark.slow
+def test_the_same_images_on_four_devices(linear, tmp_path):
+    """Three units sharded over four host devices (chunks of four, one unit per device, one padded) == one device."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    script = textwrap.dedent("""
+        import json, sys, jax, numpy as np
+        sys.path.insert(0, sys.argv[2])
+        from test_visualization import _linear_network, SIZE
+        w = np.random.default_rng(0).normal(0, 1, (int(np.prod(SIZE)), 3)).astype(np.float32)
+        from jaxviz.visualization.visualize import visualize
+        vis = visualize(_linear_network(w), "units", steps=6, batch=2, diversity=0.5, chunk_size=4)
+        np.save(sys.argv[1] + "/pixels.npy", vis.pixels)
+        print(json.dumps({"devices": len(jax.devices())}))
+    """)
+    tests = Path(__file__).resolve().parent
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu",
+           "PYTHONPATH": str(tests.parent) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path), str(tests)], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1])["devices"] == 4
+    _, net = linear
+    here = visualize(net, "units", steps=6, batch=2, diversity=0.5)
+    assert_close(np.load(tmp_path / "pixels.npy"), here.pixels, rel=5e-4)  # Adam: see the chunking test
+
+
 def test_a_second_call_compiles_nothing_and_reproduces_the_images(net, compiles):
     first = visualize(net, "fc1", units=[0, 3, 7], steps=4)
     before = len(compiles)

@@ -126,8 +126,8 @@ class the network **predicts for the picture**, beside the majority class of the
 steps per unit, a quarter of `visualize`'s default."""),
     ("code", """looks = jaxviz.visualize_with_exemplars(net, "fc1", study.top, data.labels, len(class_names), units, steps=128)
 for u, ratio, pred, major in zip(looks.units, looks.exemplar_ratio, looks.predicted_class[:, 0], looks.majority_class):
-    print(f"unit {u:3d}: x{ratio:.1f} its best image; the picture is taken for a {class_names[pred]}, "
-          f"its top-10 are mostly {class_names[major]}")
+    print(f"unit {u:3d}: x{ratio:.1f} its best image; the picture is classified as {class_names[pred]}, "
+          f"its top-10 images are mostly {class_names[major]}")
 plots.plot_visualizations(looks.visualization.images, looks.units, notes=looks.notes(class_names),
                           title="What five fc1 units look for")"""),
     ("md", """## t-SNE of the features
