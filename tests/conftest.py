@@ -56,6 +56,16 @@ def pytest_unconfigure(config):
         shutil.rmtree(cache, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def compiles() -> list:
+    """Every XLA compilation of this process from now on (one event each): a test compares its length before and
+    after a call that must not compile."""
+    events = []
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda name, *a, **k: events.append(name) if name == "/jax/core/compile/backend_compile_duration" else None)
+    return events
+
+
 def without_compilation_cache(env: dict) -> dict:
     """``env`` for a process whose file size is limited (``ulimit -f``): its cache writes would fail and leave
     truncated entries that the session's other processes would then read."""

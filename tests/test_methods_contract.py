@@ -12,7 +12,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
 
@@ -39,7 +38,6 @@ ROWS = {
     "smoothgrad": ({"nt_samples": 3}, {"nt_samples": 0}, "nt_samples"),
     "gradcam": ({}, {"cam_layer": "fc1"}, "cam_layer"),
 }
-COMPILES = "/jax/core/compile/backend_compile_duration"
 
 
 @pytest.fixture(scope="module")
@@ -50,15 +48,6 @@ def net(tiny_model, tiny_variables):
 @pytest.fixture(scope="module")
 def images():
     return make_uint8_images(3, seed=11)
-
-
-@pytest.fixture(scope="module")
-def compiles():
-    """A counter of XLA compilations."""
-    events = []
-    jax.monitoring.register_event_duration_secs_listener(
-        lambda name, *a, **k: events.append(name) if name == COMPILES else None)
-    return events
 
 
 def _run(net, images, name, **execution):

@@ -21,7 +21,6 @@ from conftest import assert_one_line_error, make_uint8_images, write_tiny_cli_se
 from numerics import assert_close
 
 SIZE = (8, 8, 3)
-COMPILES = "/jax/core/compile/backend_compile_duration"
 
 
 def _linear_network(w: np.ndarray, *, mean=None, std=None) -> jaxviz.Network:
@@ -42,14 +41,6 @@ def _linear_network(w: np.ndarray, *, mean=None, std=None) -> jaxviz.Network:
 def linear():
     w = np.random.default_rng(0).normal(0, 1, (int(np.prod(SIZE)), 3)).astype(np.float32)
     return w, _linear_network(w)
-
-
-@pytest.fixture(scope="module")
-def compiles():
-    events = []
-    jax.monitoring.register_event_duration_secs_listener(
-        lambda name, *a, **k: events.append(name) if name == COMPILES else None)
-    return events
 
 
 @pytest.fixture(scope="module")

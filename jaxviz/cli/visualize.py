@@ -10,7 +10,7 @@ import numpy as np
 import jaxviz
 from jaxviz import plots
 from jaxviz.analysis.looks_for import visualize_with_exemplars
-from jaxviz.cli._options import add_data, add_model, as_option, check_writable, load, positive_int
+from jaxviz.cli._options import add_data, add_model, as_option, check_writable, int_list, load, positive_int
 from jaxviz.visualization.objectives import OBJECTIVES
 from jaxviz.visualization.parameterizations import PARAMETERIZATIONS
 from jaxviz.visualization.transforms import TRANSFORM_NAMES
@@ -31,12 +31,9 @@ def unit_selection(text: str) -> tuple[int, ...] | slice:
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected START:STOP or comma-separated ints, got {text!r}") from None
     try:
-        values = tuple(int(t) for t in text.replace(",", " ").split())
-    except ValueError:
+        return int_list(text)
+    except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(f"expected START:STOP or comma-separated ints, got {text!r}") from None
-    if not values:
-        raise argparse.ArgumentTypeError(f"expected START:STOP or comma-separated ints, got {text!r}")
-    return values
 
 
 def add_visualize(sub) -> None:
