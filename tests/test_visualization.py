@@ -222,6 +222,37 @@ def test_the_same_images_on_four_devices(linear, tmp_path):
     assert_close(np.load(tmp_path / "pixels.npy"), here.pixels, rel=5e-4)  # Adam: see the chunking test
 
 
+def test_linen_nnx_and_function_networks_of_one_conv_give_the_same_images():
+    """The same 3x3 conv as an nnx module, a linen module and a plain function (lax.conv): the same pictures."""
+    from flax import nnx
+
+    import dropout_nnx
+
+    module = dropout_nnx.build()  # its "conv": nnx.Conv(3, 4, (3, 3)), SAME padding, with bias
+    kernel, bias = np.asarray(module.conv.kernel[...]), np.asarray(module.conv.bias[...])
+    shape = dropout_nnx.INPUT_SHAPE
+    networks = {"nnx": jaxviz.from_nnx(module, input_shape=shape, layers=("conv",))}
+
+    class OneConv(flax.linen.Module):
+        @flax.linen.compact
+        def __call__(self, x):
+            return flax.linen.Conv(4, (3, 3), name="conv")(x)
+
+    networks["linen"] = jaxviz.from_linen(OneConv(), {"params": {"conv": {"kernel": kernel, "bias": bias}}},
+                                          input_shape=shape)
+
+    def conv(variables, x, layer):
+        return jax.lax.conv_general_dilated(x, variables["kernel"], (1, 1), "SAME",
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC")) + variables["bias"]
+
+    networks["function"] = jaxviz.from_function(conv, {"kernel": kernel, "bias": bias}, layer_names=("conv",),
+                                                input_shape=shape)
+    assert isinstance(nnx.state(module), nnx.State)
+    got = {name: visualize(n, "conv", units=[0, 3], steps=5, transforms="none") for name, n in networks.items()}
+    for name in ("linen", "function"):
+        assert_close(got[name].pixels, got["nnx"].pixels, rel=5e-4)  # Adam: see the chunking test
+
+
 def test_a_second_call_compiles_nothing_and_reproduces_the_images(net, compiles):
     first = visualize(net, "fc1", units=[0, 3, 7], steps=4)
     before = len(compiles)
