@@ -14,12 +14,13 @@ booleans, pairs, counts, and the engines' limit on (image, mask) pairs.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
 
-__all__ = ["PAIR_LIMIT", "SEED_LIMIT", "ArgumentError", "ArgumentTypeError", "NamedArgumentError",
+__all__ = ["PAIR_LIMIT", "SEED_LIMIT", "ArgumentError", "ArgumentTypeError", "NamedArgumentError", "check_real",
            "NotADirectoryArgumentError", "PathExistsError", "PathNotFoundError", "check_bool", "check_choice",
            "check_int", "check_pair", "check_pair_count", "check_positive_count", "check_seed", "renamed_arguments"]
 
@@ -89,6 +90,27 @@ def check_int(value: Any, name: str, low: int, high: int | None = None, what: st
     if value < low or (high is not None and value > high):
         raise ArgumentError(name, f"expected {expected}{what}, got {value!r}")
     return int(value)
+
+
+def check_real(value: Any, name: str, low: float, high: float = math.inf, *, low_open: bool = False,
+               high_open: bool = True) -> float:
+    """``value`` as a finite float in the interval from ``low`` to ``high`` (open or closed at each end; no upper
+    bound when ``high`` is inf); bools are refused.
+
+    Raises:
+      ArgumentTypeError: not a real number; ArgumentError: NaN, infinite or out of the interval. Both name ``name``
+      and the interval.
+    """
+    if high == math.inf:
+        expected = f"a number {'>' if low_open else '>='} {low:g}"
+    else:
+        expected = f"a number in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ArgumentTypeError(name, f"expected {expected}, got {value!r} ({type(value).__name__})")
+    x = float(value)
+    if not (math.isfinite(x) and (x > low if low_open else x >= low) and (x < high if high_open else x <= high)):
+        raise ArgumentError(name, f"expected {expected}, got {x!r}")
+    return x
 
 
 def check_seed(value: Any, name: str = "seed") -> int:

@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxviz.checks import ArgumentError, ArgumentTypeError, check_int, check_seed
+from jaxviz.checks import ArgumentError, ArgumentTypeError, check_int, check_real, check_seed
 from jaxviz.engine.inputs import check_x
 from jaxviz.engine.perturb import BLUR_SIGMA, MaskFamily, perturbed_outputs, prepare
 from jaxviz.methods.ablation import grid_segments
@@ -358,9 +358,7 @@ def mu_fidelity(
     x = check_x(x)
     n, h, w, _ = x.shape
     grid, num_subsets = check_mu_fidelity_lattice(grid, num_subsets, h, w)
-    if (isinstance(subset_fraction, (bool, np.bool_)) or not isinstance(subset_fraction, (int, float, np.number))
-            or not 0 < subset_fraction <= 1):
-        raise ArgumentError("subset_fraction", f"expected a number in (0, 1], got {subset_fraction!r}")
+    subset_fraction = check_real(subset_fraction, "subset_fraction", 0.0, 1.0, low_open=True, high_open=False)
     seed = check_seed(seed)
     values = _check_attribution(attribution, x)
     targets = _check_targets(targets, n)

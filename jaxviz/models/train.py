@@ -32,7 +32,7 @@ import optax
 
 from jaxviz._batching import map_batches
 from jaxviz._progress import progress_bar
-from jaxviz.checks import ArgumentError, ArgumentTypeError
+from jaxviz.checks import ArgumentError, ArgumentTypeError, check_real
 from jaxviz.data.images import Dataset
 from jaxviz.models.adapters import from_cnn
 from jaxviz.models.checkpoint import (
@@ -66,22 +66,6 @@ def _check_int(name: str, value: Any, minimum: int, maximum: int | None = None) 
     return int(value)
 
 
-def _check_float(name: str, value: Any, low: float, high: float, *, low_open: bool = False,
-                 high_open: bool = True) -> float:
-    if high == math.inf:
-        expected = f"a finite number {'>' if low_open else '>='} {low:g}"
-    else:
-        expected = f"a number in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ArgumentTypeError(f"{name}", f"expected {expected}, got {value!r} ({type(value).__name__})")
-    x = float(value)
-    ok = (math.isfinite(x) and (x > low if low_open else x >= low)
-          and (x < high if high_open else x <= high))
-    if not ok:
-        raise ArgumentError(f"{name}", f"expected {expected}, got {x!r}")
-    return x
-
-
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Everything that determines a training run (recorded with the weights).
@@ -111,16 +95,16 @@ class TrainConfig:
         checked = {
             "epochs": _check_int("epochs", self.epochs, 1),
             "batch_size": _check_int("batch_size", self.batch_size, 1),
-            "peak_lr": _check_float("peak_lr", self.peak_lr, 0.0, math.inf, low_open=True),
-            "momentum": _check_float("momentum", self.momentum, 0.0, 1.0),
-            "weight_decay": _check_float("weight_decay", self.weight_decay, 0.0, math.inf),
-            "label_smoothing": _check_float("label_smoothing", self.label_smoothing, 0.0, 1.0),
-            "warmup_fraction": _check_float("warmup_fraction", self.warmup_fraction, 0.0, 1.0),
+            "peak_lr": check_real(self.peak_lr, "peak_lr", 0.0, math.inf, low_open=True),
+            "momentum": check_real(self.momentum, "momentum", 0.0, 1.0),
+            "weight_decay": check_real(self.weight_decay, "weight_decay", 0.0, math.inf),
+            "label_smoothing": check_real(self.label_smoothing, "label_smoothing", 0.0, 1.0),
+            "warmup_fraction": check_real(self.warmup_fraction, "warmup_fraction", 0.0, 1.0),
             "seed": _check_int("seed", self.seed, -(2**63), 2**63 - 1),
             "widths": self._checked_widths(),
             "convs_per_block": _check_int("convs_per_block", self.convs_per_block, 1),
             "hidden": _check_int("hidden", self.hidden, 1),
-            "dropout": _check_float("dropout", self.dropout, 0.0, 1.0),
+            "dropout": check_real(self.dropout, "dropout", 0.0, 1.0),
         }
         for name, value in checked.items():
             object.__setattr__(self, name, value)

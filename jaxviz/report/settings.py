@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 import numbers
 
 import numpy as np
 
 from jaxviz.analysis.unit_occlusion import UNIT_WINDOW
-from jaxviz.checks import ArgumentError, ArgumentTypeError
+from jaxviz.checks import ArgumentError, ArgumentTypeError, check_real
 from jaxviz.data.images import Dataset
 from jaxviz.evaluation.sanity import DEFAULT_METHODS, randomization_layers
 from jaxviz.methods import registry
@@ -31,10 +30,6 @@ _INT_RANGES = {"num_units": (1, MAX_UNITS), "k": (1, None), "window": (1, None),
 
 def _is_int(v) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
-
-
-def _is_real(v) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,15 +92,9 @@ class ReportSettings:
                 extra = " (the most units the figures show)" if name == "num_units" and v > hi else ""
                 raise ArgumentError(f"{name}", f"expected {want}{extra}, got {v}")
             object.__setattr__(self, name, int(v))
-        for name, ok, want in (("threshold", lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]"),
-                               ("sigma", lambda v: v >= 0.0, "a number >= 0"),
-                               ("perplexity", lambda v: v > 0.0, "a number > 0")):
-            v = getattr(self, name)
-            if not _is_real(v):
-                raise ArgumentTypeError(f"{name}", f"expected {want}, got {v!r} ({type(v).__name__})")
-            if not (math.isfinite(v) and ok(v)):
-                raise ArgumentError(f"{name}", f"expected {want}, got {v}")
-            object.__setattr__(self, name, float(v))
+        object.__setattr__(self, "threshold", check_real(self.threshold, "threshold", 0.0, 1.0, high_open=False))
+        object.__setattr__(self, "sigma", check_real(self.sigma, "sigma", 0.0))
+        object.__setattr__(self, "perplexity", check_real(self.perplexity, "perplexity", 0.0, low_open=True))
         for name, sanity in (("trust_methods", False), ("sanity_methods", True)):
             v = getattr(self, name)
             if v is not None:

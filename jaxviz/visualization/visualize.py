@@ -21,7 +21,6 @@ import contextlib
 import dataclasses
 import functools
 import inspect
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -39,6 +38,7 @@ from jaxviz.checks import (
     check_bool,
     check_int,
     check_positive_count,
+    check_real,
     check_seed,
 )
 from jaxviz.engine.plan import chunk_size_for, probe, signature
@@ -117,15 +117,6 @@ class _Config:
     tv: float
     negative: bool
     redirect: bool
-
-
-def _finite(value: Any, name: str, *, positive: bool = False) -> float:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ArgumentTypeError(name, f"expected a number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value) or value < 0 or (positive and value == 0):
-        raise ArgumentError(name, f"expected a finite number {'> 0' if positive else '>= 0'}, got {value}")
-    return value
 
 
 def _colour(decorrelate: Any, channels: int) -> np.ndarray | None:
@@ -257,18 +248,18 @@ def _plan(network: Network, layer: str, units: Any, *, objective: Any, negative:
     chosen = _check_units(units, target.targets)
     negative, squash = check_bool(negative, "negative"), check_bool(squash, "squash")
     steps = check_int(steps, "steps", 1)
-    lr = _finite(lr, "lr", positive=True)
+    lr = check_real(lr, "lr", 0.0, low_open=True)
     if param not in PARAMETERIZATIONS:
         raise ArgumentError("param", f"expected one of {', '.join(PARAMETERIZATIONS)}, got {param!r}")
     h, w, c = network.input_spec.shape
     colour = _colour(decorrelate, c)
     moves = check_transforms(transforms, min(h, w))
     batch = check_int(batch, "batch", 1)
-    diversity = _finite(diversity, "diversity")
+    diversity = check_real(diversity, "diversity", 0.0)
     if diversity and batch == 1:
         raise ArgumentError("diversity", f"expected 0 with batch=1 (diversity pushes a unit's images apart), got "
                                          f"{diversity}")
-    l1, l2, tv = _finite(l1, "l1"), _finite(l2, "l2"), _finite(tv, "tv")
+    l1, l2, tv = (check_real(v, name, 0.0) for v, name in ((l1, "l1"), (l2, "l2"), (tv, "tv")))
     seed = check_seed(seed)
     check_positive_count(chunk_size, "chunk_size", "units")
     check_positive_count(memory_budget, "memory_budget", "bytes")
