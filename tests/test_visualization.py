@@ -222,6 +222,16 @@ def test_the_same_images_on_four_devices(linear, tmp_path):
     assert_close(np.load(tmp_path / "pixels.npy"), here.pixels, rel=5e-4)  # Adam: see the chunking test
 
 
+def test_another_size_for_a_conv_layer(net):
+    """conv2 of the 32x32 CNN takes 40x24 images: pictures of that size, the activation of the picture itself."""
+    plain = dict(steps=3, param="pixel", decorrelate=False, transforms="none", redirect_relu=False)
+    got = visualize(net, "conv2", units=[1, 2], size=(40, 24), **plain)
+    assert got.images.shape == (2, 1, 40, 24, 3) and got.settings["size"] == [40, 24]
+    shown = net.input_spec.from_pixels(got.images[:, 0].astype(np.float32) / 255)  # squashed: the uint8 picture
+    acts = np.asarray(net.layer_fn("conv2")(net.variables, jnp.asarray(shown)))
+    assert_close(got.activation[:, 0], acts.mean(axis=(1, 2))[[0, 1], [1, 2]], scale=got.activation, rel=1e-5)
+
+
 def test_linen_nnx_and_function_networks_of_one_conv_give_the_same_images():
     """The same 3x3 conv as an nnx module, a linen module and a plain function (lax.conv): the same pictures."""
     from flax import nnx
@@ -325,6 +335,9 @@ def test_dead_units_are_listed_not_drawn_and_the_honesty_numbers(net, compiles):
     ({"l2": -1.0}, "l2"),
     ({"seed": -1}, "seed"),
     ({"chunk_size": 0}, "chunk_size"),
+    ({"layer": "fc1", "size": (40, 24)}, "size"),  # fc1's kernel is made for 32x32 inputs
+    ({"size": (0, 8)}, "size"),
+    ({"size": "big"}, "size"),
 ])
 def test_bad_input_is_refused_before_compiling(net, compiles, kwargs, word):
     args = {"layer": "conv2", **kwargs}

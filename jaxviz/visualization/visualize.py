@@ -37,6 +37,7 @@ from jaxviz.checks import (
     ArgumentTypeError,
     check_bool,
     check_int,
+    check_pair,
     check_positive_count,
     check_real,
     check_seed,
@@ -117,6 +118,27 @@ class _Config:
     tv: float
     negative: bool
     redirect: bool
+
+
+def _size(network: Network, layer: str, size: Any) -> tuple[int, int, int]:
+    """(height, width, channels) of the images: the network's input, or ``size`` if the network takes it up to
+    ``layer`` (traced abstractly, nothing compiled)."""
+    h, w, c = network.input_spec.shape
+    if size is None:
+        return h, w, c
+    sh, sw = check_pair(size, "size")
+    if sh < 1 or sw < 1:
+        raise ArgumentError("size", f"expected a positive (height, width), got {size!r}")
+    if (sh, sw) == (h, w):
+        return h, w, c
+    probe = jax.ShapeDtypeStruct((1, sh, sw, c), network.input_spec.dtype)
+    try:
+        jax.eval_shape(network.layer_fn(layer), network.variables, probe)
+    except Exception as e:  # the network's own error, whatever it is: a shape it cannot take
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ArgumentError("size", f"expected a (height, width) the network takes up to {layer} (its input is "
+                                    f"{h}x{w}), got {sh}x{sw}: {first[:200]}") from None
+    return sh, sw, c
 
 
 def _colour(decorrelate: Any, channels: int) -> np.ndarray | None:
@@ -238,7 +260,7 @@ class _Plan:
 
 def _plan(network: Network, layer: str, units: Any, *, objective: Any, negative: Any, steps: Any, lr: Any,
           param: Any, decorrelate: Any, squash: Any, transforms: Any, batch: Any, diversity: Any, l1: Any, l2: Any,
-          tv: Any, seed: Any, redirect_relu: Any, magnitude: Any, chunk_size: Any, memory_budget: Any,
+          tv: Any, seed: Any, size: Any, redirect_relu: Any, magnitude: Any, chunk_size: Any, memory_budget: Any,
           progress: Any) -> _Plan:
     """Every argument of ``visualize`` checked, before any work."""
     if not isinstance(network, Network):
@@ -251,7 +273,7 @@ def _plan(network: Network, layer: str, units: Any, *, objective: Any, negative:
     lr = check_real(lr, "lr", 0.0, low_open=True)
     if param not in PARAMETERIZATIONS:
         raise ArgumentError("param", f"expected one of {', '.join(PARAMETERIZATIONS)}, got {param!r}")
-    h, w, c = network.input_spec.shape
+    h, w, c = _size(network, layer, size)
     colour = _colour(decorrelate, c)
     moves = check_transforms(transforms, min(h, w))
     batch = check_int(batch, "batch", 1)
@@ -285,7 +307,7 @@ def visualize(network: Network, layer: str, units: Sequence[int] | None = None, 
               negative: bool = False, steps: int = 512, lr: float = 0.05, param: str = "fourier",
               decorrelate: Any = True, squash: bool = True, transforms: Any = "standard", batch: int = 1,
               diversity: float = 0.0, l1: float = 0.0, l2: float = 0.0, tv: float = 0.0, seed: int = 0,
-              redirect_relu: bool = True, magnitude: Any = None, chunk_size: int | None = None, memory_budget: int | None = None,
+              size: tuple[int, int] | None = None, redirect_relu: bool = True, magnitude: Any = None, chunk_size: int | None = None, memory_budget: int | None = None,
               devices: Sequence[jax.Device] | None = None, progress: bool = False) -> Visualization:
     """The images that maximize (``negative``: minimize) each unit of ``layer``, all units in one compiled program.
 
@@ -308,6 +330,8 @@ def visualize(network: Network, layer: str, units: Sequence[int] | None = None, 
       batch: images per target; with ``diversity > 0`` they are pushed apart (Lucid's Gram-matrix diversity).
       l1, l2, tv: penalties on each image: L1 about grey, L2 about 0, total variation.
       seed: in [0, 2**32); a target's images depend only on the seed and the target.
+      size: (height, width) of the images (default: the network's input size); another size must be one the
+        network takes up to ``layer`` (a convolutional layer usually takes any: larger pictures of a conv unit).
       magnitude: with ``param="maco"``: float (C, H, W // 2 + 1), the fixed magnitude
         (``parameterizations.mean_spectrum(your images)``); default the embedded sample's.
       redirect_relu: Lucid's redirected ReLU gradient (``relu.redirected_relus``), so that a unit silent at the
@@ -323,7 +347,7 @@ def visualize(network: Network, layer: str, units: Sequence[int] | None = None, 
     """
     plan = _plan(network, layer, units, objective=objective, negative=negative, steps=steps, lr=lr, param=param,
                  decorrelate=decorrelate, squash=squash, transforms=transforms, batch=batch, diversity=diversity,
-                 l1=l1, l2=l2, tv=tv, seed=seed, redirect_relu=redirect_relu, magnitude=magnitude, chunk_size=chunk_size,
+                 l1=l1, l2=l2, tv=tv, seed=seed, size=size, redirect_relu=redirect_relu, magnitude=magnitude, chunk_size=chunk_size,
                  memory_budget=memory_budget, progress=progress)
     config, chosen, colour, target_directions = plan.config, plan.units, plan.colour, plan.directions
     (h, w), c, batch = config.size, config.channels, config.batch
@@ -356,7 +380,7 @@ def visualize(network: Network, layer: str, units: Sequence[int] | None = None, 
     settings = {"objective": objective if isinstance(objective, str) else config.objective.kind, "negative": config.negative,
                 "steps": config.steps, "lr": config.lr, "param": param, "decorrelate": colour is not None,
                 "squash": config.squash, "transforms": dataclasses.asdict(config.transforms), "batch": config.batch,
-                "diversity": config.diversity, "l1": config.l1, "l2": config.l2, "tv": config.tv, "seed": seed,
+                "diversity": config.diversity, "l1": config.l1, "l2": config.l2, "tv": config.tv, "seed": seed, "size": list(config.size),
                 "redirect_relu": config.redirect}
     return Visualization(images, pixels, np.concatenate(values).astype(np.float32),
                          np.concatenate(traces).astype(np.float32), chosen, layer, settings)
