@@ -33,6 +33,9 @@ def test_every_plot_returns_a_figure(rng, tmp_path):
         "tsne": plots.plot_tsne(rng.normal(size=(20, 2)), np.arange(20) % 3, ("a", "b", "c")),
         "confusion": plots.plot_confusion(rng.integers(0, 9, size=(3, 3)), ("a", "b", "c")),
         "selectivity": plots.plot_selectivity(rng.integers(0, 5, size=(2, 3)), [4, 7], ("a", "b", "c")),
+        "visualizations": plots.plot_visualizations(_images(rng, 3, 2), [1, 4, 6], notes=["x2.0", "x1.1", "x3.0"]),
+        "looks_for": plots.plot_looks_for(_images(rng, 2), _images(rng, 3, 2), [5, 9], notes=["x2.0 a", "x0.5 b"],
+                                          labels=np.zeros((3, 2), int), class_names=("a",)),
         "training": plots.plot_training([{"epoch": 1, "train_accuracy": 0.5, "test_accuracy": 0.4},
                                          {"epoch": 2, "train_accuracy": 0.6, "test_accuracy": 0.5}]),
     }
@@ -55,6 +58,19 @@ def test_unit_titles(rng):
     fig = plots.plot_top_k(_images(rng, 2, 2), [3, "image 7"])
     titles = [ax.get_title() for ax in fig.axes[:2]]
     assert titles == ["unit 3", "image 7"]
+
+
+def test_each_picture_stands_above_its_top_images(rng):
+    """plot_looks_for: row 0 the pictures with their notes, then the top images with their classes."""
+    pictures, tops = _images(rng, 2), _images(rng, 3, 2)
+    fig = plots.plot_looks_for(pictures, tops, [5, 9], notes=["x2.0 a", "x0.5 b"], labels=np.array([[0, 1]] * 3),
+                               class_names=("a", "b"))
+    axes = np.asarray(fig.axes).reshape(4, 2)
+    assert [ax.get_title() for ax in axes[0]] == ["unit 5", "unit 9"]
+    assert [ax.get_xlabel() for ax in axes[0]] == ["x2.0 a", "x0.5 b"]
+    assert [ax.get_xlabel() for ax in axes[1]] == ["a", "b"]
+    np.testing.assert_array_equal(axes[0, 1].get_images()[0].get_array(), pictures[1])
+    np.testing.assert_array_equal(axes[3, 0].get_images()[0].get_array(), tops[2, 0])
 
 
 NUMERICS_MODULES = (

@@ -102,20 +102,21 @@ def test_vmapped_sets_equal_one_set_at_a_time(tiny_net):
         np.testing.assert_allclose(got, want, atol=1e-3, err_msg=method)  # ranks of near-equal values may swap
 
 
-@pytest.mark.slow
 def test_sanity_check_on_an_nnx_model_with_and_without_its_initializer():
+    """The tiny nnx net (a conv, Dropout with its RNG state, a linear head): re-initialised by its own initializer
+    when ``init`` is given, by scale-matched Gaussian draws otherwise."""
     from flax import nnx
 
-    from conftest import load_example
+    import dropout_nnx
 
-    example = load_example("resnet_nnx")
     images = make_uint8_images(2, 3)
-    own = jaxviz.from_nnx(example.build(), input_shape=(32, 32, 3), class_names=example.CLASS_NAMES,
-                          init=lambda key: example.ResNet(rngs=nnx.Rngs(key)))
-    result = jaxviz.randomization_test(own, images, methods=("saliency", "gradcam"), layers=["head", "stem/conv"])
+    shape, classes = dropout_nnx.INPUT_SHAPE, dropout_nnx.CLASS_NAMES
+    own = jaxviz.from_nnx(dropout_nnx.build(), input_shape=shape, class_names=classes,
+                          init=lambda key: dropout_nnx.DropoutNet(nnx.Rngs(key)))
+    result = jaxviz.randomization_test(own, images, methods=("saliency", "gradcam"), layers=["fc", "conv"])
     assert result.initializer == "model" and result.correlations["gradcam"].shape == (2, 2)
-    plain = jaxviz.from_nnx(example.build(), input_shape=(32, 32, 3), class_names=example.CLASS_NAMES)
-    result = jaxviz.randomization_test(plain, images, methods=("saliency",), layers=["head"])
+    plain = jaxviz.from_nnx(dropout_nnx.build(), input_shape=shape, class_names=classes)
+    result = jaxviz.randomization_test(plain, images, methods=("saliency",), layers=["fc"])
     assert result.initializer == "gaussian" and np.isfinite(result.correlations["saliency"]).all()
     assert "saliency" in result.sentence() and ("passes" in result.sentence() or "fails" in result.sentence())
 

@@ -14,12 +14,13 @@ from jaxviz.cli._options import add_data, add_model, as_option, check_writable, 
 from jaxviz.visualization.objectives import OBJECTIVES
 from jaxviz.visualization.parameterizations import PARAMETERIZATIONS
 from jaxviz.visualization.transforms import TRANSFORM_NAMES
-from jaxviz.visualization.visualize import check_visualization
+from jaxviz.visualization.visualize import check_visualization, visualize_defaults
 
 __all__ = ["add_visualize", "cmd_visualize", "unit_selection"]
 
 # the API's arguments that are the command's options of the same name (underscores as dashes)
-_OPTIONS = ("layer", "units", "objective", "steps", "lr", "param", "transforms", "batch", "diversity", "seed")
+_OPTIONS = ("layer", "units", "objective", "steps", "lr", "param", "transforms", "batch", "diversity", "size",
+            "seed")
 
 
 def unit_selection(text: str) -> tuple[int, ...] | slice:
@@ -36,6 +37,18 @@ def unit_selection(text: str) -> tuple[int, ...] | slice:
         raise argparse.ArgumentTypeError(f"expected START:STOP or comma-separated ints, got {text!r}") from None
 
 
+def image_size(text: str) -> tuple[int, int]:
+    """argparse type: ``HxW`` (e.g. ``64x64``) or one int for a square."""
+    parts = text.lower().split("x")
+    try:
+        values = tuple(int(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) not in (1, 2) or min(values, default=0) < 1:
+        raise argparse.ArgumentTypeError(f"expected HxW with positive ints (e.g. 64x64), got {text!r}")
+    return (values[0], values[-1])
+
+
 def add_visualize(sub) -> None:
     p = sub.add_parser("visualize", help="feature visualization: the image each unit of a layer looks for, next to "
                                          "its exemplar ratio and predicted class (PNG grid, .npz, JSON)")
@@ -46,18 +59,24 @@ def add_visualize(sub) -> None:
                                    "the output)")
     g.add_argument("--units", type=unit_selection, help="units to draw: START:STOP or a comma-separated list "
                                                         "(default: every unit of --layer)")
-    g.add_argument("--objective", choices=OBJECTIVES, default="channel",
+    d = visualize_defaults()  # the API's defaults, shown in the help
+    g.add_argument("--objective", choices=OBJECTIVES, default=d["objective"],
                    help="channel: the unit's map averaged over space; neuron: its centre position")
     g.add_argument("--negative", action="store_true", help="minimize: what suppresses each unit")
-    g.add_argument("--steps", type=positive_int, default=512, help="optimizer steps (default: 512)")
-    g.add_argument("--lr", type=float, default=0.05, help="Adam's learning rate (default: 0.05)")
-    g.add_argument("--param", choices=PARAMETERIZATIONS, default="fourier", help="image parameterization")
+    g.add_argument("--steps", type=positive_int, default=d["steps"], help=f"optimizer steps (default: {d['steps']})")
+    g.add_argument("--lr", type=float, default=d["lr"], help=f"Adam's learning rate (default: {d['lr']})")
+    g.add_argument("--param", choices=PARAMETERIZATIONS, default=d["param"],
+                   help=f"image parameterization (default: {d['param']})")
     g.add_argument("--no-decorrelate", action="store_true", help="no colour decorrelation")
-    g.add_argument("--transforms", default="standard",
-                   help=f"standard, none, or comma-separated names from {','.join(TRANSFORM_NAMES)}")
-    g.add_argument("--batch", type=positive_int, default=1, help="images per unit (default: 1)")
-    g.add_argument("--diversity", type=float, default=0.0, help="weight of the diversity term (needs --batch >= 2)")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--transforms", default=d["transforms"],
+                   help=f"standard, none, or comma-separated names from {','.join(TRANSFORM_NAMES)} "
+                        f"(default: {d['transforms']})")
+    g.add_argument("--batch", type=positive_int, default=d["batch"], help=f"images per unit (default: {d['batch']})")
+    g.add_argument("--diversity", type=float, default=d["diversity"],
+                   help="weight of the diversity term (needs --batch >= 2)")
+    g.add_argument("--size", type=image_size, help="HxW: draw at another size the layer takes, e.g. 64x64 for a "
+                                                   "conv layer (default: the model's input size)")
+    g.add_argument("--seed", type=int, default=d["seed"])
     g.add_argument("--k", type=positive_int, default=10,
                    help="top-K images of the data per unit: the exemplar ratio and the majority class")
     p.add_argument("--out", default="visualize", help="output directory")
@@ -81,7 +100,7 @@ def cmd_visualize(args) -> None:
                                  f"{args.units.start}:{'' if args.units.stop is None else args.units.stop}")
         check_visualization(network, layer, units, objective=args.objective, steps=args.steps, lr=args.lr,
                             param=args.param, transforms=transforms, batch=args.batch, diversity=args.diversity,
-                            seed=args.seed)
+                            size=args.size, seed=args.seed)
         if args.k > len(data):
             raise ValueError(f"--k: expected at most the {len(data)} images of the data, got {args.k}")
     except (ValueError, TypeError) as e:
@@ -93,7 +112,7 @@ def cmd_visualize(args) -> None:
                                          objective=args.objective, negative=args.negative, steps=args.steps,
                                          lr=args.lr, param=args.param, decorrelate=not args.no_decorrelate,
                                          transforms=transforms, batch=args.batch, diversity=args.diversity,
-                                         seed=args.seed, progress=True)
+                                         size=args.size, seed=args.seed, progress=True)
     except (ValueError, TypeError) as e:  # every chosen unit dead on the data
         raise as_option(e, _OPTIONS) from None
     result, ratio, units, dead = looks.visualization, looks.exemplar_ratio, list(looks.units), list(looks.dead)

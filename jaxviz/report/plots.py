@@ -17,7 +17,8 @@ from jaxviz.checks import ArgumentError
 
 __all__ = [
     "MAX_COLUMNS", "MAX_ROWS", "check_grid", "image_title", "plot_activation_maps", "plot_attribution_maps", "plot_confusion", "plot_filters", "plot_heatmaps", "plot_masked",
-    "plot_occluded_examples", "plot_sanity", "plot_selectivity", "plot_top_k", "plot_training", "plot_tsne", "save_figure",
+    "plot_looks_for", "plot_occluded_examples", "plot_sanity", "plot_selectivity", "plot_top_k", "plot_training",
+    "plot_tsne", "plot_visualizations", "save_figure",
 ]
 
 
@@ -159,6 +160,30 @@ def plot_top_k(images: np.ndarray, units: Sequence[int], *, labels: np.ndarray |
         axes[0, j].set_title(_column_title(unit), fontsize=8)
     if title:
         fig.suptitle(title)
+    return fig
+
+
+def plot_looks_for(pictures: np.ndarray, top_images: np.ndarray, units: Sequence[int], *,
+                   notes: Sequence[str] | None = None, labels: np.ndarray | None = None,
+                   class_names: Sequence[str] | None = None, title: str = "", fig=None):
+    """Each unit's feature visualization above its top-K images: one column per unit.
+
+    Args:
+      pictures: uint8 (U, H, W, 3): each unit's picture (``UnitVisualizations.visualization.images[:, 0]``).
+      top_images: uint8 (K, U, H, W, 3): the unit's top images of the data, best first.
+      units: the unit numbers (titled "unit N") or strings, one per column.
+      notes: optional text under each picture (its exemplar ratio and predicted class).
+      labels: optional int (K, U) classes of the top images, shown under each.
+    """
+    stacked = np.concatenate([np.asarray(pictures)[None], np.asarray(top_images)])
+    fig = plot_top_k(stacked, units, title=title, fig=fig)
+    axes = np.asarray(fig.axes[:stacked.shape[0] * stacked.shape[1]]).reshape(stacked.shape[:2])
+    for j in range(stacked.shape[1]):
+        if notes is not None:
+            axes[0, j].set_xlabel(notes[j], fontsize=6, labelpad=1, fontweight="bold")
+        if labels is not None and class_names is not None:
+            for i in range(stacked.shape[0] - 1):
+                axes[i + 1, j].set_xlabel(class_names[labels[i, j]], fontsize=6, labelpad=1)
     return fig
 
 

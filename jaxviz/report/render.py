@@ -186,6 +186,7 @@ def _looks_for_section(page: _Page, r: ReportResults, looks: dict | None) -> Non
         page.section(title, _p(f"Not run: {why}."))
         return
     v, k = r.looks_for, r.settings.k
+    columns = [list(r.study.units).index(u) for u in v.units]  # the drawn units among the shown ones
     predicted = looks["predicted_class"] or ["n/a"] * len(v.units)
     rows = [(u, ratio, p, f"{m} ({share:.0%})") for u, ratio, p, m, share in
             zip(v.units, looks["exemplar_ratio"], predicted, looks["majority_class"], looks["majority_share"])]
@@ -197,11 +198,13 @@ def _looks_for_section(page: _Page, r: ReportResults, looks: dict | None) -> Non
            "in one compiled program). Pictures like these can mislead, so each comes with two checks against the "
            f"data: the exemplar ratio (the activation the picture reaches over the unit's largest on the "
            f"{len(r.dataset)} images; above 1, it excites the unit more than any of them) and the class the network "
-           f"predicts for the picture, beside the majority class of the unit's top {k} images (compare with the "
-           f"top-K figure above, same units, same order).{dead}"),
-        page.figure(plots.plot_visualizations(v.visualization.images, list(v.units), notes=v.notes(
-            r.network.class_names if r.network.is_classifier else None), title=f"What {r.layer} units look for"),
-            "visualizations", "Each unit's picture; under it the exemplar ratio and the class predicted for it."),
+           f"predicts for the picture, beside the majority class of the unit's top {k} images.{dead}"),
+        page.figure(plots.plot_looks_for(v.visualization.images[:, 0], r.occlusion.images[:, columns], list(v.units),
+                                         notes=v.notes(r.network.class_names if r.network.is_classifier else None),
+                                         labels=r.dataset.labels[r.study.top.indices[:, list(v.units)]],
+                                         class_names=r.dataset.class_names, title=f"What {r.layer} units look for"),
+                    "visualizations", f"Each column: the unit's picture (under it the exemplar ratio and the class "
+                                      f"predicted for it), then its top {k} images of the data."),
         _table(["unit", "exemplar ratio", "predicted class of the picture", f"majority class of the top {k}"], rows))
 
 

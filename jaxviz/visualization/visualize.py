@@ -55,7 +55,7 @@ from jaxviz.visualization.parameterizations import (
 from jaxviz.visualization.relu import redirected_relus
 from jaxviz.visualization.transforms import Transforms, check_transforms, draw, warp
 
-__all__ = ["Visualization", "check_visualization", "visualize"]
+__all__ = ["Visualization", "check_visualization", "visualize", "visualize_defaults"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -292,11 +292,16 @@ def _plan(network: Network, layer: str, units: Any, *, objective: Any, negative:
     return _Plan(config, chosen, colour, target.directions, _magnitude(magnitude, param, (h, w), c))
 
 
+def visualize_defaults() -> dict[str, Any]:
+    """``visualize``'s options and their defaults, read from its signature (their one owner), ``devices`` aside."""
+    return {name: p.default for name, p in inspect.signature(visualize).parameters.items()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY and name != "devices"}
+
+
 def check_visualization(network: Network, layer: str, units: Sequence[int] | None = None, **options: Any) -> None:
     """Raise what ``visualize(network, layer, units, **options)`` would raise for its arguments, without running
     it (a command line checks its options before reading the data)."""
-    defaults = {name: p.default for name, p in inspect.signature(visualize).parameters.items()
-                if p.kind is inspect.Parameter.KEYWORD_ONLY and name != "devices"}  # one owner: visualize's own
+    defaults = visualize_defaults()
     unknown = sorted(set(options) - set(defaults))
     if unknown:
         raise ArgumentError(unknown[0], f"not an argument of visualize (its options: {', '.join(defaults)})")
