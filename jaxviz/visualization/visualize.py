@@ -180,6 +180,13 @@ def _image_fn(config: _Config, colour: Any, magnitude: Any) -> Callable:
                              squash=config.squash, magnitude=magnitude)
 
 
+def _objective(config: _Config, layer_fn: Callable, variables: Any, directions: Any, pixels: jax.Array,
+               unit: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The layer's activations of a target's images (pixels (B, H, W, C) in [0, 1]) and each image's objective."""
+    activations = layer_fn(variables, config.spec.from_pixels(pixels))
+    return activations, jax.vmap(lambda a: config.objective.value(a, unit, directions))(activations)
+
+
 def _loss(config: _Config, layer_fn: Callable, variables: Any, directions: Any, colour: Any, magnitude: Any,
           params: jax.Array, unit: jax.Array, keys: jax.Array) -> tuple[jax.Array, jax.Array]:
     """One target's loss over its ``batch`` images (params (B, ...)) at one step; aux: the objective per image."""
@@ -188,8 +195,7 @@ def _loss(config: _Config, layer_fn: Callable, variables: Any, directions: Any, 
     seen = images
     if not config.transforms.identity:
         seen = jax.vmap(lambda im, k: warp(im, *draw(k, config.transforms)))(images, keys)
-    activations = layer_fn(variables, config.spec.from_pixels(seen))
-    values = jax.vmap(lambda a: config.objective.value(a, unit, directions))(activations)
+    activations, values = _objective(config, layer_fn, variables, directions, seen, unit)
     sign = -1.0 if config.negative else 1.0
     loss = -sign * jnp.sum(values)
     if config.l1 or config.l2 or config.tv:
@@ -218,8 +224,7 @@ def _one_target(config: _Config, layer_fn: Callable, variables: Any, directions:
     (params, _), trace = jax.lax.scan(step, (params, optimizer.init(params)), jnp.arange(config.steps))
     pixels = jax.vmap(_image_fn(config, colour, magnitude))(params)
     shown = jnp.round(jnp.clip(pixels, 0, 1) * 255) / 255 if config.squash else pixels
-    activations = layer_fn(variables, config.spec.from_pixels(shown))
-    values = jax.vmap(lambda a: config.objective.value(a, unit, directions))(activations)
+    _, values = _objective(config, layer_fn, variables, directions, shown, unit)
     return pixels, values, trace
 
 
