@@ -209,6 +209,29 @@ def test_unit_selectivity_synthetic(ten_class_labels):
     np.testing.assert_array_equal(sel.ranking(), [0, 2, 1])
 
 
+def test_class_selectivity_index_is_morcos_formula_in_a_numpy_loop(ten_class_labels):
+    from jaxviz.analysis.units import class_selectivity
+
+    labels = ten_class_labels
+    rng = np.random.default_rng(4)
+    scores = rng.random((len(labels), 5))
+    scores[:, 1] = np.where(labels == 3, 2.0, 0.0)  # only class 3: index 1
+    scores[:, 2] = 0.7  # every class alike: index 0
+    scores[:, 3] = 0.0  # dead: NaN
+    got = class_selectivity(scores, labels, 10)
+    for u in range(5):
+        means = np.array([scores[labels == c, u].mean() for c in range(10)])
+        best = int(np.argmax(means))
+        rest = np.mean([m for c, m in enumerate(means) if c != best])
+        want = (means[best] - rest) / (means[best] + rest) if means[best] + rest else np.nan
+        np.testing.assert_allclose(got.class_means[:, u], means, rtol=1e-12)
+        assert got.preferred_class[u] == best
+        np.testing.assert_allclose(got.index[u], want, rtol=1e-12)
+    assert got.index[1] == 1.0 and got.index[2] == 0.0 and np.isnan(got.index[3])
+    with pytest.raises(ValueError, match="labels"):
+        class_selectivity(scores[:95], labels[:95], 11)  # class 10 has no image
+
+
 def test_unit_selectivity_rejects_bad_input(ten_class_labels):
     with pytest.raises(ValueError, match="top_indices"):
         unit_selectivity(np.zeros(3, np.int64), ten_class_labels, 10)

@@ -20,7 +20,7 @@ from jaxviz.analysis.topk import TopK, top_k_images
 from jaxviz.checks import ArgumentError, ArgumentTypeError
 from jaxviz.engine.inputs import unit_indices
 
-__all__ = ["Selectivity", "SimilarUnits", "UnitPair", "UnitStudy", "active_in_top_k", "pick_units", "similar_units", "study_units",
+__all__ = ["ClassSelectivity", "Selectivity", "class_selectivity", "SimilarUnits", "UnitPair", "UnitStudy", "active_in_top_k", "pick_units", "similar_units", "study_units",
            "unit_selectivity"]
 
 
@@ -100,6 +100,56 @@ def unit_selectivity(top_indices: np.ndarray, labels: np.ndarray, num_classes: i
     with np.errstate(divide="ignore", invalid="ignore"):
         entropy = -np.where(share > 0, share * np.log(share), 0.0).sum(1) / np.log(num_classes)
     return Selectivity(histogram, histogram.argmax(1), share.max(1), entropy)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassSelectivity:
+    """Class selectivity of every unit over a whole dataset (Morcos et al., ICLR 2018).
+
+    Attributes:
+      class_means: float64 (classes, units): each class's mean activation of each unit.
+      preferred_class: int64 (units,): the class with the largest mean (ties to the lower index).
+      index: float64 (units,): ``(mu_max - mu_rest) / (mu_max + mu_rest)``, ``mu_max`` the preferred class's
+        mean and ``mu_rest`` the mean of the other classes' means; in [0, 1] for non-negative (ReLU)
+        activations, 1 when only one class activates the unit, 0 when every class does equally; NaN when the
+        denominator is 0 (a unit never active). Unlike the top-K majority share it does not saturate: two
+        units whose top 10 are all of one class still differ in how much the other classes activate them.
+    """
+
+    class_means: np.ndarray
+    preferred_class: np.ndarray
+    index: np.ndarray
+
+
+def class_selectivity(scores: np.ndarray, labels: np.ndarray, num_classes: int) -> ClassSelectivity:
+    """The class selectivity index of every unit from its scores over a whole dataset.
+
+    Args:
+      scores: float (N, units), e.g. ``unit_scores(layer_features(...))``.
+      labels: int (N,) classes in [0, num_classes); every class needs at least one image.
+      num_classes: number of classes (>= 2).
+    """
+    scores = np.asarray(scores, np.float64)
+    labels = np.asarray(labels)
+    if scores.ndim != 2:
+        raise ArgumentError("scores", f"expected shape (N, units), got {scores.shape}")
+    if num_classes < 2:
+        raise ArgumentError("num_classes", f"expected >= 2, got {num_classes}")
+    if labels.shape != (len(scores),):
+        raise ArgumentError("labels", f"expected shape ({len(scores)},), got {labels.shape}")
+    counts = np.bincount(labels, minlength=num_classes)
+    if len(counts) > num_classes or (counts == 0).any():
+        raise ArgumentError("labels", f"expected every class in [0, {num_classes}) to have an image, got counts "
+                                      f"{counts.tolist()}")
+    sums = np.zeros((num_classes, scores.shape[1]))
+    np.add.at(sums, labels, scores)
+    means = sums / counts[:, None]
+    preferred = means.argmax(0)
+    top = means.max(0)
+    rest = (means.sum(0) - top) / (num_classes - 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        index = np.where(top + rest != 0, (top - rest) / (top + rest), np.nan)
+    return ClassSelectivity(means, preferred, index)
 
 
 @dataclasses.dataclass(frozen=True)
