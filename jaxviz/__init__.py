@@ -15,6 +15,7 @@ The package is layered; data flows one way and a layer imports only those before
               resumable, across processes with jax.distributed
     analysis  top-K, unit selectivity, masks, filters, t-SNE, classification metrics
     report    figures (the only matplotlib user, imported lazily) and the HTML report
+    atlas     a static site of every unit of chosen layers (beside report: it reuses its folder swap)
     cli       the ``jaxviz`` command
 
 Every analysis takes a ``Network``: ``load_pretrained().network`` for the
@@ -38,17 +39,20 @@ from jaxviz.analysis.metrics import (
 from jaxviz.analysis.topk import TopK, top_k_images, unit_scores
 from jaxviz.analysis.unit_occlusion import UnitOcclusion, occlude_top_images
 from jaxviz.analysis.units import (
+    ClassSelectivity,
     Selectivity,
     SimilarUnits,
     UnitPair,
     UnitStudy,
     active_in_top_k,
+    class_selectivity,
     per_unit,
     pick_units,
     similar_units,
     study_units,
     unit_selectivity,
 )
+from jaxviz.atlas.build import Atlas, build_atlas
 from jaxviz.data import CIFAR10_CLASSES, Dataset, cache_dir, load_cifar10, load_image_folder, load_sample
 from jaxviz.engine.activations import activation_maps, layer_features
 from jaxviz.evaluation.comparison import MethodComparison, attribute, compare_methods
@@ -110,4 +114,5 @@ __all__ = [
     "pretrained_sha256", "resize_images", "save_weights", "similar_units", "study_units", "top_k_images", "train",
     "tsne", "unit_indices", "unit_scores", "unit_selectivity", "window_spans",
     "UnitVisualizations", "Visualization", "visualize", "visualize_with_exemplars",
+    "Atlas", "ClassSelectivity", "build_atlas", "class_selectivity",
 ]

@@ -10,7 +10,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "jaxviz"
 # rank of each subpackage; a module may import jaxviz modules of a lower or equal rank only
 ORDER = {"checks": 0, "_version": 0, "_io": 0, "_batching": 0, "_progress": 0, "data": 1, "models": 2, "engine": 3,
-         "methods": 4, "visualization": 4, "evaluation": 5, "runs": 5, "analysis": 6, "report": 7, "cli": 8}
+         "methods": 4, "visualization": 4, "evaluation": 5, "runs": 5, "analysis": 6, "report": 7, "atlas": 7, "cli": 8}
 MODULES = sorted(p for p in PACKAGE.rglob("*.py") if p.parent != PACKAGE or p.stem in ORDER)
 
 

@@ -20,7 +20,7 @@ from jaxviz.analysis.topk import TopK, top_k_images
 from jaxviz.checks import ArgumentError, ArgumentTypeError
 from jaxviz.engine.inputs import unit_indices
 
-__all__ = ["ClassSelectivity", "Selectivity", "class_selectivity", "SimilarUnits", "UnitPair", "UnitStudy", "active_in_top_k", "pick_units", "similar_units", "study_units",
+__all__ = ["ClassSelectivity", "Selectivity", "class_selectivity", "selectivity_of_means", "SimilarUnits", "UnitPair", "UnitStudy", "active_in_top_k", "pick_units", "similar_units", "study_units",
            "unit_selectivity"]
 
 
@@ -143,10 +143,18 @@ def class_selectivity(scores: np.ndarray, labels: np.ndarray, num_classes: int) 
                                       f"{counts.tolist()}")
     sums = np.zeros((num_classes, scores.shape[1]))
     np.add.at(sums, labels, scores)
-    means = sums / counts[:, None]
+    return selectivity_of_means(sums / counts[:, None])
+
+
+def selectivity_of_means(class_means: np.ndarray) -> ClassSelectivity:
+    """``ClassSelectivity`` from class-conditional means, float (classes >= 2, units) (e.g. sums streamed over a
+    dataset, divided by the class counts): the one place of the index's formula."""
+    means = np.asarray(class_means, np.float64)
+    if means.ndim != 2 or means.shape[0] < 2:
+        raise ArgumentError("class_means", f"expected shape (classes >= 2, units), got {means.shape}")
     preferred = means.argmax(0)
     top = means.max(0)
-    rest = (means.sum(0) - top) / (num_classes - 1)
+    rest = (means.sum(0) - top) / (means.shape[0] - 1)
     with np.errstate(divide="ignore", invalid="ignore"):
         index = np.where(top + rest != 0, (top - rest) / (top + rest), np.nan)
     return ClassSelectivity(means, preferred, index)

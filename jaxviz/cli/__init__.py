@@ -9,6 +9,7 @@
                                      with --all, a perturbation method over the whole dataset
     jaxviz faithfulness              deletion / insertion AUC and MuFidelity of the methods' maps
     jaxviz sanity                    the model-randomization sanity check of the gradient methods
+    jaxviz atlas --out DIR           a static site of every unit of chosen layers, from the whole dataset
     jaxviz filters | activations | topk | tsne | summary | train
 
 Every analysis command takes ``--model FILE_OR_MODULE:ATTR`` (your model) or
@@ -23,6 +24,7 @@ import threading
 
 import jaxviz
 from jaxviz.cli._options import Parser, add_data, add_fields, add_model, int_list, positive_int
+from jaxviz.cli.atlas import add_atlas
 from jaxviz.cli.attribution import add_attribute, add_faithfulness, add_sanity
 from jaxviz.cli.commands import (
     OCCLUDE_FIELDS,
@@ -151,6 +153,7 @@ def build_parser() -> Parser:
     add_faithfulness(sub)
     add_sanity(sub)
     add_visualize(sub)
+    add_atlas(sub)
     return parser
 
 

@@ -18,7 +18,7 @@ import jaxviz
 from jaxviz.checks import ArgumentError
 from jaxviz.cli._options import as_option, check_writable, load, positive_int
 
-__all__ = ["add_run_options", "check_run_options", "run_all"]
+__all__ = ["add_process_options", "add_run_options", "check_run_options", "processes", "run_all", "stdout_to_stderr"]
 
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
@@ -34,7 +34,12 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--overwrite", action="store_true",
                    help="with --all: start afresh: replace a run in --out made with other settings (or a damaged "
                         "one) instead of refusing or resuming")
-    d = p.add_argument_group("many processes (with --all; every process runs the same command)")
+    add_process_options(p, "with --all; ")
+
+
+def add_process_options(p: argparse.ArgumentParser, when: str = "") -> None:
+    """The ``jax.distributed`` options (``--coordinator``, ``--num-processes``, ...), read by ``processes``."""
+    d = p.add_argument_group(f"many processes ({when}every process runs the same command)")
     d.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0, which listens there")
     d.add_argument("--num-processes", type=positive_int, help="how many processes take part")
     d.add_argument("--process-id", type=int, help="this process's index, 0 .. N-1")
@@ -66,7 +71,7 @@ def _as_options(e: Exception, options: typing.Mapping[str, str] | None = None) -
 
 
 @contextlib.contextmanager
-def _stdout_to_stderr():
+def stdout_to_stderr():
     """Everything written to stdout (fd 1: JAX's and Gloo's connection messages too) goes to stderr meanwhile,
     so that stdout holds only the result."""
     sys.stdout.flush()
@@ -88,37 +93,45 @@ def run_all(args, method: str, choose, options: typing.Mapping[str, str] | None 
     ``run_dataset``'s keyword arguments (layer, units, fill, the method's options). ``options`` maps the
     command's other arguments to their options, so that run_dataset's errors name them (``as_option``).
     """
-    with _stdout_to_stderr():
+    with stdout_to_stderr():
         result = _run(args, method, choose, options)
     if result is not None:
         print(json.dumps(result, allow_nan=False, default=_plain), flush=True)
 
 
-def _run(args, method: str, choose, names: typing.Mapping[str, str] | None) -> dict | None:
+@contextlib.contextmanager
+def processes(args):
+    """Start (or join) the processes of ``add_process_options``; yields whether there are several. In several
+    processes an error makes this one leave at once (one line on stderr, exit 2 for a user error): the others
+    then stop within --heartbeat-timeout instead of waiting in a collective."""
     try:
         multi = jaxviz.initialize_distributed(args.coordinator, args.num_processes, args.process_id,
                                               auto=args.distributed, heartbeat_timeout=args.heartbeat_timeout)
     except ValueError as e:
         raise _as_options(e) from None
-    if jax.process_index() == 0:
-        check_writable(args.out, directory=True, option="--out")
     try:
+        yield multi
+    except BaseException as e:
+        if not multi:
+            raise
+        user = isinstance(e, (ValueError, TypeError, OSError))
+        print(f"jaxviz {args.command}: error: process {jax.process_index()}: "
+              f"{e if user else f'{type(e).__name__}: {e}'}", file=sys.stderr, flush=True)
+        os._exit(2 if user else 1)
+
+
+def _run(args, method: str, choose, names: typing.Mapping[str, str] | None) -> dict | None:
+    with processes(args) as multi:
+        if jax.process_index() == 0:
+            check_writable(args.out, directory=True, option="--out")
         data, network = load(args)
         options = choose(data, network)
         try:
             run = jaxviz.run_dataset(network, data.images, args.out, method=method, keep_grid=args.keep_grid,
                                      images_per_step=args.images_per_step, overwrite=args.overwrite, progress=True,
                                      **options)
-        except (ValueError, TypeError, OSError) as e:  # named before a multi-process run reports it below
+        except (ValueError, TypeError, OSError) as e:  # named before a multi-process run reports it
             raise _as_options(e, names) from None
-    except BaseException as e:
-        if not multi:
-            raise
-        # leave at once: the others then stop within --heartbeat-timeout instead of waiting in a collective
-        user = isinstance(e, (ValueError, TypeError, OSError))
-        print(f"jaxviz {args.command}: error: process {jax.process_index()}: "
-              f"{e if user else f'{type(e).__name__}: {e}'}", file=sys.stderr, flush=True)
-        os._exit(2 if user else 1)
     layer = options.get("layer") or network.output_layer
     if jax.process_index() != 0:
         return None

@@ -35,7 +35,7 @@ from typing import Any
 from jaxviz._io import LockHeldError, path_lock, replace_directory
 from jaxviz.checks import ArgumentError, ArgumentTypeError, NotADirectoryArgumentError, PathExistsError
 
-__all__ = ["check_output_dir", "check_report_dir", "write_folder"]
+__all__ = ["check_folder", "check_output_dir", "check_report_dir", "write_folder"]
 
 _REPORT_FILES = ("index.html", "results.json")
 _REPORT_PNG = re.compile(r"(confusion|topk|selectivity|occlusion_masks|occlusion_heatmaps|visualizations|trust|tsne|"
@@ -71,18 +71,18 @@ def _not_a_report(out: Path) -> str | None:
     return None
 
 
-def _check_target(out: Path, shown: str) -> None:
+def _check_target(out: Path, shown: str, name: str = "out_dir") -> None:
     """``out`` is a directory or absent, and its nearest existing ancestor a writable directory."""
     if os.path.lexists(out) and not out.is_dir():
         what = "a broken symbolic link" if not out.exists() else "a file"
-        raise NotADirectoryArgumentError(f"out_dir: expected a directory, but {shown!r} is {what}")
+        raise NotADirectoryArgumentError(f"{name}: expected a directory, but {shown!r} is {what}")
     ancestor = out.parent
     while not os.path.lexists(ancestor) and ancestor != ancestor.parent:
         ancestor = ancestor.parent
     if not ancestor.is_dir():
-        raise NotADirectoryArgumentError(f"out_dir: cannot create {shown!r}: {str(ancestor)!r} is a file, not a directory")
+        raise NotADirectoryArgumentError(f"{name}: cannot create {shown!r}: {str(ancestor)!r} is a file, not a directory")
     if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise PermissionError(f"out_dir: cannot write {shown!r}: the directory {str(ancestor)!r} is not writable")
+        raise PermissionError(f"{name}: cannot write {shown!r}: the directory {str(ancestor)!r} is not writable")
 
 
 def check_output_dir(out_dir: str | os.PathLike) -> Path:
@@ -104,33 +104,40 @@ def check_output_dir(out_dir: str | os.PathLike) -> Path:
     return out
 
 
+def check_folder(out_dir: str | os.PathLike, not_ours: Callable[[Path], str | None], name: str = "out_dir") -> Path:
+    """Check that the folder ``out_dir`` may be (re)written whole; create nothing.
+
+    ``out_dir`` must be absent, or a directory for which ``not_ours(path)`` is None (empty, or holding only what
+    the writer writes), which the new folder replaces; anything else is refused (``FileExistsError``) so that no
+    unrelated folder is ever deleted. Its parent (or the nearest existing ancestor) must be a writable
+    directory. Errors name the argument ``name``. Returns the absolute path (symbolic links resolved).
+    """
+    if not isinstance(out_dir, (str, os.PathLike)):
+        raise ArgumentTypeError(name, f"expected a path (str or os.PathLike), got {type(out_dir).__name__}")
+    shown = os.fsdecode(out_dir)
+    if not shown:
+        raise ArgumentError(name, "expected a directory path, got ''")
+    out = Path(os.path.realpath(out_dir))
+    if out.parent == out:
+        raise ArgumentError(name, f"expected a directory below a parent directory, got {shown!r}")
+    _check_target(out, shown, name)
+    if out.is_dir():
+        why = not_ours(out)
+        if why is not None:
+            raise PathExistsError(f"{name}: refusing to replace {shown!r}: {why}; choose another directory or empty it")
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise PermissionError(f"{name}: {shown!r} is not writable")
+    return out
+
+
 def check_report_dir(out_dir: str | os.PathLike) -> Path:
-    """Check that a report can be written to ``out_dir``; create nothing.
+    """Check that a report can be written to ``out_dir``; create nothing (``check_folder``).
 
     ``out_dir`` must be absent, an empty directory or a directory holding a
     jaxviz report and nothing else (``index.html``, ``results.json`` and the
-    PNGs it lists), which the new report replaces; a directory with anything
-    else is refused (``FileExistsError``) so that no unrelated folder is ever
-    deleted. Its parent (or the nearest existing ancestor) must be a writable
-    directory. Returns the absolute path (symbolic links resolved).
+    PNGs it lists), which the new report replaces.
     """
-    if not isinstance(out_dir, (str, os.PathLike)):
-        raise ArgumentTypeError("out_dir", f"expected a path (str or os.PathLike), got {type(out_dir).__name__}")
-    shown = os.fsdecode(out_dir)
-    if not shown:
-        raise ArgumentError("out_dir", "expected a directory path, got ''")
-    out = Path(os.path.realpath(out_dir))
-    if out.parent == out:
-        raise ArgumentError("out_dir", f"expected a directory below a parent directory, got {shown!r}")
-    _check_target(out, shown)
-    if out.is_dir():
-        why = _not_a_report(out)
-        if why is not None:
-            raise PathExistsError(f"out_dir: refusing to replace {shown!r}: {why}; "
-                                  "choose another directory or empty it")
-        if not os.access(out, os.W_OK | os.X_OK):
-            raise PermissionError(f"out_dir: {shown!r} is not writable")
-    return out
+    return check_folder(out_dir, _not_a_report)
 
 
 def _restore_or_remove_leftovers(out: Path) -> None:
@@ -150,19 +157,24 @@ def _restore_or_remove_leftovers(out: Path) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
-def write_folder(out_dir: str | os.PathLike, write: Callable[[Path], Any]) -> Any:
+def write_folder(out_dir: str | os.PathLike, write: Callable[[Path], Any], *,
+                 not_ours: Callable[[Path], str | None] = _not_a_report, name: str = "out_dir",
+                 what: str = "report") -> Any:
     """``write(tmp)`` into a temporary sibling of ``out_dir``, then swap it in (see the module docstring).
+
+    ``not_ours`` says which folders may be replaced (as ``check_folder``; default: a report's), ``name`` is the
+    argument named in errors and ``what`` the folder's kind (the atlas passes its own).
 
     Returns:
       What ``write`` returned.
     """
-    out = check_report_dir(out_dir)
+    out = check_folder(out_dir, not_ours, name)
     # Everything checked: now write.
     shown = os.fsdecode(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
         with path_lock(out):
-            check_report_dir(out_dir)  # again: the folder may have changed while the data loaded
+            check_folder(out_dir, not_ours, name)  # again: the folder may have changed while the data loaded
             _restore_or_remove_leftovers(out)
             tag = f"{os.getpid()}-{secrets.token_hex(4)}"
             tmp, aside = out.with_name(f".{out.name}.tmp-{tag}"), out.with_name(f".{out.name}.old-{tag}")
@@ -179,7 +191,7 @@ def write_folder(out_dir: str | os.PathLike, write: Callable[[Path], Any]) -> An
         user_lock = Path(shown).parent / e.lock.name
         if os.path.realpath(user_lock) != str(e.lock):
             user_lock = e.lock
-        raise BlockingIOError(f"out_dir: another jaxviz report is writing {shown!r} (lock file "
+        raise BlockingIOError(f"{name}: another jaxviz {what} is writing {shown!r} (lock file "
                               f"{str(user_lock)!r} held by pid {e.pid if e.pid is not None else 'unknown'})"
                               ) from None
     return results

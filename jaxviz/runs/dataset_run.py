@@ -33,7 +33,6 @@ collectives combine the sums; process 0 writes the rest.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -41,7 +40,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import jax
 import numpy as np
 
 from jaxviz._batching import batch_sharding
@@ -63,6 +61,7 @@ from jaxviz.runs import store
 from jaxviz.runs.passes import Job, execute, first_record
 from jaxviz.runs.program import MapSpec
 from jaxviz.runs.reader import Run, expected_arrays, open_run, read_settings
+from jaxviz.runs.store import fingerprint
 from jaxviz.runs.streaming import barrier
 
 __all__ = ["run_dataset"]
@@ -82,25 +81,12 @@ def _check_source(images: Any, network: Network) -> Any:
     return images
 
 
-def _fingerprint(*arrays: Any) -> str:
-    h = hashlib.sha256()
-    for a in arrays:
-        for leaf in jax.tree_util.tree_leaves(a):
-            if jax.dtypes.issubdtype(getattr(leaf, "dtype", None), jax.dtypes.prng_key):  # an nnx RNG stream's key
-                h.update(f"{leaf.dtype}".encode())
-                leaf = jax.random.key_data(leaf)
-            leaf = np.ascontiguousarray(np.asarray(leaf))
-            h.update(f"{leaf.dtype.str}{leaf.shape}".encode())
-            h.update(leaf.tobytes())
-    return h.hexdigest()[:16]
-
-
 def _fill_setting(fill: Any, fills: Any) -> Any:
     """How the fill is recorded in the settings: the string, the number, the values, or a fingerprint."""
     if isinstance(fill, str):
         return fill
     values = np.asarray(fill, np.float64)
-    return values.tolist() if values.size <= 16 else _fingerprint(np.asarray(fills))
+    return values.tolist() if values.size <= 16 else fingerprint(np.asarray(fills))
 
 
 def _create(job: Job) -> None:
@@ -292,7 +278,7 @@ def _job(network, images, out, *, method, layer, units, options, fill, k, keep_g
                 "fill": _fill_setting(fill, fills), "images_per_step": batch, "images": n,
                 "image_shape": [h, w, c], "map_shape": list(run.map_shape), "masks_per_image": run.family.count,
                 "classes": list(network.class_names or ()), "model": network.name or "",
-                "model_fingerprint": _fingerprint(network.variables), "data_fingerprint": _fingerprint(head, tail)}
+                "model_fingerprint": fingerprint(network.variables), "data_fingerprint": fingerprint(head, tail)}
     return Job(network, images, store.resolve(out), f, units, kept,
                network.score_fn(network.output_layer) if network.is_classifier else None,
                len(network.class_names) if network.is_classifier else 0, run.family,

@@ -36,11 +36,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 
 from jaxviz._io import atomic_write_bytes
 
-__all__ = ["FORMAT", "MARKER", "RunStoreError", "array_opens", "clear", "create_array", "latest_record", "mark",
+__all__ = ["FORMAT", "MARKER", "RunStoreError", "array_opens", "clear", "create_array", "fingerprint", "latest_record", "mark",
            "not_a_run", "open_array", "read_json", "resolve", "save_record", "write_json"]
 
 FORMAT = 1
@@ -56,6 +57,21 @@ class RunStoreError(OSError):
 def resolve(path: str | os.PathLike) -> Path:
     """``path`` absolute and normalized (``..`` and symbolic links resolved): tensorstore refuses ``..``."""
     return Path(os.path.realpath(os.fspath(path)))
+
+
+def fingerprint(*arrays: Any) -> str:
+    """A short SHA-256 of the leaves of pytrees of arrays (dtypes, shapes and bytes): what identifies a model's
+    variables or a dataset's rows in a run's settings."""
+    h = hashlib.sha256()
+    for a in arrays:
+        for leaf in jax.tree_util.tree_leaves(a):
+            if jax.dtypes.issubdtype(getattr(leaf, "dtype", None), jax.dtypes.prng_key):  # an nnx RNG stream's key
+                h.update(f"{leaf.dtype}".encode())
+                leaf = jax.random.key_data(leaf)
+            leaf = np.ascontiguousarray(np.asarray(leaf))
+            h.update(f"{leaf.dtype.str}{leaf.shape}".encode())
+            h.update(leaf.tobytes())
+    return h.hexdigest()[:16]
 
 
 def _spec(root: Path, name: str) -> dict:

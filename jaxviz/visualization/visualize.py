@@ -307,10 +307,10 @@ def check_visualization(network: Network, layer: str, units: Sequence[int] | Non
     """Raise what ``visualize(network, layer, units, **options)`` would raise for its arguments, without running
     it (a command line checks its options before reading the data)."""
     defaults = visualize_defaults()
-    unknown = sorted(set(options) - set(defaults))
+    unknown = sorted(set(options) - set(defaults) - {"devices"})  # devices: checked where they are used
     if unknown:
         raise ArgumentError(unknown[0], f"not an argument of visualize (its options: {', '.join(defaults)})")
-    _plan(network, layer, units, **{**defaults, **options})
+    _plan(network, layer, units, **{**defaults, **{k: v for k, v in options.items() if k != "devices"}})
 
 
 def visualize(network: Network, layer: str, units: Sequence[int] | None = None, *, objective: Any = "channel",
