@@ -83,7 +83,11 @@ def cache_folder(out: str | os.PathLike) -> Path:
     return out.with_name(f".{out.name}.atlas-cache")
 
 
+CACHE_FORMAT = 1  # in every stage's key: a change of what a stage stores makes earlier caches unread
+
+
 def _key(**parts: Any) -> str:
+    parts["format"] = CACHE_FORMAT
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -209,7 +213,7 @@ def build_atlas(network: Network, dataset: Dataset, out: str | os.PathLike, *, l
       units: the units to show in each layer: unit numbers or a ``slice`` (default all).
       k: top images per unit, at most N.
       steps, pictures, diversity, seed: each unit's feature visualizations (``visualize``'s ``steps``, ``batch``,
-        ``diversity``, ``seed``).
+        ``diversity``, ``seed``); with one picture there is no diversity term.
       window, stride: the occluder (pixels) of the top images' occlusion maps.
       images_per_step: images per step of the dataset passes (a recorded step).
       progress: stage lines and progress bars with an ETA on stderr.
@@ -222,6 +226,8 @@ def build_atlas(network: Network, dataset: Dataset, out: str | os.PathLike, *, l
       ``FileExistsError`` when ``out`` holds something that is not an atlas; ``BlockingIOError`` when another
       build holds the cache or the folder.
     """
+    if pictures == 1:
+        diversity = 0.0  # one picture per unit: nothing to push apart
     dataset, path, layers, chosen = _check(network, dataset, out, layers, units, k, steps, pictures, diversity,
                                            window, stride, images_per_step, seed)
     cache = cache_folder(path)

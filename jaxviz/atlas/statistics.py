@@ -7,9 +7,12 @@ one forward pass each, and returns, ``psum``-ed over devices:
 
 * the scores of the block (gathered: the host keeps a running top-K per unit,
   ``top_k_merge``, ties to the lower index as a stable sort);
-* the sum of the scores, the sum of their outer products (U, U) and the sums
-  over the images of each true class (K, U): the correlation of every pair of
-  units and the class-conditional means, without ever holding (N, U).
+* the sum of the scores, the sum of the outer products (U, U) of the scores
+  minus a shift (the first block's mean: without it the float32 products of
+  units whose mean dwarfs their spread lose the covariance to cancellation)
+  and the sums over the images of each true class (K, U): the correlation of
+  every pair of units and the class-conditional means, without ever holding
+  (N, U).
 
 The host adds the block sums in float64. After every step process 0 writes a
 completion record (``store.save_record``: atomic, checksummed), so a killed
@@ -50,7 +53,8 @@ class LayerStatistics:
       class_sum: float64 (K, U): the sum of each unit's scores over the images of each true class.
       class_count: int64 (K,): images per true class.
       total: float64 (U,): the sum of each unit's scores.
-      cross: float64 (U, U): the sum over the images of the outer product of the scores.
+      shift: float64 (U,): subtracted from the scores in ``cross`` (the mean of the first block's scores).
+      cross: float64 (U, U): the sum over the images of the outer product of the scores minus ``shift``.
       predicted: int32 (N,): the class the network predicts for each image (0 without classes).
     """
 
@@ -61,6 +65,7 @@ class LayerStatistics:
     class_sum: np.ndarray
     class_count: np.ndarray
     total: np.ndarray
+    shift: np.ndarray
     cross: np.ndarray
     predicted: np.ndarray
 
@@ -78,7 +83,7 @@ class LayerStatistics:
     def correlation(self) -> np.ndarray:
         """float64 (U, U): the Pearson correlation of every pair of units over the images (``np.corrcoef`` of the
         scores); NaN where a unit is constant (a dead unit)."""
-        n, mean = self.images, self.mean
+        n, mean = self.images, self.mean - self.shift
         covariance = (self.cross - n * np.outer(mean, mean)) / max(n - 1, 1)
         std = np.sqrt(np.clip(np.diag(covariance), 0, None))
         scale = np.outer(std, std)
@@ -97,26 +102,28 @@ class LayerStatistics:
 @functools.lru_cache(maxsize=16)
 def statistics_program(fs: tuple[Callable, ...], classify: Callable | None, to_input: Callable, mesh: Mesh,
                        num_classes: int) -> Callable:
-    """``(params, images uint8 (B, H, W, C), labels int32 (B,), valid float32 (B,)) -> (predicted (B,),
-    *per layer (scores (B, U), total (U,), cross (U, U), class_sum (K, U)))``, replicated; the padded rows
-    (``valid`` 0) count in no sum."""
+    """``(params, images uint8 (B, H, W, C), labels int32 (B,), valid float32 (B,), shifts (per layer (U,)))
+    -> (predicted (B,), *per layer (scores (B, U), total (U,), cross (U, U), class_sum (K, U)))``, replicated;
+    ``cross`` sums the outer products of the scores minus the layer's shift; the padded rows (``valid`` 0) count
+    in no sum."""
 
-    def local(params, images, labels, valid):
+    def local(params, images, labels, valid, shifts):
         x = to_input(images)
         onehot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32) * valid[:, None]
         predicted = (jnp.zeros(x.shape[0], jnp.int32) if classify is None
                      else jnp.argmax(classify(params, x), axis=-1).astype(jnp.int32))
         outs = [jax.lax.all_gather(predicted, "batch", tiled=True)]
-        for f in fs:
+        for f, shift in zip(fs, shifts):
             scores = f(params, x).astype(jnp.float32)
             kept = scores * valid[:, None]
+            centred = (scores - shift) * valid[:, None]
             outs += [jax.lax.all_gather(scores, "batch", tiled=True), jax.lax.psum(kept.sum(0), "batch"),
-                     jax.lax.psum(jnp.einsum("bu,bv->uv", kept, scores, precision="highest"), "batch"),
+                     jax.lax.psum(jnp.einsum("bu,bv->uv", centred, centred, precision="highest"), "batch"),
                      jax.lax.psum(jnp.einsum("bk,bu->ku", onehot, scores, precision="highest"), "batch")]
         return tuple(outs)
 
     out_specs = (P(), *(P(),) * (4 * len(fs)))
-    return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(), P("batch"), P("batch"), P("batch")),
+    return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(), P("batch"), P("batch"), P("batch"), P()),
                                  out_specs=out_specs, check_vma=False))
 
 
@@ -124,7 +131,7 @@ def _first_state(widths: dict[str, int], classes: int, n: int) -> dict[str, np.n
     state = {"step": np.int64(0), "predicted": np.zeros(n, np.int32)}
     for i, width in enumerate(widths.values()):
         state |= {f"{i}.topk_values": np.zeros((0, width), np.float32), f"{i}.topk_index": np.zeros((0, width), np.int64),
-                  f"{i}.total": np.zeros(width), f"{i}.cross": np.zeros((width, width)),
+                  f"{i}.total": np.zeros(width), f"{i}.cross": np.zeros((width, width)), f"{i}.shift": np.zeros(width),
                   f"{i}.class_sum": np.zeros((classes, width))}
     return state
 
@@ -168,9 +175,18 @@ def dataset_statistics(network: Network, images: Any, labels: np.ndarray, num_cl
             valid[:stop - start] = 1
             block_labels = np.zeros(batch, np.int32)
             block_labels[:stop - start] = labels[start:stop]
-            outs = program(params, blocks.put(blocks.local(step)), blocks.put(blocks.local(step, block_labels)),
-                           blocks.put(blocks.local(step, valid)))
-            outs = [host(a) for a in outs]
+            inputs = [blocks.put(blocks.local(step, a)) for a in (None, block_labels, valid)]
+
+            def run():
+                shifts = replicate(NamedSharding(mesh, P()), [state[f"{i}.shift"].astype(np.float32)
+                                                              for i in range(len(layers))])
+                return [host(a) for a in program(params, *inputs, shifts)]
+
+            outs = run()
+            if step == 0:  # the shifts: the first block's means, then the block again with them
+                state = {**state, **{f"{i}.shift": outs[1 + 4 * i][:stop - start].mean(0).astype(np.float64)
+                                     for i in range(len(layers))}}
+                outs = run()
             state = {**state, "step": np.int64(step + 1)}
             state["predicted"] = state["predicted"].copy()
             state["predicted"][start:stop] = outs[0][:stop - start]
@@ -188,5 +204,5 @@ def dataset_statistics(network: Network, images: Any, labels: np.ndarray, num_cl
     counts = np.bincount(labels, minlength=num_classes).astype(np.int64)
     return {layer: LayerStatistics(layer, n, state[f"{i}.topk_index"].astype(np.int64),
                                    state[f"{i}.topk_values"].astype(np.float32), state[f"{i}.class_sum"], counts,
-                                   state[f"{i}.total"], state[f"{i}.cross"], state["predicted"])
+                                   state[f"{i}.total"], state[f"{i}.shift"], state[f"{i}.cross"], state["predicted"])
             for i, layer in enumerate(layers)}
