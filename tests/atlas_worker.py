@@ -21,9 +21,10 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import jaxviz  # noqa: E402
-from conftest import make_tiny_model, make_uint8_images, randomize_variables  # noqa: E402
 from jaxviz.atlas import build  # noqa: E402
 from jaxviz.models.cnn import init_variables  # noqa: E402
+
+from conftest import make_tiny_model, make_uint8_images, randomize_variables  # noqa: E402
 
 CLASSES = tuple("abcdefghij")
 SETTINGS = {"k": 3, "steps": 6, "pictures": 2, "images_per_step": 8}

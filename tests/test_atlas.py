@@ -16,8 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from atlas_worker import SETTINGS, VIS_PART, tiny_atlas_setup
-from conftest import assert_one_line_error, make_uint8_images, write_tiny_cli_setup
 
 import jaxviz
 from jaxviz.analysis.unit_occlusion import UNIT_WINDOW
@@ -26,6 +24,9 @@ from jaxviz.atlas.build import OCCLUSION_STRIDE, cache_folder
 from jaxviz.atlas.site import SIMILAR
 from jaxviz.checks import ArgumentError
 from jaxviz.cli import main
+
+from atlas_worker import SETTINGS, VIS_PART, tiny_atlas_setup
+from conftest import assert_one_line_error, make_uint8_images, write_tiny_cli_setup
 
 LAYERS = ("conv4", "fc1")
 WORKER = Path(__file__).resolve().parent / "atlas_worker.py"
@@ -398,3 +399,14 @@ def test_the_site_opens_from_a_web_server_too(built, browser):
         assert page.errors == []
     finally:
         server.shutdown()
+
+
+@pytest.mark.slow
+def test_the_benchmark_dry_run():
+    from benchmarks import atlas as benchmark
+
+    record = benchmark.main(["--dry-run", "--gpu"])  # the GPU claim's preset, at tiny sizes, on the CPU
+    rows = record["rows"]
+    assert rows["whole_dataset"]["layers"] == {"conv6": {"units": 2, "dead": 0}, "fc1": rows["whole_dataset"]["layers"]["fc1"]}
+    assert all(row["wall_seconds"] > 0 and row["peak_rss_MB"] > 0 and row["site_MB"] > 0
+               for row in (rows["whole_dataset"], rows["sample_defaults"], *rows["memory"]))

@@ -136,6 +136,11 @@ def _first_state(widths: dict[str, int], classes: int, n: int) -> dict[str, np.n
     return state
 
 
+def _run(program, params, inputs, state, layers: int, mesh: Mesh) -> list[np.ndarray]:
+    shifts = replicate(NamedSharding(mesh, P()), [state[f"{i}.shift"].astype(np.float32) for i in range(layers)])
+    return [host(a) for a in program(params, *inputs, shifts)]
+
+
 def dataset_statistics(network: Network, images: Any, labels: np.ndarray, num_classes: int, layers: tuple[str, ...],
                        *, k: int, folder: Path, images_per_step: int, mesh: Mesh,
                        progress: bool = True) -> dict[str, LayerStatistics]:
@@ -176,17 +181,11 @@ def dataset_statistics(network: Network, images: Any, labels: np.ndarray, num_cl
             block_labels = np.zeros(batch, np.int32)
             block_labels[:stop - start] = labels[start:stop]
             inputs = [blocks.put(blocks.local(step, a)) for a in (None, block_labels, valid)]
-
-            def run():
-                shifts = replicate(NamedSharding(mesh, P()), [state[f"{i}.shift"].astype(np.float32)
-                                                              for i in range(len(layers))])
-                return [host(a) for a in program(params, *inputs, shifts)]
-
-            outs = run()
+            outs = _run(program, params, inputs, state, len(layers), mesh)
             if step == 0:  # the shifts: the first block's means, then the block again with them
                 state = {**state, **{f"{i}.shift": outs[1 + 4 * i][:stop - start].mean(0).astype(np.float64)
                                      for i in range(len(layers))}}
-                outs = run()
+                outs = _run(program, params, inputs, state, len(layers), mesh)
             state = {**state, "step": np.int64(step + 1)}
             state["predicted"] = state["predicted"].copy()
             state["predicted"][start:stop] = outs[0][:stop - start]
