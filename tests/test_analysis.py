@@ -228,8 +228,15 @@ def test_class_selectivity_index_is_morcos_formula_in_a_numpy_loop(ten_class_lab
         assert got.preferred_class[u] == best
         np.testing.assert_allclose(got.index[u], want, rtol=1e-12)
     assert got.index[1] == 1.0 and got.index[2] == 0.0 and np.isnan(got.index[3])
+    fewer = class_selectivity(scores, labels, 11)  # class 10 has no image: left out of the index
+    assert np.isnan(fewer.class_means[10]).all() and np.allclose(fewer.index[:3], got.index[:3], rtol=1e-12)
     with pytest.raises(ValueError, match="labels"):
-        class_selectivity(scores[:95], labels[:95], 11)  # class 10 has no image
+        class_selectivity(scores, np.zeros_like(labels), 10)  # one class: no selectivity
+    ranked = got.ranking()  # the index descending, ties by the preferred class's mean, never-active units last
+    assert ranked[0] == 1 and ranked[-1] == 3
+    tied = class_selectivity(np.stack([np.where(labels == 2, 1.0, 0.0), np.where(labels == 5, 3.0, 0.0)], 1), labels,
+                             10)
+    assert tied.index.tolist() == [1.0, 1.0] and tied.ranking().tolist() == [1, 0]
 
 
 def test_unit_selectivity_rejects_bad_input(ten_class_labels):

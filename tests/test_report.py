@@ -138,6 +138,29 @@ def test_similar_units_table_lists_each_pair_once(report):
     assert set(keys) == {frozenset((p["a"], p["b"])) for p in similar["overlap"] + similar["correlated"]}
 
 
+def test_most_selective_units_are_ranked_by_the_class_selectivity_index(report):
+    """Morcos et al.'s index from a numpy loop over the class means of every image; the top-K majority share (which
+    saturates at 100% for many units) stands beside it; the page points to the atlas."""
+    out, results, weights, data = report
+    scores = np.asarray(jaxviz.layer_features(weights.network, data.images, layer="fc1"), np.float64)
+    classes = len(data.class_names)
+    live = [u for u in range(scores.shape[1]) if scores[:, u].max() > 0]
+    index, preferred = {}, {}
+    for u in live:
+        means = np.array([scores[data.labels == c, u].mean() for c in range(classes)])
+        best = int(np.argmax(means))
+        rest = (means.sum() - means[best]) / (classes - 1)
+        index[u], preferred[u] = (means[best] - rest) / (means[best] + rest), (best, means[best])
+    want = sorted(live, key=lambda u: (-index[u], -preferred[u][1], u))[:10]
+    most = results["units"]["most_selective"]
+    assert [d["unit"] for d in most] == want
+    for d in most:
+        assert d["index"] == pytest.approx(index[d["unit"]], abs=1e-5)
+        assert d["preferred"] == data.class_names[preferred[d["unit"]][0]]
+    page = (out / "index.html").read_text()
+    assert "selectivity index" in page and "jaxviz atlas --layers fc1 --out atlas" in page
+
+
 def test_what_each_unit_looks_for_equals_visualize_and_the_top_k(report):
     """The section's numbers, from independent computations: the pictures are visualize's (the same program), the
     exemplar ratio its activation over the unit's largest score on the data (numpy), the predicted class the

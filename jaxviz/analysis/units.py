@@ -107,7 +107,8 @@ class ClassSelectivity:
     """Class selectivity of every unit over a whole dataset (Morcos et al., ICLR 2018).
 
     Attributes:
-      class_means: float64 (classes, units): each class's mean activation of each unit.
+      class_means: float64 (classes, units): each class's mean activation of each unit (NaN for a class without
+        images, which the index leaves out).
       preferred_class: int64 (units,): the class with the largest mean (ties to the lower index).
       index: float64 (units,): ``(mu_max - mu_rest) / (mu_max + mu_rest)``, ``mu_max`` the preferred class's
         mean and ``mu_rest`` the mean of the other classes' means; in [0, 1] for non-negative (ReLU)
@@ -119,6 +120,15 @@ class ClassSelectivity:
     class_means: np.ndarray
     preferred_class: np.ndarray
     index: np.ndarray
+
+    def ranking(self) -> np.ndarray:
+        """Units from most to least class-selective: the index descending; ties (e.g. 1.0, one class alone
+        activates the unit) broken by the larger mean of the preferred class, then the unit number; units
+        without an index (never active) last."""
+        units = np.arange(self.index.shape[0])
+        preferred_mean = self.class_means[self.preferred_class, units]
+        missing = ~np.isfinite(self.index)
+        return np.lexsort((units, -np.nan_to_num(preferred_mean), -np.nan_to_num(self.index, nan=-np.inf), missing))
 
 
 def class_selectivity(scores: np.ndarray, labels: np.ndarray, num_classes: int) -> ClassSelectivity:
@@ -138,23 +148,28 @@ def class_selectivity(scores: np.ndarray, labels: np.ndarray, num_classes: int) 
     if labels.shape != (len(scores),):
         raise ArgumentError("labels", f"expected shape ({len(scores)},), got {labels.shape}")
     counts = np.bincount(labels, minlength=num_classes)
-    if len(counts) > num_classes or (counts == 0).any():
-        raise ArgumentError("labels", f"expected every class in [0, {num_classes}) to have an image, got counts "
-                                      f"{counts.tolist()}")
+    if len(counts) > num_classes or (counts > 0).sum() < 2:
+        raise ArgumentError("labels", f"expected classes in [0, {num_classes}), at least two of them with images, got "
+                                      f"counts {counts.tolist()}")
     sums = np.zeros((num_classes, scores.shape[1]))
     np.add.at(sums, labels, scores)
-    return selectivity_of_means(sums / counts[:, None])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return selectivity_of_means(sums / counts[:, None])  # NaN rows: classes without images
 
 
 def selectivity_of_means(class_means: np.ndarray) -> ClassSelectivity:
-    """``ClassSelectivity`` from class-conditional means, float (classes >= 2, units) (e.g. sums streamed over a
-    dataset, divided by the class counts): the one place of the index's formula."""
+    """``ClassSelectivity`` from class-conditional means, float (classes, units) (e.g. sums streamed over a
+    dataset, divided by the class counts), NaN rows for classes without images: the one place of the index's
+    formula, which compares the classes that have images (at least two)."""
     means = np.asarray(class_means, np.float64)
-    if means.ndim != 2 or means.shape[0] < 2:
-        raise ArgumentError("class_means", f"expected shape (classes >= 2, units), got {means.shape}")
-    preferred = means.argmax(0)
-    top = means.max(0)
-    rest = (means.sum(0) - top) / (means.shape[0] - 1)
+    present = np.flatnonzero(np.isfinite(means).all(1)) if means.ndim == 2 else []
+    if means.ndim != 2 or len(present) < 2:
+        raise ArgumentError("class_means", f"expected shape (classes, units) with at least two classes of finite "
+                                           f"means, got shape {means.shape}")
+    seen = means[present]
+    preferred = present[seen.argmax(0)]
+    top = seen.max(0)
+    rest = (seen.sum(0) - top) / (len(present) - 1)
     with np.errstate(divide="ignore", invalid="ignore"):
         index = np.where(top + rest != 0, (top - rest) / (top + rest), np.nan)
     return ClassSelectivity(means, preferred, index)

@@ -89,8 +89,12 @@ def layer_data(network, dataset, layer, units, stats, occlusion, pictures, folde
                             folder / f"{stem}-pictures.jpg"),
     }
     per_unit_pictures = pictures["images"].shape[1] if len(live) else 0
-    present = np.flatnonzero(stats.class_count > 0)  # the index compares the classes the data has
-    selectivity = selectivity_of_means(stats.class_means[present]) if len(present) >= 2 else None
+    with_images = int((stats.class_count > 0).sum())  # the index compares the classes the data has
+    selectivity = selectivity_of_means(stats.class_means) if with_images >= 2 else None
+    rank = {}
+    if selectivity is not None:
+        ranking = [u for u in selectivity.ranking().tolist() if u in set(units)]
+        rank = {u: i for i, u in enumerate(ranking)}
     top_classes = unit_selectivity(stats.topk_index, labels, len(classes)) if len(classes) >= 2 else None
     correlation = stats.correlation()
     shown = np.asarray(units)
@@ -102,7 +106,8 @@ def layer_data(network, dataset, layer, units, stats, occlusion, pictures, folde
                   "next": int(units[position + 1]) if position + 1 < len(units) else None}
         if selectivity is not None:  # (a dataset of one class has no selectivity)
             record |= {"selectivity": None if dead else _number(selectivity.index[u]),
-                       "preferred": None if dead else int(present[selectivity.preferred_class[u]]),
+                       "preferred": None if dead else int(selectivity.preferred_class[u]),
+                       "rank": rank[u],
                        "class_means": [_number(m) for m in stats.class_means[:, u]]}
         if not dead:
             p = where[u]

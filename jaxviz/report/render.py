@@ -19,6 +19,7 @@ import numpy as np
 
 from jaxviz._io import atomic_write_bytes
 from jaxviz.analysis.filters import filter_grid
+from jaxviz.analysis.units import class_selectivity
 from jaxviz.evaluation.sanity import PASS_THRESHOLD
 from jaxviz.methods import registry
 from jaxviz.report import plots
@@ -82,15 +83,23 @@ def _unit_numbers(r: ReportResults) -> dict:
     """The unit study's numbers for the page and the JSON."""
     st, names = r.study, r.dataset.class_names
     sel, alive = st.selectivity, st.alive
-    ranking = [int(u) for u in sel.ranking() if alive[u]]
+    index = None
+    if int((np.bincount(r.dataset.labels, minlength=len(names)) > 0).sum()) >= 2:
+        # Morcos et al.'s index over the whole data: the top-K majority share saturates (many units at 100%)
+        index = class_selectivity(st.scores, r.dataset.labels, len(names))
+    ranking = [int(u) for u in (sel.ranking() if index is None else index.ranking()) if alive[u]]
+
+    def selective(u: int) -> dict:
+        return {"unit": u, "class": names[sel.majority_class[u]], "score": float(sel.score[u]),
+                "index": None if index is None else float(index.index[u]),
+                "preferred": None if index is None else names[index.preferred_class[u]]}
+
     return {
         "layer": r.layer, "count": int(st.scores.shape[1]), "dead": int((~alive).sum()), "shown": list(st.units),
         "mean_selectivity": float(sel.score[alive].mean()) if alive.any() else 0.0,
         "selective_share": float((sel.score[alive] >= 0.5).mean()) if alive.any() else 0.0,
-        "most_selective": [{"unit": u, "class": names[sel.majority_class[u]], "score": float(sel.score[u])}
-                           for u in ranking[:10]],
-        "least_selective": [{"unit": u, "score": float(sel.score[u]), "entropy": float(sel.entropy[u])}
-                            for u in ranking[::-1][:10]],
+        "most_selective": [selective(u) for u in ranking[:10]],
+        "least_selective": [{**selective(u), "entropy": float(sel.entropy[u])} for u in ranking[::-1][:10]],
         "similar_pairs": jsonable(r.similar),
     }
 
@@ -146,11 +155,17 @@ def _units_section(page: _Page, r: ReportResults, u: dict) -> None:
         page.figure(plots.plot_selectivity(st.selectivity.histogram[cols], cols, names), "selectivity",
                     "Class histogram of each shown unit's top-K images."),
         "<h3>Most selective units (units with semantic meaning?)</h3>",
-        _table(["unit", "majority class", "selectivity"], [(d["unit"], d["class"], d["score"])
-                                                           for d in u["most_selective"]]),
+        _p("Ranked by the class selectivity index (Morcos et al., 2018): (mean of the preferred class - mean of the "
+           "other classes) / their sum, over every image; it does not saturate as the top-K majority share does."),
+        _table(["unit", "preferred class", "selectivity index", f"majority class of the top {s.k}", "its share"],
+               [(d["unit"], d["preferred"] or "n/a", "n/a" if d["index"] is None else d["index"], d["class"],
+                 d["score"]) for d in u["most_selective"]]),
         "<h3>Least selective live units</h3>",
-        _table(["unit", "selectivity", "entropy"], [(d["unit"], d["score"], d["entropy"])
-                                                    for d in u["least_selective"]]),
+        _table(["unit", "selectivity index", "majority share", "entropy"],
+               [(d["unit"], "n/a" if d["index"] is None else d["index"], d["score"], d["entropy"])
+                for d in u["least_selective"]]),
+        _p(f"Every unit of {r.layer}, browsable with its pictures, top images of the whole data, occlusion and "
+           f"similar units: jaxviz atlas --layers {r.layer} --out atlas (with this report's model and data options)."),
         "<h3>Units that respond to similar things</h3>",
         _table(["unit A", "unit B", "top-K overlap (Jaccard)", "activation correlation"],
                [(p.a, p.b, p.jaccard, p.correlation) for p in r.similar.pairs]))
@@ -276,7 +291,9 @@ def _tsne_section(page: _Page, r: ReportResults, knn: dict) -> None:
 def _answers(r: ReportResults, units: dict, knn: dict) -> str:
     ev = r.evaluation
     clustered = sorted((v, c) for c, v in knn.items() if v is not None)
-    semantic = ", ".join(f"unit {d['unit']} ({d['class']}, {d['score']:.0%})" for d in units["most_selective"][:4])
+    semantic = ", ".join(f"unit {d['unit']} ({d['preferred'] or d['class']}"
+                         + ("" if d["index"] is None else f", index {d['index']:.2f}")
+                         + f", {d['score']:.0%} of its top images {d['class']})" for d in units["most_selective"][:4])
     similar = r.similar.overlap[:2]
     if ev is not None:
         pairs = ", ".join(f"{p.a} / {p.b} ({p.count})" for p in ev.most_confused[:3])

@@ -61,10 +61,8 @@ var jaxvizAtlas = (function () {
     var a = el("a", {"class": "card" + (u.dead ? " dead" : ""), href: unitHref(layer, u.unit),
                      "data-layer": layer, "data-unit": String(u.unit), "data-dead": String(u.dead),
                      "data-preferred": u.preferred === null || u.preferred === undefined ? "" : String(u.preferred),
-                     "data-selectivity": String(u.selectivity === null || u.selectivity === undefined ? -1 : u.selectivity),
-                     "data-activation": String(u.max === null ? -Infinity : u.max),
-                     "data-tie": String(u.preferred === null || u.preferred === undefined ? 0 :
-                                        u.class_means[u.preferred])});
+                     "data-rank": String(u.rank === undefined ? u.unit : u.rank),
+                     "data-activation": String(u.max === null ? -Infinity : u.max)});
     if (u.dead || !u.pictures.length) {
       a.appendChild(el("div", {"class": "blank", text: "dead"}));
     } else {
@@ -90,16 +88,10 @@ var jaxvizAtlas = (function () {
         if (!hide) { shown += 1; }
       });
       cards.sort(function (a, b) {
-        var key = sort === "selectivity" ? "selectivity" : sort === "activation" ? "activation" : null;
-        if (key) {
-          var d = Number(b.dataset[key]) - Number(a.dataset[key]);
-          if (d) { return d; }
-          if (key === "selectivity") {  /* ties (e.g. 1.0: one class alone activates both): the larger mean first */
-            d = Number(b.dataset.tie) - Number(a.dataset.tie);
-            if (d) { return d; }
-          }
-        }
-        return Number(a.dataset.unit) - Number(b.dataset.unit);
+        /* by selectivity: the build's ranking (ClassSelectivity.ranking: ties broken there) */
+        var d = sort === "selectivity" ? Number(a.dataset.rank) - Number(b.dataset.rank)
+          : sort === "activation" ? Number(b.dataset.activation) - Number(a.dataset.activation) : 0;
+        return d || Number(a.dataset.unit) - Number(b.dataset.unit);
       });
       cards.forEach(function (c) { grid.appendChild(c); });
     });
