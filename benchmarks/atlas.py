@@ -53,8 +53,9 @@ def _child(argv: list[str]) -> None:
                       "peak_rss_MB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
-def build(argv: list[str], out: Path) -> dict:
-    """One ``jaxviz atlas`` process from scratch (its site and cache removed first)."""
+def build(argv: list[str], out: Path, keep: Path | None = None) -> dict:
+    """One ``jaxviz atlas`` process from scratch (its site and cache removed first); the site is copied to
+    ``keep / out.name`` when ``keep`` is given."""
     for path in (out, out.with_name(f".{out.name}.atlas-cache")):
         shutil.rmtree(path, ignore_errors=True)
     start = time.perf_counter()
@@ -70,6 +71,8 @@ def build(argv: list[str], out: Path) -> dict:
     row = {"command": "jaxviz atlas " + " ".join(argv), "wall_seconds": wall, "stage_seconds": line["result"]["seconds"],
            "layers": line["result"]["layers"], "site_MB": site / 1e6, "peak_rss_MB": line["peak_rss_MB"]}
     print(json.dumps(row), flush=True)
+    if keep is not None:
+        shutil.copytree(out, keep / out.name, dirs_exist_ok=True)
     return row
 
 
@@ -96,23 +99,25 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--pictures", type=int, default=1, help="pictures per unit of claim 1 (its cost is linear in it)")
     parser.add_argument("--gpu", action="store_true", help="claim 1 with two pictures per unit, on a GPU")
     parser.add_argument("--dry-run", action="store_true", help="the embedded sample's first images, 2 units, 2 steps")
+    parser.add_argument("--keep", type=Path, help="copy the two sites into this folder (e.g. for screenshots)")
     args = parser.parse_args(argv)
     if not args.dry_run and not args.data_dir:
         parser.error("--data-dir: required (the CIFAR-10 test images as DIR/<class>/*.jpg), except with --dry-run")
     pictures = 2 if args.gpu else args.pictures
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        if args.dry_run:
+        if args.dry_run:  # the preset's builds (--gpu: the whole-dataset one only) at tiny sizes on the sample
             tiny = ["--units", "0:2", "--steps", "2", "--k", "2", "--pictures", "1", "--images-per-step", "8"]
-            rows = {"whole_dataset": build(["--layers", args.layers, *tiny], root / "a"),
-                    "sample_defaults": build(tiny, root / "b")}
-            rows["memory"] = [build(["--layers", args.layers, *tiny], root / "c")]
+            rows = {"whole_dataset": build(["--layers", args.layers, *tiny], root / "a")}
+            if not args.gpu:
+                rows["sample_defaults"] = build(tiny, root / "b")
+                rows["memory"] = [build(["--layers", args.layers, *tiny], root / "c")]
         else:
             data = ["--data", "folder", "--data-dir", args.data_dir]
             rows = {"whole_dataset": build([*data, "--layers", args.layers, "--k", str(args.k), "--steps", str(args.steps),
-                                            "--pictures", str(pictures)], root / "atlas")}
+                                            "--pictures", str(pictures)], root / "atlas", args.keep)}
             if not args.gpu:
-                rows["sample_defaults"] = build([], root / "sample")
+                rows["sample_defaults"] = build([], root / "sample", args.keep)
                 probe = ["--layers", args.layers, "--units", "0:64", "--steps", "1", "--pictures", "1"]
                 rows["memory"] = [build(["--data", "folder", "--data-dir", str(_subset(args.data_dir, n, root)), *probe],
                                         root / f"memory-{n}") for n in (2500, 10000)]

@@ -4,7 +4,8 @@
 
 It builds the tiny atlas of ``tiny_atlas_setup`` (the same network, data and settings as the tests' in-process
 build). ``die_in``: this process kills itself with SIGKILL right after the named stage has recorded its first
-step (statistics, occlusion) or part (visualization): a ``kill -9`` in the middle of that stage.
+step (statistics, occlusion) or part (visualization): a ``kill -9`` in the middle of that stage. ``coordinator``, ``num_processes``, ``process_id``: one of several processes
+(``initialize_distributed``).
 """
 
 from __future__ import annotations
@@ -65,6 +66,9 @@ def _die_after(stage: str, record: int) -> None:
 def main() -> None:
     out, options = sys.argv[1], json.loads(sys.argv[2])
     build.VIS_PART = VIS_PART
+    if options.get("num_processes"):
+        jaxviz.initialize_distributed(options["coordinator"], options["num_processes"], options["process_id"],
+                                      heartbeat_timeout=30)
     if options.get("die_in"):
         _die_after(options["die_in"], options.get("record", 1))
     network, data = tiny_atlas_setup()

@@ -218,13 +218,36 @@ def test_a_build_killed_in_each_stage_resumes_to_the_same_site(built, tmp_path, 
     if stage == "statistics":
         assert list(cache.glob("statistics-pass-*/records/record-*.npz"))
     elif stage == "occlusion":
-        assert list(cache.glob("occlusion-*.run/records/record-*.npz"))
+        assert list(cache.glob("occlusion-*.work/records/record-*.npz"))
     else:
-        assert list(cache.glob("visualization-*.parts/part-00000.npz"))
+        assert list(cache.glob("visualization-*.work/part-00000.npz"))
     resumed = subprocess.run([sys.executable, str(WORKER), str(out), json.dumps({"layers": list(LAYERS)})],
                              capture_output=True, text=True, env=env)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert _tree(out) == _tree(built.path)
+
+
+@pytest.mark.slow
+def test_two_processes_build_the_same_site(built, tmp_path):
+    """Two processes (jax.distributed on localhost, one CPU device each): the dataset passes shard each block over
+    both, the pictures' parts are shared out; the site equals the one-process build (sums up to reassociation)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "atlas"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    procs = [subprocess.Popen([sys.executable, str(WORKER), str(out), json.dumps(
+        {"layers": list(LAYERS), "coordinator": f"127.0.0.1:{port}", "num_processes": 2, "process_id": i})],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-3000:]
+    parts = sorted(p.name for p in cache_folder(out).glob("*.npz"))
+    assert len(parts) == 3 * len(LAYERS), parts  # every stage of every layer, written once
+    for layer in LAYERS:
+        assert_same_numbers(layer_json(out, layer)[0], layer_json(built.path, layer)[0])
 
 
 def test_bad_input_is_refused_before_any_work(setup, tmp_path):
@@ -406,7 +429,6 @@ def test_the_benchmark_dry_run():
     from benchmarks import atlas as benchmark
 
     record = benchmark.main(["--dry-run", "--gpu"])  # the GPU claim's preset, at tiny sizes, on the CPU
-    rows = record["rows"]
-    assert rows["whole_dataset"]["layers"] == {"conv6": {"units": 2, "dead": 0}, "fc1": rows["whole_dataset"]["layers"]["fc1"]}
-    assert all(row["wall_seconds"] > 0 and row["peak_rss_MB"] > 0 and row["site_MB"] > 0
-               for row in (rows["whole_dataset"], rows["sample_defaults"], *rows["memory"]))
+    row = record["rows"]["whole_dataset"]
+    assert row["layers"] == {"conv6": {"units": 2, "dead": 0}, "fc1": row["layers"]["fc1"]}
+    assert row["wall_seconds"] > 0 and row["peak_rss_MB"] > 0 and row["site_MB"] > 0

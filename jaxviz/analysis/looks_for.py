@@ -98,7 +98,8 @@ def visualize_with_exemplars(network: Network, layer: str, top: TopK, labels: np
     predicted = None
     if network.is_classifier:
         pictures = drawn.images.reshape(-1, *drawn.images.shape[2:])
-        predicted = np.asarray(layer_features(network, pictures)).argmax(-1).reshape(drawn.images.shape[:2])
+        predicted = np.asarray(layer_features(network, pictures, devices=options.get("devices"))).argmax(-1).reshape(
+            drawn.images.shape[:2])
     selectivity = unit_selectivity(top.indices[:, live], labels, num_classes)
     return UnitVisualizations(drawn, dead, drawn.exemplar_ratio(top), predicted, selectivity.majority_class,
                               selectivity.score)

@@ -1,7 +1,8 @@
 """``build_atlas``: every unit of the chosen layers, from a whole dataset, in stages that are recorded.
 
 Stages (each one's results are kept in the build cache beside the atlas, ``.<name>.atlas-cache``, in a file
-named after every setting it depends on, so a killed build resumes where it stopped and a layer added later
+named after every setting it depends on (while it runs, its records or parts are in a ``.work`` folder of that
+name), so a killed build resumes where it stopped and a layer added later
 does not recompute the others):
 
 1. **statistics**: one pass over the dataset for every layer not yet summed (``statistics.dataset_statistics``):
@@ -288,48 +289,37 @@ def _build(network, dataset, path, cache, layers, chosen, *, k, steps, pictures,
 
     live = {layer: tuple(u for u in chosen[layer] if stats[layer].topk_values[0, u] > 0) for layer in layers}
 
-    # 2. occlusion of the union of each layer's live units' top-K images
-    occlusion = {}
-    for layer in layers:
-        key = _key(stage="occlusion", statistics=keys[layer], units=live[layer], window=window, stride=stride,
-                   images_per_step=images_per_step)
-        file = cache / f"occlusion-{key}.npz"
+    # 2. occlusion of the union of each layer's live units' top-K images; 3. feature visualization of every live unit
+    def stage(name: str, layer: str, key: str, compute) -> dict[str, np.ndarray]:
+        """A stage of one layer: its result from the cache, else ``compute(work folder)``, saved, the work
+        folder (the stage's records or parts) removed."""
+        file = cache / f"{name}-{key}.npz"
         found = _load_npz(file)
         if found is not None:
-            occlusion[layer] = found
-            reused.append(("occlusion", layer))
-            continue
-        t = time.perf_counter()
-        occlusion[layer] = _occlusion_stage(network, images, layer, live[layer], stats[layer], cache / f"occlusion-{key}.run",
-                                            window=window, stride=stride, images_per_step=images_per_step,
-                                            progress=progress)
+            reused.append((name, layer))
+            return found
+        t, work = time.perf_counter(), cache / f"{name}-{key}.work"
+        result = compute(work)
         if lead:
-            _save_npz(file, occlusion[layer])
-            shutil.rmtree(cache / f"occlusion-{key}.run", ignore_errors=True)
-        barrier("jaxviz-atlas-occlusion-saved")
-        seconds["occlusion"] += time.perf_counter() - t
+            _save_npz(file, result)
+            shutil.rmtree(work, ignore_errors=True)
+        barrier(f"jaxviz-atlas-{name}-saved")
+        seconds[name] += time.perf_counter() - t
+        return result
 
-    # 3. feature visualization of every live unit
-    pictures_of = {}
-    for layer in layers:
-        key = _key(stage="visualization", statistics=keys[layer], units=live[layer], steps=steps, pictures=pictures,
-                   diversity=diversity, seed=seed)
-        file = cache / f"visualization-{key}.npz"
-        found = _load_npz(file)
-        if found is not None:
-            pictures_of[layer] = found
-            reused.append(("visualization", layer))
-            continue
-        t = time.perf_counter()
-        pictures_of[layer] = _visualization_stage(network, layer, live[layer], stats[layer], labels, classes,
-                                                  cache / f"visualization-{key}.parts", steps=steps,
-                                                  pictures=pictures, diversity=diversity, seed=seed,
-                                                  progress=progress)
-        if lead:
-            _save_npz(file, pictures_of[layer])
-            shutil.rmtree(cache / f"visualization-{key}.parts", ignore_errors=True)
-        barrier("jaxviz-atlas-visualization-saved")
-        seconds["visualization"] += time.perf_counter() - t
+    occlusion = {layer: stage("occlusion", layer, _key(stage="occlusion", statistics=keys[layer], units=live[layer],
+                                                         window=window, stride=stride, images_per_step=images_per_step),
+                              lambda work, layer=layer: _occlusion_stage(
+                                  network, images, layer, live[layer], stats[layer], work, window=window,
+                                  stride=stride, images_per_step=images_per_step, progress=progress))
+                 for layer in layers}
+    pictures_of = {layer: stage("visualization", layer, _key(stage="visualization", statistics=keys[layer],
+                                                             units=live[layer], steps=steps, pictures=pictures,
+                                                             diversity=diversity, seed=seed),
+                                lambda work, layer=layer: _visualization_stage(
+                                    network, layer, live[layer], stats[layer], labels, classes, work, steps=steps,
+                                    pictures=pictures, diversity=diversity, seed=seed, progress=progress))
+                   for layer in layers}
 
     # 4. the site, swapped in whole
     t = time.perf_counter()

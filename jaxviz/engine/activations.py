@@ -10,6 +10,7 @@ one inference path: classification uses it at the network's output layer.
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import numpy as np
 
@@ -27,7 +28,7 @@ def _check_network(network) -> None:
 
 
 def layer_features(network: Network, images: np.ndarray, *, layer: str | None = None, batch_size: int = 500,
-                   progress: bool | str = False) -> np.ndarray:
+                   progress: bool | str = False, devices: Any = None) -> np.ndarray:
     """Activations of ``layer`` for every image.
 
     Args:
@@ -36,6 +37,8 @@ def layer_features(network: Network, images: np.ndarray, *, layer: str | None = 
       layer: a name from ``network.layer_names``; default the output layer.
       batch_size: images per compiled call (the last batch is padded).
       progress: show a progress bar (a string is its label).
+      devices: the devices the batches are sharded over (default all; with ``jax.distributed``, pass this
+        process's ``jax.local_devices()`` to compute without the others).
 
     Returns:
       float32 (N, *layer_shape), e.g. (N, 512) for the CNN's ``"fc1"``.
@@ -52,7 +55,8 @@ def layer_features(network: Network, images: np.ndarray, *, layer: str | None = 
         raise ArgumentError("images", "expected at least one image, got an empty array")
     program = network.uint8_fn(layer)
     return map_batches(functools.partial(program, network.variables), images, batch_size=batch_size,
-                       progress=progress and (progress if isinstance(progress, str) else f"features {layer}"))
+                       progress=progress and (progress if isinstance(progress, str) else f"features {layer}"),
+                       devices=None if devices is None else tuple(devices))
 
 
 def activation_maps(network: Network, images: np.ndarray, *, layer: str) -> np.ndarray:
