@@ -33,7 +33,7 @@ from pathlib import Path
 
 import jax
 
-from benchmarks._env import environment
+from benchmarks._env import environment, git_commit
 
 HERE = Path(__file__).resolve().parent
 
@@ -68,7 +68,7 @@ def build(argv: list[str], out: Path, keep: Path | None = None) -> dict:
     if line["code"] != 0:
         raise SystemExit(f"jaxviz atlas {' '.join(argv)} exited {line['code']}:\n{done.stderr[-3000:]}")
     site = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-    row = {"command": "jaxviz atlas " + " ".join(argv), "wall_seconds": wall, "stage_seconds": line["result"]["seconds"],
+    row = {"command": "jaxviz atlas " + " ".join(argv), "git_commit": git_commit(), "wall_seconds": wall, "stage_seconds": line["result"]["seconds"],
            "layers": line["result"]["layers"], "site_MB": site / 1e6, "peak_rss_MB": line["peak_rss_MB"]}
     print(json.dumps(row), flush=True)
     if keep is not None:
@@ -100,6 +100,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--gpu", action="store_true", help="claim 1 with two pictures per unit, on a GPU")
     parser.add_argument("--dry-run", action="store_true", help="the embedded sample's first images, 2 units, 2 steps")
     parser.add_argument("--keep", type=Path, help="copy the two sites into this folder (e.g. for screenshots)")
+    parser.add_argument("--rows", default="whole_dataset,sample_defaults,memory",
+                        help="the claims to measure; the others' rows are kept from the results file (each row "
+                             "records its commit)")
     args = parser.parse_args(argv)
     if not args.dry_run and not args.data_dir:
         parser.error("--data-dir: required (the CIFAR-10 test images as DIR/<class>/*.jpg), except with --dry-run")
@@ -114,10 +117,16 @@ def main(argv: list[str] | None = None) -> dict:
                 rows["memory"] = [build(["--layers", args.layers, *tiny], root / "c")]
         else:
             data = ["--data", "folder", "--data-dir", args.data_dir]
-            rows = {"whole_dataset": build([*data, "--layers", args.layers, "--k", str(args.k), "--steps", str(args.steps),
-                                            "--pictures", str(pictures)], root / "atlas", args.keep)}
-            if not args.gpu:
+            wanted = set(args.rows.split(",")) if not args.gpu else {"whole_dataset"}
+            name = f"atlas_{jax.default_backend()}{'_gpu' if args.gpu else ''}.json"
+            earlier = HERE / "results" / name
+            rows = json.loads(earlier.read_text())["rows"] if earlier.exists() else {}
+            if "whole_dataset" in wanted:
+                rows["whole_dataset"] = build([*data, "--layers", args.layers, "--k", str(args.k), "--steps",
+                                               str(args.steps), "--pictures", str(pictures)], root / "atlas", args.keep)
+            if "sample_defaults" in wanted:
                 rows["sample_defaults"] = build([], root / "sample", args.keep)
+            if "memory" in wanted:
                 probe = ["--layers", args.layers, "--units", "0:64", "--steps", "1", "--pictures", "1"]
                 rows["memory"] = [build(["--data", "folder", "--data-dir", str(_subset(args.data_dir, n, root)), *probe],
                                         root / f"memory-{n}") for n in (2500, 10000)]
@@ -131,7 +140,6 @@ def main(argv: list[str] | None = None) -> dict:
               "rows": rows, "environment": environment(),
               "command": " ".join(["python -m benchmarks.atlas", *argv])}
     if not args.dry_run:
-        name = f"atlas_{jax.default_backend()}{'_gpu' if args.gpu else ''}.json"
         (HERE / "results" / name).write_text(json.dumps(record, indent=2) + "\n")
     return record
 

@@ -95,7 +95,6 @@ def layer_data(network, dataset, layer, units, stats, occlusion, pictures, folde
     if selectivity is not None:
         ranking = [u for u in selectivity.ranking().tolist() if u in set(units)]
         rank = {u: i for i, u in enumerate(ranking)}
-    top_classes = unit_selectivity(stats.topk_index, labels, len(classes)) if len(classes) >= 2 else None
     correlation = stats.correlation()
     shown = np.asarray(units)
     records = []
@@ -111,16 +110,19 @@ def layer_data(network, dataset, layer, units, stats, occlusion, pictures, folde
                        "class_means": [_number(m) for m in stats.class_means[:, u]]}
         if not dead:
             p = where[u]
-            top_labels = labels[stats.topk_index[:, u]]
-            record["top"] = [{"image": int(i), "label": int(label), "score": _number(s),
+            # the top images that excite the unit at all: a sparse unit's top K ends in images at 0 (ties, the
+            # lowest indices), which say nothing about it and would outvote its real class
+            active = int((stats.topk_values[:, u] > 0).sum())
+            index = stats.topk_index[:active, u]
+            record["top"] = [{"image": int(i), "label": int(labels[i]), "score": _number(s),
                               "predicted": int(stats.predicted[i]) if network.is_classifier else None,
                               "tile": int(np.searchsorted(union, i)), "occlusion": p * k + j}
-                             for j, (i, s, label) in enumerate(zip(stats.topk_index[:, u], stats.topk_values[:, u],
-                                                                   top_labels))]
-            if top_classes is not None:
-                record |= {"histogram": np.bincount(top_labels, minlength=len(classes)).tolist(),
-                           "majority": int(top_classes.majority_class[u]),
-                           "majority_share": _number(top_classes.score[u])}
+                             for j, (i, s) in enumerate(zip(index, stats.topk_values[:active, u]))]
+            if len(classes) >= 2:
+                top_classes = unit_selectivity(index[:, None], labels, len(classes))
+                record |= {"histogram": top_classes.histogram[0].tolist(),
+                           "majority": int(top_classes.majority_class[0]),
+                           "majority_share": _number(top_classes.score[0])}
             record["pictures"] = [{"tile": p * per_unit_pictures + b, "activation": _number(pictures["activation"][p, b]),
                                    "predicted": int(pictures["predicted"][p, b]) if network.is_classifier else None}
                                   for b in range(per_unit_pictures)]

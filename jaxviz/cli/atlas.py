@@ -41,9 +41,10 @@ def add_atlas(sub) -> None:
     g.add_argument("--steps", type=positive_int, default=d["steps"],
                    help=f"feature-visualization steps (default: {d['steps']})")
     g.add_argument("--pictures", type=positive_int, default=d["pictures"],
-                   help=f"feature visualizations per unit, pushed apart (default: {d['pictures']})")
+                   help=f"feature visualizations per unit, each from its own noise (default: {d['pictures']})")
     g.add_argument("--diversity", type=float, default=d["diversity"],
-                   help=f"weight of the pictures' diversity term (default: {d['diversity']})")
+                   help=f"weight of Lucid's diversity term between a unit's pictures (default: {d['diversity']}; "
+                        "too large, it drowns weak units)")
     g.add_argument("--window", type=positive_int, default=d["window"],
                    help=f"occluder size in pixels (default: {d['window']})")
     g.add_argument("--stride", type=positive_int, default=d["stride"],

@@ -186,8 +186,8 @@ var jaxvizAtlas = (function () {
       }
       if (!u.dead) {
         if (u.histogram) {
-          numbers.appendChild(numberRow("majority class of the top " + data.k, "majority", className(u.majority)));
-          numbers.appendChild(numberRow("its share of the top " + data.k, "majority_share", fmt(u.majority_share, 4)));
+          numbers.appendChild(numberRow("majority class of the top " + u.top.length, "majority", className(u.majority)));
+          numbers.appendChild(numberRow("its share of the top " + u.top.length, "majority_share", fmt(u.majority_share, 4)));
         }
         numbers.appendChild(numberRow("exemplar ratio (picture / best image)", "exemplar_ratio", fmt(u.exemplar_ratio, 4)));
       }
@@ -212,11 +212,12 @@ var jaxvizAtlas = (function () {
               (t.predicted === null ? "" : " (predicted " + predictedName(t.predicted) + ")") +
               ", activation " + fmt(t.score, 3)})]));
         });
-        main.appendChild(el("section", {}, [el("h2", {text: "Its top " + data.k + " images of the data"}),
+        main.appendChild(el("section", {}, [el("h2", {text: "Its top " + u.top.length + " images of the data" +
+          (u.top.length < data.k ? " (the only ones above 0)" : "")}),
           el("p", {"class": "muted", text: "Each image beside the same image where occluding lowers this unit " +
             "most (the rest dimmed)."}), top]));
         if (u.histogram) {
-          main.appendChild(bars("Classes of the top " + data.k + " images", u.histogram, meta.classes,
+          main.appendChild(bars("Classes of the top " + u.top.length + " images", u.histogram, meta.classes,
                                 "histogram", u.majority));
         }
         var similar = el("ul", {id: "similar"});
