@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
         root = Path(tmp)
         if args.dry_run:  # the preset's builds (--gpu: the whole-dataset one only) at tiny sizes on the sample
             tiny = ["--units", "0:2", "--steps", "2", "--k", "2", "--pictures", "1", "--images-per-step", "8"]
-            rows = {"whole_dataset": build(["--layers", args.layers, *tiny], root / "a")}
+            rows = {"whole_dataset": build(["--layers", args.layers.split(",")[-1], *tiny], root / "a")}
             if not args.gpu:
                 rows["sample_defaults"] = build(tiny, root / "b")
                 rows["memory"] = [build(["--layers", args.layers, *tiny], root / "c")]

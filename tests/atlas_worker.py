@@ -29,7 +29,7 @@ from conftest import make_tiny_model, make_uint8_images, randomize_variables  # 
 
 CLASSES = tuple("abcdefghij")
 SETTINGS = {"k": 3, "steps": 6, "pictures": 2, "images_per_step": 8}
-VIS_PART = 4  # units per recorded part (the product's is 64), so that the tiny layers have several parts
+VIS_PART = 6  # units per recorded part (the product's is 64), so that the tiny fc1 has several parts
 
 
 def tiny_atlas_setup(n: int = 30) -> tuple[jaxviz.Network, jaxviz.Dataset]:

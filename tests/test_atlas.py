@@ -206,7 +206,7 @@ def test_adding_a_layer_does_not_recompute_the_other(built, setup, tmp_path):
     assert first.seconds["statistics"] > 0 and second.seconds["statistics"] > 0
     assert layer_json(out, "conv4")[0] == layer_json(tmp_path / "first", "conv4")[0]
     # fc1 summed alone is another program than fc1 summed beside conv4: equal up to float32 reassociation
-    assert_same_numbers(layer_json(out, "fc1")[0], layer_json(built.path, "fc1")[0])
+    assert_same_numbers(layer_json(out, "fc1")[0]["units"], layer_json(built.path, "fc1")[0]["units"])
     third = _build(network, data, out, ("conv4", "fc1"))  # everything cached: only the site is written
     assert len(third.reused) == 6 and layer_json(out, "fc1")[0] == layer_json(out / ".." / "atlas", "fc1")[0]
 
@@ -258,7 +258,8 @@ def test_a_build_killed_in_each_stage_in_turn_resumes_to_the_same_site(built, tm
 @pytest.mark.slow
 def test_two_processes_build_the_same_site(built, tmp_path):
     """Two processes (jax.distributed on localhost, one CPU device each): the dataset passes shard each block over
-    both, the pictures' parts are shared out; the site equals the one-process build (sums up to reassociation)."""
+    both, the pictures' parts (two in fc1) are shared out; the site equals the one-process build (sums up to
+    reassociation). fc1 alone: conv4 takes the same paths."""
     import socket
 
     with socket.socket() as s:
@@ -267,15 +268,14 @@ def test_two_processes_build_the_same_site(built, tmp_path):
     out = tmp_path / "atlas"
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
     procs = [subprocess.Popen([sys.executable, str(WORKER), str(out), json.dumps(
-        {"layers": list(LAYERS), "coordinator": f"127.0.0.1:{port}", "num_processes": 2, "process_id": i})],
+        {"layers": ["fc1"], "coordinator": f"127.0.0.1:{port}", "num_processes": 2, "process_id": i})],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
     for proc in procs:
         _, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err[-3000:]
     parts = sorted(p.name for p in cache_folder(out).glob("*.npz"))
-    assert len(parts) == 3 * len(LAYERS), parts  # every stage of every layer, written once
-    for layer in LAYERS:
-        assert_same_numbers(layer_json(out, layer)[0], layer_json(built.path, layer)[0])
+    assert len(parts) == 3, parts  # every stage, written once
+    assert_same_numbers(layer_json(out, "fc1")[0]["units"], layer_json(built.path, "fc1")[0]["units"])
 
 
 def test_bad_input_is_refused_before_any_work(setup, tmp_path):
@@ -458,5 +458,5 @@ def test_the_benchmark_dry_run():
 
     record = benchmark.main(["--dry-run", "--gpu"])  # the GPU claim's preset, at tiny sizes, on the CPU
     row = record["rows"]["whole_dataset"]
-    assert row["layers"] == {"conv6": {"units": 2, "dead": 0}, "fc1": row["layers"]["fc1"]}
+    assert list(row["layers"]) == ["fc1"] and row["layers"]["fc1"]["units"] == 2  # the dry run: one layer
     assert row["wall_seconds"] > 0 and row["peak_rss_MB"] > 0 and row["site_MB"] > 0

@@ -152,8 +152,9 @@ def test_report_command(setup, capsys):
     out_dir = setup["root"] / "report"
     code, out, err = run(capsys, "report", "--data", "folder", "--data-dir", setup["folder"], "--weights",
                          setup["weights"], "--k", "2", "--num-units", "2", "--tsne-points", "12", "--tsne-iter",
-                         "300", "--window", "11", "--stride", "8", "--rise-masks", "64", "--sanity-images", "3",
-                         "--vis-steps", "4", "--out", out_dir)
+                         "300", "--window", "11", "--stride", "8", "--rise-masks", "64", "--sanity-methods", "none",
+                         "--trust-methods", "occlusion,saliency", "--vis-steps", "0", "--out", out_dir)
+    # (each section's numbers are checked in test_report.py; here: the command, its options and its folder)
     assert code == 0, err
     assert (out_dir / "index.html").exists() and "wrote" in out
     (setup["root"] / "afile").write_text("x")

@@ -18,6 +18,7 @@ does not recompute the others):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -217,7 +218,7 @@ def build_atlas(network: Network, dataset: Dataset, out: str | os.PathLike, *, l
       steps, pictures, diversity, seed: each unit's feature visualizations (``visualize``'s ``steps``, ``batch``,
         ``diversity``, ``seed``); with one picture there is no diversity term. The pictures of a unit differ
         without it (each starts from its own noise and transforms); a diversity weight that suits one layer can
-        drown a weak unit's objective (0.05 left 4 of the 6 most selective fc1 units at 0 at 128 steps).
+        drown a weak unit's objective (at 0.05, 4 of 5 fc1 units tried stayed at 0 after 128 steps).
       window, stride: the occluder (pixels) of the top images' occlusion maps.
       images_per_step: images per step of the dataset passes (a recorded step).
       progress: stage lines and progress bars with an ETA on stderr.
@@ -240,21 +241,13 @@ def build_atlas(network: Network, dataset: Dataset, out: str | os.PathLike, *, l
         if lead:
             cache.mkdir(parents=True, exist_ok=True)
         barrier("jaxviz-atlas-cache")
-        with path_lock(cache) if lead else _nothing():
+        with path_lock(cache) if lead else contextlib.nullcontext():  # one build per cache: process 0 holds it
             return _build(network, dataset, path, cache, layers, chosen, k=k, steps=steps, pictures=pictures,
                           diversity=diversity, window=window, stride=stride, images_per_step=images_per_step,
                           seed=seed, progress=progress)
     except LockHeldError as e:
         raise BlockingIOError(f"out: another jaxviz atlas build is using {str(cache)!r} (lock file {str(e.lock)!r} "
                               f"held by pid {e.pid if e.pid is not None else 'unknown'})") from None
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _build(network, dataset, path, cache, layers, chosen, *, k, steps, pictures, diversity, window, stride,

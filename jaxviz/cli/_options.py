@@ -26,15 +26,23 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an int >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive int, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive int, got {value}")
-    return value
+def int_at_least(low: int, what: str):
+    """An argparse type: an int >= ``low`` (``what`` names it in the error)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
+        return value
+
+    return parse
+
+
+positive_int = int_at_least(1, "a positive int")
+nonnegative_int = int_at_least(0, "an int >= 0")
+ZERO_MEANS_NONE = ("vis_steps",)  # int fields where 0 turns something off
 
 
 def int_list(text: str) -> tuple[int, ...]:
@@ -78,7 +86,7 @@ def add_fields(p: argparse.ArgumentParser, cls, names: typing.Sequence[str], hel
         kind = (name_list if "tuple[str" in str(hint) else int_list if "tuple" in str(hint) else float if hint is float
                 else str if "str" in str(hint) else int)
         if kind is int and name != "seed":
-            kind = positive_int
+            kind = nonnegative_int if name in ZERO_MEANS_NONE else positive_int
         shown = (",".join(map(str, default)) or "none") if isinstance(default, tuple) else \
             "all the network supports" if default is None and "tuple[str" in str(hint) else default
         p.add_argument(flag(name), dest=name, type=kind, default=default, choices=choices.get(name),
