@@ -255,29 +255,6 @@ def test_a_build_killed_in_each_stage_in_turn_resumes_to_the_same_site(built, tm
     assert _tree(out) == _tree(built.path)
 
 
-@pytest.mark.slow
-def test_two_processes_build_the_same_site(built, tmp_path):
-    """Two processes (jax.distributed on localhost, one CPU device each): the dataset passes shard each block over
-    both, the pictures' parts (two in fc1) are shared out; the site equals the one-process build (sums up to
-    reassociation). fc1 alone: conv4 takes the same paths."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    out = tmp_path / "atlas"
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-    procs = [subprocess.Popen([sys.executable, str(WORKER), str(out), json.dumps(
-        {"layers": ["fc1"], "coordinator": f"127.0.0.1:{port}", "num_processes": 2, "process_id": i})],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
-    for proc in procs:
-        _, err = proc.communicate(timeout=600)
-        assert proc.returncode == 0, err[-3000:]
-    parts = sorted(p.name for p in cache_folder(out).glob("*.npz"))
-    assert len(parts) == 3, parts  # every stage, written once
-    assert_same_numbers(layer_json(out, "fc1")[0]["units"], layer_json(built.path, "fc1")[0]["units"])
-
-
 def test_bad_input_is_refused_before_any_work(setup, tmp_path):
     network, data = setup
     out = tmp_path / "atlas"
