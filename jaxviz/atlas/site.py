@@ -93,7 +93,8 @@ def layer_data(network, dataset, layer, units, stats, occlusion, pictures, folde
     selectivity = selectivity_of_means(stats.class_means) if with_images >= 2 else None
     rank = {}
     if selectivity is not None:
-        ranking = [u for u in selectivity.ranking().tolist() if u in set(units)]
+        shown_units = set(units)
+        ranking = [u for u in selectivity.ranking().tolist() if u in shown_units]
         rank = {u: i for i, u in enumerate(ranking)}
     correlation = stats.correlation()
     shown = np.asarray(units)
