@@ -48,7 +48,7 @@ from jaxviz.models.network import Network
 from jaxviz.report.folder import check_folder, write_folder
 from jaxviz.runs.dataset_run import run_dataset
 from jaxviz.runs.store import fingerprint
-from jaxviz.runs.streaming import barrier
+from jaxviz.runs.streaming import Rows, barrier
 from jaxviz.visualization.visualize import check_visualization
 
 __all__ = ["Atlas", "build_atlas", "cache_folder"]
@@ -92,22 +92,6 @@ CACHE_FORMAT = 1  # in every stage's key: a change of what a stage stores makes 
 def _key(**parts: Any) -> str:
     parts["format"] = CACHE_FORMAT
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-class _Rows:
-    """Rows ``index`` of a sliceable (N, H, W, C) array, sliceable in turn (a dataset run reads blocks of it)."""
-
-    def __init__(self, images: Any, index: np.ndarray):
-        self.source, self.index = images, np.asarray(index, np.int64)  # not .images: a run takes that for a Dataset
-        self.shape = (len(self.index), *tuple(int(d) for d in images.shape[1:]))
-        self.dtype = images.dtype
-
-    def __getitem__(self, key: slice) -> np.ndarray:
-        rows = self.index[key]
-        if isinstance(self.source, np.ndarray):
-            return self.source[rows]
-        return np.stack([np.asarray(self.source[int(i):int(i) + 1])[0] for i in rows]) if len(rows) else \
-            np.zeros((0, *self.shape[1:]), self.dtype)
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -342,7 +326,7 @@ def _occlusion_stage(network, images, layer, live, stats, folder, *, window, str
     if not live:
         return {"union": union, "maps": np.zeros((0, top.shape[0], 1, 1), np.float32)}
     _say(f"[2/4] occlusion of {layer}: the {len(union):,} top images of its {len(live)} live units", progress)
-    run = run_dataset(network, _Rows(images, union), folder, method="occlusion", layer=layer, units=live, k=1,
+    run = run_dataset(network, Rows(images, union), folder, method="occlusion", layer=layer, units=live, k=1,
                       keep_grid=True, images_per_step=min(images_per_step, len(union)), progress=progress,
                       window=window, stride=stride)
     grid = run.grid

@@ -64,10 +64,12 @@ from jaxviz.runs.reader import Run, expected_arrays, open_run, read_settings
 from jaxviz.runs.store import fingerprint
 from jaxviz.runs.streaming import barrier
 
-__all__ = ["run_dataset"]
+__all__ = ["check_source", "run_dataset"]
 
 
-def _check_source(images: Any, network: Network) -> Any:
+def check_source(images: Any, network: Network) -> Any:
+    """``images`` (or a ``Dataset``'s images) checked: a sliceable non-empty uint8 (N, H, W, C) array of the
+    network's input size, returned as is (nothing is read but its shape and dtype)."""
     images = getattr(images, "images", images)  # a jaxviz Dataset
     if not all(hasattr(images, a) for a in ("shape", "dtype", "__getitem__")):
         raise ArgumentTypeError("images", f"expected an array-like (N, H, W, C) of uint8 that can be sliced (numpy array, "
@@ -247,7 +249,7 @@ def _job(network, images, out, *, method, layer, units, options, fill, k, keep_g
         raise ArgumentError("out", "expected a directory path, got ''")
     if Path(out).exists() and not Path(out).is_dir():
         raise NotADirectoryArgumentError(f"out: expected a directory, but {str(out)!r} is a file")
-    images = _check_source(images, network)
+    images = check_source(images, network)
     n, h, w, c = (int(d) for d in images.shape)
     layer = network.output_layer if layer is None else layer
     network.check_layer(layer)

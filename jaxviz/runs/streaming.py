@@ -12,7 +12,7 @@ from jax.sharding import NamedSharding
 
 from jaxviz.runs import store
 
-__all__ = ["Blocks", "Writes", "barrier", "host", "replicate", "top_k_merge"]
+__all__ = ["Blocks", "Rows", "Writes", "barrier", "host", "replicate", "top_k_merge"]
 
 
 def _local_rows(sharding: NamedSharding, shape: tuple[int, ...]) -> tuple[int, int]:
@@ -47,6 +47,23 @@ class Blocks:
 
     def put(self, local: np.ndarray) -> jax.Array:
         return jax.make_array_from_process_local_data(self.sharding, local, (self.batch, *local.shape[1:]))
+
+
+class Rows:
+    """Rows ``index`` of a sliceable (N, H, W, C) array, sliceable in turn (a dataset run reads blocks of it);
+    a numpy source is indexed at once, any other (memory map, zarr, tensorstore) read row by row."""
+
+    def __init__(self, images: Any, index: np.ndarray):
+        self.source, self.index = images, np.asarray(index, np.int64)  # not .images: a run takes that for a Dataset
+        self.shape = (len(self.index), *tuple(int(d) for d in images.shape[1:]))
+        self.dtype = images.dtype
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        rows = self.index[key]
+        if isinstance(self.source, np.ndarray):
+            return self.source[rows]
+        return np.stack([np.asarray(self.source[int(i):int(i) + 1])[0] for i in rows]) if len(rows) else \
+            np.zeros((0, *self.shape[1:]), self.dtype)
 
 
 def replicate(sharding: NamedSharding, tree: Any) -> Any:
