@@ -2,7 +2,7 @@
 
 The package is layered; data flows one way and a layer imports only those before it::
 
-    data      uint8 image datasets: folders, the embedded sample, CIFAR-10 archives
+    data      uint8 image datasets: folders, the embedded sample, CIFAR-10 archives, concept images
     models    Network (the one model interface) and its adapters; the built-in CNN,
               its weights and training
     engine    evaluating a network on many inputs: layer activations, the perturbation
@@ -13,7 +13,8 @@ The package is layered; data flows one way and a layer imports only those before
     evaluation  faithfulness metrics, the randomization sanity check, method comparison
     runs      a perturbation method over a whole dataset: streamed to a zarr store,
               resumable, across processes with jax.distributed
-    analysis  top-K, unit selectivity, masks, filters, t-SNE, classification metrics
+    analysis  top-K, unit selectivity, masks, filters, t-SNE, classification metrics, CKA between
+              layers, TCAV concepts
     report    figures (the only matplotlib user, imported lazily) and the HTML report
     atlas     a static site of every unit of chosen layers (beside report: it reuses its folder swap)
     cli       the ``jaxviz`` command
@@ -25,6 +26,7 @@ built-in CIFAR-10 CNN, ``from_linen``/``from_nnx``/``from_function`` for yours.
 from jaxviz._batching import map_batches
 from jaxviz._io import atomic_path, atomic_write_bytes
 from jaxviz._version import __version__ as __version__  # the one version number
+from jaxviz.analysis.cka import CKA, cka
 from jaxviz.analysis.embedding import Embedding, knn_agreement, tsne
 from jaxviz.analysis.filters import filter_grid
 from jaxviz.analysis.looks_for import UnitVisualizations, visualize_with_exemplars
@@ -36,6 +38,7 @@ from jaxviz.analysis.metrics import (
     confusion_matrix,
     most_confused_pairs,
 )
+from jaxviz.analysis.tcav import TCAV, tcav
 from jaxviz.analysis.topk import TopK, top_k_images, unit_scores
 from jaxviz.analysis.unit_occlusion import UnitOcclusion, occlude_top_images
 from jaxviz.analysis.units import (
@@ -54,6 +57,7 @@ from jaxviz.analysis.units import (
 )
 from jaxviz.atlas.build import Atlas, build_atlas
 from jaxviz.data import CIFAR10_CLASSES, Dataset, cache_dir, load_cifar10, load_image_folder, load_sample
+from jaxviz.data.concepts import load_concept_folder, procedural_concepts
 from jaxviz.engine.activations import activation_maps, layer_features
 from jaxviz.evaluation.comparison import MethodComparison, attribute, compare_methods
 from jaxviz.evaluation.faithfulness import Curve, MuFidelity, deletion_curve, insertion_curve, mu_fidelity
@@ -115,4 +119,5 @@ __all__ = [
     "tsne", "unit_indices", "unit_scores", "unit_selectivity", "window_spans",
     "UnitVisualizations", "Visualization", "visualize", "visualize_with_exemplars",
     "Atlas", "ClassSelectivity", "build_atlas", "class_selectivity",
+    "CKA", "TCAV", "cka", "load_concept_folder", "procedural_concepts", "tcav",
 ]

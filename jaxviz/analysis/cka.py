@@ -61,7 +61,7 @@ from jaxviz._batching import batch_sharding
 from jaxviz._io import LockHeldError, path_lock
 from jaxviz._progress import progress_bar
 from jaxviz.checks import ArgumentError, ArgumentTypeError, check_bool, check_choice, check_int, check_seed
-from jaxviz.models.network import Network
+from jaxviz.models.network import Network, resize_uint8
 from jaxviz.runs import store
 from jaxviz.runs.dataset_run import check_source
 from jaxviz.runs.store import fingerprint
@@ -160,17 +160,18 @@ def _gram(features: jax.Array, valid: jax.Array, n: jax.Array, zero_diagonal: bo
 
 
 @functools.lru_cache(maxsize=16)
-def cka_program(fs: tuple[tuple[int, Callable], ...], to_inputs: tuple[Callable, ...], mesh: Mesh,
-                biased: bool) -> Callable:
+def cka_program(fs: tuple[tuple[int, Callable], ...], to_inputs: tuple[Callable, ...],
+                sizes: tuple[tuple[int, int] | None, ...], mesh: Mesh, biased: bool) -> Callable:
     """``(params (one per network), images uint8 (D b, H, W, C), valid float32 (D b,)) -> float32 (M, M)``: the
     HSIC of every pair of the M layers ``fs`` (network index, ``score``-free layer function) on each device's
     minibatch of b rows (``valid`` 0 for padding), summed over the devices; a minibatch of fewer than 4 real rows
-    (2 for ``biased``) adds 0."""
+    (2 for ``biased``) adds 0. A network whose ``sizes`` entry is (height, width) sees the images resized to it."""
     least = 2 if biased else MIN_BATCH
 
     def local(params, images, valid):
         n = valid.sum()
-        inputs = [to_input(images) for to_input in to_inputs]
+        inputs = [to_input(images if size is None else resize_uint8(images, *size))
+                  for to_input, size in zip(to_inputs, sizes)]
         grams = jnp.stack([_gram(f(params[i], inputs[i]), valid, n, not biased) for i, f in fs])
         hsic = pairwise_hsic(grams, n, biased=biased)
         return jax.lax.psum(jnp.where(n >= least, hsic, 0.0), "batch")
@@ -215,7 +216,8 @@ def cka(network: Network, images: Any, layers: Sequence[str] | None = None, *, o
       images: uint8 (N, H, W, C) of the network's input size, sliceable (numpy, memory map, zarr, a ``Dataset``);
         only minibatches are read.
       layers: the network's layers; default all.
-      other: a second network on the same images (the columns), of the same input size; default ``network``.
+      other: a second network on the same images (the columns), of the same channels; default ``network``. Of
+        another input size, it sees the images resized (bilinear, antialiased, rounded: ``resize_images``).
       other_layers: its layers; default all of ``other`` (with ``other`` None: ``layers``).
       batch_size: images per minibatch, at most (``"minibatch"``); the N images make ``ceil(N / batch_size)``
         minibatches of near-equal size, each of at least 4.
@@ -241,9 +243,9 @@ def cka(network: Network, images: Any, layers: Sequence[str] | None = None, *, o
     images = check_source(images, network)
     n = int(images.shape[0])
     layers = _check_layers(network, layers, "layers")
-    if other is not None and other.input_spec.shape != network.input_spec.shape:
-        raise ArgumentError("other", f"expected a network of the same input size {network.input_spec.shape} "
-                                     f"(it sees the same images), got {other.input_spec.shape}")
+    if other is not None and other.input_spec.channels != network.input_spec.channels:
+        raise ArgumentError("other", f"expected a network of {network.input_spec.channels} input channels (it sees "
+                                     f"the same images), got {other.input_spec.channels}")
     other_layers = _check_layers(network if other is None else other,
                                  (layers if other is None else None) if other_layers is None else other_layers,
                                  "other_layers")
@@ -270,7 +272,9 @@ def cka(network: Network, images: Any, layers: Sequence[str] | None = None, *, o
     if other is not None:
         fs += tuple((1, other.layer_fn(layer)) for layer in other_layers)
     mesh = batch_sharding(None).mesh
-    program = cka_program(fs, tuple(net.input_spec.to_input for net in nets), mesh, estimator == "biased")
+    sizes = tuple(None if net.input_spec.shape == network.input_spec.shape else
+                  (net.input_spec.height, net.input_spec.width) for net in nets)
+    program = cka_program(fs, tuple(net.input_spec.to_input for net in nets), sizes, mesh, estimator == "biased")
     key = _key(format=1, models=[fingerprint(net.variables) for net in nets], layers=layers,
                other_layers=other_layers if other is not None else None, method=method, hsic=estimator,
                parts=hashlib.sha256(np.concatenate(parts).tobytes()).hexdigest(),

@@ -33,7 +33,7 @@ import numpy as np
 from jaxviz.checks import ArgumentError, ArgumentTypeError
 from jaxviz.data.images import check_uint8_images
 
-__all__ = ["InputSpec", "LayerInfo", "Network", "resize_images"]
+__all__ = ["InputSpec", "LayerInfo", "Network", "resize_images", "resize_uint8"]
 
 Path = tuple  # keys (str or int) from the root of ``variables`` to a subtree
 _BATCH = 2  # batch of the abstract runs: a layer's output must keep it as its first axis
@@ -171,10 +171,17 @@ class InputSpec:
         return x if x.dtype == self.dtype else x.astype(self.dtype)
 
 
+def resize_uint8(images: jax.Array, height: int, width: int) -> jax.Array:
+    """uint8 (N, h, w, C) -> uint8 (N, height, width, C) in a JAX program (traceable): bilinear, antialiased when
+    shrinking, rounded; ``resize_images`` runs it over a host array in batches."""
+    out = jax.image.resize(images.astype(jnp.float32), (images.shape[0], height, width, images.shape[3]),
+                           method="bilinear", antialias=True)
+    return jnp.clip(jnp.round(out), 0, 255).astype(jnp.uint8)
+
+
 @jax.jit
 def _resize(images: jax.Array, like: jax.ShapeDtypeStruct) -> jax.Array:
-    out = jax.image.resize(images.astype(jnp.float32), like.shape, method="bilinear", antialias=True)
-    return jnp.clip(jnp.round(out), 0, 255).astype(jnp.uint8)
+    return resize_uint8(images, like.shape[1], like.shape[2])
 
 
 def resize_images(images: np.ndarray, height: int, width: int, *, batch_size: int = 256) -> np.ndarray:
