@@ -111,7 +111,8 @@ class TCAV:
     def to_json(self) -> dict:
         """The result as JSON values (an insignificant score as null)."""
         return {"concepts": list(self.concepts), "targets": list(self.targets), "layers": list(self.layers),
-                "scores": np.where(self.significant, self.scores, np.nan).tolist(),
+                "scores": [[[float(v) if ok else None for v, ok in zip(row, oks)] for row, oks in zip(a, b)]
+                           for a, b in zip(self.scores, self.significant)],
                 "significant": self.significant.tolist(), "p_values": self.p_values.tolist(),
                 "runs": self.runs, "set_size": self.set_size, "cav": self.cav, "alpha": self.alpha,
                 "images_per_target": self.images_per_target.tolist()}
