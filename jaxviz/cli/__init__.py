@@ -10,6 +10,8 @@
     jaxviz faithfulness              deletion / insertion AUC and MuFidelity of the methods' maps
     jaxviz sanity                    the model-randomization sanity check of the gradient methods
     jaxviz atlas --out DIR           a static site of every unit of chosen layers, from the whole dataset
+    jaxviz cka                       linear CKA between every pair of layers (or with --other model)
+    jaxviz tcav --targets C          TCAV: which concepts raise which classes' logits, with significance
     jaxviz filters | activations | topk | tsne | summary | train
 
 Every analysis command takes ``--model FILE_OR_MODULE:ATTR`` (your model) or
@@ -41,6 +43,7 @@ from jaxviz.cli.commands import (
     cmd_train,
     cmd_tsne,
 )
+from jaxviz.cli.concepts import add_cka, add_tcav
 from jaxviz.cli.runs import add_run_options
 from jaxviz.cli.visualize import add_visualize
 from jaxviz.methods.occlusion import ANCHORS
@@ -154,6 +157,8 @@ def build_parser() -> Parser:
     add_sanity(sub)
     add_visualize(sub)
     add_atlas(sub)
+    add_cka(sub)
+    add_tcav(sub)
     return parser
 
 

@@ -410,3 +410,48 @@ def plot_sanity(layers: Sequence[str], means: dict, *, mode: str = "cascading", 
     ax.legend(fontsize=7)
     ax.set_title(title or "Sanity check: do the maps change when the model is randomized?")
     return fig
+
+
+def plot_cka(matrix: np.ndarray, rows: Sequence[str], columns: Sequence[str], *, title: str = "", ax=None):
+    """Linear CKA (L, L') as a heatmap in [0, 1] with the values written in; NaN cells left blank."""
+    fig, ax = _single(ax, (1.6 + 0.55 * len(columns), 1.2 + 0.5 * len(rows)))
+    matrix = np.asarray(matrix, np.float64)
+    artist = ax.imshow(matrix, cmap="magma", vmin=0, vmax=1)
+    for i in range(matrix.shape[0]):
+        for j in range(matrix.shape[1]):
+            if np.isfinite(matrix[i, j]):
+                ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                        color="black" if matrix[i, j] > 0.6 else "white")
+    ax.set_xticks(range(len(columns)), columns, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(rows)), rows, fontsize=8)
+    fig.colorbar(artist, ax=ax, label="linear CKA")
+    ax.set_title(title or "CKA between layers")
+    return fig
+
+
+def plot_tcav(result, *, title: str = "", fig=None):
+    """A ``TCAV`` result: one panel per layer, a bar per (concept, class) at its mean score; insignificant ones
+    hatched at the random CAVs' mean, marked n.s. (no score)."""
+    layers, concepts, targets = result.layers, result.concepts, result.targets
+    fig = _figure(fig, (3.2 * len(layers) + 1, 0.35 * len(concepts) * len(targets) + 1.5))
+    axes = fig.subplots(1, len(layers), squeeze=False, sharey=True)[0]
+    labels = [f"{c} -> {t}" for c in concepts for t in targets]
+    for k, ax in enumerate(axes):
+        for row, (i, j) in enumerate((i, j) for i in range(len(concepts)) for j in range(len(targets))):
+            if result.significant[i, j, k]:
+                ax.barh(row, result.scores[i, j, k], color="tab:blue")
+                ax.text(min(result.scores[i, j, k] + 0.02, 0.86), row, f"{result.scores[i, j, k]:.2f}", va="center",
+                        fontsize=7)
+            else:
+                ax.barh(row, result.random_scores[j, k].mean(), color="none", edgecolor="0.6", hatch="//")
+                ax.text(0.02, row, "n.s.", va="center", fontsize=7, color="0.3")
+        ax.axvline(0.5, color="0.7", lw=0.8)
+        ax.set_xlim(0, 1)
+        ax.set_title(layers[k], fontsize=9)
+        ax.set_xlabel("TCAV score")
+        ax.set_yticks(range(len(labels)), labels, fontsize=7)
+        if k == 0:  # the axes share y: once inverts all
+            ax.invert_yaxis()
+    fig.suptitle(title or f"TCAV ({result.runs} runs; hatched: not significant, p >= {result.alpha:g} / "
+                          f"{result.p_values.size})", fontsize=9)
+    return fig
