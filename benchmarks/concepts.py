@@ -7,8 +7,8 @@
     python -m benchmarks.concepts --dry-run                     # tiny sizes, nothing written (Captum skipped if absent)
 
 Without ``--data-dir`` the embedded sample (1,000 CIFAR-10 test images) is used. The peer lives in its own
-environment: ``python -m venv /tmp/peer && /tmp/peer/bin/pip install torch captum -e .`` (``torch`` from
-https://download.pytorch.org/whl/cpu: a plain ``torch`` pulls a CUDA build).
+environment: ``python -m venv /tmp/peer && /tmp/peer/bin/pip install torch==2.13.0 captum -e .`` (pinned: a
+plain ``torch`` pulls a multi-GB CUDA build).
 
 Claim: jaxviz's CKA of all 78 layer pairs (12 layers) of the pretrained CNN over the 10,000 CIFAR-10 test images,
 in one pass (minibatches of 256, unbiased HSIC, Nguyen et al. 2021), is faster than the per-pair numpy loop on
