@@ -34,7 +34,7 @@ from conftest import make_uint8_images
 # runs in the tests of the user models; feature visualization runs in the module's report and the user models'
 SETTINGS = jaxviz.ReportSettings(k=3, num_units=3, window=11, stride=8, tsne_points=40, tsne_iter=300,
                                  trust_methods=("occlusion", "saliency", "gradcam"), sanity_methods=("saliency", "gradcam"),
-                                 vis_steps=0)
+                                 vis_steps=0, cka_batch=0, tcav_runs=0)
 
 
 @pytest.fixture(scope="module")
@@ -80,16 +80,16 @@ def earlier_report(report, where: Path) -> tuple[Path, dict]:
 def report(small, tmp_path_factory):
     weights, data = small
     out = tmp_path_factory.mktemp("report")
-    settings = dataclasses.replace(SETTINGS, vis_steps=4)
+    settings = dataclasses.replace(SETTINGS, vis_steps=4, cka_batch=16, tcav_runs=3)
     results = jaxviz.make_report(out, network=weights.network, dataset=data, settings=settings, progress=False)
     return out, results, weights, data
 
 
 SECTIONS = ("Model", "Answers to the notebook", "Accuracy and confusions", "Filters", "Activation maps",
             "Top-K images per unit", "Occlusion", "What each shown unit looks for", "Which map to trust?", "Sanity check: do the maps depend on the weights?",
-            "t-SNE", "Run settings and timings")
+            "t-SNE", "How the layers relate", "Which concepts matter for which class", "Run settings and timings")
 STAGES = {"evaluate", "filters", "activations", "features", "top-k", "occlusion", "visualization", "trust", "sanity",
-          "t-SNE"}
+          "t-SNE", "CKA", "TCAV"}
 
 
 def check_complete(out: Path, results: dict, min_files: int = 10) -> tuple[str, dict]:
@@ -124,6 +124,26 @@ def test_report_has_every_analysis_and_the_answers(report):
     assert len(saved["units"]["shown"]) == 3
     assert saved["settings"]["layer"] == "fc1"  # layer None: the network's feature layer
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp") or p.name.startswith(".")]
+
+
+def test_the_layers_and_concepts_sections_equal_cka_and_tcav(report):
+    """The numbers of "How the layers relate" and "Which concepts matter" are ``jaxviz.cka``'s and
+    ``jaxviz.tcav``'s with the same arguments (the built-in concepts, every class's first images)."""
+    out, results, weights, data = report
+    net = weights.network
+    want = jaxviz.cka(net, data.images, batch_size=16, seed=0)
+    np.testing.assert_allclose(np.array(results["cka"]["matrix"], float), want.matrix, atol=1e-12)
+    assert results["cka"]["layers"] == list(net.layer_names) and "cka.png" in results["figures"]
+    classes = np.unique(data.labels)
+    scored = np.concatenate([np.flatnonzero(data.labels == c)[:analyses.TCAV_IMAGES] for c in classes])
+    concepts = jaxviz.tcav(net, None, [int(c) for c in classes], ["pool2", "fc1"], images=data.images[scored],
+                           labels=data.labels[scored], random_images=data.images, runs=3, seed=0)
+    assert results["tcav"]["layers"] == ["pool2", "fc1"] and results["tcav"]["targets"] == list(data.class_names)
+    assert results["tcav"]["significant"] == concepts.significant.tolist()
+    np.testing.assert_allclose(results["tcav"]["p_values"], concepts.p_values)
+    page = (out / "index.html").read_text()
+    assert "tcav.png" in results["figures"] and f"{int(concepts.significant.sum())} of the " \
+        f"{concepts.p_values.size} (concept, class, layer) results are significant" in page
 
 
 def test_similar_units_table_lists_each_pair_once(report):

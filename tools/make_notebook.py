@@ -22,8 +22,8 @@ The teaching session in JAX with **jaxviz**: we load a CNN trained on CIFAR-10, 
 second-layer filters and their activation maps, build a feature extractor at the fully connected layer,
 find the images each unit likes most, measure how class-selective units are, slide an occluder over those
 images to see which parts drive each unit, draw what each unit looks for, and embed the features with t-SNE. Then we ask which
-attribution map to trust, perturbation and gradient methods side by side, and whether the maps pass the
-randomization sanity check.
+attribution map to trust, perturbation and gradient methods side by side, whether the maps pass the
+randomization sanity check, how the layers relate (CKA) and which concepts matter for a class (TCAV).
 
 Everything runs on the CPU in a few minutes, on the 1,000 CIFAR-10 test images shipped with jaxviz."""),
     ("code", """%matplotlib inline
@@ -212,6 +212,22 @@ print("randomized, top first:", check.layers)
 print(check.sentence())"""),
     ("code", """plots.plot_sanity(check.layers, {check.labels[m]: v for m, v in check.mean().items()},
                   mode=check.mode, threshold=0.5)"""),
+    ("md", """## How the layers relate, and which concepts matter
+
+Two questions about whole layers. **CKA** (centered kernel alignment, Kornblith et al. 2019) compares what two
+layers represent over the same images: 1 for the same representation up to a rotation and a scale. jaxviz
+streams it in minibatches (Nguyen et al. 2021), every pair of layers from one forward pass.
+
+**TCAV** (Kim et al. 2018) asks whether a class's logit rises when a layer's activations move toward a human
+concept. The concept is a set of images (here the built-in procedural stripes, dots, checkerboards and red);
+its direction is fitted against random images many times, and each score is tested against random
+directions: a result that could be chance is shown as n.s., not as a score."""),
+    ("code", """layers = jaxviz.cka(net, data.images, batch_size=250)          # every pair of the 12 layers, seeded order
+print(layers.table(digits=1))
+plots.plot_cka(layers.matrix, layers.layers, layers.other_layers)"""),
+    ("code", """concepts = jaxviz.tcav(net, None, ["cat", "automobile", "ship"], ["conv6", "fc1"], images=data, runs=10)
+print(concepts.table())
+plots.plot_tcav(concepts)"""),
     ("md", """## Bring your own model
 
 Every analysis above takes a `jaxviz.Network`, so it runs on your model as well: `jaxviz.from_linen`

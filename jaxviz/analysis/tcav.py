@@ -342,7 +342,8 @@ def tcav(network: Network, concepts: Mapping[str, Any] | None, targets: Sequence
     which = np.concatenate([np.full(len(s), j) for j, s in enumerate(scored)])
     sharding = batch_sharding(None)
     size = round_up(min(batch_size, len(rows)), sharding.mesh.size)
-    params = jax.device_put(network.variables, jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec()))
+    everywhere = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+    params = jax.device_put(network.variables, everywhere)
     run_scores = np.zeros((c_count, len(target_ids), len(layers), runs))
     random_scores = np.zeros((len(target_ids), len(layers), runs))
     accuracy = np.zeros((c_count, len(layers), runs))
@@ -352,13 +353,14 @@ def tcav(network: Network, concepts: Mapping[str, Any] | None, targets: Sequence
             chunk = int(max(1, min(len(positive), FIT_BYTES // max(1, 2 * m * features.shape[1] * 4 * 4))))
             cavs, fit_accuracy = cav_program(cav, LOGISTIC_STEPS, chunk)(features, positive, negative)
             accuracy[:, k] = np.asarray(fit_accuracy)[:c_count * runs].reshape(c_count, runs)
+            cavs_everywhere = jax.device_put(cavs, everywhere)  # fitted on one device, dotted on all
             program = _derivative_program(network.perturbed_fn(layer), network.layer_fn(layer),
                                           network.input_spec.to_input, sharding)
             counts = np.zeros((len(target_ids), len(positive)))
             for start in range(0, len(rows), size):
                 batch = np.minimum(np.arange(start, start + size), len(rows) - 1)  # one shape: the last repeats a row
                 signs = to_host(program(params, jax.device_put(images[rows[batch]], sharding),
-                                        jax.device_put(row_targets[batch], sharding), cavs))
+                                        jax.device_put(row_targets[batch], sharding), cavs_everywhere))
                 keep = min(size, len(rows) - start)
                 np.add.at(counts, which[start:start + keep], signs[:keep])
             shares = counts / np.array([len(s) for s in scored])[:, None]  # (T, R_total)

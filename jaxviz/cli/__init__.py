@@ -65,6 +65,8 @@ REPORT_HELP = {
                       "or none",
     "sanity_images": "images of the sanity check (the first of each class)",
     "vis_steps": "feature-visualization steps per shown unit (0: no such section)",
+    "cka_batch": "images per minibatch of the CKA between every pair of layers (0: no such section)",
+    "tcav_runs": "TCAV runs of the built-in concepts for every class (0: no such section)",
 }
 TRAIN_HELP = {
     "epochs": "epochs", "batch_size": "images per step", "peak_lr": "peak learning rate (also --lr)",

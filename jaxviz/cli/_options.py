@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import os
 import typing
 from pathlib import Path
@@ -42,7 +43,7 @@ def int_at_least(low: int, what: str):
 
 positive_int = int_at_least(1, "a positive int")
 nonnegative_int = int_at_least(0, "an int >= 0")
-ZERO_MEANS_NONE = ("vis_steps",)  # int fields where 0 turns something off
+ZERO_MEANS_NONE = ("vis_steps", "cka_batch", "tcav_runs")  # int fields where 0 turns something off
 
 
 def int_list(text: str) -> tuple[int, ...]:
@@ -70,6 +71,13 @@ def name_list(text: str) -> tuple[str, ...]:
     if not names:
         raise argparse.ArgumentTypeError(f"expected comma-separated names (or none), got {text!r}")
     return () if names == ("none",) else names
+
+
+def keyword_defaults(function) -> dict:
+    """``function``'s keyword-only arguments and their defaults, read from its signature (their one owner): the
+    defaults a command shows and passes on."""
+    return {name: p.default for name, p in inspect.signature(function).parameters.items()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY}
 
 
 def flag(field: str) -> str:

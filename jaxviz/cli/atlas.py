@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 
 import jax
 
 import jaxviz
 from jaxviz.atlas.build import cache_folder, check_atlas_dir
-from jaxviz.cli._options import add_data, add_model, as_option, load, name_list, positive_int
+from jaxviz.cli._options import add_data, add_model, as_option, keyword_defaults, load, name_list, positive_int
 from jaxviz.cli.runs import add_process_options, processes, stdout_to_stderr
 from jaxviz.cli.visualize import unit_selection
 
@@ -22,8 +21,7 @@ _OPTIONS = ("layers", "units", "k", "steps", "pictures", "diversity", "window", 
 
 def atlas_defaults() -> dict:
     """``build_atlas``'s keyword options and their defaults, read from its signature (their one owner)."""
-    return {name: p.default for name, p in inspect.signature(jaxviz.build_atlas).parameters.items()
-            if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    return keyword_defaults(jaxviz.build_atlas)
 
 
 def add_atlas(sub) -> None:

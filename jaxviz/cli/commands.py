@@ -27,7 +27,7 @@ from jaxviz.cli.runs import check_run_options, run_all
 # the ReportSettings fields each command exposes (see build_parser)
 REPORT_FIELDS = ("layer", "units", "num_units", "k", "window", "stride", "anchor", "threshold", "sigma",
                  "tsne_points", "tsne_iter", "perplexity", "activation_images", "trust_images", "rise_masks", "trust_methods",
-                 "sanity_methods", "sanity_images", "vis_steps", "seed")
+                 "sanity_methods", "sanity_images", "vis_steps", "cka_batch", "tcav_runs", "seed")
 STUDY_FIELDS = ("layer", "units", "num_units", "k")
 OCCLUDE_FIELDS = (*STUDY_FIELDS, "window", "stride", "anchor", "threshold", "sigma")
 TRAIN_FIELDS = tuple(f for f in jaxviz.TrainConfig.__dataclass_fields__)

@@ -3,22 +3,37 @@
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 
 import jaxviz
 from jaxviz.analysis.cka import CKA_BATCH_SIZE
 from jaxviz.analysis.tcav import CAV_METHODS, TCAV_CONCEPTS, TCAV_RUNS
-from jaxviz.cli._options import add_data, add_model, as_option, check_writable, int_at_least, load, name_list
+from jaxviz.cli._options import (
+    add_data,
+    add_model,
+    as_option,
+    check_writable,
+    int_at_least,
+    keyword_defaults,
+    load,
+    name_list,
+)
 from jaxviz.data.concepts import CONCEPTS
 from jaxviz.report import plots
 
 __all__ = ["add_cka", "add_tcav", "cmd_cka", "cmd_tcav"]
 
 
-def _defaults(function) -> dict:
-    return {name: p.default for name, p in inspect.signature(function).parameters.items()
-            if p.kind is inspect.Parameter.KEYWORD_ONLY}
+def _add_output(p, figure: str) -> None:
+    p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
+    p.add_argument("--out", help=f"write the {figure} to this PNG")
+
+
+def _emit(args, result, draw) -> None:
+    """Save ``draw(result)`` to ``--out``, then print the result: JSON (``--json``) or its table."""
+    if args.out:
+        plots.save_figure(draw(result), args.out)
+    print(json.dumps({**result.to_json(), "png": args.out}) if args.json else result.table(), flush=True)
 
 
 def add_cka(sub) -> None:
@@ -26,7 +41,7 @@ def add_cka(sub) -> None:
                                    "the data")
     add_model(p)
     add_data(p)
-    d = _defaults(jaxviz.cka)
+    d = keyword_defaults(jaxviz.cka)
     g = p.add_argument_group("cka")
     g.add_argument("--layers", type=name_list, help="comma-separated layers (default: all)")
     g.add_argument("--other", metavar="FILE_OR_MODULE:ATTR",
@@ -41,8 +56,7 @@ def add_cka(sub) -> None:
                    help="the HSIC estimator (biased: --method full only)")
     g.add_argument("--seed", type=int, default=d["seed"], help="the order of the minibatches")
     g.add_argument("--checkpoint", help="a folder of completion records: a killed run resumes from it")
-    p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
-    p.add_argument("--out", help="write the heatmap to this PNG")
+    _add_output(p, "heatmap")
     p.set_defaults(func=cmd_cka)
 
 
@@ -58,9 +72,7 @@ def cmd_cka(args) -> None:
     except (ValueError, TypeError) as e:
         raise as_option(e, ("layers", "other", "other_layers", "batch_size", "method", "hsic", "seed", "checkpoint"),
                         {"images": f"--data {args.data}"}) from None
-    if args.out:
-        plots.save_figure(plots.plot_cka(result.matrix, result.layers, result.other_layers), args.out)
-    print(json.dumps({**result.to_json(), "png": args.out}) if args.json else result.table(), flush=True)
+    _emit(args, result, lambda r: plots.plot_cka(r.matrix, r.layers, r.other_layers))
 
 
 def _concept(text: str) -> tuple[str, str]:
@@ -75,7 +87,7 @@ def add_tcav(sub) -> None:
                                     "logits of classes, with a significance test")
     add_model(p)
     add_data(p)
-    d = _defaults(jaxviz.tcav)
+    d = keyword_defaults(jaxviz.tcav)
     g = p.add_argument_group("tcav")
     g.add_argument("--concept", type=_concept, action="append", metavar="NAME=DIR",
                    help="a concept as a folder of images (repeat for several; default: the built-in "
@@ -92,8 +104,7 @@ def add_tcav(sub) -> None:
     g.add_argument("--concept-images", type=int_at_least(4, "an int >= 4"), default=d["concept_images"],
                    help=f"images per built-in concept (default: {d['concept_images']})")
     g.add_argument("--seed", type=int, default=d["seed"])
-    p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
-    p.add_argument("--out", help="write the scores' figure to this PNG")
+    _add_output(p, "scores' figure")
     p.set_defaults(func=cmd_tcav)
 
 
@@ -120,6 +131,4 @@ def cmd_tcav(args) -> None:
         raise as_option(e, ("targets", "layers", "runs", "cav", "alpha", "concept_images", "seed"),
                         {"images": f"--data {args.data}", "random_images": f"--data {args.data}",
                          "concepts": "--concept"}) from None
-    if args.out:
-        plots.save_figure(plots.plot_tcav(result), args.out)
-    print(json.dumps({**result.to_json(), "png": args.out}) if args.json else result.table(), flush=True)
+    _emit(args, result, plots.plot_tcav)

@@ -13,9 +13,11 @@ from collections.abc import Callable
 import numpy as np
 
 from jaxviz._progress import progress_bar
+from jaxviz.analysis.cka import CKA, cka
 from jaxviz.analysis.embedding import Embedding, knn_agreement, tsne
 from jaxviz.analysis.looks_for import UnitVisualizations, visualize_with_exemplars
 from jaxviz.analysis.metrics import ClassificationReport, classification_report
+from jaxviz.analysis.tcav import TCAV, tcav
 from jaxviz.analysis.topk import unit_scores
 from jaxviz.analysis.unit_occlusion import UnitOcclusion, occlude_top_images
 from jaxviz.analysis.units import SimilarUnits, UnitStudy, similar_units, study_units
@@ -24,12 +26,21 @@ from jaxviz.engine.activations import layer_features
 from jaxviz.evaluation.comparison import MethodComparison, compare_methods
 from jaxviz.evaluation.sanity import SanityCheck, randomization_test
 from jaxviz.models.network import Network
-from jaxviz.report.settings import ReportSettings, check_against, sanity_methods, study_layer, trust_methods
+from jaxviz.report.settings import (
+    ReportSettings,
+    check_against,
+    runs_tcav,
+    sanity_methods,
+    study_layer,
+    tcav_layers,
+    trust_methods,
+)
 
 __all__ = ["ReportResults", "analyse"]
 
 STAGES = ("evaluate", "filters", "activations", "features", "top-k", "occlusion", "visualization", "trust", "sanity",
-          "t-SNE")
+          "t-SNE", "CKA", "TCAV")
+TCAV_IMAGES = 50  # images per class the report's TCAV scores (the first of each class)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +67,9 @@ class ReportResults:
       sanity: the randomization test of the ``sanity_methods`` (``None`` when there are none).
       embedding: t-SNE of ``layer``'s unit scores.
       knn: float (classes,): per class, the share of 10 nearest t-SNE neighbours of the same class.
+      layers: linear CKA between every pair of layers over the dataset (``None`` when ``cka_batch`` is 0).
+      concepts: TCAV of the built-in concepts for every class at ``tcav_layers`` (``None`` when ``tcav_runs`` is 0,
+        or the network is no classifier or has no gradient at a layer).
       timings: seconds per stage.
     """
 
@@ -77,6 +91,8 @@ class ReportResults:
     sanity: SanityCheck | None
     embedding: Embedding
     knn: np.ndarray
+    layers: CKA | None
+    concepts: TCAV | None
     timings: dict
 
 
@@ -169,6 +185,19 @@ def analyse(network: Network, dataset: Dataset, settings: ReportSettings, *, pro
     knn = knn_agreement(embedding.coords, dataset.labels[embedding.indices], classes,
                         k=min(10, len(embedding.indices) - 1))
     done("t-SNE")
+
+    layers = cka(network, dataset.images, batch_size=s.cka_batch, seed=s.seed) if s.cka_batch else None
+    done("CKA")
+
+    concepts = None
+    if runs_tcav(s, network):
+        present = np.unique(dataset.labels)
+        scored = np.concatenate([np.flatnonzero(dataset.labels == c)[:TCAV_IMAGES] for c in present])
+        concepts = tcav(network, None, [int(c) for c in present], tcav_layers(s, network),
+                        images=dataset.images[scored], labels=dataset.labels[scored], random_images=dataset.images,
+                        runs=s.tcav_runs, seed=s.seed)
+    done("TCAV")
     bar.close()
     return ReportResults(s, layer, network, dataset, evaluation, kernels, shown, activations, study, similar,
-                         occlusion, looks_for, explained, trust, sanity_images, sanity, embedding, knn, timings)
+                         occlusion, looks_for, explained, trust, sanity_images, sanity, embedding, knn, layers,
+                         concepts, timings)

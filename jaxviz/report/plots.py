@@ -430,28 +430,23 @@ def plot_cka(matrix: np.ndarray, rows: Sequence[str], columns: Sequence[str], *,
 
 
 def plot_tcav(result, *, title: str = "", fig=None):
-    """A ``TCAV`` result: one panel per layer, a bar per (concept, class) at its mean score; insignificant ones
-    hatched at the random CAVs' mean, marked n.s. (no score)."""
+    """A ``TCAV`` result: per layer a grid of concepts (rows) by classes (columns), each cell the mean TCAV score
+    where the test is significant, grey and marked n.s. (no score) where it is not."""
     layers, concepts, targets = result.layers, result.concepts, result.targets
-    fig = _figure(fig, (3.2 * len(layers) + 1, 0.35 * len(concepts) * len(targets) + 1.5))
-    axes = fig.subplots(1, len(layers), squeeze=False, sharey=True)[0]
-    labels = [f"{c} -> {t}" for c in concepts for t in targets]
+    fig = _figure(fig, (0.45 * len(targets) * len(layers) + 1.6 * len(layers) + 1.2, 0.4 * len(concepts) + 1.8))
+    axes = fig.subplots(1, len(layers), squeeze=False)[0]
     for k, ax in enumerate(axes):
-        for row, (i, j) in enumerate((i, j) for i in range(len(concepts)) for j in range(len(targets))):
-            if result.significant[i, j, k]:
-                ax.barh(row, result.scores[i, j, k], color="tab:blue")
-                ax.text(min(result.scores[i, j, k] + 0.02, 0.86), row, f"{result.scores[i, j, k]:.2f}", va="center",
-                        fontsize=7)
-            else:
-                ax.barh(row, result.random_scores[j, k].mean(), color="none", edgecolor="0.6", hatch="//")
-                ax.text(0.02, row, "n.s.", va="center", fontsize=7, color="0.3")
-        ax.axvline(0.5, color="0.7", lw=0.8)
-        ax.set_xlim(0, 1)
+        shown = np.where(result.significant[:, :, k], result.scores[:, :, k], np.nan)
+        artist = ax.imshow(np.ma.masked_invalid(shown), cmap="RdBu_r", vmin=0, vmax=1)
+        artist.cmap.set_bad("0.9")
+        for i in range(len(concepts)):
+            for j in range(len(targets)):
+                ax.text(j, i, f"{shown[i, j]:.2f}" if np.isfinite(shown[i, j]) else "n.s.", ha="center",
+                        va="center", fontsize=6, color="0.35" if not np.isfinite(shown[i, j]) else "black")
+        ax.set_xticks(range(len(targets)), targets, rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(range(len(concepts)), concepts if k == 0 else [""] * len(concepts), fontsize=7)
         ax.set_title(layers[k], fontsize=9)
-        ax.set_xlabel("TCAV score")
-        ax.set_yticks(range(len(labels)), labels, fontsize=7)
-        if k == 0:  # the axes share y: once inverts all
-            ax.invert_yaxis()
-    fig.suptitle(title or f"TCAV ({result.runs} runs; hatched: not significant, p >= {result.alpha:g} / "
+    fig.colorbar(artist, ax=list(axes), label="TCAV score", shrink=0.8)
+    fig.suptitle(title or f"TCAV, {result.runs} runs (n.s.: not significant, p >= {result.alpha:g} / "
                           f"{result.p_values.size})", fontsize=9)
     return fig

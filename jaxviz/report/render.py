@@ -288,6 +288,50 @@ def _tsne_section(page: _Page, r: ReportResults, knn: dict) -> None:
                [(c, knn[c] if knn[c] is not None else "n/a", accuracy.get(c, "n/a")) for c in names]))
 
 
+def _layers_section(page: _Page, r: ReportResults) -> None:
+    title = "How the layers relate"
+    c = r.layers
+    if c is None:
+        page.section(title, _p("Not run: cka_batch is 0."))
+        return
+    steps = [(c.matrix[i, i + 1], c.layers[i], c.layers[i + 1]) for i in range(len(c.layers) - 1)
+             if np.isfinite(c.matrix[i, i + 1])]
+    change = min(steps) if steps else None
+    page.section(
+        title,
+        _p(f"Linear CKA (Kornblith et al. 2019) between every pair of the {len(c.layers)} layers over the "
+           f"{c.images} images, in {c.batches} minibatches of at most {c.batch_size} drawn in a seeded random order, "
+           "each adding its unbiased HSIC (Nguyen et al. 2021): one pass over the data for every pair. 1 means the same "
+           "representation up to a rotation and a scale; near 0, unrelated ones."),
+        page.figure(plots.plot_cka(c.matrix, c.layers, c.other_layers), "cka", "Linear CKA between the layers."),
+        _p("" if change is None else f"The representation changes most between {change[1]} and {change[2]} "
+                                     f"(CKA {change[0]:.2f} between these neighbours)."))
+
+
+def _concepts_section(page: _Page, r: ReportResults) -> None:
+    title = "Which concepts matter for which class"
+    t = r.concepts
+    if t is None:
+        why = ("tcav_runs is 0" if not r.settings.tcav_runs else "the network is no classifier with a gradient at "
+               "its layers")
+        page.section(title, _p(f"Not run: {why}."))
+        return
+    found = sorted(((abs(t.scores[i, j, k] - 0.5), t.concepts[i], t.targets[j], t.layers[k], t.scores[i, j, k],
+                     t.p_values[i, j, k]) for i, j, k in zip(*np.nonzero(t.significant))), reverse=True)
+    page.section(
+        title,
+        _p(f"TCAV (Kim et al. 2018) of the built-in procedural concepts ({', '.join(t.concepts)}; "
+           f"{t.set_size} images each) at {', '.join(t.layers)}, for every class's first {int(t.images_per_target.max())}"
+           f" images. A concept's activation vector (CAV) is fitted against {t.runs} random sets of the data; the score "
+           "is the share of a class's images whose logit rises along it. Each score is tested against "
+           f"{t.runs} random-vs-random CAVs (two-sided t-test, Bonferroni over the {t.p_values.size} tests, "
+           f"alpha {t.alpha:g}): an insignificant one is shown as n.s., not as a score."),
+        page.figure(plots.plot_tcav(t), "tcav", "TCAV scores; n.s.: not significant."),
+        _p(f"{len(found)} of the {t.p_values.size} (concept, class, layer) results are significant."),
+        _table(["concept", "class", "layer", "TCAV score", "p"],
+               [(c, k, layer, f"{v:.2f}", f"{pv:.1e}") for _, c, k, layer, v, pv in found[:12]]) if found else "")
+
+
 def _answers(r: ReportResults, units: dict, knn: dict) -> str:
     ev = r.evaluation
     clustered = sorted((v, c) for c, v in knn.items() if v is not None)
@@ -337,6 +381,8 @@ def render(r: ReportResults, out: Path) -> dict:
     _trust_section(page, r)
     _sanity_section(page, r)
     _tsne_section(page, r, knn)
+    _layers_section(page, r)
+    _concepts_section(page, r)
     page.sections.insert(1, _answers(r, units, knn))
     settings = {**dataclasses.asdict(r.settings), "layer": r.layer}
     results = {
@@ -357,6 +403,8 @@ def render(r: ReportResults, out: Path) -> dict:
             "mean": jsonable({m: np.where(np.isnan(v), None, v).tolist() for m, v in r.sanity.mean().items()}),
             "final": jsonable(r.sanity.final()), "passes": r.sanity.passes(), "sentence": r.sanity.sentence()},
         "tsne": {**r.embedding.settings, "seconds": r.embedding.seconds, "knn_agreement": knn},
+        "cka": None if r.layers is None else r.layers.to_json(),
+        "tcav": None if r.concepts is None else r.concepts.to_json(),
         "timings_seconds": dict(r.timings),
         "figures": page.figures,
     }

@@ -7,6 +7,7 @@ import numbers
 
 import numpy as np
 
+from jaxviz.analysis.cka import MIN_BATCH
 from jaxviz.analysis.unit_occlusion import UNIT_WINDOW
 from jaxviz.checks import ArgumentError, ArgumentTypeError, check_real
 from jaxviz.data.images import Dataset
@@ -16,7 +17,8 @@ from jaxviz.methods.base import explain
 from jaxviz.methods.occlusion import ANCHORS
 from jaxviz.models.network import Network
 
-__all__ = ["MAX_UNITS", "ReportSettings", "check_against", "sanity_methods", "trust_methods"]
+__all__ = ["MAX_UNITS", "ReportSettings", "check_against", "runs_tcav", "sanity_methods", "tcav_layers",
+           "trust_methods"]
 
 MAX_UNITS = 16  # the most units the report's per-unit figures show (one column each)
 
@@ -24,7 +26,7 @@ MAX_UNITS = 16  # the most units the report's per-unit figures show (one column 
 _INT_RANGES = {"num_units": (1, MAX_UNITS), "k": (1, None), "window": (1, None), "stride": (1, None),
                "tsne_points": (2, None), "tsne_iter": (250, None), "activation_images": (1, None),
                "trust_images": (1, MAX_UNITS), "rise_masks": (1, None), "sanity_images": (1, MAX_UNITS),
-               "vis_steps": (0, None),
+               "vis_steps": (0, None), "cka_batch": (0, None), "tcav_runs": (0, None),
                "seed": (0, 2**32 - 1)}
 
 
@@ -72,6 +74,10 @@ class ReportSettings:
     # feature-visualization steps per shown unit, >= 0 (0 skips the section): a quarter of visualize's 512, enough
     # for every live unit of the pretrained CNN to pass its best sample image (benchmarks/results/feature_vis_cpu.json)
     vis_steps: int = 128
+    # images per minibatch of the CKA between every pair of layers ("How the layers relate"), 0 (skips it) or >= 4
+    cka_batch: int = 256
+    # TCAV runs of the built-in concepts for every class ("Which concepts matter"), 0 (skips it) or >= 2
+    tcav_runs: int = 20
     seed: int = 0  # t-SNE seed, in [0, 2**32)
 
     def __post_init__(self):
@@ -92,6 +98,9 @@ class ReportSettings:
                 extra = " (the most units the figures show)" if name == "num_units" and v > hi else ""
                 raise ArgumentError(f"{name}", f"expected {want}{extra}, got {v}")
             object.__setattr__(self, name, int(v))
+        for name, least in (("cka_batch", MIN_BATCH), ("tcav_runs", 2)):
+            if 0 < getattr(self, name) < least:
+                raise ArgumentError(name, f"expected 0 (skip the section) or an int >= {least}, got {getattr(self, name)}")
         object.__setattr__(self, "threshold", check_real(self.threshold, "threshold", 0.0, 1.0, high_open=False))
         object.__setattr__(self, "sigma", check_real(self.sigma, "sigma", 0.0))
         object.__setattr__(self, "perplexity", check_real(self.perplexity, "perplexity", 0.0, low_open=True))
@@ -146,6 +155,21 @@ def study_layer(settings: ReportSettings, network: Network) -> str:
     return network.feature_layer if settings.layer is None else settings.layer
 
 
+def tcav_layers(settings: ReportSettings, network: Network) -> tuple[str, ...]:
+    """The layers of the report's TCAV: the last layer with (h, w, channels) maps before the studied layer, and the
+    studied layer (the layer before the output when the studied layer is the output)."""
+    layer = study_layer(settings, network)
+    layer = network.feature_layer if layer == network.output_layer else layer
+    before = [n for n in network.spatial_layers() if network.layer_names.index(n) < network.layer_names.index(layer)]
+    return (*before[-1:], layer) if layer != network.output_layer else ()
+
+
+def runs_tcav(settings: ReportSettings, network: Network) -> bool:
+    """Whether the report runs TCAV: asked for, on a classifier with a gradient at its layers."""
+    return bool(settings.tcav_runs and network.is_classifier and network.apply_perturbed is not None
+                and tcav_layers(settings, network))
+
+
 def check_against(settings: ReportSettings, network: Network, dataset: Dataset) -> None:
     """The checks that need the data and the model (the rest ran in ``ReportSettings``)."""
     layer = study_layer(settings, network)
@@ -156,6 +180,9 @@ def check_against(settings: ReportSettings, network: Network, dataset: Dataset) 
     if len(dataset.class_names) < 2:
         raise ArgumentError("dataset", f"expected images of at least 2 classes (a unit's selectivity compares classes), "
                          f"got the one class {dataset.class_names[0]!r}")
+    if settings.cka_batch and len(dataset) < MIN_BATCH:
+        raise ArgumentError("cka_batch", f"expected 0 with fewer than {MIN_BATCH} images (CKA's minibatches need "
+                                         f"{MIN_BATCH}), got {settings.cka_batch} with {len(dataset)}")
     if settings.k > len(dataset):
         raise ArgumentError("k", f"expected an int in [1, {len(dataset)}] (the dataset size), got {settings.k}")
     size = min(dataset.images.shape[1:3])
