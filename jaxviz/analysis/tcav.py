@@ -350,7 +350,8 @@ def tcav(network: Network, concepts: Mapping[str, Any] | None, targets: Sequence
     with progress_bar(total=len(layers), desc="tcav", disable=not progress, unit="layer") as bar:
         for k, layer in enumerate(layers):
             features = layer_features(network, bank, layer=layer).reshape(len(bank), -1)
-            chunk = int(max(1, min(len(positive), FIT_BYTES // max(1, 2 * m * features.shape[1] * 4 * 4))))
+            most = max(1, min(len(positive), FIT_BYTES // max(1, 2 * m * features.shape[1] * 4 * 4)))
+            chunk = max(c for c in range(1, most + 1) if len(positive) % c == 0)  # no remainder: one body to compile
             cavs, fit_accuracy = cav_program(cav, LOGISTIC_STEPS, chunk)(features, positive, negative)
             accuracy[:, k] = np.asarray(fit_accuracy)[:c_count * runs].reshape(c_count, runs)
             cavs_everywhere = jax.device_put(cavs, everywhere)  # fitted on one device, dotted on all
