@@ -198,6 +198,9 @@ def test_another_network_and_another_input_size(features_net, images):
     np.testing.assert_allclose(got.matrix, ref[:2, 2:], atol=2e-5)
     assert got.layers == ("base", "mixed") and got.other_layers == ("rotated", "unrelated")
     assert got.matrix.shape == (2, 2) and got.hsic_sums.shape == (4, 4)
+    same = cka(features_net, images, ["base", "mixed"], other_layers=["rotated", "unrelated"], method="full")
+    full = reference([a[0], a[3], a[1], a[5]], [np.arange(len(images))], hsic_unbiased)  # columns of its own layers
+    np.testing.assert_allclose(same.matrix, full[:2, 2:], atol=2e-5)
 
 
 def test_four_devices_give_the_one_device_result(features_net, images, tmp_path):
@@ -216,7 +219,7 @@ def test_four_devices_give_the_one_device_result(features_net, images, tmp_path)
         print(json.dumps(jaxviz.cka(net, make_uint8_images(70, seed=3, size=SIZE), batch_size=8).matrix.tolist()))
         sample = jaxviz.load_sample().subset(range(0, 1000, 25))
         print(json.dumps(jaxviz.tcav(jaxviz.load_pretrained().network, None, ["cat", "ship"], ["fc1"], images=sample,
-                                     runs=3, concept_images=8).run_scores.tolist()))
+                                     runs=3, concept_images=8, cav="mean_difference").run_scores.tolist()))
     """)
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
@@ -225,7 +228,7 @@ def test_four_devices_give_the_one_device_result(features_net, images, tmp_path)
     np.testing.assert_allclose(json.loads(lines[-2]), want.matrix, atol=1e-6)
     sample = jaxviz.load_sample().subset(range(0, 1000, 25))  # TCAV: the gradients sharded over the four devices
     scores = jaxviz.tcav(jaxviz.load_pretrained().network, None, ["cat", "ship"], ["fc1"], images=sample, runs=3,
-                         concept_images=8).run_scores
+                         concept_images=8, cav="mean_difference").run_scores
     # shares of 20 images per class: features and gradients of other batch shapes differ by reassociation, which
     # may flip the sign of a derivative that is near 0 (one image: 0.05)
     np.testing.assert_allclose(json.loads(lines[-1]), scores, atol=0.11)

@@ -137,8 +137,10 @@ def test_the_layers_and_concepts_sections_equal_cka_and_tcav(report):
     classes = np.unique(data.labels)
     scored = np.concatenate([np.flatnonzero(data.labels == c)[:analyses.TCAV_IMAGES] for c in classes])
     concepts = jaxviz.tcav(net, None, [int(c) for c in classes], ["pool2", "fc1"], images=data.images[scored],
-                           labels=data.labels[scored], random_images=data.images, runs=3, seed=0)
+                           labels=data.labels[scored], random_images=data.images, runs=3, cav="mean_difference",
+                           seed=0)
     assert results["tcav"]["layers"] == ["pool2", "fc1"] and results["tcav"]["targets"] == list(data.class_names)
+    assert results["tcav"]["cav"] == "mean_difference"
     assert results["tcav"]["significant"] == concepts.significant.tolist()
     np.testing.assert_allclose(results["tcav"]["p_values"], concepts.p_values)
     page = (out / "index.html").read_text()

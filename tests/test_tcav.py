@@ -211,3 +211,16 @@ def test_missing_and_empty_concept_folders(planted, tmp_path):
         tcav(net, {"empty": tmp_path / "empty"}, ["striped"], ["fc"], images=data)
     with pytest.raises(ArgumentError, match="targets"):  # no image of the class
         tcav(net, None, ["red"], ["fc"], images=jaxviz.Dataset(data.images[:10], data.labels[:10], CLASSES))
+
+
+def test_a_dataset_in_another_class_order_scores_the_same_classes(planted):
+    net, data = planted
+    order = tuple(reversed(CLASSES))
+    reordered = jaxviz.Dataset(data.images, np.array([order.index(CLASSES[y]) for y in data.labels]), order)
+    concepts = {"red": jaxviz.procedural_concepts(S, S, count=6, names=("red",))["red"]}
+    a = tcav(net, concepts, ["striped", "red"], ["fc"], images=data, runs=2, cav="mean_difference")
+    b = tcav(net, concepts, ["striped", "red"], ["fc"], images=reordered, runs=2, cav="mean_difference")
+    np.testing.assert_array_equal(a.run_scores, b.run_scores)
+    np.testing.assert_array_equal(a.images_per_target, [40, 40])
+    with pytest.raises(ArgumentError, match="images"):
+        tcav(net, concepts, ["striped"], ["fc"], images=jaxviz.Dataset(data.images, data.labels, ("a", "b", "c")))

@@ -84,8 +84,8 @@ class CKA:
         the images).
       layers: the L layers of the network (rows).
       other_layers: the L' layers of the other network (columns); ``layers`` without one.
-      hsic_sums: float64 (L + L', L + L') without another network (L, L): the HSIC of every pair of the layers,
-        summed over the minibatches (rows and columns: ``layers`` then the other's).
+      hsic_sums: float64 (L + L', L + L'): the HSIC of every pair of the layers, summed over the minibatches
+        (``layers`` then ``other_layers``); (L, L) when neither ``other`` nor ``other_layers`` was given.
       method: ``"minibatch"`` or ``"full"``.
       estimator: ``"unbiased"`` or ``"biased"`` HSIC.
       images: N, the images compared on.
@@ -163,7 +163,7 @@ def _gram(features: jax.Array, valid: jax.Array, n: jax.Array, zero_diagonal: bo
 def cka_program(fs: tuple[tuple[int, Callable], ...], to_inputs: tuple[Callable, ...],
                 sizes: tuple[tuple[int, int] | None, ...], mesh: Mesh, biased: bool) -> Callable:
     """``(params (one per network), images uint8 (D b, H, W, C), valid float32 (D b,)) -> float32 (M, M)``: the
-    HSIC of every pair of the M layers ``fs`` (network index, ``score``-free layer function) on each device's
+    HSIC of every pair of the M layers ``fs`` ((network index, layer function) each) on each device's
     minibatch of b rows (``valid`` 0 for padding), summed over the devices; a minibatch of fewer than 4 real rows
     (2 for ``biased``) adds 0. A network whose ``sizes`` entry is (height, width) sees the images resized to it."""
     least = 2 if biased else MIN_BATCH
@@ -233,7 +233,7 @@ def cka(network: Network, images: Any, layers: Sequence[str] | None = None, *, o
 
     Raises:
       ValueError naming the argument: unknown or repeated layers, minibatches of fewer than 4 images, another
-      network of another input size, an unknown method or estimator, a checkpoint folder of other arguments.
+      network of other input channels, an unknown method or estimator, a checkpoint folder of other arguments.
       BlockingIOError: another call holds the checkpoint folder.
     """
     if not isinstance(network, Network):
@@ -246,6 +246,7 @@ def cka(network: Network, images: Any, layers: Sequence[str] | None = None, *, o
     if other is not None and other.input_spec.channels != network.input_spec.channels:
         raise ArgumentError("other", f"expected a network of {network.input_spec.channels} input channels (it sees "
                                      f"the same images), got {other.input_spec.channels}")
+    columns = other_layers is not None or other is not None  # columns of their own, else the square of ``layers``
     other_layers = _check_layers(network if other is None else other,
                                  (layers if other is None else None) if other_layers is None else other_layers,
                                  "other_layers")
@@ -269,14 +270,14 @@ def cka(network: Network, images: Any, layers: Sequence[str] | None = None, *, o
 
     nets = (network,) if other is None else (network, other)
     fs = tuple((0, network.layer_fn(layer)) for layer in layers)
-    if other is not None:
-        fs += tuple((1, other.layer_fn(layer)) for layer in other_layers)
+    if columns:  # a layer in both is computed once (XLA shares it), its Gram matrix twice
+        fs += tuple((len(nets) - 1, nets[-1].layer_fn(layer)) for layer in other_layers)
     mesh = batch_sharding(None).mesh
     sizes = tuple(None if net.input_spec.shape == network.input_spec.shape else
                   (net.input_spec.height, net.input_spec.width) for net in nets)
     program = cka_program(fs, tuple(net.input_spec.to_input for net in nets), sizes, mesh, estimator == "biased")
     key = _key(format=1, models=[fingerprint(net.variables) for net in nets], layers=layers,
-               other_layers=other_layers if other is not None else None, method=method, hsic=estimator,
+               other_layers=other_layers if columns else None, method=method, hsic=estimator,
                parts=hashlib.sha256(np.concatenate(parts).tobytes()).hexdigest(),
                data=fingerprint(np.asarray(images[:1]), np.asarray(images[-1:])), n=n)
     lead = jax.process_index() == 0
@@ -290,7 +291,7 @@ def cka(network: Network, images: Any, layers: Sequence[str] | None = None, *, o
     scale = np.sqrt(np.clip(np.diag(sums), 0, None))
     with np.errstate(invalid="ignore", divide="ignore"):
         full = np.where(np.outer(scale, scale) > 0, sums / np.outer(scale, scale), np.nan)
-    matrix = full[:rows, :rows] if other is None else full[:rows, rows:]
+    matrix = full[:rows, rows:] if columns else full
     return CKA(matrix, layers, other_layers, sums, method, estimator, n, max(len(p) for p in parts), len(parts),
                None if method == "full" else seed, network.name, "" if other is None else other.name)
 

@@ -266,9 +266,9 @@ def tcav(network: Network, concepts: Mapping[str, Any] | None, targets: Sequence
         built-in procedural concepts ``TCAV_CONCEPTS`` (``concept_images`` each).
       targets: the classes (names or indices) whose logits are differentiated.
       layers: the layers the CAVs live in (before the output layer).
-      images: the images scored: a ``Dataset`` (each class's own images), or uint8 (N, H, W, C) with ``labels``
-        (without them every image is scored for every class).
-      labels: int (N,) classes of array ``images``.
+      images: the images scored: a ``Dataset`` (each class's own images; its classes matched to the network's by
+        name), or uint8 (N, H, W, C) with ``labels`` (without them every image is scored for every class).
+      labels: int (N,) classes of array ``images``, as the network's class indices.
       random_images: the pool random sets are drawn from; default ``images``.
       runs: R, CAVs per concept (each against its own random set) and random-vs-random CAVs; at least 2.
       cav: ``"logistic"`` or ``"mean_difference"``.
@@ -308,6 +308,10 @@ def tcav(network: Network, concepts: Mapping[str, Any] | None, targets: Sequence
     if len(set(layers)) != len(layers):
         raise ArgumentError("layers", f"expected distinct layers, got {list(layers)}")
     if isinstance(images, Dataset):
+        try:
+            images = images.with_classes(network.class_names)  # labels as the network's class indices
+        except ArgumentError as e:
+            raise ArgumentError("images", e.message) from None
         images, labels = images.images, images.labels
     images = _check_images(network, images, "images")
     if labels is not None:

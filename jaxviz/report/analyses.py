@@ -13,7 +13,7 @@ from collections.abc import Callable
 import numpy as np
 
 from jaxviz._progress import progress_bar
-from jaxviz.analysis.cka import CKA, cka
+from jaxviz.analysis.cka import CKA, MIN_BATCH, cka
 from jaxviz.analysis.embedding import Embedding, knn_agreement, tsne
 from jaxviz.analysis.looks_for import UnitVisualizations, visualize_with_exemplars
 from jaxviz.analysis.metrics import ClassificationReport, classification_report
@@ -29,6 +29,7 @@ from jaxviz.models.network import Network
 from jaxviz.report.settings import (
     ReportSettings,
     check_against,
+    cka_layers,
     runs_tcav,
     sanity_methods,
     study_layer,
@@ -41,6 +42,7 @@ __all__ = ["ReportResults", "analyse"]
 STAGES = ("evaluate", "filters", "activations", "features", "top-k", "occlusion", "visualization", "trust", "sanity",
           "t-SNE", "CKA", "TCAV")
 TCAV_IMAGES = 50  # images per class the report's TCAV scores (the first of each class)
+REPORT_CAV = "mean_difference"  # FastCAV: a first look without fitting (jaxviz tcav fits the paper's classifiers)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,8 +69,10 @@ class ReportResults:
       sanity: the randomization test of the ``sanity_methods`` (``None`` when there are none).
       embedding: t-SNE of ``layer``'s unit scores.
       knn: float (classes,): per class, the share of 10 nearest t-SNE neighbours of the same class.
-      layers: linear CKA between every pair of layers over the dataset (``None`` when ``cka_batch`` is 0).
-      concepts: TCAV of the built-in concepts for every class at ``tcav_layers`` (``None`` when ``tcav_runs`` is 0,
+      layers: linear CKA between every pair of ``cka_layers`` over the dataset (``None`` when ``cka_batch`` is 0 or
+        the dataset has fewer than 4 images).
+      concepts: TCAV of the built-in concepts for every class at ``tcav_layers``, with FastCAV's mean-difference
+        CAVs (``None`` when ``tcav_runs`` is 0,
         or the network is no classifier or has no gradient at a layer).
       timings: seconds per stage.
     """
@@ -186,7 +190,9 @@ def analyse(network: Network, dataset: Dataset, settings: ReportSettings, *, pro
                         k=min(10, len(embedding.indices) - 1))
     done("t-SNE")
 
-    layers = cka(network, dataset.images, batch_size=s.cka_batch, seed=s.seed) if s.cka_batch else None
+    layers = None
+    if s.cka_batch and len(dataset) >= MIN_BATCH:
+        layers = cka(network, dataset.images, cka_layers(network), batch_size=s.cka_batch, seed=s.seed)
     done("CKA")
 
     concepts = None
@@ -195,7 +201,7 @@ def analyse(network: Network, dataset: Dataset, settings: ReportSettings, *, pro
         scored = np.concatenate([np.flatnonzero(dataset.labels == c)[:TCAV_IMAGES] for c in present])
         concepts = tcav(network, None, [int(c) for c in present], tcav_layers(s, network),
                         images=dataset.images[scored], labels=dataset.labels[scored], random_images=dataset.images,
-                        runs=s.tcav_runs, seed=s.seed)
+                        runs=s.tcav_runs, cav=REPORT_CAV, seed=s.seed)
     done("TCAV")
     bar.close()
     return ReportResults(s, layer, network, dataset, evaluation, kernels, shown, activations, study, similar,

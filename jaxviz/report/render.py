@@ -292,14 +292,16 @@ def _layers_section(page: _Page, r: ReportResults) -> None:
     title = "How the layers relate"
     c = r.layers
     if c is None:
-        page.section(title, _p("Not run: cka_batch is 0."))
+        page.section(title, _p("Not run: " + ("cka_batch is 0." if not r.settings.cka_batch else
+                                              "CKA's minibatches need at least 4 images.")))
         return
     steps = [(c.matrix[i, i + 1], c.layers[i], c.layers[i + 1]) for i in range(len(c.layers) - 1)
              if np.isfinite(c.matrix[i, i + 1])]
     change = min(steps) if steps else None
     page.section(
         title,
-        _p(f"Linear CKA (Kornblith et al. 2019) between every pair of the {len(c.layers)} layers over the "
+        _p(f"Linear CKA (Kornblith et al. 2019) between every pair of the {len(c.layers)} layers"
+           f"{'' if len(c.layers) == len(r.network.layer_names) else ' (the top-level ones)'} over the "
            f"{c.images} images, in {c.batches} minibatches of at most {c.batch_size} drawn in a seeded random order, "
            "each adding its unbiased HSIC (Nguyen et al. 2021): one pass over the data for every pair. 1 means the same "
            "representation up to a rotation and a scale; near 0, unrelated ones."),
@@ -322,8 +324,9 @@ def _concepts_section(page: _Page, r: ReportResults) -> None:
         title,
         _p(f"TCAV (Kim et al. 2018) of the built-in procedural concepts ({', '.join(t.concepts)}; "
            f"{t.set_size} images each) at {', '.join(t.layers)}, for every class's first {int(t.images_per_target.max())}"
-           f" images. A concept's activation vector (CAV) is fitted against {t.runs} random sets of the data; the score "
-           "is the share of a class's images whose logit rises along it. Each score is tested against "
+           f" images. A concept's activation vector (CAV) is found against {t.runs} random sets of the data (here "
+           "FastCAV's difference of the mean activations: `jaxviz tcav` also fits the paper's linear classifiers); "
+           "the score is the share of a class's images whose logit rises along it. Each score is tested against "
            f"{t.runs} random-vs-random CAVs (two-sided t-test, Bonferroni over the {t.p_values.size} tests, "
            f"alpha {t.alpha:g}): an insignificant one is shown as n.s., not as a score."),
         page.figure(plots.plot_tcav(t), "tcav", "TCAV scores; n.s.: not significant."),

@@ -17,7 +17,7 @@ from jaxviz.methods.base import explain
 from jaxviz.methods.occlusion import ANCHORS
 from jaxviz.models.network import Network
 
-__all__ = ["MAX_UNITS", "ReportSettings", "check_against", "runs_tcav", "sanity_methods", "tcav_layers",
+__all__ = ["MAX_UNITS", "ReportSettings", "check_against", "cka_layers", "runs_tcav", "sanity_methods", "tcav_layers",
            "trust_methods"]
 
 MAX_UNITS = 16  # the most units the report's per-unit figures show (one column each)
@@ -155,12 +155,20 @@ def study_layer(settings: ReportSettings, network: Network) -> str:
     return network.feature_layer if settings.layer is None else settings.layer
 
 
+def cka_layers(network: Network) -> tuple[str, ...]:
+    """The layers of the report's CKA: the top-level ones (no "/" in their name: a ResNet's stem, stages, pool and
+    head rather than every conv and norm inside them), or every layer when fewer than two are top-level."""
+    top = tuple(n for n in network.layer_names if "/" not in n)
+    return top if len(top) >= 2 else network.layer_names
+
+
 def tcav_layers(settings: ReportSettings, network: Network) -> tuple[str, ...]:
-    """The layers of the report's TCAV: the last layer with (h, w, channels) maps before the studied layer, and the
-    studied layer (the layer before the output when the studied layer is the output)."""
+    """The layers of the report's TCAV: the last top-level layer (``cka_layers``) with (h, w, channels) maps before
+    the studied layer, and the studied layer (the layer before the output when the studied layer is the output)."""
     layer = study_layer(settings, network)
     layer = network.feature_layer if layer == network.output_layer else layer
-    before = [n for n in network.spatial_layers() if network.layer_names.index(n) < network.layer_names.index(layer)]
+    top = cka_layers(network)
+    before = [n for n in network.spatial_layers() if n in top and network.layer_names.index(n) < network.layer_names.index(layer)]
     return (*before[-1:], layer) if layer != network.output_layer else ()
 
 
@@ -180,9 +188,6 @@ def check_against(settings: ReportSettings, network: Network, dataset: Dataset) 
     if len(dataset.class_names) < 2:
         raise ArgumentError("dataset", f"expected images of at least 2 classes (a unit's selectivity compares classes), "
                          f"got the one class {dataset.class_names[0]!r}")
-    if settings.cka_batch and len(dataset) < MIN_BATCH:
-        raise ArgumentError("cka_batch", f"expected 0 with fewer than {MIN_BATCH} images (CKA's minibatches need "
-                                         f"{MIN_BATCH}), got {settings.cka_batch} with {len(dataset)}")
     if settings.k > len(dataset):
         raise ArgumentError("k", f"expected an int in [1, {len(dataset)}] (the dataset size), got {settings.k}")
     size = min(dataset.images.shape[1:3])
