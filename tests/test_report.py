@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import jax
@@ -490,7 +491,8 @@ def test_leftovers_of_a_writer_killed_between_the_renames(tmp_path):
 
 
 SIGNAL_SCRIPT = """
-import signal, sys, time
+import faulthandler, signal, sys, time
+faulthandler.register(signal.SIGUSR1, all_threads=True)  # the test asks for every thread's stack if no exit comes
 signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))  # as jaxviz.cli.main does
 import numpy as np
 import jaxviz
@@ -544,7 +546,13 @@ def test_a_signal_mid_report_leaves_the_earlier_report(small, report, signal_scr
         assert re.fullmatch(r"\.r1\.tmp-\d+-[0-9a-f]+", figure.parent.name) and figure.parent.parent == work
         assert snapshot(out) == before and (work / ".r1.lock").read_text().strip() == str(proc.pid)
         proc.send_signal(sig)
-        code = proc.wait(timeout=60)
+        try:
+            code = proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGUSR1)  # faulthandler: where every thread is
+            time.sleep(2)
+            proc.kill()
+            pytest.fail(f"no exit within 60 s of {sig.name}; stderr: {proc.stderr.read()[-6000:]}")
     finally:
         if proc.poll() is None:
             proc.kill()
