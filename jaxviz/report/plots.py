@@ -432,13 +432,15 @@ def plot_cka(matrix: np.ndarray, rows: Sequence[str], columns: Sequence[str], *,
 def plot_tcav(result, *, title: str = "", fig=None):
     """A ``TCAV`` result: per layer a grid of concepts (rows) by classes (columns), each cell the mean TCAV score
     where the test is significant, grey and marked n.s. (no score) where it is not."""
+    from matplotlib import colormaps
+
     layers, concepts, targets = result.layers, result.concepts, result.targets
     fig = _figure(fig, (0.45 * len(targets) * len(layers) + 1.6 * len(layers) + 1.2, 0.4 * len(concepts) + 1.8))
     axes = fig.subplots(1, len(layers), squeeze=False)[0]
     for k, ax in enumerate(axes):
         shown = np.where(result.significant[:, :, k], result.scores[:, :, k], np.nan)
-        artist = ax.imshow(np.ma.masked_invalid(shown), cmap="RdBu_r", vmin=0, vmax=1)
-        artist.cmap.set_bad("0.9")
+        artist = ax.imshow(np.ma.masked_invalid(shown), cmap=colormaps["RdBu_r"].with_extremes(bad="0.9"), vmin=0,
+                           vmax=1)
         for i in range(len(concepts)):
             for j in range(len(targets)):
                 ax.text(j, i, f"{shown[i, j]:.2f}" if np.isfinite(shown[i, j]) else "n.s.", ha="center",
