@@ -529,6 +529,11 @@ def signal_script(small, tmp_path_factory):
     return [sys.executable, str(script)], [str(root / "weights.msgpack"), str(root / "data.npz")]
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # Python installs its KeyboardInterrupt handler over SIG_DFL only
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=["INT", "TERM", "KILL"])
 def test_a_signal_mid_report_leaves_the_earlier_report(small, report, signal_script, tmp_path, fast_tsne, sig):
@@ -537,7 +542,9 @@ def test_a_signal_mid_report_leaves_the_earlier_report(small, report, signal_scr
     work.mkdir()
     out, before = earlier_report(report, work / "r1")
     command, files = signal_script
-    proc = subprocess.Popen([*command, str(out), *files], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # as from a terminal: SIGINT handled and unblocked in the child, whatever this worker process inherited or set
+    proc = subprocess.Popen([*command, str(out), *files], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)
     try:
         ready = select.select([proc.stdout], [], [], 120)[0]
         line = proc.stdout.readline() if ready else ""

@@ -224,3 +224,13 @@ def test_a_dataset_in_another_class_order_scores_the_same_classes(planted):
     np.testing.assert_array_equal(a.images_per_target, [40, 40])
     with pytest.raises(ArgumentError, match="images"):
         tcav(net, concepts, ["striped"], ["fc"], images=jaxviz.Dataset(data.images, data.labels, ("a", "b", "c")))
+
+
+def test_a_second_call_compiles_nothing(planted, compiles):
+    net, data = planted
+    concepts = {"red": jaxviz.procedural_concepts(S, S, count=6, names=("red",))["red"]}
+    first = tcav(net, concepts, ["striped"], ["conv2", "fc"], images=data, runs=3, seed=4)
+    before = len(compiles)
+    again = tcav(net, concepts, ["striped"], ["conv2", "fc"], images=data, runs=3, seed=4)
+    assert len(compiles) == before
+    np.testing.assert_array_equal(first.run_scores, again.run_scores)
