@@ -44,8 +44,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import hashlib
-import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -64,7 +62,7 @@ from jaxviz.checks import ArgumentError, ArgumentTypeError, check_bool, check_ch
 from jaxviz.models.network import Network, resize_uint8
 from jaxviz.runs import store
 from jaxviz.runs.dataset_run import check_source
-from jaxviz.runs.store import fingerprint
+from jaxviz.runs.store import fingerprint, settings_key
 from jaxviz.runs.streaming import Blocks, Rows, barrier, host, replicate
 
 __all__ = ["CKA", "CKA_BATCH_SIZE", "cka", "cka_program", "minibatches", "pairwise_hsic"]
@@ -201,10 +199,6 @@ def _check_layers(network: Network, layers: Any, name: str) -> tuple[str, ...]:
     return tuple(layers)
 
 
-def _key(**parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def cka(network: Network, images: Any, layers: Sequence[str] | None = None, *, other: Network | None = None,
         other_layers: Sequence[str] | None = None, batch_size: int = CKA_BATCH_SIZE, method: str = "minibatch",
         hsic: str = "unbiased", seed: int | None = 0, checkpoint: str | os.PathLike | None = None,
@@ -276,9 +270,9 @@ def cka(network: Network, images: Any, layers: Sequence[str] | None = None, *, o
     sizes = tuple(None if net.input_spec.shape == network.input_spec.shape else
                   (net.input_spec.height, net.input_spec.width) for net in nets)
     program = cka_program(fs, tuple(net.input_spec.to_input for net in nets), sizes, mesh, estimator == "biased")
-    key = _key(format=1, models=[fingerprint(net.variables) for net in nets], layers=layers,
+    key = settings_key(format=1, models=[fingerprint(net.variables) for net in nets], layers=layers,
                other_layers=other_layers if columns else None, method=method, hsic=estimator,
-               parts=hashlib.sha256(np.concatenate(parts).tobytes()).hexdigest(),
+               parts=fingerprint(np.concatenate(parts)),
                data=fingerprint(np.asarray(images[:1]), np.asarray(images[-1:])), n=n)
     lead = jax.process_index() == 0
     try:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
@@ -47,7 +46,7 @@ from jaxviz.engine.inputs import unit_indices
 from jaxviz.models.network import Network
 from jaxviz.report.folder import check_folder, write_folder
 from jaxviz.runs.dataset_run import run_dataset
-from jaxviz.runs.store import fingerprint
+from jaxviz.runs.store import fingerprint, settings_key
 from jaxviz.runs.streaming import Rows, barrier
 from jaxviz.visualization.visualize import check_visualization
 
@@ -90,8 +89,7 @@ CACHE_FORMAT = 1  # in every stage's key: a change of what a stage stores makes 
 
 
 def _key(**parts: Any) -> str:
-    parts["format"] = CACHE_FORMAT
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return settings_key(**parts, format=CACHE_FORMAT)
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:

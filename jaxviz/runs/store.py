@@ -59,6 +59,12 @@ def resolve(path: str | os.PathLike) -> Path:
     return Path(os.path.realpath(os.fspath(path)))
 
 
+def settings_key(**parts: Any) -> str:
+    """A short SHA-256 of JSON-able settings (keys sorted; other values by ``str``): what names a cache entry or a
+    records folder made with exactly these settings."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def fingerprint(*arrays: Any) -> str:
     """A short SHA-256 of the leaves of pytrees of arrays (dtypes, shapes and bytes): what identifies a model's
     variables or a dataset's rows in a run's settings."""
